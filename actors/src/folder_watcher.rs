@@ -1,0 +1,366 @@
+//! FolderWatcher: finds complete `*.csv` files in the inbox and hands them to the batch
+//! processor, one message per file.
+//!
+//! A file is complete when it arrived by rename (writers that write elsewhere and rename in
+//! are done by definition) or when its size and modification time have not changed for
+//! `ingest.settle_ms`. notify (inotify) gives low latency for renames and writes; a directory
+//! scan on every tick catches what events miss (files present at start-up, queue overflow,
+//! a restart of this actor). Dotfiles, `*.tmp`, `*.part` and other non-CSV names are ignored.
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Recipient, Supervised};
+use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::messages::{FileDone, FileReady, FsEvent, StopIntake};
+use crate::metrics::Metrics;
+use crate::supervisor::Containment;
+
+/// A file that failed for a transient reason is retried after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+struct Candidate {
+    size: u64,
+    modified: Option<SystemTime>,
+    since: Instant,
+    renamed: bool,
+}
+
+pub struct FolderWatcher {
+    inbox: PathBuf,
+    settle: Duration,
+    processor: Recipient<FileReady>,
+    containment: Containment,
+    watcher: Option<notify::RecommendedWatcher>,
+    candidates: HashMap<PathBuf, Candidate>,
+    /// Handed to the processor and not yet reported done; survives a restart of this actor so
+    /// a file is never queued twice.
+    taken: HashSet<PathBuf>,
+    retry_at: HashMap<PathBuf, Instant>,
+    stopped: bool,
+}
+
+/// Whether a directory entry name is a batch file.
+pub fn is_batch_file(name: &str) -> bool {
+    if name.starts_with('.') {
+        return false;
+    }
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".csv") && lower.len() > 4
+}
+
+impl FolderWatcher {
+    pub fn new(
+        inbox: PathBuf,
+        settle: Duration,
+        processor: Recipient<FileReady>,
+        metrics: Arc<Metrics>,
+    ) -> FolderWatcher {
+        FolderWatcher {
+            inbox,
+            settle,
+            processor,
+            containment: Containment::new("folder_watcher", metrics),
+            watcher: None,
+            candidates: HashMap::new(),
+            taken: HashSet::new(),
+            retry_at: HashMap::new(),
+            stopped: false,
+        }
+    }
+
+    fn tick_interval(&self) -> Duration {
+        (self.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250))
+    }
+
+    fn start_watching(&mut self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            me.do_send(FsEvent(event));
+        });
+        match watcher {
+            Ok(mut w) => match w.watch(&self.inbox, RecursiveMode::NonRecursive) {
+                Ok(()) => self.watcher = Some(w),
+                Err(e) => tracing::warn!(
+                    inbox = %self.inbox.display(),
+                    error = %e,
+                    "cannot watch the inbox; relying on periodic scans"
+                ),
+            },
+            Err(e) => tracing::warn!(error = %e, "no file watcher; relying on periodic scans"),
+        }
+    }
+
+    fn eligible(&self, path: &Path) -> bool {
+        path.parent() == Some(self.inbox.as_path())
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_batch_file)
+            && !self.taken.contains(path)
+    }
+
+    fn note(&mut self, path: &Path, renamed: bool) {
+        if !self.eligible(path) {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(path) else {
+            self.candidates.remove(path);
+            return;
+        };
+        if !meta.is_file() {
+            return;
+        }
+        let (size, modified) = (meta.len(), meta.modified().ok());
+        let now = Instant::now();
+        let entry = self
+            .candidates
+            .entry(path.to_path_buf())
+            .or_insert(Candidate {
+                size,
+                modified,
+                since: now,
+                renamed,
+            });
+        entry.renamed |= renamed;
+        if entry.size != size || entry.modified != modified {
+            entry.size = size;
+            entry.modified = modified;
+            entry.since = now;
+        }
+    }
+
+    fn scan(&mut self) {
+        let entries = match std::fs::read_dir(&self.inbox) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(inbox = %self.inbox.display(), error = %e, "cannot list the inbox");
+                return;
+            }
+        };
+        let mut seen = HashSet::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            seen.insert(path.clone());
+            self.note(&path, false);
+        }
+        self.candidates.retain(|p, _| seen.contains(p));
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        let now = Instant::now();
+        self.retry_at.retain(|_, at| *at > now);
+        let ready: Vec<PathBuf> = self
+            .candidates
+            .iter()
+            .filter(|(p, c)| {
+                (c.renamed || now.duration_since(c.since) >= self.settle)
+                    && !self.retry_at.contains_key(*p)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in ready {
+            self.candidates.remove(&path);
+            self.taken.insert(path.clone());
+            tracing::debug!(file = %path.display(), "inbox file is complete");
+            self.processor.do_send(FileReady {
+                path,
+                done: ctx.address().recipient(),
+            });
+        }
+    }
+}
+
+impl Actor for FolderWatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Err(e) = std::fs::create_dir_all(&self.inbox) {
+            tracing::error!(inbox = %self.inbox.display(), error = %e, "cannot create the inbox");
+        }
+        self.start_watching(ctx);
+        ctx.run_interval(self.tick_interval(), |act, ctx| {
+            let contained = act.containment.clone();
+            if contained
+                .run(|| {
+                    act.scan();
+                    act.dispatch(ctx);
+                })
+                .is_err()
+            {
+                // State may be half-updated; a restart rebuilds it from the directory.
+                ctx.stop();
+            }
+        });
+    }
+}
+
+impl Supervised for FolderWatcher {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::warn!(actor = "folder_watcher", "restarting");
+        self.watcher = None;
+        self.candidates.clear();
+    }
+}
+
+impl Handler<FsEvent> for FolderWatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: FsEvent, ctx: &mut Context<Self>) {
+        let event = match msg.0 {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "file watcher error; the periodic scan covers it");
+                return;
+            }
+        };
+        let contained = self.containment.clone();
+        let _ = contained.run(|| {
+            match event.kind {
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                    if let Some(to) = event.paths.get(1) {
+                        self.note(to, true);
+                    }
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    for p in &event.paths {
+                        self.note(p, true);
+                    }
+                }
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    for p in &event.paths {
+                        self.candidates.remove(p);
+                    }
+                }
+                _ => {
+                    for p in &event.paths {
+                        self.note(p, false);
+                    }
+                }
+            }
+            self.dispatch(ctx);
+        });
+    }
+}
+
+impl Handler<FileDone> for FolderWatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: FileDone, _ctx: &mut Context<Self>) {
+        self.taken.remove(&msg.path);
+        if !msg.finished {
+            self.retry_at.insert(msg.path, Instant::now() + RETRY_AFTER);
+        }
+    }
+}
+
+impl Handler<StopIntake> for FolderWatcher {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopIntake, _ctx: &mut Context<Self>) {
+        self.stopped = true;
+        self.watcher = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_batch_file;
+
+    #[test]
+    fn only_visible_csv_files_are_batches() {
+        assert!(is_batch_file("a.csv"));
+        assert!(is_batch_file("B.CSV"));
+        assert!(!is_batch_file(".a.csv"));
+        assert!(!is_batch_file("a.csv.tmp"));
+        assert!(!is_batch_file("a.csv.part"));
+        assert!(!is_batch_file("a.txt"));
+        assert!(!is_batch_file(".csv"));
+    }
+}
+
+#[cfg(test)]
+mod actor_tests {
+    use super::*;
+    use actix::{Actor, Context, Handler};
+    use std::sync::Mutex;
+
+    struct Collector(Arc<Mutex<Vec<(String, Instant)>>>);
+
+    impl Actor for Collector {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<FileReady> for Collector {
+        type Result = ();
+        fn handle(&mut self, msg: FileReady, _ctx: &mut Context<Self>) {
+            let name = msg
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((name, Instant::now()));
+            }
+        }
+    }
+
+    #[test]
+    fn renamed_files_go_at_once_written_files_after_settling() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let inbox = dir.path().to_path_buf();
+        std::fs::write(inbox.join("present.csv"), "text\nhello\n")?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let settle = Duration::from_millis(600);
+        let started = Instant::now();
+        let (renamed_at, written_at) = actix::System::new().block_on({
+            let seen = seen.clone();
+            let inbox = inbox.clone();
+            async move {
+                let collector = Collector(seen).start();
+                let metrics = Arc::new(Metrics::new());
+                let watched = inbox.clone();
+                let _watcher = actix::Supervisor::start(move |_| {
+                    FolderWatcher::new(watched, settle, collector.recipient(), metrics)
+                });
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+                std::fs::write(inbox.join("b.csv.part"), "text\nhi\n").ok();
+                std::fs::write(inbox.join(".hidden.csv"), "text\nhi\n").ok();
+                std::fs::write(inbox.join("x.tmp"), "text\nhi\n").ok();
+                let renamed_at = Instant::now();
+                std::fs::rename(inbox.join("b.csv.part"), inbox.join("b.csv")).ok();
+                let written_at = Instant::now();
+                std::fs::write(inbox.join("w.csv"), "text\nhi\n").ok();
+                actix_rt::time::sleep(Duration::from_millis(1500)).await;
+                (renamed_at, written_at)
+            }
+        });
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+        let when = |name: &str| seen.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+        assert_eq!(names.len(), 3, "{names:?}");
+        let (Some(present), Some(b), Some(w)) = (when("present.csv"), when("b.csv"), when("w.csv"))
+        else {
+            panic!("missing files: {names:?}");
+        };
+        assert!(
+            present.duration_since(started) >= settle,
+            "present-at-start file settles"
+        );
+        assert!(
+            b.duration_since(renamed_at) < settle / 2,
+            "renamed file goes at once"
+        );
+        assert!(
+            w.duration_since(written_at) >= settle,
+            "written file waits for settle_ms"
+        );
+        Ok(())
+    }
+}

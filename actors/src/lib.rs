@@ -1,0 +1,23 @@
+//! The actors of `sentimentd serve`: HTTP ingestion, folder watcher, batch processor,
+//! inference pool, model registry, plus the metrics they share and the panic containment
+//! they all run under. They talk through the typed messages of [`messages`]; the ML core
+//! they call never sees actix.
+
+pub mod batch_processor;
+pub mod csv_input;
+pub mod folder_watcher;
+pub mod http;
+pub mod inference;
+pub mod journal;
+pub mod messages;
+pub mod metrics;
+pub mod model_registry;
+pub mod supervisor;
+pub mod systemd;
+
+pub use batch_processor::{BatchProcessor, Lifecycle};
+pub use folder_watcher::FolderWatcher;
+pub use inference::Inference;
+pub use metrics::Metrics;
+pub use model_registry::{ModelCell, ModelInfo, ModelRegistry, ServingModel, new_model_cell};
+pub use supervisor::{Containment, Faults};

@@ -1,0 +1,85 @@
+//! Every message the actors exchange. Actors talk only through these types; none reaches
+//! into another's state.
+
+use actix::Message;
+use sentimentd_model::{Classifier, Manifest, Prediction};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::supervisor::Panicked;
+
+/// BatchProcessor -> Inference: score `texts[start..end]`.
+///
+/// The texts are shared by `Arc` so splitting a file into chunks copies no strings.
+#[derive(Message)]
+#[rtype(result = "Result<ScoredChunk, InferenceError>")]
+pub struct ScoreChunk {
+    pub texts: Arc<Vec<String>>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// One result per text of the chunk, in order. A text the model panicked on gets `Err` so
+/// the batch processor can reject that row alone.
+pub struct ScoredChunk {
+    pub start: usize,
+    pub model_version: Arc<str>,
+    pub results: Vec<Result<Prediction, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error("no model is loaded yet")]
+    NoModel,
+    #[error("chunk {start}..{end} is out of range for {len} texts")]
+    BadRange {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
+}
+
+/// Trainer thread / admin -> ModelRegistry: serve this model from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SwapModel {
+    pub classifier: Arc<dyn Classifier>,
+    pub manifest: Option<Manifest>,
+}
+
+/// Trainer thread -> ModelRegistry: background training ended without a model.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TrainingFailed {
+    pub error: String,
+}
+
+/// notify's callback thread -> FolderWatcher.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FsEvent(pub notify::Result<notify::Event>);
+
+/// FolderWatcher -> BatchProcessor: this inbox file is complete; process it.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct FileReady {
+    pub path: PathBuf,
+    /// Where to report that the file has left the inbox.
+    pub done: actix::Recipient<FileDone>,
+}
+
+/// BatchProcessor -> FolderWatcher: the file left the inbox (or failed and may be retried).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct FileDone {
+    pub path: PathBuf,
+    /// False when processing failed for a transient reason and the file stayed in the inbox.
+    pub finished: bool,
+}
+
+/// Shutdown -> FolderWatcher: take no new files.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopIntake;

@@ -1,0 +1,334 @@
+//! Prometheus metrics. One `Metrics` value is shared by `Arc` between the HTTP workers and the
+//! actors: prometheus-client counters are atomics, so recording on the hot path costs a few
+//! atomic adds and never an actor round-trip. The hot label sets are resolved once at start-up
+//! (a `Family` lookup takes a lock and hashes the labels).
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sentimentd_data::Label;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Source {
+    http,
+    batch,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RequestOutcome {
+    ok,
+    client_error,
+    server_error,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum BatchOutcome {
+    /// Scored; the output is in the outbox (some rows may have been rejected).
+    processed,
+    /// The whole file was rejected (not CSV, no `text` column, too big).
+    rejected,
+    /// Processing failed for a reason other than the file's content (I/O error); retried.
+    failed,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RowOutcome {
+    scored,
+    rejected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    outcome: RequestOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PredictionLabels {
+    label: &'static str,
+    source: Source,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BatchLabels {
+    outcome: BatchOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RowLabels {
+    outcome: RowOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActorLabels {
+    actor: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelInfoLabels {
+    version: String,
+    kind: &'static str,
+    fallback: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub latency: Histogram,
+    /// `[source][label index]`, resolved once so the hot path never touches the family lock.
+    prediction_counters: [[Counter; 3]; 2],
+    request_counters: [Counter; 3],
+    batches: Family<BatchLabels, Counter>,
+    rows: Family<RowLabels, Counter>,
+    labelled_rows: Counter,
+    restarts: Family<ActorLabels, Counter>,
+    model_info: Family<ModelInfoLabels, Gauge>,
+    model_swaps: Counter,
+    pub drift_score: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "sentiment_requests",
+            "POST /predict requests, by outcome",
+            requests.clone(),
+        );
+        // From 50 µs to ~1.6 s: the interesting range of an in-process model.
+        let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.00005, 2.0, 16,
+        ));
+        registry.register(
+            "sentiment_request_latency_seconds",
+            "Time to answer POST /predict, from parsed request to encoded response",
+            latency.clone(),
+        );
+        let predictions = Family::<PredictionLabels, Counter>::default();
+        registry.register(
+            "sentiment_predictions",
+            "Texts classified, by predicted label and source (http or batch)",
+            predictions.clone(),
+        );
+        let drift_score = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "sentiment_drift_score",
+            "Latest drift score (0 until drift checks run)",
+            drift_score.clone(),
+        );
+        let batches = Family::<BatchLabels, Counter>::default();
+        registry.register(
+            "sentiment_batches",
+            "Inbox files handled, by outcome",
+            batches.clone(),
+        );
+        let rows = Family::<RowLabels, Counter>::default();
+        registry.register(
+            "sentiment_batch_rows",
+            "Inbox rows handled, by outcome",
+            rows.clone(),
+        );
+        let labelled_rows = Counter::default();
+        registry.register(
+            "sentiment_labelled_rows",
+            "Labelled rows appended to the labelled-data store",
+            labelled_rows.clone(),
+        );
+        let restarts = Family::<ActorLabels, Counter>::default();
+        registry.register(
+            "sentiment_actor_restarts",
+            "Panics contained in an actor or handler (the actor kept serving)",
+            restarts.clone(),
+        );
+        let model_info = Family::<ModelInfoLabels, Gauge>::default();
+        registry.register(
+            "sentiment_model_info",
+            "The model currently serving (value 1)",
+            model_info.clone(),
+        );
+        let model_swaps = Counter::default();
+        registry.register(
+            "sentiment_model_swaps",
+            "Times a new model was swapped in while serving",
+            model_swaps.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("sentiment_build_info", "Build information (value 1)", build);
+
+        let counter = |source, label: Label| {
+            predictions
+                .get_or_create(&PredictionLabels {
+                    label: label.as_str(),
+                    source,
+                })
+                .clone()
+        };
+        let per_source = |source| Label::ALL.map(|l| counter(source, l));
+        let prediction_counters = [per_source(Source::http), per_source(Source::batch)];
+        let request_counters = [
+            RequestOutcome::ok,
+            RequestOutcome::client_error,
+            RequestOutcome::server_error,
+        ]
+        .map(|outcome| requests.get_or_create(&RequestLabels { outcome }).clone());
+        // Pre-create so dashboards see zeros rather than missing series.
+        for outcome in [
+            BatchOutcome::processed,
+            BatchOutcome::rejected,
+            BatchOutcome::failed,
+        ] {
+            drop(batches.get_or_create(&BatchLabels { outcome }));
+        }
+        for outcome in [RowOutcome::scored, RowOutcome::rejected] {
+            drop(rows.get_or_create(&RowLabels { outcome }));
+        }
+
+        Metrics {
+            registry,
+            latency,
+            prediction_counters,
+            request_counters,
+            batches,
+            rows,
+            labelled_rows,
+            restarts,
+            model_info,
+            model_swaps,
+            drift_score,
+        }
+    }
+
+    pub fn request(&self, outcome: RequestOutcome) {
+        self.request_counters[outcome as usize].inc();
+    }
+
+    pub fn prediction(&self, source: Source, label: Label) {
+        self.prediction_counters[source as usize][label.index()].inc();
+    }
+
+    pub fn predictions_by_label(&self, source: Source, counts: [u64; 3]) {
+        for (i, n) in counts.into_iter().enumerate() {
+            if n > 0 {
+                self.prediction_counters[source as usize][i].inc_by(n);
+            }
+        }
+    }
+
+    pub fn batch(&self, outcome: BatchOutcome) {
+        self.batches.get_or_create(&BatchLabels { outcome }).inc();
+    }
+
+    pub fn rows(&self, outcome: RowOutcome, n: u64) {
+        self.rows.get_or_create(&RowLabels { outcome }).inc_by(n);
+    }
+
+    pub fn labelled_rows(&self, n: u64) {
+        self.labelled_rows.inc_by(n);
+    }
+
+    pub fn actor_restart(&self, actor: &'static str) {
+        self.restarts.get_or_create(&ActorLabels { actor }).inc();
+    }
+
+    /// Replaces the single `sentiment_model_info` series; `swap` counts a change while serving.
+    pub fn model_changed(&self, version: &str, kind: &'static str, fallback: bool, swap: bool) {
+        self.model_info.clear();
+        self.model_info
+            .get_or_create(&ModelInfoLabels {
+                version: version.to_string(),
+                kind,
+                fallback: if fallback { "true" } else { "false" },
+            })
+            .set(1);
+        if swap {
+            self.model_swaps.inc();
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    pub fn requests_total(&self) -> u64 {
+        self.request_counters.iter().map(Counter::get).sum()
+    }
+
+    pub fn predictions_total(&self, source: Source) -> u64 {
+        self.prediction_counters[source as usize]
+            .iter()
+            .map(Counter::get)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_dashboard_names() {
+        let m = Metrics::new();
+        m.request(RequestOutcome::ok);
+        m.prediction(Source::http, Label::Positive);
+        m.latency.observe(0.001);
+        m.model_changed("lexicon", "lexicon", true, false);
+        m.actor_restart("http");
+        let text = m.render().unwrap_or_default();
+        for needle in [
+            "sentiment_requests_total{outcome=\"ok\"} 1",
+            "sentiment_predictions_total{label=\"positive\",source=\"http\"} 1",
+            "sentiment_predictions_total{label=\"negative\",source=\"batch\"} 0",
+            "sentiment_request_latency_seconds_count 1",
+            "sentiment_drift_score 0",
+            "sentiment_model_info{version=\"lexicon\",kind=\"lexicon\",fallback=\"true\"} 1",
+            "sentiment_actor_restarts_total{actor=\"http\"} 1",
+            "sentiment_batches_total{outcome=\"processed\"} 0",
+            "sentiment_build_info{version=",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert_eq!(m.requests_total(), 1);
+        assert_eq!(m.predictions_total(Source::http), 1);
+    }
+
+    #[test]
+    fn model_info_keeps_one_series() {
+        let m = Metrics::new();
+        m.model_changed("lexicon", "lexicon", true, false);
+        m.model_changed("v1", "fast", false, true);
+        let text = m.render().unwrap_or_default();
+        assert!(!text.contains("version=\"lexicon\""));
+        assert!(
+            text.contains(
+                "sentiment_model_info{version=\"v1\",kind=\"fast\",fallback=\"false\"} 1"
+            )
+        );
+        assert!(text.contains("sentiment_model_swaps_total 1"));
+    }
+}

@@ -1,0 +1,151 @@
+//! Panic containment. `actix::Supervisor` restarts an actor that *stops*, but a panic inside a
+//! handler unwinds through the arbiter (or kills a `SyncArbiter` thread) instead of stopping
+//! the actor cleanly. Every handler body therefore runs inside [`Containment::run`]: a panic is
+//! caught, logged with the actor's name, counted in `sentiment_actor_restarts_total{actor}`,
+//! and turned into an error for that one message; the actor keeps its state and serves the
+//! next message.
+//!
+//! Also home of the test-only fault hooks, which do nothing unless `server.test_faults = true`.
+
+use crate::metrics::Metrics;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// A handler panicked; the message it was handling produced no result.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("internal error in actor {actor}: {message}")]
+pub struct Panicked {
+    pub actor: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone)]
+pub struct Containment {
+    actor: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl Containment {
+    pub fn new(actor: &'static str, metrics: Arc<Metrics>) -> Containment {
+        Containment { actor, metrics }
+    }
+
+    /// Runs `f`; a panic becomes `Err(Panicked)` after being logged and counted.
+    ///
+    /// `AssertUnwindSafe` is sound here because every caller's state is either rebuilt per
+    /// message or only mutated through operations that leave it consistent at each step
+    /// (the batch processor's journal exists precisely for that).
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, Panicked> {
+        catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+            let message = panic_message(payload.as_ref());
+            tracing::error!(
+                actor = self.actor,
+                panic = %message,
+                "actor handler panicked; contained, the actor keeps serving"
+            );
+            self.metrics.actor_restart(self.actor);
+            Panicked {
+                actor: self.actor,
+                message,
+            }
+        })
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// A text equal to this makes the handler that sees it panic (only with test faults enabled).
+pub const FAULT_PANIC_TEXT: &str = "__sentimentd_test_fault_panic__";
+/// A text equal to this makes batch scoring of its chunk sleep 200 ms (test faults only),
+/// so a test can kill the process in the middle of a batch.
+pub const FAULT_SLOW_TEXT: &str = "__sentimentd_test_fault_slow__";
+/// With test faults enabled, the batch processor calls `abort()` (as abrupt as `kill -9`)
+/// on reaching the step named by this environment variable.
+pub const FAULT_CRASH_ENV: &str = "SENTIMENTD_TEST_CRASH_AT";
+
+/// Test-only fault hooks; every method is a no-op unless `server.test_faults = true`.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    enabled: bool,
+    crash_at: Option<String>,
+}
+
+impl Faults {
+    pub fn new(enabled: bool) -> Faults {
+        let crash_at = if enabled {
+            std::env::var(FAULT_CRASH_ENV).ok()
+        } else {
+            None
+        };
+        if enabled {
+            tracing::warn!(
+                crash_at = crash_at.as_deref().unwrap_or(""),
+                "server.test_faults is on: fault-injection hooks are live (tests only)"
+            );
+        }
+        Faults { enabled, crash_at }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn on_text(&self, text: &str) {
+        if self.enabled {
+            if text == FAULT_PANIC_TEXT {
+                panic!("injected test fault");
+            }
+            if text == FAULT_SLOW_TEXT {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+
+    pub fn crash_point(&self, step: &str) {
+        if self.crash_at.as_deref() == Some(step) {
+            tracing::warn!(step, "injected crash");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_is_contained_counted_and_the_next_call_works() {
+        let metrics = Arc::new(Metrics::new());
+        let c = Containment::new("inference", metrics.clone());
+        let faults = Faults::new(true);
+        let r = c.run(|| {
+            faults.on_text(FAULT_PANIC_TEXT);
+            1
+        });
+        assert!(matches!(
+            r,
+            Err(Panicked {
+                actor: "inference",
+                ..
+            })
+        ));
+        assert_eq!(c.run(|| 2).ok(), Some(2));
+        let text = metrics.render().unwrap_or_default();
+        assert!(text.contains("sentiment_actor_restarts_total{actor=\"inference\"} 1"));
+    }
+
+    #[test]
+    fn faults_are_inert_when_disabled() {
+        let faults = Faults::new(false);
+        faults.on_text(FAULT_PANIC_TEXT);
+        faults.crash_point("anything");
+    }
+}

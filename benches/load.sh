@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Load test of `sentimentd serve` (release build, trained model):
+#  1. POST /predict with wrk: 64 connections, bodies rotating over the real texts of
+#     data/datasets/tweeteval/val.csv; prints req/s and p50/p99 latency.
+#  2. A 100,000-row CSV dropped into the inbox: rows/s end to end (rename into the inbox
+#     until the scored file is in the outbox and the input archived).
+#  3. RSS of the serving process (current and peak).
+#
+# Usage: benches/load.sh            (from the repository root)
+# Env:   DURATION=20s CONNECTIONS=64 THREADS=2 ROWS=100000 PORT=18080 WORKERS=1
+#        (WORKERS = HTTP workers. With wrk on the same 2-core machine one worker gives the
+#        better tail: the second worker only competes with wrk for the same two cores.)
+#        MODEL_STORE=DIR  reuse a trained model store instead of training one (~60 s)
+#        SKIP_BUILD=1     use the release binary already in $CARGO_TARGET_DIR
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+: "${CARGO_TARGET_DIR:=$HOME/.cache/sentimentd-target}"
+export CARGO_TARGET_DIR
+DURATION="${DURATION:-20s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+ROWS="${ROWS:-100000}"
+PORT="${PORT:-18080}"
+WORKERS="${WORKERS:-1}"
+VAL="$ROOT/data/datasets/tweeteval/val.csv"
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "== installing wrk"
+    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+fi
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    echo "== building the release binary"
+    cargo build --release --bin sentimentd
+fi
+BIN="$CARGO_TARGET_DIR/release/sentimentd"
+
+WORK="$(mktemp -d /tmp/sentimentd-load.XXXXXX)"
+DAEMON_PID=""
+cleanup() {
+    if [ -n "$DAEMON_PID" ]; then kill -TERM "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+STORE="${MODEL_STORE:-$WORK/models}"
+cat > "$WORK/sentimentd.toml" <<EOF
+[paths]
+model_store = "$STORE"
+state_dir = "$WORK/state"
+
+[data]
+train = ["$ROOT/data/datasets/tweeteval/train.csv"]
+val = "$VAL"
+lexicon = "$ROOT/data/lexicons/vader/vader_lexicon.txt"
+
+[train]
+on_start = "never"
+
+[server]
+workers = $WORKERS
+inference_threads = 2
+
+[ingest]
+inbox = "$WORK/inbox"
+outbox = "$WORK/outbox"
+archive = "$WORK/archive"
+rejected = "$WORK/rejected"
+journal = "$WORK/journal"
+labelled_store = "$WORK/labelled.csv"
+settle_ms = 200
+
+[logging]
+level = "warn,sentimentd_actors=info"
+EOF
+
+if [ -z "${MODEL_STORE:-}" ]; then
+    echo "== training the default model (release)"
+    "$BIN" --config "$WORK/sentimentd.toml" train --out "$STORE"
+fi
+
+echo "== starting sentimentd on port $PORT"
+"$BIN" --config "$WORK/sentimentd.toml" serve --port "$PORT" 2> "$WORK/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 1 200); do
+    if curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$PORT/model"; echo
+
+# Request bodies: one JSON document per line, built from the validation texts.
+python3 - "$VAL" "$WORK/bodies.txt" <<'EOF'
+import csv, json, sys
+with open(sys.argv[1], newline='', encoding='utf-8') as f, open(sys.argv[2], 'w') as out:
+    for row in csv.DictReader(f):
+        t = row['text'].strip()
+        if t:
+            out.write(json.dumps({"text": t}) + "\n")
+EOF
+
+cat > "$WORK/rotate.lua" <<EOF
+local bodies = {}
+for line in io.lines("$WORK/bodies.txt") do bodies[#bodies + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function setup(thread) thread:set("offset", math.random(#bodies)) end
+function request()
+    i = i + 1
+    return wrk.format(nil, "/predict", nil, bodies[(i + (offset or 0)) % #bodies + 1])
+end
+function done(summary, latency, requests)
+    io.write(string.format("RESULT requests=%d errors=%d req_per_s=%.0f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f\n",
+        summary.requests,
+        summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+        summary.requests / (summary.duration / 1e6),
+        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+EOF
+
+echo "== warm-up"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT/predict" >/dev/null
+echo "== wrk -t$THREADS -c$CONNECTIONS -d$DURATION against $WORKERS HTTP worker(s) (rotating $(wc -l < "$WORK/bodies.txt") validation texts)"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT/predict" | tee "$WORK/wrk.txt"
+grep '^RESULT' "$WORK/wrk.txt"
+
+echo "== memory after the HTTP load"
+grep -E '^(VmRSS|VmHWM)' "/proc/$DAEMON_PID/status"
+
+echo "== inbox throughput: $ROWS rows"
+python3 - "$VAL" "$WORK/big.csv" "$ROWS" <<'EOF'
+import csv, sys
+texts = [r['text'] for r in csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')) if r['text'].strip()]
+n = int(sys.argv[3])
+with open(sys.argv[2], 'w', newline='', encoding='utf-8') as f:
+    w = csv.writer(f)
+    w.writerow(['id', 'text'])
+    for i in range(n):
+        w.writerow([i, texts[i % len(texts)]])
+EOF
+START=$(date +%s.%N)
+mv "$WORK/big.csv" "$WORK/inbox/big.csv"
+while [ ! -f "$WORK/archive/big.csv" ]; do sleep 0.01; done
+END=$(date +%s.%N)
+OUT_ROWS=$(($(python3 -c "import csv,sys; print(sum(1 for _ in csv.reader(open(sys.argv[1], newline='', encoding='utf-8'))))" "$WORK/outbox/big.csv") - 1))
+python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); n=int(sys.argv[3]); print(f'RESULT inbox_rows={n} seconds={s:.3f} rows_per_s={n/s:.0f}')" "$START" "$END" "$OUT_ROWS"
+grep 'batch processed' "$WORK/daemon.log" | tail -1
+
+echo "== memory after the inbox batch"
+grep -E '^(VmRSS|VmHWM)' "/proc/$DAEMON_PID/status"
+
+kill -TERM "$DAEMON_PID"
+wait "$DAEMON_PID" && echo "== clean exit (0) after SIGTERM"
+DAEMON_PID=""

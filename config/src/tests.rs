@@ -1,0 +1,278 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, Path::new("/etc/sentimentd/test.toml"))
+}
+
+#[test]
+fn empty_document_is_the_default() {
+    assert_eq!(parse("").ok(), Some(Config::default()));
+    assert_eq!(Config::load_or_default(None).ok(), Some(Config::default()));
+}
+
+#[test]
+fn default_is_valid() {
+    assert!(Config::default().validate().is_ok());
+}
+
+#[test]
+fn documented_file_is_exactly_the_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sentimentd.toml");
+    let config = Config::load(&path).map_err(|e| e.to_string());
+    assert_eq!(config, Ok(Config::default()));
+}
+
+#[test]
+fn documented_file_mentions_every_key() {
+    // `to_toml_string` lists every key that has a value; the documented file must have each
+    // of them (admin_token is commented out because its default is "unset").
+    let documented = include_str!("../sentimentd.toml");
+    let effective = Config::default().to_toml_string();
+    for line in effective.lines() {
+        if let Some((key, _)) = line.split_once(" = ") {
+            let key = key.trim();
+            assert!(
+                documented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key} = "))),
+                "key {key} is not documented in sentimentd.toml"
+            );
+        }
+    }
+    assert!(documented.contains("# admin_token = "));
+}
+
+#[test]
+fn effective_config_round_trips() {
+    let mut config = Config::default();
+    config.server.admin_token = Some("s3cret".into());
+    config.data.train.push("more.csv".into());
+    let text = config.to_toml_string();
+    assert_eq!(parse(&text).map_err(|e| e.to_string()), Ok(config));
+}
+
+#[test]
+fn unknown_key_names_file_line_column_and_key() {
+    let text = "[server]\nport = 9000\nbogus = 1\n";
+    let err = parse(text).err();
+    let msg = err.as_ref().map(ToString::to_string).unwrap_or_default();
+    assert!(
+        msg.starts_with(
+            "/etc/sentimentd/test.toml:3:1: unknown key `bogus` in [server] (expected one of: bind, port,"
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("admin_token"), "{msg}");
+    match err {
+        Some(ConfigError::UnknownKey {
+            key,
+            section,
+            location,
+            ..
+        }) => {
+            assert_eq!(key, "bogus");
+            assert_eq!(section, "[server]");
+            assert_eq!(location.line, Some(3));
+            assert_eq!(location.column, Some(1));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_section_is_reported_at_top_level() {
+    let msg = parse("\n[sever]\nport = 1\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.starts_with("/etc/sentimentd/test.toml:2:2: unknown key `sever` in the top level (expected one of: paths, data, model, train, server, ingest, logging)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_key_in_dotted_and_inline_forms() {
+    let msg = parse("train.epochz = 3\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(":1:7: unknown key `epochz` in [train]"),
+        "{msg}"
+    );
+    let msg = parse("model = { kind = \"fast\", dim = 3 }\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains(":1:26: unknown key `dim` in [model]"), "{msg}");
+}
+
+#[test]
+fn type_error_names_line_and_key() {
+    let text = "# comment\n[train]\nseed = 1\nepochs = \"many\"\n";
+    let err = parse(text).err();
+    let msg = err.as_ref().map(ToString::to_string).unwrap_or_default();
+    assert!(
+        msg.starts_with("/etc/sentimentd/test.toml:4:10: invalid value for `train.epochs`: "),
+        "{msg}"
+    );
+    assert!(
+        matches!(err, Some(ConfigError::InvalidValue { ref key, .. }) if key == "train.epochs")
+    );
+}
+
+#[test]
+fn bad_enum_and_negative_integer_and_array_item() {
+    let msg = parse("[model]\nkind = \"huge\"\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(":2:8: invalid value for `model.kind`: unknown variant `huge`"),
+        "{msg}"
+    );
+    let msg = parse("[server]\nport = -3\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(":2:8: invalid value for `server.port`"),
+        "{msg}"
+    );
+    let msg = parse("[data]\ntrain = [\"a.csv\",\n  7]\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(":3:3: invalid value for `data.train[1]`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn syntax_error_has_line() {
+    let msg = parse("[server\nport = 1\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.starts_with("/etc/sentimentd/test.toml:1:"), "{msg}");
+    assert!(msg.contains("TOML syntax error"), "{msg}");
+}
+
+#[test]
+fn validation_error_names_key_and_line() {
+    let text = "[train]\nepochs = 3\nlearning_rate = -1.0\n";
+    let msg = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(
+        msg,
+        "/etc/sentimentd/test.toml:3:17: train.learning_rate must be > 0, got -1"
+    );
+}
+
+#[test]
+fn validation_reports_every_issue() {
+    let mut c = Config::default();
+    c.model.embedding_dim = 0;
+    c.train.batch_size = 0;
+    c.train.learning_rate = f64::NAN;
+    c.server.workers = 0;
+    c.ingest.settle_ms = 600_001;
+    c.model.char_ngram_min = 6;
+    c.model.char_ngram_max = 5;
+    let Err(ConfigError::Invalid { issues }) = c.validate() else {
+        panic!("expected validation errors");
+    };
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "model.embedding_dim",
+            "model.char_ngram_min",
+            "train.batch_size",
+            "train.learning_rate",
+            "server.workers",
+            "ingest.settle_ms",
+        ]
+    );
+    assert_eq!(
+        issues[0].to_string(),
+        "model.embedding_dim must be between 1 and 1024, got 0"
+    );
+}
+
+#[test]
+fn char_ngrams_can_be_disabled_and_port_zero_is_allowed() {
+    let c = parse("[model]\nchar_ngram_max = 0\nchar_ngram_min = 0\n[server]\nport = 0\n");
+    assert!(c.is_ok(), "{c:?}");
+    let msg = parse("[model]\nchar_ngram_max = 9\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(":2:18: model.char_ngram_max must be between 1 and 8, got 9"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn transformer_is_rejected_by_validation() {
+    let msg = parse("model.kind = \"transformer\"\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("model.kind"), "{msg}");
+    assert!(msg.contains("not available in this build"), "{msg}");
+}
+
+#[test]
+fn ingest_folders_must_be_distinct_and_outside_inbox() {
+    let text = "[ingest]\ninbox = \"in\"\noutbox = \"./in/\"\narchive = \"in/archive\"\n";
+    let Err(ConfigError::Invalid { issues }) = parse(text) else {
+        panic!("expected validation errors");
+    };
+    let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "/etc/sentimentd/test.toml:3:10: ingest.outbox must differ from ingest.inbox (both are ./in/)",
+            "/etc/sentimentd/test.toml:4:11: ingest.archive must not be inside ingest.inbox (in)",
+        ]
+    );
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let msg = Config::load(Path::new("/nonexistent/sentimentd.toml"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.starts_with("/nonexistent/sentimentd.toml: cannot read config file:"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn resolve_paths_makes_relative_paths_absolute() {
+    let mut c = Config::default();
+    c.ingest.outbox = PathBuf::from("/srv/out");
+    c.resolve_paths(Path::new("/var/lib/sentimentd"));
+    assert_eq!(
+        c.paths.model_store,
+        Path::new("/var/lib/sentimentd/state/models")
+    );
+    assert_eq!(
+        c.data.train,
+        [PathBuf::from(
+            "/var/lib/sentimentd/data/datasets/tweeteval/train.csv"
+        )]
+    );
+    assert_eq!(c.ingest.inbox, Path::new("/var/lib/sentimentd/state/inbox"));
+    assert_eq!(c.ingest.outbox, Path::new("/srv/out"));
+    assert_eq!(
+        c.ingest.labelled_store,
+        Path::new("/var/lib/sentimentd/state/labelled/labelled.csv")
+    );
+    assert!(c.validate().is_ok());
+}

@@ -1,0 +1,203 @@
+//! Range and consistency rules that serde's types cannot express.
+
+use crate::error::{Location, ValidationIssue};
+use crate::schema::{Config, ModelKind};
+use std::fmt::Display;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Default)]
+struct Checker {
+    issues: Vec<ValidationIssue>,
+}
+
+impl Checker {
+    fn fail(&mut self, key: &str, message: String) {
+        self.issues.push(ValidationIssue {
+            key: key.to_string(),
+            message,
+            location: Location::default(),
+        });
+    }
+
+    fn range<T: PartialOrd + Display>(&mut self, key: &str, value: T, min: T, max: T) {
+        if value < min || value > max {
+            self.fail(key, format!("must be between {min} and {max}, got {value}"));
+        }
+    }
+
+    fn at_least<T: PartialOrd + Display>(&mut self, key: &str, value: T, min: T) {
+        if value < min {
+            self.fail(key, format!("must be >= {min}, got {value}"));
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: f64) {
+        if !(value.is_finite() && value > 0.0) {
+            self.fail(key, format!("must be > 0, got {value}"));
+        }
+    }
+
+    fn path(&mut self, key: &str, path: &Path) {
+        if path.as_os_str().is_empty() {
+            self.fail(key, "must not be empty".to_string());
+        }
+    }
+}
+
+pub fn validate(c: &Config) -> Vec<ValidationIssue> {
+    let mut k = Checker::default();
+
+    k.path("paths.model_store", &c.paths.model_store);
+    k.path("paths.state_dir", &c.paths.state_dir);
+
+    if c.data.train.is_empty() {
+        k.fail("data.train", "must list at least one CSV file".to_string());
+    }
+    for (i, p) in c.data.train.iter().enumerate() {
+        k.path(&format!("data.train[{i}]"), p);
+    }
+    k.path("data.val", &c.data.val);
+    k.path("data.lexicon", &c.data.lexicon);
+    k.range("data.max_text_chars", c.data.max_text_chars, 1, 1_000_000);
+
+    let m = &c.model;
+    if m.kind == ModelKind::Transformer {
+        k.fail(
+            "model.kind",
+            "= \"transformer\" is not available in this build (use \"fast\")".to_string(),
+        );
+    }
+    k.range("model.embedding_dim", m.embedding_dim, 1, 1024);
+    k.range("model.hidden_dim", m.hidden_dim, 0, 4096);
+    k.range("model.vocab_size", m.vocab_size, 100, 1_000_000);
+    k.at_least("model.min_token_frequency", m.min_token_frequency, 1);
+    k.range("model.buckets", m.buckets, 1, 1 << 24);
+    k.range("model.word_ngrams", m.word_ngrams, 1, 5);
+    if m.char_ngram_max != 0 {
+        k.range("model.char_ngram_max", m.char_ngram_max, 1, 8);
+        if m.char_ngram_min == 0 || m.char_ngram_min > m.char_ngram_max {
+            k.fail(
+                "model.char_ngram_min",
+                format!(
+                    "must be between 1 and model.char_ngram_max ({}), got {}",
+                    m.char_ngram_max, m.char_ngram_min
+                ),
+            );
+        }
+    }
+    k.range("model.max_tokens", m.max_tokens, 1, 100_000);
+
+    let t = &c.train;
+    k.range("train.epochs", t.epochs, 1, 10_000);
+    k.range("train.batch_size", t.batch_size, 1, 1_000_000);
+    k.positive("train.learning_rate", t.learning_rate);
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        k.fail(
+            "train.weight_decay",
+            format!("must be >= 0, got {}", t.weight_decay),
+        );
+    }
+    if !(t.dropout.is_finite() && (0.0..1.0).contains(&t.dropout)) {
+        k.fail(
+            "train.dropout",
+            format!("must be >= 0 and < 1, got {}", t.dropout),
+        );
+    }
+    k.range("train.threads", t.threads, 0, 1024);
+
+    let s = &c.server;
+    if s.bind.trim().is_empty() || s.bind.chars().any(char::is_whitespace) {
+        k.fail(
+            "server.bind",
+            format!("must be an address or host name, got {:?}", s.bind),
+        );
+    }
+    k.range("server.workers", s.workers, 1, 256);
+    k.range("server.inference_threads", s.inference_threads, 1, 256);
+    k.range("server.max_body_bytes", s.max_body_bytes, 1, 1 << 30);
+    k.range("server.max_batch_texts", s.max_batch_texts, 1, 1_000_000);
+    k.range(
+        "server.shutdown_timeout_secs",
+        s.shutdown_timeout_secs,
+        1,
+        3600,
+    );
+    if let Some(token) = &s.admin_token
+        && (token.is_empty() || token.chars().any(char::is_whitespace))
+    {
+        k.fail(
+            "server.admin_token",
+            "must be non-empty and contain no whitespace (omit the key to disable admin endpoints)"
+                .to_string(),
+        );
+    }
+
+    let g = &c.ingest;
+    let folders = [
+        ("ingest.inbox", &g.inbox),
+        ("ingest.outbox", &g.outbox),
+        ("ingest.archive", &g.archive),
+        ("ingest.rejected", &g.rejected),
+        ("ingest.journal", &g.journal),
+    ];
+    for (key, path) in folders {
+        k.path(key, path);
+    }
+    k.path("ingest.labelled_store", &g.labelled_store);
+    let normalised: Vec<PathBuf> = folders.iter().map(|(_, p)| lexical(p)).collect();
+    for i in 0..folders.len() {
+        for j in 0..i {
+            if normalised[i] == normalised[j] {
+                k.fail(
+                    folders[i].0,
+                    format!(
+                        "must differ from {} (both are {})",
+                        folders[j].0,
+                        folders[i].1.display()
+                    ),
+                );
+            }
+        }
+    }
+    // Outputs written inside the watched inbox would be picked up again as new batches.
+    for i in 1..folders.len() {
+        if normalised[i] != normalised[0] && normalised[i].starts_with(&normalised[0]) {
+            k.fail(
+                folders[i].0,
+                format!(
+                    "must not be inside ingest.inbox ({})",
+                    folders[0].1.display()
+                ),
+            );
+        }
+    }
+    if lexical(&g.labelled_store).starts_with(&normalised[0]) {
+        k.fail(
+            "ingest.labelled_store",
+            format!(
+                "must not be inside ingest.inbox ({})",
+                folders[0].1.display()
+            ),
+        );
+    }
+    k.range("ingest.settle_ms", g.settle_ms, 0, 600_000);
+    k.range("ingest.chunk_rows", g.chunk_rows, 1, 10_000_000);
+    k.at_least("ingest.max_file_bytes", g.max_file_bytes, 1);
+
+    if c.logging.level.trim().is_empty() {
+        k.fail(
+            "logging.level",
+            "must be a tracing filter such as \"info\"".to_string(),
+        );
+    }
+
+    k.issues
+}
+
+/// Drops `.` components so `state/inbox` and `./state/inbox/` compare equal; `..` is kept
+/// because resolving it lexically is wrong in the presence of symlinks.
+pub fn lexical(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}

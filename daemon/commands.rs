@@ -1,0 +1,324 @@
+//! The CLI commands over the ML core.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sentimentd_config::Config;
+use sentimentd_model::pipeline::{self, TrainJob};
+use sentimentd_model::{Classifier, LexiconClassifier, Metrics, ModelStore, Prediction};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Labelled training CSV (columns `text`, `label`); repeat for several files.
+    #[arg(long = "data", value_name = "CSV")]
+    pub data: Vec<PathBuf>,
+    /// Labelled validation CSV used for early stopping and the reported metrics.
+    #[arg(long, value_name = "CSV")]
+    pub val: Option<PathBuf>,
+    /// Model store to write the new version into (default: [paths] model_store).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Store the version without making it current.
+    #[arg(long)]
+    pub no_promote: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Labelled CSV to evaluate on (default: the configured validation file).
+    #[arg(long, value_name = "CSV")]
+    pub data: Option<PathBuf>,
+    /// Model version (default: current).
+    #[arg(long, value_name = "VERSION")]
+    pub model: Option<String>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write metrics.json and confusion_matrix.png into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Texts to classify; with none, one text per line is read from stdin.
+    pub texts: Vec<String>,
+    /// Score a CSV file (column `text`) instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "texts")]
+    pub csv: Option<PathBuf>,
+    /// Output CSV for `--csv` (default: FILE with `.scored.csv`).
+    #[arg(long, short, value_name = "FILE", requires = "csv")]
+    pub output: Option<PathBuf>,
+    /// Model version (default: current).
+    #[arg(long, value_name = "VERSION")]
+    pub model: Option<String>,
+    /// Print one JSON object per text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// List the versions in the store with their validation metrics.
+    List,
+    /// Show one version's manifest.
+    Show {
+        /// Version name as printed by `model list`.
+        version: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a config file and print the effective configuration.
+    Check {
+        /// File to check (default: the one given by --config).
+        file: Option<PathBuf>,
+    },
+}
+
+pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
+    let job = TrainJob {
+        train: a.data,
+        val: a.val,
+        store: a.out,
+        promote: !a.no_promote,
+    };
+    let started = Instant::now();
+    let mut bar = crate::progress::BarObserver::new();
+    let result = pipeline::train_and_store(cfg, &job, &mut bar);
+    bar.finish();
+    let trained = result.context("training failed")?;
+    let m = &trained.manifest;
+    println!("version      {}", m.version);
+    println!("store        {}", trained.store_root.display());
+    println!(
+        "current      {}",
+        if job.promote { "yes" } else { "no (--no-promote)" }
+    );
+    println!("train rows   {}", m.training_rows);
+    println!("best epoch   {} of {}", m.best_epoch, m.history.len());
+    println!("wall time    {:.1}s", started.elapsed().as_secs_f64());
+    if let Some(v) = m.metrics.get("validation") {
+        println!("\nvalidation\n{}", v.table());
+    }
+    Ok(())
+}
+
+/// The requested version, the current one, or the lexicon fallback when the store is empty.
+fn load_model(cfg: &Config, version: Option<&str>) -> anyhow::Result<Arc<dyn Classifier>> {
+    let store = ModelStore::open(&cfg.paths.model_store)?;
+    match version {
+        Some(v) => Ok(Arc::new(store.load(v)?)),
+        None => match store.load_current()? {
+            Some(m) => Ok(m),
+            None => {
+                eprintln!(
+                    "warning: no trained model in {}; answering with the lexicon fallback \
+                     (run `sentimentd train`)",
+                    store.root().display()
+                );
+                Ok(Arc::new(LexiconClassifier::embedded()))
+            }
+        },
+    }
+}
+
+pub fn eval(cfg: &Config, a: EvalArgs) -> anyhow::Result<()> {
+    let path = a.data.unwrap_or_else(|| cfg.data.val.clone());
+    let model = load_model(cfg, a.model.as_deref())?;
+    let data = sentimentd_data::load_dataset(std::slice::from_ref(&path), cfg.data.max_text_chars)?;
+    let metrics = pipeline::evaluate(model.as_ref(), &data);
+    if let Some(dir) = &a.out {
+        write_eval_outputs(dir, &metrics, model.version())?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
+    } else {
+        println!("model {} on {}", model.version(), path.display());
+        print!("{}", metrics.table());
+    }
+    Ok(())
+}
+
+fn write_eval_outputs(dir: &Path, m: &Metrics, version: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = dir.join("metrics.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(m)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    sentimentd_model::plot::confusion_png(&dir.join("confusion_matrix.png"), m, version)?;
+    Ok(())
+}
+
+fn prediction_json(text: &str, p: &Prediction, version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "text": text,
+        "label": p.label.as_str(),
+        "score": p.score,
+        "probabilities": {
+            "negative": p.probabilities[0],
+            "neutral": p.probabilities[1],
+            "positive": p.probabilities[2],
+        },
+        "model_version": version,
+    })
+}
+
+pub fn predict(cfg: &Config, a: PredictArgs) -> anyhow::Result<()> {
+    let model = load_model(cfg, a.model.as_deref())?;
+    if let Some(csv) = &a.csv {
+        return predict_csv(cfg, model.as_ref(), csv, a.output.as_deref());
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut emit = |text: &str| -> anyhow::Result<()> {
+        let p = model.predict(text);
+        if a.json {
+            writeln!(out, "{}", prediction_json(text, &p, model.version()))?;
+        } else {
+            writeln!(
+                out,
+                "{:<8}  {:.3}  neg {:.3}  neu {:.3}  pos {:.3}  {}",
+                p.label.as_str(),
+                p.score,
+                p.probabilities[0],
+                p.probabilities[1],
+                p.probabilities[2],
+                text
+            )?;
+        }
+        Ok(())
+    };
+    if a.texts.is_empty() {
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("stdin is not valid UTF-8 text")?;
+            emit(&line)?;
+        }
+    } else {
+        for t in &a.texts {
+            emit(t)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn predict_csv(
+    cfg: &Config,
+    model: &dyn Classifier,
+    input: &Path,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let opts = sentimentd_data::ReadOptions {
+        max_text_chars: cfg.data.max_text_chars,
+        require_label: false,
+    };
+    let batch = sentimentd_data::read_batch(input, &opts)?;
+    let output = output.map(Path::to_path_buf).unwrap_or_else(|| {
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "batch".into());
+        input.with_file_name(format!("{stem}.scored.csv"))
+    });
+    let texts: Vec<&str> = batch.rows.iter().map(|r| r.text()).collect();
+    let preds = model.predict_batch(&texts);
+    sentimentd_data::write_atomic(&output, |w| {
+        let mut out = sentimentd_data::ScoredWriter::new(w, &batch.headers)?;
+        for (row, p) in batch.rows.iter().zip(&preds) {
+            let scores = sentimentd_data::Scores {
+                label: p.label,
+                score: p.score,
+                probabilities: p.probabilities,
+            };
+            out.write_row(&row.fields, &scores, model.version())?;
+        }
+        out.finish().map(|_| ())
+    })?;
+    println!("scored   {} rows -> {}", batch.rows.len(), output.display());
+    if !batch.rejected.is_empty() {
+        let report = output.with_file_name(format!(
+            "{}.errors.csv",
+            output
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        ));
+        sentimentd_data::write_rejections(&report, &batch.rejected)?;
+        println!(
+            "rejected {} rows -> {}",
+            batch.rejected.len(),
+            report.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
+    let store = ModelStore::open(&cfg.paths.model_store)?;
+    match cmd {
+        ModelCommand::List => {
+            let current = store.current_version()?;
+            let versions = store.list()?;
+            if versions.is_empty() {
+                println!(
+                    "no model versions in {} (run `sentimentd train`)",
+                    store.root().display()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<2} {:<28} {:<26} {:>10} {:>10} {:>9}",
+                "", "version", "created", "macro-rec", "accuracy", "rows"
+            );
+            for m in versions {
+                let v = m.metrics.get("validation");
+                println!(
+                    "{:<2} {:<28} {:<26} {:>10} {:>10} {:>9}",
+                    if current.as_deref() == Some(m.version.as_str()) {
+                        "*"
+                    } else {
+                        ""
+                    },
+                    m.version,
+                    m.created_at.chars().take(25).collect::<String>(),
+                    v.map_or("-".into(), |x| format!("{:.4}", x.macro_recall)),
+                    v.map_or("-".into(), |x| format!("{:.4}", x.accuracy)),
+                    m.training_rows
+                );
+            }
+            Ok(())
+        }
+        ModelCommand::Show { version } => {
+            let m = store.manifest(&version)?;
+            let current = store.current_version()?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            if current.as_deref() == Some(version.as_str()) {
+                eprintln!("(current)");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn config(cmd: &ConfigCommand, global: Option<&Path>) -> anyhow::Result<()> {
+    let ConfigCommand::Check { file } = cmd;
+    let path = file.as_deref().or(global);
+    let mut cfg = Config::load_or_default(path)?;
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    cfg.resolve_paths(&cwd);
+    cfg.validate()?;
+    match path {
+        Some(p) => eprintln!("{}: ok", p.display()),
+        None => eprintln!("no file given: built-in defaults"),
+    }
+    print!("{}", cfg.to_toml_string());
+    if cfg.model.kind != sentimentd_config::ModelKind::Fast {
+        bail!("model.kind = transformer is not available in this build");
+    }
+    Ok(())
+}

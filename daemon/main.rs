@@ -1,0 +1,91 @@
+//! sentimentd: parse the command line, load the config, run one command.
+
+mod commands;
+mod progress;
+mod serve;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sentimentd",
+    version,
+    about = "Sentiment classification daemon: train, evaluate, predict and serve",
+    long_about = "Classifies short social-media texts as negative, neutral or positive. \
+                  Every command works with no flags on the bundled data and a local model store; \
+                  `--config` points at a TOML file to change that (see config/sentimentd.toml)."
+)]
+struct Cli {
+    /// TOML configuration file; without it the built-in defaults apply.
+    #[arg(long, short, global = true, env = "SENTIMENTD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `sentimentd=debug` (overrides [logging] level).
+    #[arg(long, global = true, env = "SENTIMENTD_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: HTTP API, watched inbox folder, metrics (see [server] and [ingest]).
+    Serve(serve::ServeArgs),
+    /// Train a new model version on labelled CSV data and make it current.
+    Train(commands::TrainArgs),
+    /// Evaluate a model version on a labelled CSV file.
+    Eval(commands::EvalArgs),
+    /// Classify texts given as arguments, on stdin (one per line), or in a CSV file.
+    Predict(commands::PredictArgs),
+    /// Inspect the model store.
+    #[command(subcommand)]
+    Model(commands::ModelCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(commands::ConfigCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // `config check` reports a broken file itself instead of failing before it runs.
+    if let Command::Config(c) = &cli.command {
+        return commands::config(c, cli.config.as_deref());
+    }
+    let mut cfg = sentimentd_config::Config::load_or_default(cli.config.as_deref())?;
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    cfg.resolve_paths(&cwd);
+    cfg.validate()?;
+    init_logging(cli.log.as_deref().unwrap_or(&cfg.logging.level), &cfg)?;
+    match cli.command {
+        Command::Serve(a) => serve::serve(&cfg, a),
+        Command::Train(a) => commands::train(&cfg, a),
+        Command::Eval(a) => commands::eval(&cfg, a),
+        Command::Predict(a) => commands::predict(&cfg, a),
+        Command::Model(m) => commands::model(&cfg, m),
+        Command::Config(_) => Ok(()),
+    }
+}
+
+fn init_logging(filter: &str, cfg: &sentimentd_config::Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).with_context(|| format!("bad log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.logging.format {
+        sentimentd_config::LogFormat::Json => builder.json().init(),
+        sentimentd_config::LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! CSV batches and datasets for sentimentd: reading with row-level accounting (every input
+//! record is accepted or rejected with its line and reason), scored output and rejection
+//! reports, labelled datasets with a content fingerprint, and their statistics (polars).
+mod batch;
+mod dataset;
+mod error;
+mod label;
+mod write;
+
+pub use batch::{
+    BatchReader, CsvBatch, MAX_RAW_BYTES, ReadOptions, Record, RejectReason, RejectedRow, Row,
+    read_batch, read_batch_bytes,
+};
+pub use dataset::{
+    Dataset, LabelDistribution, LengthStats, TextStats, char_lengths, fingerprint, length_stats,
+    load_dataset,
+};
+pub use error::DataError;
+pub use label::Label;
+pub use write::{
+    REJECTION_COLUMNS, SCORE_COLUMNS, ScoredWriter, Scores, scored_headers, write_atomic,
+    write_rejections, write_rejections_to,
+};
+
+/// Re-exported so callers use the same polars version for `Dataset::to_frame`.
+pub use polars;

@@ -1,0 +1,197 @@
+//! Output CSVs: scored batches and rejection reports, streamed through the `csv` writer.
+
+use crate::batch::RejectedRow;
+use crate::error::DataError;
+use crate::label::Label;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// Columns appended to every scored output, in this order.
+pub const SCORE_COLUMNS: [&str; 6] = [
+    "label",
+    "score",
+    "p_negative",
+    "p_neutral",
+    "p_positive",
+    "model_version",
+];
+
+/// What the model said about one row; mirrors the model crate's `Prediction` without
+/// depending on it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scores {
+    pub label: Label,
+    /// Probability of `label`.
+    pub score: f32,
+    /// Negative, neutral, positive.
+    pub probabilities: [f32; 3],
+}
+
+/// Header of a scored output for an input with `headers`.
+///
+/// The appended columns always carry exactly the names in [`SCORE_COLUMNS`], because that is
+/// what clients read. An input column with one of those names (typically a ground-truth
+/// `label`) keeps its values and position but is renamed `input_<name>`, so no output has
+/// two columns of the same name.
+pub fn scored_headers(headers: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = headers
+        .iter()
+        .map(|h| {
+            let clashes = SCORE_COLUMNS
+                .iter()
+                .any(|c| h.trim().eq_ignore_ascii_case(c));
+            if clashes {
+                format!("input_{}", h.trim())
+            } else {
+                h.clone()
+            }
+        })
+        .collect();
+    out.extend(SCORE_COLUMNS.iter().map(|c| c.to_string()));
+    out
+}
+
+/// Writes a scored CSV: the input's fields followed by the score columns.
+pub struct ScoredWriter<W: Write> {
+    writer: csv::Writer<W>,
+    width: usize,
+    number: String,
+}
+
+impl<W: Write> ScoredWriter<W> {
+    /// Writes the header at once.
+    pub fn new(out: W, input_headers: &[String]) -> Result<Self, DataError> {
+        let mut writer = csv::WriterBuilder::new().flexible(false).from_writer(out);
+        writer
+            .write_record(scored_headers(input_headers))
+            .map_err(csv_error)?;
+        Ok(ScoredWriter {
+            writer,
+            width: input_headers.len(),
+            number: String::with_capacity(16),
+        })
+    }
+
+    /// `fields` are the row's original fields (as in `Row::fields`). A row with a different
+    /// number of fields than the header is padded or cut so the output stays rectangular;
+    /// `read_batch` never produces such rows.
+    pub fn write_row<S: AsRef<str>>(
+        &mut self,
+        fields: &[S],
+        scores: &Scores,
+        model_version: &str,
+    ) -> Result<(), DataError> {
+        for i in 0..self.width {
+            let field = fields.get(i).map_or("", AsRef::as_ref);
+            self.writer.write_field(field).map_err(csv_error)?;
+        }
+        self.writer
+            .write_field(scores.label.as_str())
+            .map_err(csv_error)?;
+        let values = [
+            scores.score,
+            scores.probabilities[0],
+            scores.probabilities[1],
+            scores.probabilities[2],
+        ];
+        for v in values {
+            self.number.clear();
+            // Shortest representation that reads back as the same f32.
+            let _ = write!(self.number, "{v}");
+            self.writer
+                .write_field(self.number.as_bytes())
+                .map_err(csv_error)?;
+        }
+        self.writer.write_field(model_version).map_err(csv_error)?;
+        self.writer.write_record(None::<&[u8]>).map_err(csv_error)?;
+        Ok(())
+    }
+
+    /// Flushes and returns the inner writer.
+    pub fn finish(self) -> Result<W, DataError> {
+        self.writer.into_inner().map_err(|e| DataError::Io {
+            path: "<scored output>".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+}
+
+/// Header of a rejection report.
+pub const REJECTION_COLUMNS: [&str; 3] = ["line", "reason", "raw"];
+
+/// Writes a rejection report (`line,reason,raw`) to any writer.
+pub fn write_rejections_to<W: Write>(out: W, rows: &[RejectedRow]) -> Result<W, DataError> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(REJECTION_COLUMNS).map_err(csv_error)?;
+    let mut line = String::new();
+    let mut reason = String::new();
+    for row in rows {
+        line.clear();
+        reason.clear();
+        let _ = write!(line, "{}", row.line);
+        let _ = write!(reason, "{}", row.reason);
+        writer
+            .write_record([line.as_str(), reason.as_str(), row.raw.as_str()])
+            .map_err(csv_error)?;
+    }
+    writer.into_inner().map_err(|e| DataError::Io {
+        path: "<rejection report>".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Writes a rejection report to `path` atomically (see [`write_atomic`]).
+pub fn write_rejections(path: &Path, rows: &[RejectedRow]) -> Result<(), DataError> {
+    write_atomic(path, |w| write_rejections_to(w, rows).map(|_| ()))
+}
+
+/// Writes `path` so that it either does not exist or is complete, even across a crash: the
+/// content goes to a temporary file in the same directory, is flushed and synced, then
+/// renamed over `path`, and the directory entry is synced.
+pub fn write_atomic<T, F>(path: &Path, write: F) -> Result<T, DataError>
+where
+    F: FnOnce(&mut BufWriter<&mut File>) -> Result<T, DataError>,
+{
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    let value = {
+        let mut w = BufWriter::new(tmp.as_file_mut());
+        let value = write(&mut w)?;
+        w.flush().map_err(io)?;
+        value
+    };
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    sync_dir(dir).map_err(io)?;
+    Ok(value)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn csv_error(e: csv::Error) -> DataError {
+    DataError::Csv {
+        name: "<output>".to_string(),
+        source: e,
+    }
+}

@@ -1,0 +1,71 @@
+//! The one interface every model kind serves through, so callers never branch on the kind.
+
+use serde::{Deserialize, Serialize};
+use sentimentd_data::Label;
+
+/// What a model says about one text.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub label: Label,
+    /// Probability of `label` (the largest of the three).
+    pub score: f32,
+    /// Probabilities in `Label::ALL` order: negative, neutral, positive.
+    pub probabilities: [f32; 3],
+}
+
+impl Prediction {
+    pub fn from_probabilities(probabilities: [f32; 3]) -> Prediction {
+        let mut best = 0;
+        for i in 1..3 {
+            if probabilities[i] > probabilities[best] {
+                best = i;
+            }
+        }
+        Prediction {
+            label: Label::from_index(best).unwrap_or(Label::Neutral),
+            score: probabilities[best],
+            probabilities,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// fastText-style classifier trained in burn.
+    Fast,
+    /// Pretrained encoder (later issue).
+    Transformer,
+    /// VADER-style lexicon rules: the fallback when no trained model exists.
+    Lexicon,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Fast => "fast",
+            ModelKind::Transformer => "transformer",
+            ModelKind::Lexicon => "lexicon",
+        }
+    }
+}
+
+/// A loaded, ready-to-serve model. Implementations are immutable after loading, so one
+/// instance can be shared by many threads behind an `Arc`.
+pub trait Classifier: Send + Sync {
+    /// Version string of the model store entry, or a fixed name for the fallback.
+    fn version(&self) -> &str;
+    fn kind(&self) -> ModelKind;
+    /// True for the lexicon fallback that answers while no trained model exists.
+    fn is_fallback(&self) -> bool {
+        self.kind() == ModelKind::Lexicon
+    }
+    fn predict(&self, text: &str) -> Prediction;
+    fn predict_batch(&self, texts: &[&str]) -> Vec<Prediction> {
+        texts.iter().map(|t| self.predict(t)).collect()
+    }
+    /// Sentence embedding used for drift detection; `None` for kinds that have none.
+    fn embed(&self, _text: &str) -> Option<Vec<f32>> {
+        None
+    }
+}

@@ -1,0 +1,20 @@
+//! The ML core of sentimentd: tokenizer, burn network, training, evaluation, model store
+//! and the lexicon fallback. Free of actors so the CLI, benches and tests use it directly.
+mod classifier;
+mod error;
+pub mod fast;
+pub mod features;
+mod lexicon;
+pub mod metrics;
+pub mod pipeline;
+pub mod plot;
+pub mod store;
+pub mod text;
+pub mod train;
+
+pub use classifier::{Classifier, ModelKind, Prediction};
+pub use error::ModelError;
+pub use fast::FastModel;
+pub use lexicon::{LexiconClassifier, LexiconError};
+pub use metrics::Metrics;
+pub use store::{Manifest, ModelStore};

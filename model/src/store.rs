@@ -1,0 +1,294 @@
+//! The model store: one directory per version, and a `current` pointer switched atomically.
+//!
+//! ```text
+//! <root>/versions/<version>/manifest.json
+//!                           weights.safetensors
+//!                           tokenizer.json
+//!                           confusion_matrix.png
+//! <root>/current            the current version's name, replaced by rename
+//! ```
+//! A version directory is assembled under a temporary name and renamed into place, so a
+//! half-written version is never visible; the manifest records a SHA-256 of every file, so a
+//! version damaged later is refused at load instead of served.
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::classifier::{Classifier, ModelKind};
+use crate::error::ModelError;
+use crate::fast::{FastModel, Weights};
+use crate::features::Featurizer;
+use crate::metrics::Metrics;
+use crate::text::TextPipeline;
+use crate::train::{EpochReport, TrainParams};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const WEIGHTS: &str = "weights.safetensors";
+pub const TOKENIZER: &str = "tokenizer.json";
+pub const CONFUSION_PNG: &str = "confusion_matrix.png";
+const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub version: String,
+    pub parent: Option<String>,
+    pub created_at: String,
+    pub kind: ModelKind,
+    pub labels: Vec<String>,
+    pub data_fingerprint: String,
+    pub training_rows: usize,
+    pub params: TrainParams,
+    /// Metrics per split, e.g. `validation`.
+    pub metrics: BTreeMap<String, Metrics>,
+    pub history: Vec<EpochReport>,
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+    /// SHA-256 of every file of the version, by file name.
+    pub files: BTreeMap<String, String>,
+}
+
+/// What a caller hands over to be stored as a new version.
+pub struct NewVersion<'a> {
+    pub featurizer: &'a Featurizer,
+    pub weights: &'a Weights,
+    pub params: &'a TrainParams,
+    pub data_fingerprint: String,
+    pub training_rows: usize,
+    pub metrics: BTreeMap<String, Metrics>,
+    pub history: Vec<EpochReport>,
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+}
+
+pub struct ModelStore {
+    root: PathBuf,
+}
+
+fn sha256_file(path: &Path) -> Result<String, ModelError> {
+    let bytes = std::fs::read(path).map_err(ModelError::io(path))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(ModelError::io(dir))?;
+    tmp.write_all(bytes).map_err(ModelError::io(path))?;
+    tmp.as_file().sync_all().map_err(ModelError::io(path))?;
+    tmp.persist(path)
+        .map_err(|e| ModelError::io(path)(e.error))?;
+    Ok(())
+}
+
+fn valid_version_name(v: &str) -> bool {
+    !v.is_empty()
+        && !v.starts_with('.')
+        && v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl ModelStore {
+    /// Opens (and creates if needed) a store rooted at `root`.
+    pub fn open(root: &Path) -> Result<ModelStore, ModelError> {
+        let versions = root.join("versions");
+        std::fs::create_dir_all(&versions).map_err(ModelError::io(&versions))?;
+        Ok(ModelStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn version_dir(&self, version: &str) -> PathBuf {
+        self.root.join("versions").join(version)
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    /// The version `current` points at, if any.
+    pub fn current_version(&self) -> Result<Option<String>, ModelError> {
+        let path = self.current_path();
+        match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let v = s.trim().to_string();
+                if valid_version_name(&v) {
+                    Ok(Some(v))
+                } else {
+                    Err(ModelError::Corrupt {
+                        path,
+                        reason: format!("`current` holds an invalid version name {v:?}"),
+                    })
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ModelError::io(path)(e)),
+        }
+    }
+
+    /// Points `current` at `version` after checking that the version loads.
+    pub fn set_current(&self, version: &str) -> Result<(), ModelError> {
+        self.load(version)?;
+        write_atomic(&self.current_path(), format!("{version}\n").as_bytes())
+    }
+
+    pub fn manifest(&self, version: &str) -> Result<Manifest, ModelError> {
+        if !valid_version_name(version) {
+            return Err(ModelError::UnknownVersion(version.to_string()));
+        }
+        let dir = self.version_dir(version);
+        if !dir.is_dir() {
+            return Err(ModelError::UnknownVersion(version.to_string()));
+        }
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Corrupt {
+            path: dir.clone(),
+            reason: format!("{MANIFEST}: {e}"),
+        })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if m.format != FORMAT || m.version != version {
+            return Err(ModelError::Corrupt {
+                path,
+                reason: format!(
+                    "manifest says format {} version {:?}, expected format {FORMAT} version {version:?}",
+                    m.format, m.version
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Every complete version, oldest first.
+    pub fn list(&self) -> Result<Vec<Manifest>, ModelError> {
+        let dir = self.root.join("versions");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(ModelError::io(&dir))? {
+            let entry = entry.map_err(ModelError::io(&dir))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            match self.manifest(&name) {
+                Ok(m) => out.push(m),
+                Err(e) => tracing::warn!(version = %name, error = %e, "skipping unreadable model version"),
+            }
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.version.cmp(&b.version)));
+        Ok(out)
+    }
+
+    /// Loads and verifies a version.
+    pub fn load(&self, version: &str) -> Result<FastModel, ModelError> {
+        let m = self.manifest(version)?;
+        let dir = self.version_dir(version);
+        for file in [WEIGHTS, TOKENIZER] {
+            let expected = m.files.get(file).ok_or_else(|| ModelError::Corrupt {
+                path: dir.clone(),
+                reason: format!("manifest lists no checksum for {file}"),
+            })?;
+            let path = dir.join(file);
+            let actual = sha256_file(&path).map_err(|e| ModelError::Corrupt {
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+            if &actual != expected {
+                return Err(ModelError::Corrupt {
+                    path,
+                    reason: "checksum does not match the manifest".into(),
+                });
+            }
+        }
+        let text = TextPipeline::load(&dir.join(TOKENIZER))?;
+        let weights = Weights::load(&dir.join(WEIGHTS))?;
+        let featurizer = Featurizer::new(text, m.params.features.clone());
+        FastModel::new(featurizer, weights, version.to_string()).map_err(|e| match e {
+            ModelError::Corrupt { reason, .. } => ModelError::Corrupt { path: dir, reason },
+            other => other,
+        })
+    }
+
+    /// Loads the current version, if `current` is set.
+    pub fn load_current(&self) -> Result<Option<Arc<dyn Classifier>>, ModelError> {
+        match self.current_version()? {
+            Some(v) => Ok(Some(Arc::new(self.load(&v)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn new_version_name(&self, fingerprint: &str) -> String {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        let short = &fingerprint[..fingerprint.len().min(8)];
+        let base = format!("{stamp}-{short}");
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.version_dir(&name).exists() {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        name
+    }
+
+    /// Writes a new version (not yet current) and returns its manifest.
+    pub fn save(&self, v: NewVersion<'_>) -> Result<Manifest, ModelError> {
+        let version = self.new_version_name(&v.data_fingerprint);
+        let versions = self.root.join("versions");
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&versions)
+            .map_err(ModelError::io(&versions))?;
+        let dir = tmp.path();
+        v.weights.save(&dir.join(WEIGHTS))?;
+        v.featurizer.text.save(&dir.join(TOKENIZER))?;
+        if let Some(m) = v.metrics.get("validation")
+            && let Err(e) = crate::plot::confusion_png(&dir.join(CONFUSION_PNG), m, &version)
+        {
+            // A missing picture must not cost the operator a trained model.
+            tracing::warn!(version = %version, error = %e, "confusion matrix image not written");
+        }
+        let mut files = BTreeMap::new();
+        for file in [WEIGHTS, TOKENIZER, CONFUSION_PNG] {
+            let path = dir.join(file);
+            if path.exists() {
+                files.insert(file.to_string(), sha256_file(&path)?);
+            }
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            version: version.clone(),
+            parent: self.current_version().ok().flatten(),
+            created_at: Utc::now().to_rfc3339(),
+            kind: ModelKind::Fast,
+            labels: sentimentd_data::Label::ALL
+                .iter()
+                .map(|l| l.as_str().to_string())
+                .collect(),
+            data_fingerprint: v.data_fingerprint,
+            training_rows: v.training_rows,
+            params: v.params.clone(),
+            metrics: v.metrics,
+            history: v.history,
+            best_epoch: v.best_epoch,
+            train_seconds: v.train_seconds,
+            files,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(ModelError::json)?;
+        std::fs::write(dir.join(MANIFEST), json).map_err(ModelError::io(dir.join(MANIFEST)))?;
+        let final_dir = self.version_dir(&version);
+        let tmp_path = tmp.keep();
+        std::fs::rename(&tmp_path, &final_dir).map_err(ModelError::io(&final_dir))?;
+        Ok(manifest)
+    }
+}

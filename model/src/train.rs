@@ -1,0 +1,580 @@
+//! Training the fast model with burn-autodiff on a pure-Rust CPU backend.
+
+use burn::module::{Module, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+use sentimentd_data::Label;
+
+use crate::error::ModelError;
+use crate::fast::{CLASSES, Weights};
+use crate::features::{FeatureConfig, Featurizer, LEXICON_FEATURES, Scratch};
+use crate::metrics::Metrics;
+use crate::text::TextPipeline;
+
+/// Which burn CPU backend trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Flex,
+    Ndarray,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrDecay {
+    None,
+    Linear,
+    Cosine,
+}
+
+/// Everything that decides a training run; recorded in the manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    pub features: FeatureConfig,
+    pub vocab_size: usize,
+    pub min_token_frequency: u64,
+    pub embedding_dim: usize,
+    pub hidden_dim: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub lr_decay: LrDecay,
+    pub weight_decay: f64,
+    pub dropout: f64,
+    pub patience: usize,
+    pub seed: u64,
+    pub balanced_class_weights: bool,
+    pub backend: Backend,
+}
+
+/// The dense part of the network. The embedding table is not a module parameter: it is passed
+/// to [`FastNet::forward`], whole at inference and as the rows one mini-batch touches while
+/// training (see [`EmbeddingTable`]).
+#[derive(Module, Debug)]
+pub struct FastNet {
+    hidden: Option<Linear>,
+    output: Linear,
+    dropout: Dropout,
+}
+
+/// One padded mini-batch of featurised texts.
+pub struct Batch {
+    ids: Tensor<2, Int>,
+    /// `[B, 1, L]`: 1/n for each of a text's n features, 0 for padding.
+    weights: Tensor<3>,
+    dense: Option<Tensor<2>>,
+}
+
+/// A featurised text: feature rows and dense lexicon features.
+#[derive(Clone, Debug)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub dense: [f32; LEXICON_FEATURES],
+}
+
+impl FastNet {
+    pub fn new(dense: usize, params: &TrainParams, device: &Device) -> FastNet {
+        let input = params.embedding_dim + dense;
+        let (hidden, out_in) = if params.hidden_dim > 0 {
+            (
+                Some(LinearConfig::new(input, params.hidden_dim).init(device)),
+                params.hidden_dim,
+            )
+        } else {
+            (None, input)
+        };
+        FastNet {
+            hidden,
+            output: LinearConfig::new(out_in, CLASSES).init(device),
+            dropout: DropoutConfig::new(params.dropout).init(),
+        }
+    }
+
+    /// Logits for a batch whose ids index rows of `table`.
+    pub fn forward(&self, table: Tensor<2>, batch: &Batch) -> Tensor<2> {
+        let emb = burn::tensor::module::embedding(table, batch.ids.clone());
+        let pooled: Tensor<2> = batch.weights.clone().matmul(emb).squeeze_dim(1);
+        let pooled = self.dropout.forward(pooled);
+        let x = match &batch.dense {
+            Some(d) => Tensor::cat(vec![pooled, d.clone()], 1),
+            None => pooled,
+        };
+        let x = match &self.hidden {
+            Some(h) => relu(h.forward(x)),
+            None => x,
+        };
+        self.output.forward(x)
+    }
+
+    /// Copies the parameters out for the plain serving path.
+    pub fn weights(&self, table: &EmbeddingTable, dense: usize) -> Result<Weights, ModelError> {
+        let vec = |t: Tensor<2>| -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+            let shape = t.dims().to_vec();
+            let v = t
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| ModelError::Training(format!("{e:?}")))?;
+            Ok((shape, v))
+        };
+        let vec1 = |t: Tensor<1>| -> Result<Vec<f32>, ModelError> {
+            t.into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| ModelError::Training(format!("{e:?}")))
+        };
+        let bias = |l: &Linear| -> Result<Vec<f32>, ModelError> {
+            match &l.bias {
+                Some(b) => vec1(b.val()),
+                None => Ok(vec![0.0; l.weight.dims()[1]]),
+            }
+        };
+        let (_, out_w) = vec(self.output.weight.val())?;
+        let out_b = bias(&self.output)?;
+        let (hidden, hidden_w, hidden_b) = match &self.hidden {
+            Some(h) => {
+                let (hs, hw) = vec(h.weight.val())?;
+                (hs[1], hw, bias(h)?)
+            }
+            None => (0, Vec::new(), Vec::new()),
+        };
+        Ok(Weights {
+            rows: table.rows,
+            dim: table.dim,
+            dense,
+            hidden,
+            embedding: table.values.clone(),
+            hidden_w,
+            hidden_b,
+            out_w,
+            out_b,
+        })
+    }
+}
+
+impl FastNet {
+    /// Rebuilds the burn module and its table from exported weights (dropout off).
+    pub fn from_weights(w: &Weights, device: &Device) -> (FastNet, Tensor<2>) {
+        let t2 = |v: &[f32], shape: [usize; 2]| {
+            Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device))
+        };
+        let t1 = |v: &[f32]| {
+            Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device))
+        };
+        let hidden = (w.hidden > 0).then(|| Linear {
+            weight: t2(&w.hidden_w, [w.input_dim(), w.hidden]),
+            bias: Some(t1(&w.hidden_b)),
+        });
+        let out_in = if w.hidden > 0 { w.hidden } else { w.input_dim() };
+        let net = FastNet {
+            hidden,
+            output: Linear {
+                weight: t2(&w.out_w, [out_in, CLASSES]),
+                bias: Some(t1(&w.out_b)),
+            },
+            dropout: DropoutConfig::new(0.0).init(),
+        };
+        let table = Tensor::<2>::from_data(TensorData::new(w.embedding.clone(), [w.rows, w.dim]), device);
+        (net, table)
+    }
+}
+
+/// Class probabilities computed by the burn module itself, for checking the serving path.
+pub fn burn_probabilities(
+    outcome: &TrainOutcome,
+    params: &TrainParams,
+    texts: &[String],
+) -> Result<Vec<[f32; 3]>, ModelError> {
+    let device = device_for(params.backend);
+    let (net, table) = FastNet::from_weights(&outcome.weights, &device);
+    let examples = featurize_all(&outcome.featurizer, texts);
+    let refs: Vec<&Example> = examples.iter().collect();
+    let batch = make_batch(&refs, outcome.weights.dense, None, &device);
+    let probs = burn::tensor::activation::softmax(net.forward(table, &batch), 1);
+    let flat = probs
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Training(format!("{e:?}")))?;
+    Ok(flat.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
+}
+
+/// Pads a batch. With `remap`, ids are replaced by their slot in the batch's sub-table.
+pub fn make_batch(
+    examples: &[&Example],
+    dense: usize,
+    mut remap: Option<&mut SlotMap>,
+    device: &Device,
+) -> Batch {
+    let b = examples.len();
+    let l = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![0i64; b * l];
+    let mut w = vec![0f32; b * l];
+    for (i, e) in examples.iter().enumerate() {
+        let inv = 1.0 / e.ids.len().max(1) as f32;
+        for (j, &id) in e.ids.iter().enumerate() {
+            ids[i * l + j] = match remap.as_deref_mut() {
+                Some(m) => m.slot(id) as i64,
+                None => id as i64,
+            };
+            w[i * l + j] = inv;
+        }
+    }
+    let dense = (dense > 0).then(|| {
+        let d: Vec<f32> = examples
+            .iter()
+            .flat_map(|e| e.dense[..dense].iter().copied())
+            .collect();
+        Tensor::<2>::from_data(TensorData::new(d, [b, dense]), device)
+    });
+    Batch {
+        ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), device),
+        weights: Tensor::<3>::from_data(TensorData::new(w, [b, 1, l]), device),
+        dense,
+    }
+}
+
+/// Assigns each distinct row id of a mini-batch a dense slot `0..n`, in first-seen order.
+pub struct SlotMap {
+    slot_of: Vec<u32>,
+    pub ids: Vec<u32>,
+}
+
+impl SlotMap {
+    pub fn new(rows: usize) -> SlotMap {
+        SlotMap {
+            slot_of: vec![u32::MAX; rows],
+            ids: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn slot(&mut self, id: u32) -> u32 {
+        let s = &mut self.slot_of[id as usize];
+        if *s == u32::MAX {
+            *s = self.ids.len() as u32;
+            self.ids.push(id);
+        }
+        *s
+    }
+
+    fn clear(&mut self) {
+        for &id in &self.ids {
+            self.slot_of[id as usize] = u32::MAX;
+        }
+        self.ids.clear();
+    }
+}
+
+/// The embedding table with sparse Adam state.
+///
+/// A dense optimizer step touches every row of a table of ~10^7 parameters on every
+/// mini-batch, which made an epoch cost a minute; a mini-batch only reads a few thousand rows.
+/// So each step hands burn just those rows as a leaf tensor, burn's autodiff computes their
+/// gradient through the same `FastNet::forward` used at inference, and the rows are updated in
+/// place with Adam's rule applied to touched rows only (PyTorch's `SparseAdam`).
+pub struct EmbeddingTable {
+    pub rows: usize,
+    pub dim: usize,
+    pub values: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    step: i32,
+}
+
+const BETA1: f32 = 0.9;
+const BETA2: f32 = 0.999;
+const EPSILON: f32 = 1e-8;
+
+impl EmbeddingTable {
+    /// Uniform in `[-1/dim, 1/dim]`, as fastText initialises its input vectors.
+    pub fn new(rows: usize, dim: usize, seed: u64) -> EmbeddingTable {
+        use rand::Rng;
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_7AB1E);
+        let bound = 1.0 / dim as f32;
+        let values = (0..rows * dim)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        EmbeddingTable {
+            rows,
+            dim,
+            values,
+            m: vec![0.0; rows * dim],
+            v: vec![0.0; rows * dim],
+            step: 0,
+        }
+    }
+
+    /// The rows `ids` as a `[ids.len(), dim]` tensor that tracks gradients.
+    fn gather(&self, ids: &[u32], device: &Device) -> Tensor<2> {
+        let d = self.dim;
+        let mut sub = Vec::with_capacity(ids.len() * d);
+        for &id in ids {
+            let start = id as usize * d;
+            sub.extend_from_slice(&self.values[start..start + d]);
+        }
+        Tensor::<2>::from_data(TensorData::new(sub, [ids.len(), d]), device).require_grad()
+    }
+
+    /// `weight_decay` is decoupled (AdamW) and, like the moments, reaches touched rows only.
+    fn apply(&mut self, ids: &[u32], grad: &[f32], lr: f32, weight_decay: f32) {
+        self.step += 1;
+        let step_size = lr * (1.0 - BETA2.powi(self.step)).sqrt() / (1.0 - BETA1.powi(self.step));
+        let d = self.dim;
+        for (k, &id) in ids.iter().enumerate() {
+            let g = &grad[k * d..(k + 1) * d];
+            let start = id as usize * d;
+            let p = &mut self.values[start..start + d];
+            let m = &mut self.m[start..start + d];
+            let v = &mut self.v[start..start + d];
+            for j in 0..d {
+                m[j] = BETA1 * m[j] + (1.0 - BETA1) * g[j];
+                v[j] = BETA2 * v[j] + (1.0 - BETA2) * g[j] * g[j];
+                p[j] -= step_size * m[j] / (v[j].sqrt() + EPSILON) + lr * weight_decay * p[j];
+            }
+        }
+    }
+}
+
+/// Featurises texts on all cores; order is preserved.
+pub fn featurize_all(featurizer: &Featurizer, texts: &[String]) -> Vec<Example> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    let chunk = texts.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = texts
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut s = Scratch::default();
+                    part.iter()
+                        .map(|t| {
+                            featurizer.featurize(t, &mut s);
+                            Example {
+                                ids: s.ids.clone(),
+                                dense: s.dense,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Predictions of the plain path over featurised examples.
+pub fn predict_examples(weights: &Weights, examples: &[Example]) -> Vec<[f32; 3]> {
+    let mut pooled = Vec::new();
+    let mut hidden = Vec::new();
+    examples
+        .iter()
+        .map(|e| {
+            weights.pool(&e.ids, &mut pooled);
+            weights.head(&pooled, &e.dense[..weights.dense], &mut hidden)
+        })
+        .collect()
+}
+
+pub fn argmax_labels(probs: &[[f32; 3]]) -> Vec<Label> {
+    probs
+        .iter()
+        .map(|p| crate::Prediction::from_probabilities(*p).label)
+        .collect()
+}
+
+/// One line of training history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_macro_recall: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub improved: bool,
+}
+
+/// Receives progress; the CLI draws a progress bar, the daemon logs.
+pub trait TrainObserver {
+    fn on_start(&mut self, _epochs: usize, _steps_per_epoch: usize) {}
+    fn on_step(&mut self, _epoch: usize, _step: usize, _loss: f64) {}
+    fn on_epoch(&mut self, _report: &EpochReport) {}
+    fn on_message(&mut self, _message: &str) {}
+}
+
+/// Observer that ignores everything.
+pub struct Quiet;
+impl TrainObserver for Quiet {}
+
+pub struct TrainOutcome {
+    pub featurizer: Featurizer,
+    pub weights: Weights,
+    pub history: Vec<EpochReport>,
+    pub best_epoch: usize,
+    pub val_metrics: Metrics,
+    pub seconds: f64,
+}
+
+fn device_for(backend: Backend) -> Device {
+    match backend {
+        Backend::Flex => Device::flex(),
+        #[allow(deprecated)] // kept selectable so the two CPU backends can be measured
+        Backend::Ndarray => Device::ndarray(),
+    }
+}
+
+/// Trains the fast model on `(train_texts, train_labels)`, early-stopping on validation
+/// macro-recall, and returns the best epoch's weights.
+pub fn train(
+    params: &TrainParams,
+    train_texts: &[String],
+    train_labels: &[Label],
+    val_texts: &[String],
+    val_labels: &[Label],
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome, ModelError> {
+    let started = Instant::now();
+    if train_texts.is_empty() || val_texts.is_empty() {
+        return Err(ModelError::Training(
+            "training and validation data must both have rows".into(),
+        ));
+    }
+    if train_texts.len() != train_labels.len() || val_texts.len() != val_labels.len() {
+        return Err(ModelError::Training("texts and labels differ in length".into()));
+    }
+    observer.on_message("learning the WordPiece vocabulary");
+    let text = TextPipeline::train(train_texts, params.vocab_size, params.min_token_frequency)?;
+    let featurizer = Featurizer::new(text, params.features.clone());
+    observer.on_message("featurising");
+    let train_x = featurize_all(&featurizer, train_texts);
+    let val_x = featurize_all(&featurizer, val_texts);
+    let dense = featurizer.dense_dim();
+
+    let device = device_for(params.backend).autodiff();
+    device.seed(params.seed);
+    let mut model = FastNet::new(dense, params, &device);
+    let mut table = EmbeddingTable::new(featurizer.rows(), params.embedding_dim, params.seed);
+    let mut slots = SlotMap::new(featurizer.rows());
+    let mut adam = AdamConfig::new();
+    if params.weight_decay > 0.0 {
+        adam = adam.with_weight_decay(Some(WeightDecayConfig::new(params.weight_decay as f32)));
+    }
+    let mut optim = adam.init();
+
+    let mut counts = [0usize; 3];
+    for l in train_labels {
+        counts[l.index()] += 1;
+    }
+    let class_weights = if params.balanced_class_weights {
+        let n = train_labels.len() as f32;
+        counts
+            .iter()
+            .map(|&c| if c == 0 { 0.0 } else { n / (3.0 * c as f32) })
+            .collect()
+    } else {
+        vec![1.0; 3]
+    };
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_weights(Some(class_weights))
+        .init(&device);
+
+    let batch_size = params.batch_size.max(1);
+    let steps_per_epoch = train_x.len().div_ceil(batch_size);
+    let total_steps = (steps_per_epoch * params.epochs).max(1);
+    observer.on_start(params.epochs, steps_per_epoch);
+
+    let mut rng = StdRng::seed_from_u64(params.seed);
+    let mut order: Vec<usize> = (0..train_x.len()).collect();
+    let mut history = Vec::new();
+    let mut best: Option<(f64, usize, Weights)> = None;
+    let mut step_global = 0usize;
+    for epoch in 1..=params.epochs {
+        let epoch_start = Instant::now();
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        for (step, idx) in order.chunks(batch_size).enumerate() {
+            let examples: Vec<&Example> = idx.iter().map(|&i| &train_x[i]).collect();
+            let batch = make_batch(&examples, dense, Some(&mut slots), &device);
+            let sub = table.gather(&slots.ids, &device);
+            let targets: Vec<i64> = idx.iter().map(|&i| train_labels[i].index() as i64).collect();
+            let targets =
+                Tensor::<1, Int>::from_data(TensorData::new(targets, [idx.len()]), &device);
+            let logits = model.forward(sub.clone(), &batch);
+            let loss = loss_fn.forward(logits, targets);
+            let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
+            let mut grads = loss.backward();
+            let sub_grad = sub
+                .grad_remove(&mut grads)
+                .ok_or_else(|| ModelError::Training("no gradient for the embedding rows".into()))?
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| ModelError::Training(format!("{e:?}")))?;
+            let grads = GradientsParams::from_grads(grads, &model);
+            let progress = step_global as f64 / total_steps as f64;
+            let lr = params.learning_rate
+                * match params.lr_decay {
+                    LrDecay::None => 1.0,
+                    LrDecay::Linear => (1.0 - progress).max(0.02),
+                    LrDecay::Cosine => {
+                        (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.02)
+                    }
+                };
+            model = optim.step(lr, model, grads);
+            table.apply(&slots.ids, &sub_grad, lr as f32, params.weight_decay as f32);
+            slots.clear();
+            step_global += 1;
+            loss_sum += loss_value;
+            observer.on_step(epoch, step + 1, loss_value);
+        }
+        let weights = model.weights(&table, dense)?;
+        let val_pred = argmax_labels(&predict_examples(&weights, &val_x));
+        let m = Metrics::compute(val_labels, &val_pred);
+        let improved = best
+            .as_ref()
+            .is_none_or(|(score, _, _)| m.macro_recall > *score);
+        let report = EpochReport {
+            epoch,
+            train_loss: loss_sum / steps_per_epoch.max(1) as f64,
+            val_macro_recall: m.macro_recall,
+            val_accuracy: m.accuracy,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            improved,
+        };
+        observer.on_epoch(&report);
+        history.push(report);
+        if improved {
+            best = Some((m.macro_recall, epoch, weights));
+        } else if let Some((_, best_epoch, _)) = &best
+            && epoch - best_epoch >= params.patience
+        {
+            observer.on_message(&format!(
+                "early stop: no better validation macro-recall for {} epochs",
+                params.patience
+            ));
+            break;
+        }
+    }
+    let (_, best_epoch, weights) =
+        best.ok_or_else(|| ModelError::Training("no epoch was run (epochs = 0?)".into()))?;
+    let val_pred = argmax_labels(&predict_examples(&weights, &val_x));
+    let val_metrics = Metrics::compute(val_labels, &val_pred);
+    Ok(TrainOutcome {
+        featurizer,
+        weights,
+        history,
+        best_epoch,
+        val_metrics,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,322 @@
+//! Starts the real `sentimentd serve` binary on a free port with a temp state directory.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub config: PathBuf,
+    starts: usize,
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Response status and body of one request.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Daemon {
+    /// `extra` is appended to a config whose paths all live in the temp dir; sections given
+    /// in `extra` must not repeat the ones written here ([paths], [server], [ingest], [train]),
+    /// so those take keys through `server`, `ingest` and `train` instead.
+    pub fn start_with(server: &str, ingest: &str, train: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let config = root.join("sentimentd.toml");
+        let text = format!(
+            r#"[paths]
+model_store = "{root}/models"
+state_dir = "{root}/state"
+
+[train]
+{on_start}{train}
+
+[server]
+# The --port flag must override this.
+port = 1
+workers = 2
+inference_threads = 2
+{server}
+
+[ingest]
+inbox = "{root}/inbox"
+outbox = "{root}/outbox"
+archive = "{root}/archive"
+rejected = "{root}/rejected"
+journal = "{root}/journal"
+labelled_store = "{root}/labelled/labelled.csv"
+settle_ms = 100
+{ingest}
+
+{extra}
+"#,
+            root = root.display(),
+            on_start = if train.contains("on_start") {
+                ""
+            } else {
+                "on_start = \"never\"\n"
+            },
+        );
+        std::fs::write(&config, text).expect("write config");
+        std::fs::create_dir_all(root.join("inbox")).expect("inbox");
+        let mut d = Daemon {
+            dir,
+            port: free_port(),
+            child: None,
+            config,
+            starts: 0,
+        };
+        d.spawn(&[]);
+        d
+    }
+
+    pub fn start() -> Daemon {
+        Daemon::start_with("", "", "", "")
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Starts the binary (again) on the same state; waits until /health answers.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        self.spawn_no_wait(env);
+        self.wait_healthy();
+    }
+
+    pub fn spawn_no_wait(&mut self, env: &[(&str, &str)]) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.root().join(format!("daemon-{}.log", self.starts)))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sentimentd"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .current_dir(self.root())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("SENTIMENTD_TEST_CRASH_AT")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start sentimentd"));
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.starts {
+            let mut s = String::new();
+            if let Ok(mut f) = std::fs::File::open(self.root().join(format!("daemon-{i}.log"))) {
+                let _ = f.read_to_string(&mut s);
+            }
+            out.push_str(&format!("--- start {i} ---\n{s}"));
+        }
+        out
+    }
+
+    pub fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let agent = agent();
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("sentimentd exited early ({status}):\n{}", self.logs());
+            }
+            if let Ok(r) = agent.get(self.url("/ready")).call()
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sentimentd did not become ready:\n{}", self.logs());
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        let mut r = agent()
+            .get(self.url(path))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        Reply {
+            status: r.status().as_u16(),
+            body: r.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    pub fn post(&self, path: &str, content_type: Option<&str>, body: &str) -> Reply {
+        let mut req = agent().post(self.url(path));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let mut r = req
+            .send(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        Reply {
+            status: r.status().as_u16(),
+            body: r.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    pub fn predict(&self, body: &str) -> Reply {
+        self.post("/predict", Some("application/json"), body)
+    }
+
+    /// Value of one exposition line such as `sentiment_requests_total{outcome="ok"}`; 0 when
+    /// the series is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").body;
+        metric_in(&text, series)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -{sig} {pid} failed");
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "sentimentd did not exit within {within:?}:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn inbox(&self) -> PathBuf {
+        self.root().join("inbox")
+    }
+
+    /// Drops a file into the inbox the way well-behaved producers do: write, then rename.
+    pub fn drop_file(&self, name: &str, content: &[u8]) {
+        let tmp = self.inbox().join(format!("{name}.part"));
+        std::fs::write(&tmp, content).expect("write inbox file");
+        std::fs::rename(&tmp, self.inbox().join(name)).expect("rename into inbox");
+    }
+
+    pub fn wait_for(&self, what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if ready() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("timed out waiting for {what}:\n{}", self.logs());
+    }
+
+    /// Waits until `name` has left the inbox and the journal is empty.
+    pub fn wait_processed(&self, name: &str, within: Duration) {
+        let inbox = self.inbox().join(name);
+        let journal = self.root().join("journal");
+        self.wait_for(&format!("{name} to be processed"), within, || {
+            !inbox.exists()
+                && std::fs::read_dir(&journal)
+                    .map(|d| d.count() == 0)
+                    .unwrap_or(false)
+        });
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn read_csv(path: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    r.records()
+        .map(|rec| {
+            rec.expect("csv record")
+                .iter()
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+/// Names in a directory, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
