@@ -1,4 +1,6 @@
 //! Shared set-up for the benches: the bundled data and a trained default model.
+// Each bench includes this module and uses part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -100,12 +100,12 @@ impl Default for ModelConfig {
             kind: ModelKind::Fast,
             embedding_dim: 64,
             hidden_dim: 0,
-            vocab_size: 30000,
+            vocab_size: 15000,
             min_token_frequency: 2,
-            buckets: 262_144,
+            buckets: 131_072,
             word_ngrams: 2,
             char_ngram_min: 3,
-            char_ngram_max: 5,
+            char_ngram_max: 0,
             negation: true,
             lexicon_features: true,
             max_tokens: 256,
@@ -170,9 +170,9 @@ pub enum TrainOnStart {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            epochs: 12,
+            epochs: 2,
             batch_size: 256,
-            learning_rate: 0.01,
+            learning_rate: 0.02,
             lr_decay: LrDecay::Linear,
             weight_decay: 0.0,
             patience: 3,

@@ -89,17 +89,17 @@ impl Weights {
                     *o += x * w;
                 }
             }
-            for (j, &hj) in hidden_buf.iter().enumerate() {
+            for (&hj, w) in hidden_buf.iter().zip(self.out_w.chunks_exact(CLASSES)) {
                 let x = hj.max(0.0);
-                for c in 0..CLASSES {
-                    logits[c] += x * self.out_w[j * CLASSES + c];
+                for (l, w) in logits.iter_mut().zip(w) {
+                    *l += x * w;
                 }
             }
         } else {
-            for i in 0..self.input_dim() {
+            for (i, w) in self.out_w.chunks_exact(CLASSES).enumerate() {
                 let x = input(i);
-                for c in 0..CLASSES {
-                    logits[c] += x * self.out_w[i * CLASSES + c];
+                for (l, w) in logits.iter_mut().zip(w) {
+                    *l += x * w;
                 }
             }
         }

@@ -180,7 +180,8 @@ impl Featurizer {
         self.text.normalize_into(text, norm);
         let cfg = &self.config;
         let hashed = cfg.buckets > 0;
-        let mut prev: u64 = 0;
+        // Hashes of the previous `word_ngrams - 1` tokens, most recent first.
+        let mut recent = [0u64; 4];
         let mut negated = false;
         let afinn = afinn();
         // AFINN positive and negative mass, negated positive and negative words, `!` and `?`.
@@ -220,10 +221,17 @@ impl Featurizer {
                 continue;
             }
             let h = fnv1a(0, tok.as_bytes());
-            if cfg.word_ngrams >= 2 && i > 0 {
-                ids.push(self.bucket(mix(prev ^ SEED_BIGRAM, h)));
+            let mut gram = h;
+            for (k, &p) in recent
+                .iter()
+                .enumerate()
+                .take(cfg.word_ngrams.saturating_sub(1).min(i))
+            {
+                gram = mix(p ^ SEED_BIGRAM.rotate_left(k as u32), gram);
+                ids.push(self.bucket(gram));
             }
-            prev = h;
+            recent.rotate_right(1);
+            recent[0] = h;
             if cfg.negation && in_scope {
                 ids.push(self.bucket(mix(SEED_NEG, h)));
             }
@@ -327,6 +335,27 @@ mod tests {
         assert!(neg.len() > plain.len() + 2);
         f.featurize("not. good", &mut s);
         assert!(s.ids.len() < neg.len() + 8, "scope ends at punctuation");
+    }
+
+    #[test]
+    fn word_ngrams_up_to_n() {
+        let mut c = cfg();
+        c.char_ngram_max = 0;
+        c.negation = false;
+        c.lexicon_features = false;
+        let count = |n: usize| {
+            let mut c = c.clone();
+            c.word_ngrams = n;
+            let f = featurizer(c);
+            let mut s = Scratch::default();
+            f.featurize("good movie good day", &mut s);
+            s.ids.len()
+        };
+        // 4 tokens: + 3 bigrams, + 2 trigrams, + 1 four-gram.
+        assert_eq!(count(1), 4);
+        assert_eq!(count(2), 7);
+        assert_eq!(count(3), 9);
+        assert_eq!(count(4), 10);
     }
 
     #[test]

@@ -10,11 +10,11 @@
 use regex::Regex;
 use rustc_hash::FxHashMap;
 use std::path::Path;
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::{Lowercase, NFKC, Replace, Sequence};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{
-    AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
+    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
     PreTokenizerWrapper, SplitDelimiterBehavior, TokenizerBuilder, TokenizerImpl,
 };
 use unicode_normalization_alignments::UnicodeNormalization;
@@ -101,29 +101,77 @@ fn pipeline_signature(hf: &HfTokenizer) -> Result<String, ModelError> {
 }
 
 impl TextPipeline {
-    /// Learns a WordPiece vocabulary of at most `vocab_size` tokens from `texts`.
+    /// Learns a WordPiece vocabulary of at most `vocab_size` tokens from `texts`: the words
+    /// seen at least `min_frequency` times, most frequent first, plus every character seen
+    /// (word-initial and `##` continuation), so an unseen word still splits into known pieces.
+    ///
+    /// `tokenizers`' own WordPiece trainer breaks ties between equally frequent merges in hash
+    /// map order, so two runs on the same data give different vocabularies and a run could not
+    /// be reproduced from its seed; this frequency rule is deterministic.
     pub fn train(
         texts: &[String],
         vocab_size: usize,
         min_frequency: u64,
     ) -> Result<TextPipeline, ModelError> {
+        let re = |p: &str| Regex::new(p).map_err(|e| ModelError::Tokenizer(e.to_string()));
+        // A pipeline with an empty vocabulary, for its normaliser and pre-tokeniser.
+        let bare = TextPipeline {
+            vocab: FxHashMap::default(),
+            vocab_len: 0,
+            unk_id: 0,
+            url_re: re(URL_PATTERN)?,
+            token_re: re(TOKEN_PATTERN)?,
+            hf: build_hf(ModelWrapper::WordPiece(WordPiece::default()))?,
+        };
+        let mut counts: FxHashMap<String, u64> = FxHashMap::default();
+        let mut norm = String::new();
+        for t in texts {
+            bare.normalize_into(t, &mut norm);
+            for w in bare.pre_tokens(&norm) {
+                match counts.get_mut(w) {
+                    Some(c) => *c += 1,
+                    None => {
+                        counts.insert(w.to_string(), 1);
+                    }
+                }
+            }
+        }
+        let mut pieces: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for w in counts.keys() {
+            for (i, c) in w.chars().enumerate() {
+                pieces.insert(if i == 0 {
+                    c.to_string()
+                } else {
+                    format!("{SUBWORD_PREFIX}{c}")
+                });
+            }
+        }
+        let mut words: Vec<(&String, u64)> = counts
+            .iter()
+            .filter(|(w, c)| **c >= min_frequency.max(1) && !pieces.contains(*w))
+            .map(|(w, c)| (w, *c))
+            .collect();
+        words.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let room = vocab_size.saturating_sub(1 + pieces.len());
+        let mut vocab: ahash::AHashMap<String, u32> = ahash::AHashMap::new();
+        vocab.insert(UNK_TOKEN.to_string(), 0);
+        for token in words
+            .into_iter()
+            .take(room)
+            .map(|(w, _)| w.clone())
+            .chain(pieces)
+        {
+            let id = vocab.len() as u32;
+            vocab.entry(token).or_insert(id);
+        }
         let model = WordPiece::builder()
+            .vocab(vocab)
             .unk_token(UNK_TOKEN.to_string())
             .continuing_subword_prefix(SUBWORD_PREFIX.to_string())
             .max_input_chars_per_word(MAX_CHARS_PER_WORD)
             .build()
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let mut hf = build_hf(model.into())?;
-        let mut trainer: tokenizers::models::TrainerWrapper = WordPieceTrainer::builder()
-            .vocab_size(vocab_size)
-            .min_frequency(min_frequency)
-            .show_progress(false)
-            .special_tokens(vec![AddedToken::from(UNK_TOKEN, true)])
-            .build()
-            .into();
-        hf.train(&mut trainer, texts.iter())
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Self::from_hf(hf)
+        Self::from_hf(build_hf(model.into())?)
     }
 
     /// Reads a `tokenizer.json` written by [`TextPipeline::save`].
@@ -319,6 +367,20 @@ mod tests {
                 "text {t:?}"
             );
         }
+    }
+
+    #[test]
+    fn vocabulary_training_is_deterministic() {
+        let texts: Vec<String> = (0..400)
+            .map(|i| format!("word{} shared tokens here and there {} {}", i % 37, i % 11, i % 5))
+            .collect();
+        let a = TextPipeline::train(&texts, 120, 1).unwrap();
+        let b = TextPipeline::train(&texts, 120, 1).unwrap();
+        let mut va: Vec<_> = a.vocab.iter().collect();
+        let mut vb: Vec<_> = b.vocab.iter().collect();
+        va.sort();
+        vb.sort();
+        assert_eq!(va, vb);
     }
 
     #[test]

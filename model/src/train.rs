@@ -556,6 +556,7 @@ pub fn train(
         if improved {
             best = Some((m.macro_recall, epoch, weights));
         } else if let Some((_, best_epoch, _)) = &best
+            && params.patience > 0
             && epoch - best_epoch >= params.patience
         {
             observer.on_message(&format!(

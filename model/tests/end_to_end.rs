@@ -111,6 +111,12 @@ fn trains_saves_reloads_and_predicts_identically() {
     store.set_current(&version).unwrap();
     assert_eq!(store.current_version().unwrap().as_deref(), Some(&*version));
 
+    // The serving tokenizer agrees with the `tokenizers` crate on real tweets.
+    let text = &o.featurizer.text;
+    for t in s.val_texts.iter().chain(&s.train_texts) {
+        assert_eq!(text.encode_ids(t), text.encode_ids_reference(t).unwrap(), "{t}");
+    }
+
     let loaded = store.load_current().unwrap().unwrap();
     assert_eq!(loaded.version(), version);
     let in_memory = sentimentd_model::FastModel::new(
