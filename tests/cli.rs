@@ -1,0 +1,265 @@
+//! The CLI end to end: train, eval, predict, model list/show, config check, run as the real
+//! binary on a temp directory with a small slice of the bundled data.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sentimentd"));
+    c.env_remove("SENTIMENTD_CONFIG").env_remove("SENTIMENTD_LOG");
+    c
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The header and the first `rows` records of a bundled split (TweetEval texts are one line).
+fn head(file: &str, rows: usize, out: &Path) {
+    let text = std::fs::read_to_string(repo().join("data/datasets/tweeteval").join(file)).unwrap();
+    let lines: Vec<&str> = text.lines().take(rows + 1).collect();
+    std::fs::write(out, lines.join("\n") + "\n").unwrap();
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    /// A small, fast training setup; the store lives in the temp dir.
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        head("train.csv", 3000, &d.join("train.csv"));
+        head("val.csv", 400, &d.join("val.csv"));
+        let config = d.join("sentimentd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[paths]
+model_store = "{d}/models"
+
+[data]
+train = ["{d}/train.csv"]
+val = "{d}/val.csv"
+
+[model]
+embedding_dim = 16
+vocab_size = 2000
+buckets = 4096
+
+[train]
+epochs = 2
+"#,
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        Env { dir, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        bin()
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn current_version(env: &Env) -> String {
+    std::fs::read_to_string(env.dir.path().join("models/current"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn train_eval_predict_and_inspect() {
+    let env = Env::new();
+
+    let out = env.ok(&["train"]);
+    assert!(out.contains("version"), "{out}");
+    assert!(out.contains("macro-recall"), "{out}");
+    assert!(out.contains("wall time"), "{out}");
+    let version = current_version(&env);
+    assert!(out.contains(&version), "{out}");
+    let vdir = env.dir.path().join("models/versions").join(&version);
+    for f in ["manifest.json", "weights.safetensors", "tokenizer.json", "confusion_matrix.png"] {
+        assert!(vdir.join(f).exists(), "{f} missing");
+    }
+
+    // eval --json: the documented keys, and the numbers match the confusion matrix.
+    let out_dir = env.dir.path().join("eval-out");
+    let json = env.ok(&["eval", "--json", "--out", out_dir.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for key in ["accuracy", "macro_recall", "macro_f1", "per_class", "confusion_matrix"] {
+        assert!(v.get(key).is_some(), "missing {key} in {json}");
+    }
+    let cm = v["confusion_matrix"].as_array().unwrap();
+    let total: u64 = cm
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 400);
+    assert!(out_dir.join("confusion_matrix.png").exists());
+    assert!(out_dir.join("metrics.json").exists());
+    let table = env.ok(&["eval"]);
+    assert!(table.contains("confusion matrix"), "{table}");
+
+    // predict: arguments, stdin, JSON.
+    let out = env.ok(&["predict", "I love this so much", "worst day ever"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let mut child = bin()
+        .arg("--config")
+        .arg(&env.config)
+        .args(["predict", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"great game tonight\nthis is awful\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for p in &lines {
+        assert_eq!(p["model_version"], version.as_str());
+        let probs = &p["probabilities"];
+        let sum: f64 = ["negative", "neutral", "positive"]
+            .iter()
+            .map(|k| probs[k].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+        assert!(["negative", "neutral", "positive"].contains(&p["label"].as_str().unwrap()));
+    }
+
+    // predict --csv: good rows scored, bad rows reported with their line.
+    let input = env.dir.path().join("batch.csv");
+    std::fs::write(&input, "id,text\n1,great stuff\n2,\n3,\"awful, really\"\n").unwrap();
+    let out = env.ok(&["predict", "--csv", input.to_str().unwrap()]);
+    assert!(out.contains("scored   2 rows"), "{out}");
+    let scored = std::fs::read_to_string(env.dir.path().join("batch.scored.csv")).unwrap();
+    let mut lines = scored.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "id,text,label,score,p_negative,p_neutral,p_positive,model_version"
+    );
+    assert_eq!(lines.count(), 2);
+    let errors = std::fs::read_to_string(env.dir.path().join("batch.scored.errors.csv")).unwrap();
+    assert!(errors.contains("\n3,"), "line 3 is the empty text: {errors}");
+
+    // model list / show
+    let list = env.ok(&["model", "list"]);
+    assert!(list.contains(&format!("*  {version}")), "{list}");
+    let show = env.ok(&["model", "show", &version]);
+    let m: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(m["version"], version.as_str());
+    assert_eq!(m["kind"], "fast");
+    assert!(m["metrics"]["validation"]["macro_recall"].as_f64().unwrap() > 0.4);
+    let missing = env.run(&["model", "show", "no-such-version"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-version"));
+
+    // A second training run records the first as its parent and becomes current.
+    env.ok(&["train"]);
+    let second = current_version(&env);
+    assert_ne!(second, version);
+    let show = env.ok(&["model", "show", &second]);
+    let m: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(m["parent"], version.as_str());
+}
+
+#[test]
+fn predict_without_a_model_uses_the_lexicon_fallback() {
+    let env = Env::new();
+    let out = env.run(&["predict", "I love it"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("positive"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lexicon fallback"));
+}
+
+#[test]
+fn train_reports_a_bad_data_file() {
+    let env = Env::new();
+    let bad = env.dir.path().join("bad.csv");
+    std::fs::write(&bad, "id,body\n1,hello\n").unwrap();
+    let out = env.run(&["train", "--data", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.csv") && err.contains("text"), "{err}");
+    assert!(!env.dir.path().join("models/current").exists());
+}
+
+#[test]
+fn config_check_names_file_line_and_key() {
+    let env = Env::new();
+    let out = env.run(&["config", "check"]);
+    assert!(out.status.success());
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(effective.contains("embedding_dim = 16"), "{effective}");
+
+    let bad = env.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nport = 8080\nprot = 1\n").unwrap();
+    let out = env.run(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:3"), "{err}");
+    assert!(err.contains("prot"), "{err}");
+
+    std::fs::write(&bad, "[train]\nlearning_rate = -1\n").unwrap();
+    let out = env.run(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("train.learning_rate"), "{err}");
+
+    // Every other command refuses a broken config too, before doing anything.
+    let out = bin()
+        .args(["--config", bad.to_str().unwrap(), "predict", "hello"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["train", "--help"],
+        vec!["eval", "--help"],
+        vec!["predict", "--help"],
+        vec!["model", "--help"],
+        vec!["model", "list", "--help"],
+        vec!["config", "check", "--help"],
+        vec!["serve", "--help"],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+}
