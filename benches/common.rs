@@ -26,7 +26,10 @@ pub fn config() -> Config {
 
 /// The bundled validation texts.
 pub fn val_texts(cfg: &Config) -> Vec<String> {
-    match sentimentd_data::load_dataset(std::slice::from_ref(&cfg.data.val), cfg.data.max_text_chars) {
+    match sentimentd_data::load_dataset(
+        std::slice::from_ref(&cfg.data.val),
+        cfg.data.max_text_chars,
+    ) {
         Ok(d) => d.texts,
         Err(e) => panic!("bundled validation data: {e}"),
     }
@@ -41,7 +44,10 @@ pub fn model(cfg: &Config) -> Arc<dyn Classifier> {
     if let Ok(Some(m)) = store.load_current() {
         return m;
     }
-    eprintln!("no model in {}: training the default model once", cfg.paths.model_store.display());
+    eprintln!(
+        "no model in {}: training the default model once",
+        cfg.paths.model_store.display()
+    );
     let job = TrainJob {
         promote: true,
         ..TrainJob::default()

@@ -7,9 +7,9 @@
 #  3. RSS of the serving process (current and peak).
 #
 # Usage: benches/load.sh            (from the repository root)
-# Env:   DURATION=20s CONNECTIONS=64 THREADS=2 ROWS=100000 PORT=18080 WORKERS=1
-#        (WORKERS = HTTP workers. With wrk on the same 2-core machine one worker gives the
-#        better tail: the second worker only competes with wrk for the same two cores.)
+# Env:   DURATION=20s CONNECTIONS=64 THREADS=2 ROWS=100000 PORT=18080 WORKERS=2
+#        (WORKERS = HTTP workers, default as in the config. With wrk on the same 2-core
+#        machine, WORKERS=1 trades throughput for a shorter tail.)
 #        MODEL_STORE=DIR  reuse a trained model store instead of training one (~60 s)
 #        SKIP_BUILD=1     use the release binary already in $CARGO_TARGET_DIR
 set -euo pipefail
@@ -23,7 +23,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 ROWS="${ROWS:-100000}"
 PORT="${PORT:-18080}"
-WORKERS="${WORKERS:-1}"
+WORKERS="${WORKERS:-2}"
 VAL="$ROOT/data/datasets/tweeteval/val.csv"
 
 if ! command -v wrk >/dev/null 2>&1; then

@@ -98,7 +98,11 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
     println!("store        {}", trained.store_root.display());
     println!(
         "current      {}",
-        if job.promote { "yes" } else { "no (--no-promote)" }
+        if job.promote {
+            "yes"
+        } else {
+            "no (--no-promote)"
+        }
     );
     println!("train rows   {}", m.training_rows);
     println!("best epoch   {} of {}", m.best_epoch, m.history.len());

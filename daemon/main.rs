@@ -79,9 +79,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_logging(filter: &str, cfg: &sentimentd_config::Config) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(filter).with_context(|| format!("bad log filter {filter:?}"))?;
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("bad log filter {filter:?}"))?;
+    use std::io::IsTerminal;
+    // No colour codes in the journal or in redirected logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.logging.format {
         sentimentd_config::LogFormat::Json => builder.json().init(),

@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sentimentd"));
-    c.env_remove("SENTIMENTD_CONFIG").env_remove("SENTIMENTD_LOG");
+    c.env_remove("SENTIMENTD_CONFIG")
+        .env_remove("SENTIMENTD_LOG");
     c
 }
 
@@ -100,7 +101,12 @@ fn train_eval_predict_and_inspect() {
     let version = current_version(&env);
     assert!(out.contains(&version), "{out}");
     let vdir = env.dir.path().join("models/versions").join(&version);
-    for f in ["manifest.json", "weights.safetensors", "tokenizer.json", "confusion_matrix.png"] {
+    for f in [
+        "manifest.json",
+        "weights.safetensors",
+        "tokenizer.json",
+        "confusion_matrix.png",
+    ] {
         assert!(vdir.join(f).exists(), "{f} missing");
     }
 
@@ -108,7 +114,13 @@ fn train_eval_predict_and_inspect() {
     let out_dir = env.dir.path().join("eval-out");
     let json = env.ok(&["eval", "--json", "--out", out_dir.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    for key in ["accuracy", "macro_recall", "macro_f1", "per_class", "confusion_matrix"] {
+    for key in [
+        "accuracy",
+        "macro_recall",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {json}");
     }
     let cm = v["confusion_matrix"].as_array().unwrap();
@@ -172,7 +184,10 @@ fn train_eval_predict_and_inspect() {
     );
     assert_eq!(lines.count(), 2);
     let errors = std::fs::read_to_string(env.dir.path().join("batch.scored.errors.csv")).unwrap();
-    assert!(errors.contains("\n3,"), "line 3 is the empty text: {errors}");
+    assert!(
+        errors.contains("\n3,"),
+        "line 3 is the empty text: {errors}"
+    );
 
     // model list / show
     let list = env.ok(&["model", "list"]);
@@ -260,6 +275,9 @@ fn every_subcommand_has_help() {
     ] {
         let out = bin().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The one interface every model kind serves through, so callers never branch on the kind.
 
-use serde::{Deserialize, Serialize};
 use sentimentd_data::Label;
+use serde::{Deserialize, Serialize};
 
 /// What a model says about one text.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -85,7 +85,10 @@ impl Weights {
             hidden_buf.extend_from_slice(&self.hidden_b);
             for i in 0..self.input_dim() {
                 let x = input(i);
-                for (o, w) in hidden_buf.iter_mut().zip(&self.hidden_w[i * h..(i + 1) * h]) {
+                for (o, w) in hidden_buf
+                    .iter_mut()
+                    .zip(&self.hidden_w[i * h..(i + 1) * h])
+                {
                     *o += x * w;
                 }
             }
@@ -141,11 +144,10 @@ impl Weights {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let meta: HashMap<String, String> = [("dense".to_string(), self.dense.to_string())].into();
-        let data =
-            safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Corrupt {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let data = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         std::fs::write(path, data).map_err(ModelError::io(path))
     }
 
@@ -257,7 +259,11 @@ impl FastModel {
         })
     }
 
-    fn with_pooled<R>(&self, text: &str, f: impl FnOnce(&Scratch, &[f32], &mut Vec<f32>) -> R) -> R {
+    fn with_pooled<R>(
+        &self,
+        text: &str,
+        f: impl FnOnce(&Scratch, &[f32], &mut Vec<f32>) -> R,
+    ) -> R {
         SCRATCH.with(|cell| {
             let mut guard = cell.borrow_mut();
             let (scratch, pooled, hidden) = &mut *guard;

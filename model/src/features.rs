@@ -66,7 +66,11 @@ fn caps_share(text: &str) -> f32 {
             caps += 1;
         }
     }
-    if words == 0 { 0.0 } else { caps as f32 / words as f32 }
+    if words == 0 {
+        0.0
+    } else {
+        caps as f32 / words as f32
+    }
 }
 
 /// True when a letter repeats three times in a row ("soooo"), a common intensifier.
@@ -261,7 +265,10 @@ impl Featurizer {
 
     /// Hashes every character n-gram of `word` with `min <= n <= max` characters.
     fn char_ngrams(&self, word: &[u8], ids: &mut Vec<u32>) {
-        let (min, max) = (self.config.char_ngram_min.max(1), self.config.char_ngram_max);
+        let (min, max) = (
+            self.config.char_ngram_min.max(1),
+            self.config.char_ngram_max,
+        );
         let mut start = 0;
         while start < word.len() {
             let mut h = 0xcbf2_9ce4_8422_2325u64 ^ SEED_CHAR;

@@ -28,7 +28,11 @@ pub struct Metrics {
 }
 
 fn ratio(num: u64, den: u64) -> f64 {
-    if den == 0 { 0.0 } else { num as f64 / den as f64 }
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
 }
 
 impl Metrics {
@@ -157,13 +161,22 @@ mod tests {
     #[test]
     fn compute_counts_pairs_and_handles_empty_classes() {
         use Label::*;
-        let m = Metrics::compute(&[Negative, Negative, Positive], &[Negative, Positive, Positive]);
+        let m = Metrics::compute(
+            &[Negative, Negative, Positive],
+            &[Negative, Positive, Positive],
+        );
         assert_eq!(m.confusion_matrix, [[1, 0, 1], [0, 0, 0], [0, 0, 1]]);
         assert_eq!(m.per_class["neutral"].recall, 0.0);
         assert_eq!(m.per_class["neutral"].precision, 0.0);
         assert!((m.macro_recall - (0.5 + 0.0 + 1.0) / 3.0).abs() < 1e-12);
         let json = serde_json::to_value(&m).unwrap();
-        for key in ["accuracy", "macro_recall", "macro_f1", "per_class", "confusion_matrix"] {
+        for key in [
+            "accuracy",
+            "macro_recall",
+            "macro_f1",
+            "per_class",
+            "confusion_matrix",
+        ] {
             assert!(json.get(key).is_some(), "{key}");
         }
     }

@@ -89,8 +89,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 fn valid_version_name(v: &str) -> bool {
     !v.is_empty()
         && !v.starts_with('.')
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -183,10 +182,16 @@ impl ModelStore {
             }
             match self.manifest(&name) {
                 Ok(m) => out.push(m),
-                Err(e) => tracing::warn!(version = %name, error = %e, "skipping unreadable model version"),
+                Err(e) => {
+                    tracing::warn!(version = %name, error = %e, "skipping unreadable model version")
+                }
             }
         }
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.version.cmp(&b.version)));
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.version.cmp(&b.version))
+        });
         Ok(out)
     }
 

@@ -14,8 +14,8 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::{Lowercase, NFKC, Replace, Sequence};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{
-    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
-    PreTokenizerWrapper, SplitDelimiterBehavior, TokenizerBuilder, TokenizerImpl,
+    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    SplitDelimiterBehavior, TokenizerBuilder, TokenizerImpl,
 };
 use unicode_normalization_alignments::UnicodeNormalization;
 
@@ -51,8 +51,7 @@ const URL_REPLACEMENT: &str = " http ";
 /// What a token is: words (with inner apostrophes, hashtags, mentions), emoticons, runs of
 /// `!?.`, and any other single visible character (emoji, symbols). Text is lower-cased first,
 /// so `:D` arrives as `:d`.
-pub const TOKEN_PATTERN: &str =
-    r"[\w#@]+(?:'\w+)*|[:;=][\-o'^]?[)\](\[dp/\\|}{3*]|</?3|[!?.]+|\S";
+pub const TOKEN_PATTERN: &str = r"[\w#@]+(?:'\w+)*|[:;=][\-o'^]?[)\](\[dp/\\|}{3*]|</?3|[!?.]+|\S";
 
 /// Normaliser + pre-tokeniser + WordPiece vocabulary.
 pub struct TextPipeline {
@@ -180,9 +179,8 @@ impl TextPipeline {
             path: path.to_path_buf(),
             reason: format!("tokenizer.json cannot be read: {e}"),
         })?;
-        let expected = pipeline_signature(&build_hf(ModelWrapper::WordPiece(
-            WordPiece::default(),
-        ))?)?;
+        let expected =
+            pipeline_signature(&build_hf(ModelWrapper::WordPiece(WordPiece::default()))?)?;
         if pipeline_signature(&hf)? != expected {
             return Err(ModelError::Corrupt {
                 path: path.to_path_buf(),
@@ -372,7 +370,14 @@ mod tests {
     #[test]
     fn vocabulary_training_is_deterministic() {
         let texts: Vec<String> = (0..400)
-            .map(|i| format!("word{} shared tokens here and there {} {}", i % 37, i % 11, i % 5))
+            .map(|i| {
+                format!(
+                    "word{} shared tokens here and there {} {}",
+                    i % 37,
+                    i % 11,
+                    i % 5
+                )
+            })
             .collect();
         let a = TextPipeline::train(&texts, 120, 1).unwrap();
         let b = TextPipeline::train(&texts, 120, 1).unwrap();

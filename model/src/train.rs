@@ -163,16 +163,26 @@ impl FastNet {
     /// Rebuilds the burn module and its table from exported weights (dropout off).
     pub fn from_weights(w: &Weights, device: &Device) -> (FastNet, Tensor<2>) {
         let t2 = |v: &[f32], shape: [usize; 2]| {
-            Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device))
+            Param::from_tensor(Tensor::<2>::from_data(
+                TensorData::new(v.to_vec(), shape),
+                device,
+            ))
         };
         let t1 = |v: &[f32]| {
-            Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device))
+            Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(v.to_vec(), [v.len()]),
+                device,
+            ))
         };
         let hidden = (w.hidden > 0).then(|| Linear {
             weight: t2(&w.hidden_w, [w.input_dim(), w.hidden]),
             bias: Some(t1(&w.hidden_b)),
         });
-        let out_in = if w.hidden > 0 { w.hidden } else { w.input_dim() };
+        let out_in = if w.hidden > 0 {
+            w.hidden
+        } else {
+            w.input_dim()
+        };
         let net = FastNet {
             hidden,
             output: Linear {
@@ -181,7 +191,10 @@ impl FastNet {
             },
             dropout: DropoutConfig::new(0.0).init(),
         };
-        let table = Tensor::<2>::from_data(TensorData::new(w.embedding.clone(), [w.rows, w.dim]), device);
+        let table = Tensor::<2>::from_data(
+            TensorData::new(w.embedding.clone(), [w.rows, w.dim]),
+            device,
+        );
         (net, table)
     }
 }
@@ -213,7 +226,12 @@ pub fn make_batch(
     device: &Device,
 ) -> Batch {
     let b = examples.len();
-    let l = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+    let l = examples
+        .iter()
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut ids = vec![0i64; b * l];
     let mut w = vec![0f32; b * l];
     for (i, e) in examples.iter().enumerate() {
@@ -451,7 +469,9 @@ pub fn train(
         ));
     }
     if train_texts.len() != train_labels.len() || val_texts.len() != val_labels.len() {
-        return Err(ModelError::Training("texts and labels differ in length".into()));
+        return Err(ModelError::Training(
+            "texts and labels differ in length".into(),
+        ));
     }
     observer.on_message("learning the WordPiece vocabulary");
     let text = TextPipeline::train(train_texts, params.vocab_size, params.min_token_frequency)?;
@@ -507,7 +527,10 @@ pub fn train(
             let examples: Vec<&Example> = idx.iter().map(|&i| &train_x[i]).collect();
             let batch = make_batch(&examples, dense, Some(&mut slots), &device);
             let sub = table.gather(&slots.ids, &device);
-            let targets: Vec<i64> = idx.iter().map(|&i| train_labels[i].index() as i64).collect();
+            let targets: Vec<i64> = idx
+                .iter()
+                .map(|&i| train_labels[i].index() as i64)
+                .collect();
             let targets =
                 Tensor::<1, Int>::from_data(TensorData::new(targets, [idx.len()]), &device);
             let logits = model.forward(sub.clone(), &batch);

@@ -114,7 +114,11 @@ fn trains_saves_reloads_and_predicts_identically() {
     // The serving tokenizer agrees with the `tokenizers` crate on real tweets.
     let text = &o.featurizer.text;
     for t in s.val_texts.iter().chain(&s.train_texts) {
-        assert_eq!(text.encode_ids(t), text.encode_ids_reference(t).unwrap(), "{t}");
+        assert_eq!(
+            text.encode_ids(t),
+            text.encode_ids_reference(t).unwrap(),
+            "{t}"
+        );
     }
 
     let loaded = store.load_current().unwrap().unwrap();
@@ -146,8 +150,16 @@ fn trains_saves_reloads_and_predicts_identically() {
         .collect();
     let m = sentimentd_model::Metrics::compute(&s.val_labels, &preds);
     let manifest = store.manifest(&version).unwrap();
-    assert_eq!(m.confusion_matrix, manifest.metrics["validation"].confusion_matrix);
-    assert!(store.version_dir(&version).join("confusion_matrix.png").exists());
+    assert_eq!(
+        m.confusion_matrix,
+        manifest.metrics["validation"].confusion_matrix
+    );
+    assert!(
+        store
+            .version_dir(&version)
+            .join("confusion_matrix.png")
+            .exists()
+    );
 }
 
 #[test]
@@ -204,7 +216,11 @@ fn corrupt_version_is_refused_and_current_is_kept() {
     assert_eq!(store.current_version().unwrap().as_deref(), Some(&*good));
 
     // Truncated manifest: a clear error, not a panic.
-    std::fs::write(store.version_dir(&bad).join(MANIFEST), b"{\"format\": 1, \"vers").unwrap();
+    std::fs::write(
+        store.version_dir(&bad).join(MANIFEST),
+        b"{\"format\": 1, \"vers",
+    )
+    .unwrap();
     let err = store.load(&bad).err().unwrap();
     assert!(err.to_string().contains("manifest.json"), "{err}");
     assert_eq!(store.current_version().unwrap().as_deref(), Some(&*good));
@@ -217,7 +233,12 @@ fn corrupt_version_is_refused_and_current_is_kept() {
 
     // A half-written version (temporary directory left by a crash) is not listed.
     std::fs::create_dir(dir.path().join("versions/.tmp-crashed")).unwrap();
-    let listed: Vec<String> = store.list().unwrap().into_iter().map(|m| m.version).collect();
+    let listed: Vec<String> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.version)
+        .collect();
     assert_eq!(listed, vec![good.clone()]);
     assert!(store.load_current().unwrap().is_some());
 }
