@@ -310,8 +310,8 @@ fn batch_with_good_and_bad_rows_is_accounted_row_by_row() {
         [
             "id",
             "text",
+            "input_label",
             "label",
-            "predicted_label",
             "score",
             "p_negative",
             "p_neutral",
@@ -398,7 +398,7 @@ fn file_without_text_column_is_rejected_with_its_reason() {
     let why =
         std::fs::read_to_string(d.root().join("rejected/notext.csv.error.txt")).unwrap_or_default();
     assert!(
-        why.contains("no `text` column (columns: id, body)"),
+        why.contains("notext.csv: no `text` column (found: id, body)"),
         "{why}"
     );
     assert!(names(&d.root().join("outbox")).is_empty());

@@ -26,12 +26,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::csv_input::{self, FileRejection, InputBatch, ReadError, RejectedRow};
+use crate::csv_input::{self, FileRejection, ReadError};
 use crate::inference::Inference;
 use crate::journal::{self, Journal, JournalEntry};
 use crate::messages::{FileDone, FileReady, ScoreChunk};
 use crate::metrics::{BatchOutcome, Metrics, RowOutcome, Source};
 use crate::supervisor::{Containment, Faults};
+use sentimentd_data::{CsvBatch, RejectedRow, Row, ScoredWriter, Scores};
 
 /// Shared between the shutdown sequence and the batch processor.
 #[derive(Default)]
@@ -83,16 +84,6 @@ struct Summary {
 
 /// A row's prediction (or why it has none) and the version of the model that scored it.
 type RowResult = (Result<Prediction, String>, Arc<str>);
-
-/// Columns appended to the input's columns in the scored output.
-const OUTPUT_COLUMNS: [&str; 6] = [
-    "label",
-    "score",
-    "p_negative",
-    "p_neutral",
-    "p_positive",
-    "model_version",
-];
 
 impl BatchProcessor {
     pub fn new(
@@ -237,7 +228,7 @@ impl BatchProcessor {
                 });
             }
         };
-        let InputBatch {
+        let CsvBatch {
             headers,
             text_col,
             rows,
@@ -268,11 +259,7 @@ impl BatchProcessor {
                     counts[p.label.index()] += 1;
                     scored_rows.push((row, p, version));
                 }
-                Err(reason) => rejected.push(RejectedRow {
-                    line: row.line,
-                    reason,
-                    raw: row.fields.join(","),
-                }),
+                Err(reason) => rejected.push(csv_input::unscored(row.line, reason, &row.fields)),
             }
         }
         rejected.sort_by_key(|r| r.line);
@@ -466,62 +453,38 @@ impl BatchProcessor {
     }
 }
 
+/// The scored rows with the data crate's writer: input columns, then `label`, `score`,
+/// `p_negative`, `p_neutral`, `p_positive`, `model_version` (an input column of one of those
+/// names is kept as `input_<name>`, so `label` always means the prediction, as for
+/// `sentimentd predict --csv`).
 fn write_scored(
     path: &Path,
     headers: &[String],
-    rows: &[(csv_input::InputRow, Prediction, Arc<str>)],
+    rows: &[(Row, Prediction, Arc<str>)],
 ) -> Result<(), BatchError> {
-    // An input that already has one of our column names (typically `label` in labelled
-    // data) keeps it; ours get a `predicted_` prefix so no header is ambiguous.
-    let added: Vec<String> = OUTPUT_COLUMNS
-        .iter()
-        .map(|c| {
-            if headers.iter().any(|h| h.eq_ignore_ascii_case(c)) {
-                format!("predicted_{c}")
-            } else {
-                (*c).to_string()
-            }
-        })
-        .collect();
     journal::write_atomic_with(path, |out| {
-        let mut w = csv::Writer::from_writer(out);
-        let to_io = std::io::Error::other;
-        w.write_record(headers.iter().chain(added.iter()))
-            .map_err(to_io)?;
-        let mut num = String::with_capacity(32);
-        let mut float = |w: &mut csv::Writer<_>, v: f32| {
-            use std::fmt::Write as _;
-            num.clear();
-            let _ = write!(num, "{v}");
-            w.write_field(num.as_bytes())
-        };
+        let to_io = |e: sentimentd_data::DataError| std::io::Error::other(e.to_string());
+        let mut w = ScoredWriter::new(out, headers).map_err(to_io)?;
         for (row, p, model_version) in rows {
-            for f in &row.fields {
-                w.write_field(f).map_err(to_io)?;
-            }
-            w.write_field(p.label.as_str()).map_err(to_io)?;
-            float(&mut w, p.score).map_err(to_io)?;
-            for v in p.probabilities {
-                float(&mut w, v).map_err(to_io)?;
-            }
-            w.write_field(model_version.as_bytes()).map_err(to_io)?;
-            w.write_record(None::<&[u8]>).map_err(to_io)?;
+            let scores = Scores {
+                label: p.label,
+                score: p.score,
+                probabilities: p.probabilities,
+            };
+            w.write_row(&row.fields, &scores, model_version)
+                .map_err(to_io)?;
         }
-        w.flush()
+        w.finish().map_err(to_io)?;
+        Ok(())
     })
     .map_err(io_at(path))
 }
 
 fn write_rejections(path: &Path, rejected: &[RejectedRow]) -> Result<(), BatchError> {
     journal::write_atomic_with(path, |out| {
-        let mut w = csv::Writer::from_writer(out);
-        let to_io = std::io::Error::other;
-        w.write_record(["line", "reason", "raw"]).map_err(to_io)?;
-        for r in rejected {
-            w.write_record([r.line.to_string().as_str(), &r.reason, &r.raw])
-                .map_err(to_io)?;
-        }
-        w.flush()
+        sentimentd_data::write_rejections_to(out, rejected)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()))
     })
     .map_err(io_at(path))
 }

@@ -71,6 +71,8 @@ pub enum RejectReason {
         unterminated: bool,
         last_line: u64,
     },
+    /// The row parsed but the model could not score it (the caller's reason).
+    Unscorable(String),
 }
 
 impl RejectReason {
@@ -84,6 +86,7 @@ impl RejectReason {
             RejectReason::MissingLabel => "missing_label",
             RejectReason::WrongFieldCount { .. } => "wrong_field_count",
             RejectReason::BrokenQuoting { .. } => "broken_quoting",
+            RejectReason::Unscorable(_) => "unscorable",
         }
     }
 }
@@ -121,6 +124,7 @@ impl fmt::Display for RejectReason {
                 "broken quoting: a quoted field runs from this line to line {last_line} \
                  and the record has the wrong number of fields"
             ),
+            RejectReason::Unscorable(why) => write!(f, "not scored: {why}"),
         }
     }
 }

@@ -75,14 +75,15 @@ fn sha256_file(path: &Path) -> Result<String, ModelError> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path` whole or not at all (the data crate's temp file + fsync + rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(ModelError::io(dir))?;
-    tmp.write_all(bytes).map_err(ModelError::io(path))?;
-    tmp.as_file().sync_all().map_err(ModelError::io(path))?;
-    tmp.persist(path)
-        .map_err(|e| ModelError::io(path)(e.error))?;
+    sentimentd_data::write_atomic(path, |w| {
+        w.write_all(bytes)
+            .map_err(|source| sentimentd_data::DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+    })?;
     Ok(())
 }
 
