@@ -385,9 +385,10 @@ pub fn featurize_all(featurizer: &Featurizer, texts: &[String]) -> Vec<Example> 
                 })
             })
             .collect();
+        // A featuriser panic stays a panic: dropping a chunk would misalign texts and labels.
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     })
 }
