@@ -25,6 +25,10 @@ pub struct Weights {
     pub hidden_b: Vec<f32>,
     pub out_w: Vec<f32>,
     pub out_b: Vec<f32>,
+    /// Logits are divided by this before the softmax (temperature scaling, fitted on the
+    /// validation split after training): it makes `score` a usable confidence without
+    /// changing any label.
+    pub temperature: f32,
 }
 
 pub const CLASSES: usize = 3;
@@ -70,6 +74,12 @@ impl Weights {
 
     /// Class probabilities from a pooled vector and the dense features.
     pub fn head(&self, pooled: &[f32], dense: &[f32], hidden_buf: &mut Vec<f32>) -> [f32; 3] {
+        let t = self.temperature;
+        softmax(self.logits(pooled, dense, hidden_buf).map(|l| l / t))
+    }
+
+    /// Output-layer values before temperature and softmax.
+    pub fn logits(&self, pooled: &[f32], dense: &[f32], hidden_buf: &mut Vec<f32>) -> [f32; 3] {
         let input = |i: usize| {
             if i < self.dim {
                 pooled[i]
@@ -106,7 +116,7 @@ impl Weights {
                 }
             }
         }
-        softmax(logits)
+        logits
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
@@ -143,7 +153,11 @@ impl Weights {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let meta: HashMap<String, String> = [("dense".to_string(), self.dense.to_string())].into();
+        let meta: HashMap<String, String> = [
+            ("dense".to_string(), self.dense.to_string()),
+            ("temperature".to_string(), self.temperature.to_string()),
+        ]
+        .into();
         let data = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Corrupt {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -164,6 +178,14 @@ impl Weights {
             .and_then(|m| m.get("dense"))
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| corrupt("weights have no `dense` metadata".into()))?;
+        let temperature: f32 = match meta.metadata().as_ref().and_then(|m| m.get("temperature")) {
+            Some(t) => t
+                .parse()
+                .ok()
+                .filter(|t: &f32| t.is_finite() && *t > 0.0)
+                .ok_or_else(|| corrupt(format!("invalid temperature {t:?}")))?,
+            None => 1.0,
+        };
         let st = SafeTensors::deserialize(&data).map_err(|e| corrupt(e.to_string()))?;
         let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), ModelError> {
             let t = st
@@ -205,6 +227,7 @@ impl Weights {
             hidden_b,
             out_w,
             out_b,
+            temperature,
         };
         if os != [w.out_in(), CLASSES] || w.out_b.len() != CLASSES {
             return Err(corrupt("output layer shape does not fit".into()));

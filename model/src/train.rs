@@ -155,6 +155,7 @@ impl FastNet {
             hidden_b,
             out_w,
             out_b,
+            temperature: 1.0,
         })
     }
 }
@@ -210,7 +211,10 @@ pub fn burn_probabilities(
     let examples = featurize_all(&outcome.featurizer, texts);
     let refs: Vec<&Example> = examples.iter().collect();
     let batch = make_batch(&refs, outcome.weights.dense, None, &device);
-    let probs = burn::tensor::activation::softmax(net.forward(table, &batch), 1);
+    let logits = net
+        .forward(table, &batch)
+        .div_scalar(outcome.weights.temperature);
+    let probs = burn::tensor::activation::softmax(logits, 1);
     let flat = probs
         .into_data()
         .try_to_vec::<f32>()
@@ -406,6 +410,54 @@ pub fn predict_examples(weights: &Weights, examples: &[Example]) -> Vec<[f32; 3]
         .collect()
 }
 
+/// Mean negative log-likelihood of `labels` under logits divided by `t`.
+fn log_loss(logits: &[[f32; 3]], labels: &[Label], t: f32) -> f64 {
+    let sum: f64 = logits
+        .iter()
+        .zip(labels)
+        .map(|(l, y)| {
+            let p = crate::fast::softmax(l.map(|x| x / t))[y.index()];
+            -(p.max(1e-12) as f64).ln()
+        })
+        .sum();
+    sum / logits.len().max(1) as f64
+}
+
+/// Temperature scaling (Guo et al. 2017): the one scalar that minimises validation log-loss,
+/// by golden-section search over `[0.05, 20]` in log space. Labels do not change: dividing all
+/// three logits by the same positive number keeps their order.
+/// Returns `(temperature, log-loss at 1, log-loss at temperature)`.
+pub fn fit_temperature(weights: &Weights, val: &[Example], labels: &[Label]) -> (f32, f64, f64) {
+    let mut pooled = Vec::new();
+    let mut hidden = Vec::new();
+    let logits: Vec<[f32; 3]> = val
+        .iter()
+        .map(|e| {
+            weights.pool(&e.ids, &mut pooled);
+            weights.logits(&pooled, &e.dense[..weights.dense], &mut hidden)
+        })
+        .collect();
+    let f = |log_t: f64| log_loss(&logits, labels, log_t.exp() as f32);
+    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..60 {
+        let c = b - g * (b - a);
+        let d = a + g * (b - a);
+        if f(c) < f(d) {
+            b = d;
+        } else {
+            a = c;
+        }
+    }
+    let t = ((a + b) / 2.0).exp() as f32;
+    let (before, after) = (f(0.0), f((t as f64).ln()));
+    if after < before {
+        (t, before, after)
+    } else {
+        (1.0, before, before)
+    }
+}
+
 pub fn argmax_labels(probs: &[[f32; 3]]) -> Vec<Label> {
     probs
         .iter()
@@ -590,8 +642,13 @@ pub fn train(
             break;
         }
     }
-    let (_, best_epoch, weights) =
+    let (_, best_epoch, mut weights) =
         best.ok_or_else(|| ModelError::Training("no epoch was run (epochs = 0?)".into()))?;
+    let (t, before, after) = fit_temperature(&weights, &val_x, val_labels);
+    weights.temperature = t;
+    observer.on_message(&format!(
+        "calibrated temperature {t:.3} on validation: log-loss {before:.4} -> {after:.4}"
+    ));
     let val_pred = argmax_labels(&predict_examples(&weights, &val_x));
     let val_metrics = Metrics::compute(val_labels, &val_pred);
     Ok(TrainOutcome {

@@ -242,3 +242,22 @@ fn corrupt_version_is_refused_and_current_is_kept() {
     assert_eq!(listed, vec![good.clone()]);
     assert!(store.load_current().unwrap().is_some());
 }
+
+#[test]
+fn temperature_scaling_lowers_log_loss_and_keeps_labels() {
+    let s = sample();
+    let params = small_params();
+    let o = train_sample(&s, &params);
+    let val = train::featurize_all(&o.featurizer, &s.val_texts);
+    let mut raw = o.weights.clone();
+    raw.temperature = 1.0;
+    let (t, before, after) = train::fit_temperature(&raw, &val, &s.val_labels);
+    assert!(
+        t > 0.0 && after <= before,
+        "t {t} before {before} after {after}"
+    );
+    assert_eq!(o.weights.temperature, t);
+    let calibrated = train::argmax_labels(&train::predict_examples(&o.weights, &val));
+    let uncalibrated = train::argmax_labels(&train::predict_examples(&raw, &val));
+    assert_eq!(calibrated, uncalibrated);
+}
