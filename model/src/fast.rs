@@ -74,8 +74,13 @@ impl Weights {
 
     /// Class probabilities from a pooled vector and the dense features.
     pub fn head(&self, pooled: &[f32], dense: &[f32], hidden_buf: &mut Vec<f32>) -> [f32; 3] {
+        self.calibrated(self.logits(pooled, dense, hidden_buf))
+    }
+
+    /// Probabilities from output-layer values: temperature, then softmax.
+    pub fn calibrated(&self, logits: [f32; 3]) -> [f32; 3] {
         let t = self.temperature;
-        softmax(self.logits(pooled, dense, hidden_buf).map(|l| l / t))
+        softmax(logits.map(|l| l / t))
     }
 
     /// Output-layer values before temperature and softmax.

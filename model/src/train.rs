@@ -399,13 +399,21 @@ pub fn featurize_all(featurizer: &Featurizer, texts: &[String]) -> Vec<Example> 
 
 /// Predictions of the plain path over featurised examples.
 pub fn predict_examples(weights: &Weights, examples: &[Example]) -> Vec<[f32; 3]> {
+    example_logits(weights, examples)
+        .into_iter()
+        .map(|l| weights.calibrated(l))
+        .collect()
+}
+
+/// Output-layer values of the plain path over featurised examples.
+fn example_logits(weights: &Weights, examples: &[Example]) -> Vec<[f32; 3]> {
     let mut pooled = Vec::new();
     let mut hidden = Vec::new();
     examples
         .iter()
         .map(|e| {
             weights.pool(&e.ids, &mut pooled);
-            weights.head(&pooled, &e.dense[..weights.dense], &mut hidden)
+            weights.logits(&pooled, &e.dense[..weights.dense], &mut hidden)
         })
         .collect()
 }
@@ -428,15 +436,7 @@ fn log_loss(logits: &[[f32; 3]], labels: &[Label], t: f32) -> f64 {
 /// three logits by the same positive number keeps their order.
 /// Returns `(temperature, log-loss at 1, log-loss at temperature)`.
 pub fn fit_temperature(weights: &Weights, val: &[Example], labels: &[Label]) -> (f32, f64, f64) {
-    let mut pooled = Vec::new();
-    let mut hidden = Vec::new();
-    let logits: Vec<[f32; 3]> = val
-        .iter()
-        .map(|e| {
-            weights.pool(&e.ids, &mut pooled);
-            weights.logits(&pooled, &e.dense[..weights.dense], &mut hidden)
-        })
-        .collect();
+    let logits = example_logits(weights, val);
     let f = |log_t: f64| log_loss(&logits, labels, log_t.exp() as f32);
     let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
     let g = (5f64.sqrt() - 1.0) / 2.0;
@@ -570,7 +570,7 @@ pub fn train(
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut order: Vec<usize> = (0..train_x.len()).collect();
     let mut history = Vec::new();
-    let mut best: Option<(f64, usize, Weights)> = None;
+    let mut best: Option<(Metrics, usize, Weights)> = None;
     let mut step_global = 0usize;
     for epoch in 1..=params.epochs {
         let epoch_start = Instant::now();
@@ -618,7 +618,7 @@ pub fn train(
         let m = Metrics::compute(val_labels, &val_pred);
         let improved = best
             .as_ref()
-            .is_none_or(|(score, _, _)| m.macro_recall > *score);
+            .is_none_or(|(b, _, _)| m.macro_recall > b.macro_recall);
         let report = EpochReport {
             epoch,
             train_loss: loss_sum / steps_per_epoch.max(1) as f64,
@@ -630,7 +630,7 @@ pub fn train(
         observer.on_epoch(&report);
         history.push(report);
         if improved {
-            best = Some((m.macro_recall, epoch, weights));
+            best = Some((m, epoch, weights));
         } else if let Some((_, best_epoch, _)) = &best
             && params.patience > 0
             && epoch - best_epoch >= params.patience
@@ -642,15 +642,14 @@ pub fn train(
             break;
         }
     }
-    let (_, best_epoch, mut weights) =
+    // Temperature scaling keeps every label, so the best epoch's metrics stand.
+    let (val_metrics, best_epoch, mut weights) =
         best.ok_or_else(|| ModelError::Training("no epoch was run (epochs = 0?)".into()))?;
     let (t, before, after) = fit_temperature(&weights, &val_x, val_labels);
     weights.temperature = t;
     observer.on_message(&format!(
         "calibrated temperature {t:.3} on validation: log-loss {before:.4} -> {after:.4}"
     ));
-    let val_pred = argmax_labels(&predict_examples(&weights, &val_x));
-    let val_metrics = Metrics::compute(val_labels, &val_pred);
     Ok(TrainOutcome {
         featurizer,
         weights,
