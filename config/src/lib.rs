@@ -10,8 +10,9 @@ mod validate;
 
 pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
-    Backend, ClassWeights, Config, DataConfig, IngestConfig, LogFormat, LoggingConfig, LrDecay,
-    ModelConfig, ModelKind, PathsConfig, ServerConfig, TrainConfig, TrainOnStart,
+    AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig,
+    IngestConfig, LogFormat, LoggingConfig, LrDecay, ModelConfig, ModelKind, PathsConfig,
+    RetrainConfig, ServerConfig, TrackingConfig, TrainConfig, TrainOnStart,
 };
 
 use serde::Deserialize;
@@ -102,6 +103,10 @@ impl Config {
         self.data.train.iter_mut().for_each(fix);
         fix(&mut self.data.val);
         fix(&mut self.data.lexicon);
+        self.drift.reference.iter_mut().for_each(fix);
+        if let Some(p) = self.admin.token_file.as_mut() {
+            fix(p);
+        }
         let g = &mut self.ingest;
         for p in [
             &mut g.inbox,
@@ -109,7 +114,7 @@ impl Config {
             &mut g.archive,
             &mut g.rejected,
             &mut g.journal,
-            &mut g.labelled_store,
+            &mut g.labelled_dir,
         ] {
             fix(p);
         }

@@ -15,6 +15,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub ingest: IngestConfig,
     pub logging: LoggingConfig,
+    pub drift: DriftConfig,
+    pub retrain: RetrainConfig,
+    pub gate: GateConfig,
+    pub admin: AdminConfig,
+    pub tracking: TrackingConfig,
 }
 
 /// `[paths]`
@@ -155,6 +160,9 @@ pub struct TrainConfig {
     pub dropout: f64,
     /// What `serve` does when the model store has no current model.
     pub on_start: TrainOnStart,
+    /// Share of the training data carved out (stratified, seeded) as the selection split that
+    /// early stopping and calibration use; the reporting split (`data.val`) never selects.
+    pub selection_share: f64,
 }
 
 /// `[train] on_start`: whether `serve` trains a model when none exists.
@@ -182,6 +190,7 @@ impl Default for TrainConfig {
             threads: 0,
             dropout: 0.0,
             on_start: TrainOnStart::IfMissing,
+            selection_share: 0.1,
         }
     }
 }
@@ -198,9 +207,6 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_batch_texts: usize,
     pub shutdown_timeout_secs: u64,
-    /// Bearer token for admin endpoints; admin endpoints are disabled while unset.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_token: Option<String>,
     /// Test-only fault injection (magic texts that panic or crash); never enable in production.
     pub test_faults: bool,
 }
@@ -215,7 +221,6 @@ impl Default for ServerConfig {
             max_body_bytes: 1_048_576,
             max_batch_texts: 1024,
             shutdown_timeout_secs: 10,
-            admin_token: None,
             test_faults: false,
         }
     }
@@ -230,7 +235,8 @@ pub struct IngestConfig {
     pub archive: PathBuf,
     pub rejected: PathBuf,
     pub journal: PathBuf,
-    pub labelled_store: PathBuf,
+    /// Folder of labelled rows for retraining: one immutable CSV per batch or feedback request.
+    pub labelled_dir: PathBuf,
     /// A file's size must stay unchanged this long before it is taken.
     pub settle_ms: u64,
     pub chunk_rows: usize,
@@ -245,7 +251,7 @@ impl Default for IngestConfig {
             archive: PathBuf::from("state/archive"),
             rejected: PathBuf::from("state/rejected"),
             journal: PathBuf::from("state/journal"),
-            labelled_store: PathBuf::from("state/labelled/labelled.csv"),
+            labelled_dir: PathBuf::from("state/labelled"),
             settle_ms: 500,
             chunk_rows: 4096,
             max_file_bytes: 536_870_912,
@@ -275,6 +281,161 @@ impl Default for LoggingConfig {
         LoggingConfig {
             level: "info".to_string(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[drift]`: drift checks of recent traffic against the serving model's baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Run drift checks at all (observations are still not recorded when false).
+    pub enabled: bool,
+    /// A check runs this often, in seconds...
+    pub check_every_secs: u64,
+    /// ...and also after this many new observations.
+    pub check_every_samples: u64,
+    /// The most recent observations a check looks at.
+    pub window: usize,
+    /// Below this many observations in the window a check gives no verdict.
+    pub min_samples: usize,
+    /// Reference CSV files the baseline is computed from; empty = `data.val`.
+    pub reference: Vec<PathBuf>,
+    /// Reference embeddings kept in the baseline (reservoir sample).
+    pub baseline_sample: usize,
+    /// Label drift: population stability index of predicted labels; fires above.
+    pub psi_threshold: f64,
+    /// Label drift: Jensen-Shannon distance (base 2) of predicted labels; fires above.
+    pub js_distance_threshold: f64,
+    /// Label drift: chi-square test of predicted-label counts; fires below this p-value.
+    pub chi2_p_value: f64,
+    /// Embedding drift: standardised mean shift of sentence embeddings; fires above.
+    pub mean_shift_threshold: f64,
+    /// Embedding drift: MMD (RBF kernel) permutation test; fires below this p-value.
+    pub mmd_p_value: f64,
+    /// Permutations of the MMD test.
+    pub mmd_permutations: usize,
+    /// Observations per side the MMD test samples (its cost grows with the square).
+    pub mmd_max_samples: usize,
+    /// Text drift: Kolmogorov-Smirnov statistic of text length (characters); fires above.
+    pub length_ks_threshold: f64,
+    /// Text drift: Kolmogorov-Smirnov statistic of the out-of-vocabulary word share; fires above.
+    pub oov_ks_threshold: f64,
+    /// Drift reports (JSON + HTML) kept under `<state_dir>/drift`; older ones are deleted.
+    pub reports_kept: usize,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            enabled: true,
+            check_every_secs: 300,
+            check_every_samples: 5000,
+            window: 10_000,
+            min_samples: 500,
+            reference: Vec::new(),
+            baseline_sample: 1000,
+            psi_threshold: 0.2,
+            js_distance_threshold: 0.1,
+            chi2_p_value: 0.001,
+            mean_shift_threshold: 0.25,
+            mmd_p_value: 0.001,
+            mmd_permutations: 200,
+            mmd_max_samples: 500,
+            length_ks_threshold: 0.15,
+            oov_ks_threshold: 0.15,
+            reports_kept: 200,
+        }
+    }
+}
+
+/// `[retrain]`: retraining a candidate model from labelled data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    /// Allow retraining at all (drift-driven and `POST /admin/retrain`).
+    pub enabled: bool,
+    /// Start a retrain when a drift check fires.
+    pub on_drift: bool,
+    /// After a retrain (whatever its outcome) no drift-driven retrain starts for this long.
+    pub cooldown_secs: u64,
+    /// A retrain is skipped (and the reason recorded) with fewer new labelled rows than this.
+    pub min_new_rows: usize,
+    /// Share of the newest labelled rows held out (time-ordered) as the recent gate set.
+    pub holdout_share: f64,
+    /// Threads a background retrain may use (it never takes every core from serving).
+    pub threads: usize,
+    /// Linux nice value of the training thread (0..=19): serving wins the CPU when both want it.
+    pub nice: i32,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        RetrainConfig {
+            enabled: true,
+            on_drift: true,
+            cooldown_secs: 3600,
+            min_new_rows: 200,
+            holdout_share: 0.2,
+            threads: 1,
+            nice: 10,
+        }
+    }
+}
+
+/// `[gate]`: rules a candidate must pass, against the serving model, to be promoted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// Most macro-recall the candidate may lose on the reporting split (`data.val`).
+    pub max_val_drop: f64,
+    /// Least macro-recall the candidate must gain on the recent labelled holdout.
+    pub min_holdout_gain: f64,
+    /// The candidate's reporting-split macro-recall must be at least this.
+    pub min_val_macro_recall: f64,
+    /// Fewest rows the recent holdout needs for its comparison to count.
+    pub min_holdout_rows: usize,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            max_val_drop: 0.01,
+            min_holdout_gain: 0.02,
+            min_val_macro_recall: 0.5,
+            min_holdout_rows: 50,
+        }
+    }
+}
+
+/// `[admin]`: the admin API (`/admin/*`: retrain, promote, rollback).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File holding the bearer token (first line). Unset = the admin API is disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[tracking]`: where training runs, drift checks and promotion decisions are recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// MLflow tracking server, e.g. "http://127.0.0.1:5000". Unset = local run log only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlflow_uri: Option<String>,
+    /// MLflow experiment the runs go to (created when missing).
+    pub experiment: String,
+    /// Registered model name in the MLflow model registry.
+    pub registered_model: String,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig {
+            mlflow_uri: None,
+            experiment: "sentimentd".to_string(),
+            registered_model: "sentimentd".to_string(),
         }
     }
 }

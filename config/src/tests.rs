@@ -25,7 +25,8 @@ fn documented_file_is_exactly_the_default() {
 #[test]
 fn documented_file_mentions_every_key() {
     // `to_toml_string` lists every key that has a value; the documented file must have each
-    // of them (admin_token is commented out because its default is "unset").
+    // of them (admin.token_file and tracking.mlflow_uri are commented out: their default is
+    // "unset").
     let documented = include_str!("../sentimentd.toml");
     let effective = Config::default().to_toml_string();
     for line in effective.lines() {
@@ -39,13 +40,15 @@ fn documented_file_mentions_every_key() {
             );
         }
     }
-    assert!(documented.contains("# admin_token = "));
+    assert!(documented.contains("# token_file = "));
+    assert!(documented.contains("# mlflow_uri = "));
 }
 
 #[test]
 fn effective_config_round_trips() {
     let mut config = Config::default();
-    config.server.admin_token = Some("s3cret".into());
+    config.admin.token_file = Some("/etc/sentimentd/admin.token".into());
+    config.tracking.mlflow_uri = Some("http://127.0.0.1:5000".into());
     config.data.train.push("more.csv".into());
     let text = config.to_toml_string();
     assert_eq!(parse(&text).map_err(|e| e.to_string()), Ok(config));
@@ -62,7 +65,7 @@ fn unknown_key_names_file_line_column_and_key() {
         ),
         "{msg}"
     );
-    assert!(msg.contains("admin_token"), "{msg}");
+    assert!(msg.contains("test_faults"), "{msg}");
     match err {
         Some(ConfigError::UnknownKey {
             key,
@@ -271,8 +274,8 @@ fn resolve_paths_makes_relative_paths_absolute() {
     assert_eq!(c.ingest.inbox, Path::new("/var/lib/sentimentd/state/inbox"));
     assert_eq!(c.ingest.outbox, Path::new("/srv/out"));
     assert_eq!(
-        c.ingest.labelled_store,
-        Path::new("/var/lib/sentimentd/state/labelled/labelled.csv")
+        c.ingest.labelled_dir,
+        Path::new("/var/lib/sentimentd/state/labelled")
     );
     assert!(c.validate().is_ok());
 }

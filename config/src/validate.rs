@@ -122,14 +122,56 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         1,
         3600,
     );
-    if let Some(token) = &s.admin_token
-        && (token.is_empty() || token.chars().any(char::is_whitespace))
+
+    let d = &c.drift;
+    k.range("drift.check_every_secs", d.check_every_secs, 1, 86_400 * 7);
+    k.range("drift.check_every_samples", d.check_every_samples, 1, 100_000_000);
+    k.range("drift.window", d.window, 10, 1_000_000);
+    k.range("drift.min_samples", d.min_samples, 1, d.window.max(1));
+    for (i, p) in d.reference.iter().enumerate() {
+        k.path(&format!("drift.reference[{i}]"), p);
+    }
+    k.range("drift.baseline_sample", d.baseline_sample, 10, 100_000);
+    k.positive("drift.psi_threshold", d.psi_threshold);
+    k.range("drift.js_distance_threshold", d.js_distance_threshold, 1e-9, 1.0);
+    k.range("drift.chi2_p_value", d.chi2_p_value, 1e-300, 0.5);
+    k.positive("drift.mean_shift_threshold", d.mean_shift_threshold);
+    k.range("drift.mmd_p_value", d.mmd_p_value, 1e-300, 0.5);
+    k.range("drift.mmd_permutations", d.mmd_permutations, 10, 100_000);
+    k.range("drift.mmd_max_samples", d.mmd_max_samples, 10, 20_000);
+    k.range("drift.length_ks_threshold", d.length_ks_threshold, 1e-9, 1.0);
+    k.range("drift.oov_ks_threshold", d.oov_ks_threshold, 1e-9, 1.0);
+    k.range("drift.reports_kept", d.reports_kept, 1, 1_000_000);
+
+    let r = &c.retrain;
+    k.range("retrain.cooldown_secs", r.cooldown_secs, 0, 86_400 * 365);
+    k.range("retrain.holdout_share", r.holdout_share, 0.0, 0.9);
+    k.range("retrain.threads", r.threads, 1, 1024);
+    k.range("retrain.nice", r.nice, 0, 19);
+    k.range("train.selection_share", c.train.selection_share, 0.01, 0.5);
+
+    let gate = &c.gate;
+    k.range("gate.max_val_drop", gate.max_val_drop, 0.0, 1.0);
+    k.range("gate.min_holdout_gain", gate.min_holdout_gain, -1.0, 1.0);
+    k.range("gate.min_val_macro_recall", gate.min_val_macro_recall, 0.0, 1.0);
+    k.at_least("gate.min_holdout_rows", gate.min_holdout_rows, 1);
+
+    if let Some(p) = &c.admin.token_file {
+        k.path("admin.token_file", p);
+    }
+    if let Some(uri) = &c.tracking.mlflow_uri
+        && !(uri.starts_with("http://") || uri.starts_with("https://"))
     {
         k.fail(
-            "server.admin_token",
-            "must be non-empty and contain no whitespace (omit the key to disable admin endpoints)"
-                .to_string(),
+            "tracking.mlflow_uri",
+            format!("must be an http:// or https:// URL, got {uri:?}"),
         );
+    }
+    if c.tracking.experiment.trim().is_empty() {
+        k.fail("tracking.experiment", "must not be empty".to_string());
+    }
+    if c.tracking.registered_model.trim().is_empty() {
+        k.fail("tracking.registered_model", "must not be empty".to_string());
     }
 
     let g = &c.ingest;
@@ -143,7 +185,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     for (key, path) in folders {
         k.path(key, path);
     }
-    k.path("ingest.labelled_store", &g.labelled_store);
+    k.path("ingest.labelled_dir", &g.labelled_dir);
     let normalised: Vec<PathBuf> = folders.iter().map(|(_, p)| lexical(p)).collect();
     for i in 0..folders.len() {
         for j in 0..i {
@@ -171,9 +213,9 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
             );
         }
     }
-    if lexical(&g.labelled_store).starts_with(&normalised[0]) {
+    if lexical(&g.labelled_dir).starts_with(&normalised[0]) {
         k.fail(
-            "ingest.labelled_store",
+            "ingest.labelled_dir",
             format!(
                 "must not be inside ingest.inbox ({})",
                 folders[0].1.display()

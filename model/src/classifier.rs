@@ -50,6 +50,17 @@ impl ModelKind {
     }
 }
 
+/// A prediction plus what drift detection records about the text, from one forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    pub prediction: Prediction,
+    /// The sentence embedding (the fast model's mean-pooled vector); `None` for kinds without.
+    pub embedding: Option<Vec<f32>>,
+    /// Share of the text's words that are not whole entries of the model's vocabulary;
+    /// `None` for kinds without a vocabulary.
+    pub oov_share: Option<f32>,
+}
+
 /// A loaded, ready-to-serve model. Implementations are immutable after loading, so one
 /// instance can be shared by many threads behind an `Arc`.
 pub trait Classifier: Send + Sync {
@@ -67,5 +78,16 @@ pub trait Classifier: Send + Sync {
     /// Sentence embedding used for drift detection; `None` for kinds that have none.
     fn embed(&self, _text: &str) -> Option<Vec<f32>> {
         None
+    }
+    /// The prediction with the embedding and vocabulary coverage, in one pass over the text.
+    fn analyse(&self, text: &str) -> Analysis {
+        Analysis {
+            prediction: self.predict(text),
+            embedding: self.embed(text),
+            oov_share: None,
+        }
+    }
+    fn analyse_batch(&self, texts: &[&str]) -> Vec<Analysis> {
+        texts.iter().map(|t| self.analyse(t)).collect()
     }
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::classifier::{Classifier, ModelKind, Prediction};
+use crate::classifier::{Analysis, Classifier, ModelKind, Prediction};
 use crate::error::ModelError;
 use crate::features::{Featurizer, Scratch};
 
@@ -324,5 +324,22 @@ impl Classifier for FastModel {
 
     fn embed(&self, text: &str) -> Option<Vec<f32>> {
         Some(self.with_pooled(text, |_, pooled, _| pooled.to_vec()))
+    }
+
+    fn analyse(&self, text: &str) -> Analysis {
+        self.with_pooled(text, |s, pooled, hidden| {
+            let probabilities = self
+                .weights
+                .head(pooled, &s.dense[..self.weights.dense], hidden);
+            Analysis {
+                prediction: Prediction::from_probabilities(probabilities),
+                embedding: Some(pooled.to_vec()),
+                oov_share: Some(if s.words == 0 {
+                    0.0
+                } else {
+                    s.oov_words as f32 / s.words as f32
+                }),
+            }
+        })
     }
 }

@@ -136,6 +136,10 @@ pub struct Scratch {
     word: Vec<u8>,
     pub ids: Vec<u32>,
     pub dense: [f32; LEXICON_FEATURES],
+    /// Words of the last text, and how many of them are not whole entries of the vocabulary
+    /// (split into pieces or unknown): the out-of-vocabulary share drift detection watches.
+    pub words: u32,
+    pub oov_words: u32,
 }
 
 pub struct Featurizer {
@@ -179,8 +183,12 @@ impl Featurizer {
             word,
             ids,
             dense,
+            words,
+            oov_words,
         } = s;
         ids.clear();
+        *words = 0;
+        *oov_words = 0;
         self.text.normalize_into(text, norm);
         let cfg = &self.config;
         let hashed = cfg.buckets > 0;
@@ -197,7 +205,12 @@ impl Featurizer {
                 break;
             }
             n_tokens += 1;
+            let before = ids.len();
             self.text.word_ids(tok, buf, ids);
+            *words += 1;
+            if ids.len() != before + 1 || ids[before] == self.text.unk_id() {
+                *oov_words += 1;
+            }
             // Inside a negation's scope: after `not`, `never`, `n't`, ... up to punctuation.
             let scope_ends = ends_scope(tok);
             let in_scope = negated && !scope_ends;

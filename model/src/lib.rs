@@ -12,7 +12,7 @@ pub mod store;
 pub mod text;
 pub mod train;
 
-pub use classifier::{Classifier, ModelKind, Prediction};
+pub use classifier::{Analysis, Classifier, ModelKind, Prediction};
 pub use error::ModelError;
 pub use fast::FastModel;
 pub use lexicon::{LexiconClassifier, LexiconError};

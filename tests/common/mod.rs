@@ -69,7 +69,7 @@ outbox = "{root}/outbox"
 archive = "{root}/archive"
 rejected = "{root}/rejected"
 journal = "{root}/journal"
-labelled_store = "{root}/labelled/labelled.csv"
+labelled_dir = "{root}/labelled"
 settle_ms = 100
 {ingest}
 
