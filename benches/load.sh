@@ -5,6 +5,9 @@
 #  2. A 100,000-row CSV dropped into the inbox: rows/s end to end (rename into the inbox
 #     until the scored file is in the outbox and the input archived).
 #  3. RSS of the serving process (current and peak).
+#  4. With RETRAIN=1: /predict under the same load while a candidate retrains in the
+#     background (POST /admin/retrain on labelled feedback), then while versions are swapped
+#     (admin promote every 0.5 s): p99 and errors of each phase.
 #
 # Usage: benches/load.sh            (from the repository root)
 # Env:   DURATION=20s CONNECTIONS=64 THREADS=2 ROWS=100000 PORT=18080 WORKERS=2
@@ -12,6 +15,8 @@
 #        machine, WORKERS=1 trades throughput for a shorter tail.)
 #        MODEL_STORE=DIR  reuse a trained model store instead of training one (~60 s)
 #        SKIP_BUILD=1     use the release binary already in $CARGO_TARGET_DIR
+#        OBSERVE=false    turn drift observation off ([drift] enabled), to measure its cost
+#        RETRAIN=1        add phase 4
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -68,12 +73,25 @@ outbox = "$WORK/outbox"
 archive = "$WORK/archive"
 rejected = "$WORK/rejected"
 journal = "$WORK/journal"
-labelled_store = "$WORK/labelled.csv"
+labelled_dir = "$WORK/labelled"
 settle_ms = 200
+
+[drift]
+enabled = ${OBSERVE:-true}
+
+[retrain]
+on_drift = false
+min_new_rows = 1
+
+[admin]
+token_file = "$WORK/token"
 
 [logging]
 level = "warn,sentimentd_actors=info"
 EOF
+
+echo "load-test-admin-token-0123456789" > "$WORK/token"
+TOKEN_HDR="Authorization: Bearer load-test-admin-token-0123456789"
 
 if [ -z "${MODEL_STORE:-}" ]; then
     echo "== training the default model (release)"
@@ -149,6 +167,39 @@ grep 'batch processed' "$WORK/daemon.log" | tail -1
 
 echo "== memory after the inbox batch"
 grep -E '^(VmRSS|VmHWM)' "/proc/$DAEMON_PID/status"
+
+if [ -n "${RETRAIN:-}" ]; then
+    echo "== /predict while a candidate retrains (wrk -c$CONNECTIONS -d$DURATION)"
+    python3 - "$VAL" > "$WORK/feedback.json" <<'EOF'
+import csv, json, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')) if r['text'].strip()]
+print(json.dumps({"items": [{"text": r['text'], "label": r['label']} for r in rows[:1000]]}))
+EOF
+    curl -fsS -H 'content-type: application/json' --data-binary @"$WORK/feedback.json" "http://127.0.0.1:$PORT/feedback" >/dev/null
+    curl -fsS -X POST -H "$TOKEN_HDR" "http://127.0.0.1:$PORT/admin/retrain"; echo
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT/predict" | grep '^RESULT' | sed 's/^RESULT/RESULT during_retrain/'
+    for _ in $(seq 1 600); do
+        if grep -q 'retrain finished' "$WORK/daemon.log"; then break; fi
+        sleep 0.5
+    done
+    grep -E 'retrain finished|candidate|retrain failed' "$WORK/daemon.log" | tail -3 || true
+    echo "== /predict while versions are swapped every 0.5 s"
+    mapfile -t VERSIONS < <(ls "$STORE/versions" | grep -v '^\.')
+    SWAP_SECS="${DURATION%s}"
+    (
+        end=$((SECONDS + SWAP_SECS))
+        while [ "$SECONDS" -lt "$end" ]; do
+            for v in "${VERSIONS[@]}"; do
+                curl -fsS -H "$TOKEN_HDR" -H 'content-type: application/json' -d "{\"version\": \"$v\"}" "http://127.0.0.1:$PORT/admin/promote" >/dev/null || true
+                sleep 0.5
+            done
+        done
+    ) &
+    SWAPPER=$!
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT/predict" | grep '^RESULT' | sed 's/^RESULT/RESULT during_swaps/'
+    wait "$SWAPPER" || true
+    echo "swaps: $(grep -c 'promoted by the admin API' "$WORK/daemon.log") across ${#VERSIONS[@]} versions"
+fi
 
 kill -TERM "$DAEMON_PID"
 wait "$DAEMON_PID" && echo "== clean exit (0) after SIGTERM"

@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
                 &val_set.labels,
                 &mut Quiet,
             ) {
-                Ok(o) => o.val_metrics.macro_recall,
+                Ok(o) => o.selection_metrics.macro_recall,
                 Err(e) => panic!("training: {e}"),
             }
         })

@@ -16,7 +16,9 @@ pub struct TrainArgs {
     /// Labelled training CSV (columns `text`, `label`); repeat for several files.
     #[arg(long = "data", value_name = "CSV")]
     pub data: Vec<PathBuf>,
-    /// Labelled validation CSV used for early stopping and the reported metrics.
+    /// Labelled CSV of the reporting split (default: [data] val): scored once after training,
+    /// never used to select. Early stopping and calibration use a split carved from the
+    /// training data ([train] selection_share).
     #[arg(long, value_name = "CSV")]
     pub val: Option<PathBuf>,
     /// Model store to write the new version into (default: [paths] model_store).
@@ -63,13 +65,20 @@ pub struct PredictArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
-    /// List the versions in the store with their validation metrics.
+    /// List the versions in the store with their validation (reporting split) metrics.
     List,
     /// Show one version's manifest.
     Show {
         /// Version name as printed by `model list`.
         version: String,
     },
+    /// Make a stored version current (a daemon on this store swaps it in within seconds).
+    Promote {
+        /// Version name as printed by `model list`.
+        version: String,
+    },
+    /// Put back the version that was current before the current one.
+    Rollback,
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,6 +96,7 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
         val: a.val,
         store: a.out,
         promote: !a.no_promote,
+        ..TrainJob::default()
     };
     let started = Instant::now();
     let mut bar = crate::progress::BarObserver::new();
@@ -105,10 +115,31 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
         }
     );
     println!("train rows   {}", m.training_rows);
-    println!("best epoch   {} of {}", m.best_epoch, m.history.len());
+    if let Some(sel) = m.splits.get("selection") {
+        println!("selection    {} rows ({})", sel.rows, sel.source);
+    }
+    println!(
+        "best epoch   {} of {} (early stopping on selection macro-recall)",
+        m.best_epoch,
+        m.history.len()
+    );
     println!("wall time    {:.1}s", started.elapsed().as_secs_f64());
+    if let Some(s) = m.metrics.get("selection") {
+        println!(
+            "\nselection (picked the epoch and the temperature, so optimistic)\n\
+             rows {}  accuracy {:.4}  macro-recall {:.4}  macro-F1 {:.4}",
+            s.count, s.accuracy, s.macro_recall, s.macro_f1
+        );
+    }
     if let Some(v) = m.metrics.get("validation") {
-        println!("\nvalidation\n{}", v.table());
+        let source = m
+            .splits
+            .get("validation")
+            .map_or(String::new(), |s| format!(": {}", s.source));
+        println!(
+            "\nvalidation (reporting split, never used to select){source}\n{}",
+            v.table()
+        );
     }
     Ok(())
 }
@@ -275,14 +306,17 @@ pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
+            // Validation is the reporting split; the selection split's score is beside it
+            // because the gap between the two shows how much selecting flattered it.
             println!(
-                "{:<2} {:<28} {:<26} {:>10} {:>10} {:>9}",
-                "", "version", "created", "macro-rec", "accuracy", "rows"
+                "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}",
+                "", "version", "created", "macro-rec", "accuracy", "sel-rec", "rows"
             );
             for m in versions {
                 let v = m.metrics.get("validation");
+                let sel = m.metrics.get("selection");
                 println!(
-                    "{:<2} {:<28} {:<26} {:>10} {:>10} {:>9}",
+                    "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}",
                     if current.as_deref() == Some(m.version.as_str()) {
                         "*"
                     } else {
@@ -292,11 +326,14 @@ pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
                     m.created_at.chars().take(25).collect::<String>(),
                     v.map_or("-".into(), |x| format!("{:.4}", x.macro_recall)),
                     v.map_or("-".into(), |x| format!("{:.4}", x.accuracy)),
+                    sel.map_or("-".into(), |x| format!("{:.4}", x.macro_recall)),
                     m.training_rows
                 );
             }
             Ok(())
         }
+        ModelCommand::Promote { version } => crate::mlops::promote(cfg, &version),
+        ModelCommand::Rollback => crate::mlops::rollback(cfg),
         ModelCommand::Show { version } => {
             let m = store.manifest(&version)?;
             let current = store.current_version()?;

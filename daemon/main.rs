@@ -1,6 +1,7 @@
 //! sentimentd: parse the command line, load the config, run one command.
 
 mod commands;
+mod mlops;
 mod progress;
 mod serve;
 
@@ -44,12 +45,16 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(commands::ConfigCommand),
+    /// Compute and store the drift baseline of a model version.
+    Baseline(mlops::BaselineArgs),
+    /// Check texts for drift against a version's baseline; exits 0 (no drift) or 3 (drift).
+    Drift(mlops::DriftArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -57,10 +62,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     // `config check` reports a broken file itself instead of failing before it runs.
     if let Command::Config(c) = &cli.command {
-        return commands::config(c, cli.config.as_deref());
+        commands::config(c, cli.config.as_deref())?;
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let mut cfg = sentimentd_config::Config::load_or_default(cli.config.as_deref())?;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
@@ -73,8 +79,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => commands::eval(&cfg, a),
         Command::Predict(a) => commands::predict(&cfg, a),
         Command::Model(m) => commands::model(&cfg, m),
+        Command::Baseline(a) => mlops::baseline(&cfg, a),
+        Command::Drift(a) => return mlops::drift(&cfg, a),
         Command::Config(_) => Ok(()),
-    }
+    }?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn init_logging(filter: &str, cfg: &sentimentd_config::Config) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! Training progress on a terminal: one bar over all steps, with epoch, loss and the
-//! validation macro-recall of the last epoch.
+//! selection-split macro-recall (what early stopping watches) of the last epoch.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sentimentd_model::train::{EpochReport, TrainObserver};
@@ -60,20 +60,20 @@ impl TrainObserver for BarObserver {
             .last_recall
             .map_or("-".to_string(), |r| format!("{r:.4}"));
         self.bar.set_message(format!(
-            "epoch {epoch}/{}  loss {l:.4}  val macro-recall {recall}",
+            "epoch {epoch}/{}  loss {l:.4}  selection macro-recall {recall}",
             self.epochs
         ));
         self.bar.inc(1);
     }
 
     fn on_epoch(&mut self, r: &EpochReport) {
-        self.last_recall = Some(r.val_macro_recall);
+        self.last_recall = Some(r.selection_macro_recall);
         self.say(format!(
-            "epoch {:>2}  loss {:.4}  val macro-recall {:.4}  accuracy {:.4}  {:.1}s{}",
+            "epoch {:>2}  loss {:.4}  selection macro-recall {:.4}  accuracy {:.4}  {:.1}s{}",
             r.epoch,
             r.train_loss,
-            r.val_macro_recall,
-            r.val_accuracy,
+            r.selection_macro_recall,
+            r.selection_accuracy,
             r.seconds,
             if r.improved { "  *best" } else { "" }
         ));

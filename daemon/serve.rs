@@ -1,12 +1,17 @@
 //! `sentimentd serve`: builds the actor topology, serves until SIGTERM/SIGINT, drains.
 
-use actix::{Actor, SyncArbiter};
+use actix::{Actor, AsyncContext, SyncArbiter};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use clap::Args;
-use sentimentd_actors::http::{self, HttpState};
+use sentimentd_actors::baseliner::Baseliner;
+use sentimentd_actors::drift_monitor::{DriftMonitor, new_report_cell};
+use sentimentd_actors::http::{self, AdminApi, HttpState};
 use sentimentd_actors::messages::StopIntake;
+use sentimentd_actors::observations::ObservationSink;
 use sentimentd_actors::systemd::Notifier;
+use sentimentd_actors::tracker::Tracker;
+use sentimentd_actors::trainer::Trainer;
 use sentimentd_actors::{
     BatchProcessor, Faults, FolderWatcher, Inference, Lifecycle, Metrics, ModelRegistry,
     new_model_cell,
@@ -52,14 +57,81 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let cell = new_model_cell();
     let lifecycle = Arc::new(Lifecycle::default());
 
+    // A configured but unreadable admin token stops the start, before anything runs.
+    let admin_token = match &cfg.admin.token_file {
+        Some(path) => Some(http::read_admin_token(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+
     // Crash leftovers are cleared before any file can be taken.
     BatchProcessor::recover(&cfg);
 
-    ModelRegistry::new(cfg.clone(), cell.clone(), metrics.clone()).start();
+    // The MLOps loop: registry -> baseliner -> drift monitor -> trainer -> registry. The
+    // registry's address exists before it starts, which closes the cycle.
+    let observations = ObservationSink::new(cfg.drift.window, cfg.drift.enabled);
+    let reports = new_report_cell();
+    let tracker = Tracker::new(&cfg, metrics.clone())
+        .context("cannot open the run log")?
+        .start();
+    let registry_ctx = actix::Context::<ModelRegistry>::new();
+    let registry = registry_ctx.address();
+    let trainer = Trainer::new(
+        cfg.clone(),
+        cell.clone(),
+        registry.clone(),
+        Some(tracker.clone()),
+        metrics.clone(),
+    )
+    .start();
+    // Drift checks take up to a few hundred milliseconds: an arbiter of their own.
+    let drift_arbiter = actix::Arbiter::new();
+    let monitor = {
+        let (cfg, observations, metrics, reports) = (
+            cfg.clone(),
+            observations.clone(),
+            metrics.clone(),
+            reports.clone(),
+        );
+        let trainer = trainer.clone().recipient();
+        let tracker = tracker.clone().recipient();
+        DriftMonitor::start_in_arbiter(&drift_arbiter.handle(), move |_| {
+            DriftMonitor::new(cfg, observations, metrics, reports, Some(trainer), Some(tracker))
+        })
+    };
+    let baseliner = {
+        let (cfg, metrics) = (cfg.clone(), metrics.clone());
+        let monitor = monitor.recipient();
+        SyncArbiter::start(1, move || {
+            Baseliner::new(cfg.clone(), monitor.clone(), metrics.clone())
+        })
+    };
+    registry_ctx.run(ModelRegistry::new(
+        cfg.clone(),
+        cell.clone(),
+        metrics.clone(),
+        Some(baseliner.recipient()),
+    ));
+    let admin = admin_token.map(|token| AdminApi {
+        token,
+        retrain: trainer.clone().recipient(),
+        promote: registry.clone().recipient(),
+        rollback: registry.clone().recipient(),
+    });
+
     let inference = {
-        let (cell, metrics, faults) = (cell.clone(), metrics.clone(), faults.clone());
+        let (cell, metrics, faults, observations) = (
+            cell.clone(),
+            metrics.clone(),
+            faults.clone(),
+            observations.clone(),
+        );
         SyncArbiter::start(cfg.server.inference_threads, move || {
-            Inference::new(cell.clone(), metrics.clone(), faults.clone())
+            Inference::new(
+                cell.clone(),
+                metrics.clone(),
+                faults.clone(),
+                observations.clone(),
+            )
         })
     };
     let processor = {
@@ -88,7 +160,15 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         })
     };
 
-    let state = web::Data::new(HttpState::new(&cfg, cell.clone(), metrics.clone(), faults));
+    let state = web::Data::new(HttpState::new(
+        &cfg,
+        cell.clone(),
+        metrics.clone(),
+        faults,
+        observations,
+        reports,
+        admin,
+    ));
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .workers(cfg.server.workers)
         .disable_signals()
@@ -155,6 +235,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         seconds = started.elapsed().as_secs_f64(),
         "drained; exiting"
     );
+    drift_arbiter.stop();
     actix::System::current().stop();
     Ok(())
 }

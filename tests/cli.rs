@@ -98,6 +98,13 @@ fn train_eval_predict_and_inspect() {
     assert!(out.contains("version"), "{out}");
     assert!(out.contains("macro-recall"), "{out}");
     assert!(out.contains("wall time"), "{out}");
+    // Both splits are printed, and it says which one early stopping used.
+    assert!(
+        out.contains("early stopping on selection macro-recall"),
+        "{out}"
+    );
+    assert!(out.contains("\nselection (picked the epoch"), "{out}");
+    assert!(out.contains("\nvalidation (reporting split"), "{out}");
     let version = current_version(&env);
     assert!(out.contains(&version), "{out}");
     let vdir = env.dir.path().join("models/versions").join(&version);
@@ -130,6 +137,14 @@ fn train_eval_predict_and_inspect() {
         .map(|x| x.as_u64().unwrap())
         .sum();
     assert_eq!(total, 400);
+    // `eval` on the reporting split reproduces what `train` recorded for it.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vdir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        v["confusion_matrix"],
+        manifest["metrics"]["validation"]["confusion_matrix"]
+    );
     assert!(out_dir.join("confusion_matrix.png").exists());
     assert!(out_dir.join("metrics.json").exists());
     let table = env.ok(&["eval"]);
@@ -192,11 +207,26 @@ fn train_eval_predict_and_inspect() {
     // model list / show
     let list = env.ok(&["model", "list"]);
     assert!(list.contains(&format!("*  {version}")), "{list}");
+    assert!(list.contains("sel-rec"), "{list}");
     let show = env.ok(&["model", "show", &version]);
     let m: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(m["version"], version.as_str());
     assert_eq!(m["kind"], "fast");
     assert!(m["metrics"]["validation"]["macro_recall"].as_f64().unwrap() > 0.4);
+    assert!(m["metrics"]["selection"]["macro_recall"].as_f64().is_some());
+    // The selection split is 10% of the 3000 training rows; the reporting split is val.csv.
+    let splits = &m["splits"];
+    let sel_rows = splits["selection"]["rows"].as_u64().unwrap();
+    assert!((280..=320).contains(&sel_rows), "{splits}");
+    assert_eq!(
+        splits["train"]["rows"].as_u64().unwrap() + sel_rows,
+        3000,
+        "{splits}"
+    );
+    assert_eq!(m["training_rows"], splits["train"]["rows"]);
+    assert_eq!(splits["validation"]["rows"], 400);
+    assert_eq!(splits["selection"]["seed"], 42);
+    assert_eq!(m["labelled_files"], serde_json::json!([]));
     let missing = env.run(&["model", "show", "no-such-version"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-version"));

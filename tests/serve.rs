@@ -350,17 +350,24 @@ fn batch_with_good_and_bad_rows_is_accounted_row_by_row() {
 
     assert_eq!(names(&d.root().join("archive")), ["mixed.csv"]);
     assert!(names(&d.inbox()).is_empty());
-    let labelled = read_csv(&d.root().join("labelled/labelled.csv"));
-    assert_eq!(labelled[0], ["text", "label", "source_file", "line"]);
+    let stored = names(&d.root().join("labelled"));
+    assert_eq!(stored.len(), 1, "one labelled file per batch: {stored:?}");
+    assert!(stored[0].ends_with("-batch-mixed.csv.csv"), "{stored:?}");
+    let labelled = read_csv(&d.root().join("labelled").join(&stored[0]));
+    assert_eq!(
+        labelled[0],
+        ["text", "label", "source", "origin", "line", "arrived_at"]
+    );
     assert_eq!(labelled[1..].len(), 2);
     assert_eq!(
-        labelled[1],
-        ["what a lovely morning", "positive", "mixed.csv", "2"]
+        labelled[1][..5],
+        ["what a lovely morning", "positive", "", "mixed.csv", "2"]
     );
     assert_eq!(
-        labelled[2],
-        ["quoted, with comma", "negative", "mixed.csv", "4"]
+        labelled[2][..5],
+        ["quoted, with comma", "negative", "", "mixed.csv", "4"]
     );
+    assert!(labelled[1][5].starts_with("20"), "arrival time: {:?}", labelled[1][5]);
 
     assert_eq!(
         d.metric(r#"sentiment_batches_total{outcome="processed"}"#),
@@ -469,13 +476,15 @@ fn assert_exactly_once(d: &Daemon, name: &str, ids: &BTreeSet<String>) {
     assert_eq!(names(&d.root().join("archive")), [name]);
     assert!(names(&d.inbox()).is_empty());
     assert!(names(&d.root().join("journal")).is_empty());
-    let labelled = read_csv(&d.root().join("labelled/labelled.csv"));
+    let stored = names(&d.root().join("labelled"));
+    assert_eq!(stored.len(), 1, "one labelled file for the batch: {stored:?}");
+    let labelled = read_csv(&d.root().join("labelled").join(&stored[0]));
     let mut lines = BTreeSet::new();
     for row in &labelled[1..] {
         assert!(
-            lines.insert(row[3].clone()),
-            "labelled line {} appended twice",
-            row[3]
+            lines.insert(row[4].clone()),
+            "labelled line {} stored twice",
+            row[4]
         );
     }
     assert_eq!(lines.len(), ids.len(), "every labelled row stored once");
@@ -510,6 +519,10 @@ fn kill_9_mid_batch_then_restart_loses_and_duplicates_nothing() {
 
 #[test]
 fn crash_at_every_step_then_restart_processes_exactly_once() {
+    // Several labelled files wait in the inbox when the crash hits the first one taken: after
+    // the restart every file is processed once, and every labelled row is in the labelled
+    // store exactly once (one immutable file per batch, nothing truncated or appended twice).
+    let files = ["a.csv", "b.csv", "c.csv"];
     for step in [
         "after_journal",
         "after_output",
@@ -521,16 +534,26 @@ fn crash_at_every_step_then_restart_processes_exactly_once() {
         let mut d = Daemon::start_with("test_faults = true", "", "", "");
         d.signal("TERM");
         d.wait_exit(Duration::from_secs(15));
-        let mut content = b"id,text,label\n".to_vec();
-        let mut ids = BTreeSet::new();
-        for i in 0..300 {
-            content.extend_from_slice(format!("{i},text number {i} is fine,positive\n").as_bytes());
-            ids.insert(i.to_string());
+        let mut all_ids = BTreeSet::new();
+        let mut per_file = Vec::new();
+        for (f, name) in files.iter().enumerate() {
+            let mut content = b"id,text,label\n".to_vec();
+            let mut ids = BTreeSet::new();
+            for i in 0..300 {
+                let id = format!("{name}-{i}");
+                content.extend_from_slice(
+                    format!("{id},text number {i} of file {f} is fine,positive\n").as_bytes(),
+                );
+                ids.insert(id.clone());
+                all_ids.insert(id);
+            }
+            // One bad row so the rejection report is part of the run.
+            let bad = format!("{name}-300");
+            content.extend_from_slice(format!("{bad},,positive\n").as_bytes());
+            ids.insert(bad);
+            d.drop_file(name, &content);
+            per_file.push(ids);
         }
-        // One bad row so the rejection report is part of the run.
-        content.extend_from_slice(b"300,,positive\n");
-        ids.insert("300".into());
-        d.drop_file("c.csv", &content);
         d.spawn_no_wait(&[("SENTIMENTD_TEST_CRASH_AT", step)]);
         let status = d.wait_exit(Duration::from_secs(60));
         assert!(
@@ -538,23 +561,33 @@ fn crash_at_every_step_then_restart_processes_exactly_once() {
             "{step}: the injected crash should abort the process"
         );
         d.spawn(&[]);
-        d.wait_processed("c.csv", Duration::from_secs(60));
-        let out = read_csv(&d.root().join("outbox/c.csv"));
-        let errors = read_csv(&d.root().join("rejected/c.csv.errors.csv"));
-        assert_accounted(&out, &errors, 0, &ids);
-        assert_eq!(names(&d.root().join("outbox")), ["c.csv"], "{step}");
-        assert_eq!(
-            names(&d.root().join("rejected")),
-            ["c.csv.errors.csv"],
-            "{step}"
-        );
-        assert_eq!(names(&d.root().join("archive")), ["c.csv"], "{step}");
-        let labelled = read_csv(&d.root().join("labelled/labelled.csv"));
-        assert_eq!(
-            labelled.len(),
-            301,
-            "{step}: header + 300 labelled rows, once each"
-        );
+        for name in files {
+            d.wait_processed(name, Duration::from_secs(60));
+        }
+        for (name, ids) in files.iter().zip(&per_file) {
+            let out = read_csv(&d.root().join("outbox").join(name));
+            let errors = read_csv(&d.root().join(format!("rejected/{name}.errors.csv")));
+            assert_accounted(&out, &errors, 0, ids);
+        }
+        assert_eq!(names(&d.root().join("outbox")), files, "{step}");
+        assert_eq!(names(&d.root().join("archive")), files, "{step}");
+        let labelled_files = names(&d.root().join("labelled"));
+        assert_eq!(labelled_files.len(), 3, "{step}: one file per batch: {labelled_files:?}");
+        let mut seen = BTreeSet::new();
+        for f in &labelled_files {
+            let rows = read_csv(&d.root().join("labelled").join(f));
+            assert_eq!(
+                rows[0],
+                ["text", "label", "source", "origin", "line", "arrived_at"],
+                "{step}"
+            );
+            for r in &rows[1..] {
+                // "text number {i} of file {f} is fine" identifies the row.
+                assert!(seen.insert(r[0].clone()), "{step}: {:?} stored twice", r[0]);
+                assert!(files.contains(&r[3].as_str()), "{step}: origin {:?}", r[3]);
+            }
+        }
+        assert_eq!(seen.len(), 900, "{step}: every labelled row once");
         assert!(
             d.logs().contains("injected crash"),
             "{step}: the crash hook ran"

@@ -7,8 +7,9 @@
 //! 3. score the rows in chunks of `ingest.chunk_rows` through the inference pool;
 //! 4. write `outbox/<name>` and, if any row was rejected, `rejected/<name>.errors.csv`
 //!    (each written whole: temp file + rename);
-//! 5. append labelled rows to the labelled store (truncating first to the length recorded
-//!    in the journal, so a rerun never appends twice);
+//! 5. write the batch's labelled rows, if any, as one immutable file of the labelled store,
+//!    under the name recorded in the journal entry (a rerun rewrites the same file, so a row
+//!    is never lost or stored twice, and no batch touches another's rows);
 //! 6. move the input to `archive/`, then drop the journal entry.
 //!
 //! A crash anywhere reruns the file from step 1 with the same entry on restart.
@@ -20,7 +21,6 @@ use actix::{Actor, Addr, Handler, SyncContext};
 use sentimentd_config::Config;
 use sentimentd_data::Label;
 use sentimentd_model::Prediction;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -123,8 +123,11 @@ impl BatchProcessor {
             }
             journal::remove_stale_temp_files(dir);
         }
-        if let Some(parent) = g.labelled_store.parent() {
-            let _ = std::fs::create_dir_all(parent);
+        match sentimentd_data::labelled::LabelledStore::open(&g.labelled_dir) {
+            Ok(store) => store.remove_stale_temp_files(),
+            Err(e) => {
+                tracing::error!(dir = %g.labelled_dir.display(), error = %e, "cannot open the labelled-data store")
+            }
         }
         let journal = match Journal::open(&g.journal) {
             Ok(j) => j,
@@ -174,13 +177,18 @@ impl BatchProcessor {
                 || g.rejected.join(format!("{name}.errors.csv")).exists()
                 || g.rejected.join(format!("{name}.error.txt")).exists();
             if !taken {
+                let now = chrono::Utc::now();
                 return JournalEntry {
                     input: input.to_string(),
                     output: name.clone(),
                     errors: format!("{name}.errors.csv"),
+                    labelled: Some(sentimentd_data::labelled::file_name(
+                        &now.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+                        "batch",
+                        &name,
+                    )),
                     archived: name,
-                    started_at: chrono::Utc::now().to_rfc3339(),
-                    labelled_len: None,
+                    started_at: now.to_rfc3339(),
                 };
             }
             n += 1;
@@ -205,7 +213,7 @@ impl BatchProcessor {
         let cfg = self.cfg.clone();
         let g = &cfg.ingest;
         let existing = self.journal()?.get(&input).map_err(io_at(&g.journal))?;
-        let mut entry = match existing {
+        let entry = match existing {
             Some(e) => e,
             None => {
                 let e = self.new_entry(&input);
@@ -235,6 +243,7 @@ impl BatchProcessor {
             mut rejected,
             ..
         } = batch;
+        let source_col = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("source"));
         let total = rows.len() + rejected.len();
 
         // Move the texts out so they can be shared with the inference threads without copies.
@@ -280,15 +289,19 @@ impl BatchProcessor {
         }
         self.faults.crash_point("after_rejections");
 
-        let labelled: Vec<(&str, Label, u64)> = scored_rows
+        let labelled: Vec<(&str, Label, u64, &str)> = scored_rows
             .iter()
             .filter_map(|(row, _, _)| {
-                row.label
-                    .map(|l| (row.fields[text_col].as_str(), l, row.line))
+                row.label.map(|l| {
+                    let source = source_col
+                        .and_then(|c| row.fields.get(c))
+                        .map_or("", String::as_str);
+                    (row.fields[text_col].as_str(), l, row.line, source)
+                })
             })
             .collect();
         if !labelled.is_empty() {
-            self.append_labelled(&mut entry, &labelled)?;
+            self.write_labelled(&entry, &labelled)?;
         }
         self.faults.crash_point("after_labelled");
 
@@ -367,61 +380,39 @@ impl BatchProcessor {
         Ok((out, version))
     }
 
-    fn append_labelled(
+    fn write_labelled(
         &mut self,
-        entry: &mut JournalEntry,
-        labelled: &[(&str, Label, u64)],
+        entry: &JournalEntry,
+        labelled: &[(&str, Label, u64, &str)],
     ) -> Result<(), BatchError> {
-        let store = self.cfg.ingest.labelled_store.clone();
-        if let Some(parent) = store.parent() {
-            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&store)
-            .map_err(io_at(&store))?;
-        let len_now = file.metadata().map_err(io_at(&store))?.len();
-        let base = match entry.labelled_len {
-            Some(n) => n,
-            None => {
-                entry.labelled_len = Some(len_now);
-                self.journal()?
-                    .put(entry)
-                    .map_err(io_at(&self.cfg.ingest.journal))?;
-                len_now
-            }
-        };
-        // Undo a partial or complete append of an earlier, interrupted run of this batch.
-        if len_now != base {
-            file.set_len(base).map_err(io_at(&store))?;
-        }
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(base))
-            .map_err(io_at(&store))?;
-        let mut buf = Vec::with_capacity(labelled.len() * 96);
-        {
-            let mut w = csv::Writer::from_writer(&mut buf);
-            let err = |e: csv::Error| io_at(&store)(std::io::Error::other(e));
-            if base == 0 {
-                w.write_record(["text", "label", "source_file", "line"])
-                    .map_err(err)?;
-            }
-            for (text, label, line) in labelled {
-                w.write_record([
-                    *text,
-                    label.as_str(),
-                    entry.input.as_str(),
-                    line.to_string().as_str(),
-                ])
-                .map_err(|e| io_at(&store)(std::io::Error::other(e)))?;
-            }
-            w.flush().map_err(io_at(&store))?;
-        }
-        file.write_all(&buf).map_err(io_at(&store))?;
-        file.sync_all().map_err(io_at(&store))?;
+        let dir = self.cfg.ingest.labelled_dir.clone();
+        // Entries written by an older build have no name; choose one now (the rerun that
+        // needs it happens once).
+        let name = entry.labelled.clone().unwrap_or_else(|| {
+            sentimentd_data::labelled::file_name(
+                &chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+                "batch",
+                &entry.output,
+            )
+        });
+        let arrived_at = entry.started_at.clone();
+        let rows: Vec<sentimentd_data::labelled::LabelledRow> = labelled
+            .iter()
+            .map(|(text, label, line, source)| sentimentd_data::labelled::LabelledRow {
+                text: text.to_string(),
+                label: *label,
+                source: source.to_string(),
+                origin: entry.input.clone(),
+                line: *line,
+                arrived_at: arrived_at.clone(),
+            })
+            .collect();
+        sentimentd_data::labelled::LabelledStore::open(&dir)
+            .and_then(|s| s.write(&name, &rows))
+            .map_err(|e| BatchError::Io {
+                path: dir.join(&name),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         Ok(())
     }
 

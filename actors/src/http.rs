@@ -1,4 +1,6 @@
-//! HTTP ingestion (actix-web): `/predict`, `/health`, `/ready`, `/model`, `/metrics`.
+//! HTTP ingestion (actix-web): `/predict`, `/feedback`, `/health`, `/ready`, `/model`,
+//! `/metrics`, `/drift`, and the admin API (`/admin/retrain`, `/admin/promote`,
+//! `/admin/rollback`, bearer token from `[admin] token_file`).
 //!
 //! `/predict` is the hot path: the handler reads the serving model from the lock-free
 //! [`ModelCell`] and records metrics with atomic counters, instead of a mailbox round-trip to
@@ -17,9 +19,22 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::drift_monitor::ReportCell;
+use crate::events::{FeedbackReceived, InternalEvent};
+use crate::messages::{PromoteVersion, Retrain, RetrainTrigger, Rollback, Switched};
 use crate::metrics::{Metrics, RequestOutcome, Source};
 use crate::model_registry::{ModelCell, ServingModel};
+use crate::observations::ObservationSink;
 use crate::supervisor::{Containment, Faults};
+
+/// Where the admin API sends its requests.
+pub struct AdminApi {
+    /// The bearer token, read once from `[admin] token_file`.
+    pub token: String,
+    pub retrain: actix::Recipient<Retrain>,
+    pub promote: actix::Recipient<PromoteVersion>,
+    pub rollback: actix::Recipient<Rollback>,
+}
 
 pub struct HttpState {
     pub cell: ModelCell,
@@ -29,6 +44,11 @@ pub struct HttpState {
     pub max_text_chars: usize,
     pub max_batch_texts: usize,
     pub max_body_bytes: usize,
+    pub observations: Arc<ObservationSink>,
+    pub reports: ReportCell,
+    pub drift_dir: std::path::PathBuf,
+    pub labelled_dir: std::path::PathBuf,
+    pub admin: Option<AdminApi>,
 }
 
 impl HttpState {
@@ -37,6 +57,9 @@ impl HttpState {
         cell: ModelCell,
         metrics: Arc<Metrics>,
         faults: Faults,
+        observations: Arc<ObservationSink>,
+        reports: ReportCell,
+        admin: Option<AdminApi>,
     ) -> HttpState {
         HttpState {
             cell,
@@ -46,8 +69,28 @@ impl HttpState {
             max_text_chars: cfg.data.max_text_chars,
             max_batch_texts: cfg.server.max_batch_texts,
             max_body_bytes: cfg.server.max_body_bytes,
+            observations,
+            reports,
+            drift_dir: crate::drift_monitor::DriftMonitor::reports_dir(cfg),
+            labelled_dir: cfg.ingest.labelled_dir.clone(),
+            admin,
         }
     }
+}
+
+/// Reads the admin token: the first line of the file, trimmed. A configured file that cannot
+/// be read, or holds no token, stops the start-up with a message naming the file.
+pub fn read_admin_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("[admin] token_file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "[admin] token_file {}: the token must be at least 16 characters on the first line",
+            path.display()
+        ));
+    }
+    Ok(token)
 }
 
 /// Registers the routes; `state` is shared by every worker.
@@ -79,6 +122,36 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
             .service(
                 web::resource("/metrics")
                     .route(web::get().to(metrics))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/feedback")
+                    .route(web::post().to(feedback))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/drift")
+                    .route(web::get().to(drift))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/drift/report.html")
+                    .route(web::get().to(drift_html))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/admin/retrain")
+                    .route(web::post().to(admin_retrain))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/admin/promote")
+                    .route(web::post().to(admin_promote))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/admin/rollback")
+                    .route(web::post().to(admin_rollback))
                     .default_service(web::to(method_not_allowed)),
             )
             .default_service(web::to(not_found));
@@ -303,7 +376,14 @@ fn predict_inner(
             }
             let scored = state.containment.run(|| {
                 state.faults.on_text(&text);
-                model.classifier.predict(&text)
+                if state.observations.enabled() {
+                    let a = model.classifier.analyse(&text);
+                    let p = a.prediction;
+                    state.observations.record(&model.version, &text, a);
+                    p
+                } else {
+                    model.classifier.predict(&text)
+                }
             });
             match scored {
                 Ok(p) => {
@@ -352,7 +432,21 @@ fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]
         for t in &refs {
             state.faults.on_text(t);
         }
-        model.classifier.predict_batch(&refs)
+        if state.observations.enabled() {
+            model
+                .classifier
+                .analyse_batch(&refs)
+                .into_iter()
+                .zip(&refs)
+                .map(|(a, t)| {
+                    let p = a.prediction;
+                    state.observations.record(&model.version, t, a);
+                    p
+                })
+                .collect()
+        } else {
+            model.classifier.predict_batch(&refs)
+        }
     });
     match scored {
         Ok(predictions) if predictions.len() == refs.len() => {
@@ -401,4 +495,254 @@ fn json_ok<T: Serialize>(value: &T) -> HttpResponse {
             format!("cannot encode the response: {e}"),
         ),
     }
+}
+
+/// Checks a JSON request's body and content type; `Err` is the response to send.
+fn json_body(
+    req: &HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+    limit: usize,
+) -> Result<web::Bytes, HttpResponse> {
+    let body = body.map_err(|e| {
+        let status = e.as_response_error().status_code();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            json_error(
+                status,
+                format!("request body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    })?;
+    content_type_ok(req).map_err(|m| json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m))?;
+    Ok(body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackItem {
+    text: String,
+    label: serde_json::Value,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FeedbackRequest {
+    Many { items: Vec<FeedbackItem> },
+    One(FeedbackItem),
+}
+
+/// `POST /feedback {"text", "label"[, "source"]}` or `{"items": [...]}`: labelled rows for
+/// retraining. The rows are on disk (one immutable file per request) before the 200.
+async fn feedback(
+    req: HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+    state: web::Data<HttpState>,
+) -> HttpResponse {
+    let body = match json_body(&req, body, state.max_body_bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed: FeedbackRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"text\": string, \"label\": \"negative\"|\"neutral\"|\"positive\", \"source\"?: string}} or {{\"items\": [...]}}: {e}"
+                ),
+            );
+        }
+    };
+    let items = match parsed {
+        FeedbackRequest::One(i) => vec![i],
+        FeedbackRequest::Many { items } => items,
+    };
+    if items.is_empty() {
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"items\" is empty");
+    }
+    if items.len() > state.max_batch_texts {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("too many items: {} (at most {})", items.len(), state.max_batch_texts),
+        );
+    }
+    let arrived_at = chrono::Utc::now();
+    let mut rows = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let what = format!("items[{i}]");
+        if let Err(m) = check_text(&item.text, state.max_text_chars, &format!("{what}.text")) {
+            return json_error(StatusCode::UNPROCESSABLE_ENTITY, m);
+        }
+        let label = match &item.label {
+            serde_json::Value::String(s) => Label::parse(s),
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| Label::from_index(n as usize)),
+            _ => None,
+        };
+        let Some(label) = label else {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{what}.label must be negative, neutral or positive (or 0, 1, 2), got {}",
+                    item.label
+                ),
+            );
+        };
+        rows.push(sentimentd_data::labelled::LabelledRow {
+            text: item.text,
+            label,
+            source: item.source.unwrap_or_default(),
+            origin: "feedback".into(),
+            line: i as u64 + 1,
+            arrived_at: arrived_at.to_rfc3339(),
+        });
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = sentimentd_data::labelled::file_name(
+        &arrived_at.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+        "feedback",
+        &format!("{}-{seq}", std::process::id()),
+    );
+    let dir = state.labelled_dir.clone();
+    let n = rows.len();
+    let file = name.clone();
+    let written = web::block(move || {
+        sentimentd_data::labelled::LabelledStore::open(&dir)?.write(&file, &rows)
+    })
+    .await;
+    match written {
+        Ok(Ok(_)) => {
+            FeedbackReceived { rows: n, file: &name }.emit(&state.metrics);
+            HttpResponse::Ok().json(serde_json::json!({"stored": n, "file": name}))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot store feedback");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the feedback; the error was logged")
+        }
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the feedback"),
+    }
+}
+
+async fn drift(state: web::Data<HttpState>) -> HttpResponse {
+    match state.reports.load_full() {
+        Some(r) => HttpResponse::Ok().json(&*r),
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "no drift check has run yet (see [drift] check_every_secs and check_every_samples)",
+        ),
+    }
+}
+
+async fn drift_html(state: web::Data<HttpState>) -> HttpResponse {
+    match state.reports.load_full() {
+        Some(r) => HttpResponse::Ok()
+            .insert_header(ContentType::html())
+            .body(sentimentd_data::drift::render_html(&r)),
+        None => json_error(StatusCode::NOT_FOUND, "no drift check has run yet"),
+    }
+}
+
+/// The admin API, or the response that refuses the request: 404 when no token file is
+/// configured (the API does not exist), 401 without the right bearer token.
+fn admin<'a>(req: &HttpRequest, state: &'a HttpState) -> Result<&'a AdminApi, HttpResponse> {
+    let Some(api) = &state.admin else {
+        return Err(json_error(
+            StatusCode::NOT_FOUND,
+            "the admin API is disabled (set [admin] token_file to enable it)",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use subtle::ConstantTimeEq;
+    if bool::from(given.as_bytes().ct_eq(api.token.as_bytes())) {
+        Ok(api)
+    } else {
+        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "admin request refused: missing or wrong bearer token");
+        Err(HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .insert_header(ContentType::json())
+            .body(r#"{"error":"missing or wrong bearer token"}"#))
+    }
+}
+
+fn switched(r: Result<Result<Switched, String>, actix::MailboxError>) -> HttpResponse {
+    match r {
+        Ok(Ok(s)) => HttpResponse::Ok().json(s),
+        Ok(Err(e)) => json_error(StatusCode::CONFLICT, e),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("model registry unavailable: {e}")),
+    }
+}
+
+async fn admin_retrain(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let api = match admin(&req, &state) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match api.retrain.send(Retrain { trigger: RetrainTrigger::Admin }).await {
+        Ok(Ok(m)) => HttpResponse::Accepted().json(serde_json::json!({"status": m})),
+        Ok(Err(reason)) => json_error(StatusCode::CONFLICT, reason),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("trainer unavailable: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    version: String,
+}
+
+async fn admin_promote(
+    req: HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+    state: web::Data<HttpState>,
+) -> HttpResponse {
+    let api = match admin(&req, &state) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let body = match json_body(&req, body, state.max_body_bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let r: PromoteRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"version\": string}}: {e}"),
+            );
+        }
+    };
+    switched(
+        api.promote
+            .send(PromoteVersion {
+                version: r.version,
+                reason: "POST /admin/promote".into(),
+            })
+            .await,
+    )
+}
+
+async fn admin_rollback(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let api = match admin(&req, &state) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    switched(
+        api.rollback
+            .send(Rollback {
+                reason: "POST /admin/rollback".into(),
+            })
+            .await,
+    )
 }

@@ -12,20 +12,28 @@ use std::sync::Arc;
 use crate::messages::{InferenceError, ScoreChunk, ScoredChunk};
 use crate::metrics::Metrics;
 use crate::model_registry::ModelCell;
+use crate::observations::ObservationSink;
 use crate::supervisor::{Containment, Faults};
 
 pub struct Inference {
     cell: ModelCell,
     containment: Containment,
     faults: Faults,
+    observations: Arc<ObservationSink>,
 }
 
 impl Inference {
-    pub fn new(cell: ModelCell, metrics: Arc<Metrics>, faults: Faults) -> Inference {
+    pub fn new(
+        cell: ModelCell,
+        metrics: Arc<Metrics>,
+        faults: Faults,
+        observations: Arc<ObservationSink>,
+    ) -> Inference {
         Inference {
             cell,
             containment: Containment::new("inference", metrics),
             faults,
+            observations,
         }
     }
 }
@@ -54,7 +62,21 @@ impl Handler<ScoreChunk> for Inference {
             for t in &refs {
                 self.faults.on_text(t);
             }
-            model.classifier.predict_batch(&refs)
+            if self.observations.enabled() {
+                model
+                    .classifier
+                    .analyse_batch(&refs)
+                    .into_iter()
+                    .zip(&refs)
+                    .map(|(a, t)| {
+                        let p = a.prediction;
+                        self.observations.record(&model.version, t, a);
+                        p
+                    })
+                    .collect()
+            } else {
+                model.classifier.predict_batch(&refs)
+            }
         });
         let results: Vec<Result<Prediction, String>> = match whole {
             Ok(predictions) if predictions.len() == refs.len() => {

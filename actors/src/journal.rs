@@ -3,8 +3,8 @@
 //!
 //! Together with outputs that are written whole (temp file + rename) it makes a batch
 //! idempotent: after a crash the batch is simply run again under the same entry, which
-//! overwrites the same output names and truncates the labelled store back to the length it
-//! had before this batch's rows were appended. Nothing is lost and nothing is duplicated.
+//! overwrites the same output names, its labelled-data file included. Nothing is lost and
+//! nothing is duplicated.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -19,8 +19,9 @@ pub struct JournalEntry {
     pub errors: String,
     pub archived: String,
     pub started_at: String,
-    /// Length of the labelled store before this batch appended to it; set before appending.
-    pub labelled_len: Option<u64>,
+    /// Name of the batch's file in the labelled-data store (written only if it has labels).
+    #[serde(default)]
+    pub labelled: Option<String>,
 }
 
 pub struct Journal {
@@ -151,7 +152,7 @@ mod tests {
             errors: "a.csv.errors.csv".into(),
             archived: "a.csv".into(),
             started_at: "now".into(),
-            labelled_len: Some(7),
+            labelled: Some("x-batch-a.csv".into()),
         };
         j.put(&e)?;
         assert_eq!(j.get("a.csv")?, Some(e.clone()));

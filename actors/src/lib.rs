@@ -3,8 +3,11 @@
 //! they all run under. They talk through the typed messages of [`messages`]; the ML core
 //! they call never sees actix.
 
+pub mod baseliner;
 pub mod batch_processor;
 pub mod csv_input;
+pub mod drift_monitor;
+pub mod events;
 pub mod folder_watcher;
 pub mod http;
 pub mod inference;
@@ -12,8 +15,12 @@ pub mod journal;
 pub mod messages;
 pub mod metrics;
 pub mod model_registry;
+pub mod observations;
 pub mod supervisor;
 pub mod systemd;
+pub mod tracker;
+pub mod tracking;
+pub mod trainer;
 
 pub use batch_processor::{BatchProcessor, Lifecycle};
 pub use folder_watcher::FolderWatcher;

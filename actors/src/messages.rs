@@ -2,6 +2,7 @@
 //! into another's state.
 
 use actix::Message;
+use sentimentd_data::drift::{Baseline, DriftReport};
 use sentimentd_model::{Classifier, Manifest, Prediction};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,3 +84,93 @@ pub struct FileDone {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopIntake;
+
+/// ModelRegistry -> Baseliner: this model serves now; make sure its drift baseline exists
+/// (load it from the version directory, or compute and store it) and hand it to drift checks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ModelServing {
+    pub classifier: Arc<dyn Classifier>,
+    pub manifest: Option<Manifest>,
+    /// Texts the baseline takes in besides the reference data: after a drift-driven promotion,
+    /// the recent labelled texts the new model was trained and gated for, so the shift it
+    /// answered stops alarming.
+    pub extra_reference: Vec<String>,
+}
+
+/// Baseliner -> DriftMonitor: the baseline of the serving version.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BaselineReady {
+    pub model_version: String,
+    pub baseline: Arc<Baseline>,
+}
+
+/// DriftMonitor -> Trainer: a drift check fired.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DriftDetected {
+    pub report: Arc<DriftReport>,
+}
+
+/// Why a retrain was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrainTrigger {
+    Drift,
+    Admin,
+}
+
+impl RetrainTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrainTrigger::Drift => "drift",
+            RetrainTrigger::Admin => "admin",
+        }
+    }
+}
+
+/// Admin API -> Trainer: retrain now (cooldown does not apply; the labelled-row minimum does).
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Retrain {
+    pub trigger: RetrainTrigger,
+}
+
+/// Trainer thread -> Trainer: the background run ended (whatever its outcome).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetrainFinished {
+    pub outcome: &'static str,
+}
+
+/// Trainer -> ModelRegistry: a candidate passed the gate; make it current and serve it.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct PromoteCandidate {
+    pub version: String,
+    pub reason: String,
+    pub extra_reference: Vec<String>,
+}
+
+/// Admin API / CLI -> ModelRegistry: serve this stored version (`action` is `promote`).
+#[derive(Message)]
+#[rtype(result = "Result<Switched, String>")]
+pub struct PromoteVersion {
+    pub version: String,
+    pub reason: String,
+}
+
+/// Admin API -> ModelRegistry: put the previously served version back.
+#[derive(Message)]
+#[rtype(result = "Result<Switched, String>")]
+pub struct Rollback {
+    pub reason: String,
+}
+
+/// A change of the serving version.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Switched {
+    pub from: Option<String>,
+    pub to: String,
+}

@@ -45,6 +45,42 @@ pub enum RowOutcome {
     rejected,
 }
 
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DriftCheckOutcome {
+    no_drift,
+    drift,
+    /// Fewer observations than `[drift] min_samples`: no verdict.
+    insufficient,
+    /// No baseline yet, or the check itself failed.
+    failed,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RetrainOutcome {
+    promoted,
+    rejected,
+    skipped,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftCheckLabels {
+    outcome: DriftCheckOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetrainLabels {
+    outcome: RetrainOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftTestLabels {
+    /// One of the seven fixed test names: bounded cardinality.
+    test: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     outcome: RequestOutcome,
@@ -96,6 +132,13 @@ pub struct Metrics {
     model_info: Family<ModelInfoLabels, Gauge>,
     model_swaps: Counter,
     pub drift_score: Gauge<f64, AtomicU64>,
+    drift_test_score: Family<DriftTestLabels, Gauge<f64, AtomicU64>>,
+    drift_checks: Family<DriftCheckLabels, Counter>,
+    drift_last_check: Gauge<f64, AtomicU64>,
+    observations_dropped: Counter,
+    retrains: Family<RetrainLabels, Counter>,
+    rollbacks: Counter,
+    feedback_rows: Counter,
 }
 
 impl Default for Metrics {
@@ -131,8 +174,50 @@ impl Metrics {
         let drift_score = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "sentiment_drift_score",
-            "Latest drift score (0 until drift checks run)",
+            "Largest threshold-normalised score of the latest drift check (1.0 = at threshold)",
             drift_score.clone(),
+        );
+        let drift_test_score = Family::<DriftTestLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "sentiment_drift_test_score",
+            "Threshold-normalised score of each drift test in the latest check (1.0 = at threshold)",
+            drift_test_score.clone(),
+        );
+        let drift_checks = Family::<DriftCheckLabels, Counter>::default();
+        registry.register(
+            "sentiment_drift_checks",
+            "Drift checks, by outcome",
+            drift_checks.clone(),
+        );
+        let drift_last_check = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "sentiment_drift_last_check_timestamp_seconds",
+            "Unix time of the last drift check that gave a verdict",
+            drift_last_check.clone(),
+        );
+        let observations_dropped = Counter::default();
+        registry.register(
+            "sentiment_drift_observations_dropped",
+            "Observations dropped because the drift monitor fell behind (serving never waits)",
+            observations_dropped.clone(),
+        );
+        let retrains = Family::<RetrainLabels, Counter>::default();
+        registry.register(
+            "sentiment_retrains",
+            "Retraining runs, by outcome (promoted, rejected by the gate, skipped, failed)",
+            retrains.clone(),
+        );
+        let rollbacks = Counter::default();
+        registry.register(
+            "sentiment_model_rollbacks",
+            "Rollbacks to the previously served model version",
+            rollbacks.clone(),
+        );
+        let feedback_rows = Counter::default();
+        registry.register(
+            "sentiment_feedback_rows",
+            "Labelled rows received by POST /feedback",
+            feedback_rows.clone(),
         );
         let batches = Family::<BatchLabels, Counter>::default();
         registry.register(
@@ -205,6 +290,22 @@ impl Metrics {
         for outcome in [RowOutcome::scored, RowOutcome::rejected] {
             drop(rows.get_or_create(&RowLabels { outcome }));
         }
+        for outcome in [
+            DriftCheckOutcome::no_drift,
+            DriftCheckOutcome::drift,
+            DriftCheckOutcome::insufficient,
+            DriftCheckOutcome::failed,
+        ] {
+            drop(drift_checks.get_or_create(&DriftCheckLabels { outcome }));
+        }
+        for outcome in [
+            RetrainOutcome::promoted,
+            RetrainOutcome::rejected,
+            RetrainOutcome::skipped,
+            RetrainOutcome::failed,
+        ] {
+            drop(retrains.get_or_create(&RetrainLabels { outcome }));
+        }
 
         Metrics {
             registry,
@@ -218,7 +319,50 @@ impl Metrics {
             model_info,
             model_swaps,
             drift_score,
+            drift_test_score,
+            drift_checks,
+            drift_last_check,
+            observations_dropped,
+            retrains,
+            rollbacks,
+            feedback_rows,
         }
+    }
+
+    /// The latest check's scores; `verdict` false (insufficient data) leaves them as they were.
+    pub fn drift_checked(&self, outcome: DriftCheckOutcome, scores: &[(String, f64)], max: f64) {
+        self.drift_checks
+            .get_or_create(&DriftCheckLabels { outcome })
+            .inc();
+        if matches!(outcome, DriftCheckOutcome::drift | DriftCheckOutcome::no_drift) {
+            self.drift_score.set(max);
+            for (test, score) in scores {
+                self.drift_test_score
+                    .get_or_create(&DriftTestLabels { test: test.clone() })
+                    .set(*score);
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.drift_last_check.set(now);
+        }
+    }
+
+    pub fn observations_dropped(&self, n: u64) {
+        self.observations_dropped.inc_by(n);
+    }
+
+    pub fn retrain(&self, outcome: RetrainOutcome) {
+        self.retrains.get_or_create(&RetrainLabels { outcome }).inc();
+    }
+
+    pub fn rollback(&self) {
+        self.rollbacks.inc();
+    }
+
+    pub fn feedback_rows(&self, n: u64) {
+        self.feedback_rows.inc_by(n);
     }
 
     pub fn request(&self, outcome: RequestOutcome) {

@@ -5,19 +5,32 @@
 //! The serving model is published in a [`ModelCell`] that HTTP workers and inference threads
 //! read without locks, so a swap is one atomic pointer store and in-flight predictions finish
 //! on the model they started with.
+//!
+//! It is the one actor of the daemon that moves the store's `current`: promotions of gated
+//! candidates, admin promotions and rollbacks all go through it. It also notices a `current`
+//! changed from outside (`sentimentd train`, `sentimentd model promote|rollback` run against
+//! the same store), verifies that version and swaps it in, or keeps serving and says why.
+//! Every model it publishes is handed to the Baseliner so drift checks follow it.
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Recipient};
 use arc_swap::ArcSwapOption;
 use sentimentd_config::{Config, TrainOnStart};
 use sentimentd_model::pipeline::{self, TrainJob};
-use sentimentd_model::train::{EpochReport, TrainObserver};
 use sentimentd_model::{Classifier, LexiconClassifier, Manifest, ModelStore};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::messages::{SwapModel, TrainingFailed};
+use crate::events::{InternalEvent, RolledBack};
+use crate::messages::{
+    ModelServing, PromoteCandidate, PromoteVersion, Rollback, SwapModel, Switched,
+    TrainingFailed,
+};
 use crate::metrics::Metrics;
 use crate::supervisor::Containment;
+use crate::trainer::LogObserver;
+
+/// How often the registry looks whether `current` was switched from outside the daemon.
+const RELOAD_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What `/model` and `/ready` report about the serving model.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -73,10 +86,18 @@ pub struct ModelRegistry {
     metrics: Arc<Metrics>,
     containment: Containment,
     training: bool,
+    baseliner: Option<Recipient<ModelServing>>,
+    /// A `current` that failed to load, so a broken version is reported once, not every tick.
+    refused: Option<String>,
 }
 
 impl ModelRegistry {
-    pub fn new(cfg: Arc<Config>, cell: ModelCell, metrics: Arc<Metrics>) -> ModelRegistry {
+    pub fn new(
+        cfg: Arc<Config>,
+        cell: ModelCell,
+        metrics: Arc<Metrics>,
+        baseliner: Option<Recipient<ModelServing>>,
+    ) -> ModelRegistry {
         let containment = Containment::new("model_registry", metrics.clone());
         ModelRegistry {
             cfg,
@@ -84,10 +105,28 @@ impl ModelRegistry {
             metrics,
             containment,
             training: false,
+            baseliner,
+            refused: None,
         }
     }
 
     fn publish(&self, classifier: Arc<dyn Classifier>, manifest: Option<&Manifest>) {
+        self.publish_with(classifier, manifest, Vec::new());
+    }
+
+    fn publish_with(
+        &self,
+        classifier: Arc<dyn Classifier>,
+        manifest: Option<&Manifest>,
+        extra_reference: Vec<String>,
+    ) {
+        if let Some(b) = &self.baseliner {
+            b.do_send(ModelServing {
+                classifier: classifier.clone(),
+                manifest: manifest.cloned(),
+                extra_reference,
+            });
+        }
         let model = ServingModel::new(classifier, manifest);
         let previous = self
             .cell
@@ -111,9 +150,76 @@ impl ModelRegistry {
         );
     }
 
+    fn serving_version(&self) -> Option<String> {
+        self.cell
+            .load()
+            .as_deref()
+            .filter(|m| !m.info.fallback)
+            .map(|m| m.info.version.clone())
+    }
+
+    /// Loads `version` from the store and serves it.
+    fn load_and_publish(&self, version: &str, extra_reference: Vec<String>) -> Result<(), String> {
+        let store = ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
+        let model = store.load(version).map_err(|e| e.to_string())?;
+        let manifest = store.manifest(version).map_err(|e| e.to_string())?;
+        self.publish_with(Arc::new(model), Some(&manifest), extra_reference);
+        Ok(())
+    }
+
+    /// Makes `version` current in the store, then serves it.
+    fn switch(&mut self, version: &str, action: &str, reason: &str, extra: Vec<String>) -> Result<Switched, String> {
+        let store = ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
+        let from = self.serving_version();
+        store
+            .promote(version, action, reason)
+            .map_err(|e| e.to_string())?;
+        self.refused = None;
+        self.load_and_publish(version, extra)?;
+        Ok(Switched {
+            from,
+            to: version.to_string(),
+        })
+    }
+
+    /// A `current` switched by another process: verify and swap in, or keep serving.
+    fn reload_if_changed(&mut self) {
+        let Ok(store) = ModelStore::open(&self.cfg.paths.model_store) else {
+            return;
+        };
+        let current = match store.current_version() {
+            Ok(Some(v)) => v,
+            Ok(None) => return,
+            Err(e) => {
+                let key = format!("error:{e}");
+                if self.refused.as_deref() != Some(key.as_str()) {
+                    tracing::error!(error = %e, "cannot read the model store's current pointer; still serving the current model");
+                    self.refused = Some(key);
+                }
+                return;
+            }
+        };
+        if self.serving_version().as_deref() == Some(current.as_str())
+            || self.refused.as_deref() == Some(current.as_str())
+        {
+            return;
+        }
+        match self.load_and_publish(&current, Vec::new()) {
+            Ok(()) => {
+                self.refused = None;
+                tracing::info!(version = %current, "model store's current version changed outside the daemon; swapped it in");
+            }
+            Err(e) => {
+                tracing::error!(version = %current, error = %e, "the store's current version cannot be loaded; still serving the previous model");
+                self.refused = Some(current);
+            }
+        }
+    }
+
     /// Returns true when there is no usable trained model (so training may be wanted).
     fn load_initial(&self) -> bool {
         let loaded = ModelStore::open(&self.cfg.paths.model_store).and_then(|store| {
+            store.remove_stale_temp_dirs();
             let current = store.load_current()?;
             let manifest = match &current {
                 Some(c) => store.manifest(c.version()).ok(),
@@ -213,6 +319,70 @@ impl Actor for ModelRegistry {
         if wants_training && self.cfg.train.on_start == TrainOnStart::IfMissing {
             self.start_training(ctx.address());
         }
+        ctx.run_interval(RELOAD_CHECK_EVERY, |me, _ctx| {
+            if me.training {
+                return;
+            }
+            let containment = me.containment.clone();
+            let _ = containment.run(|| me.reload_if_changed());
+        });
+    }
+}
+
+impl Handler<PromoteCandidate> for ModelRegistry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: PromoteCandidate, _ctx: &mut Context<Self>) -> Self::Result {
+        let containment = self.containment.clone();
+        let switched = containment
+            .run(|| self.switch(&msg.version, "gate", &msg.reason, msg.extra_reference))
+            .map_err(|p| p.to_string())??;
+        crate::events::CandidatePromoted {
+            version: &switched.to,
+            from: switched.from.as_deref().unwrap_or("none"),
+            reason: &msg.reason,
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+}
+
+impl Handler<PromoteVersion> for ModelRegistry {
+    type Result = Result<Switched, String>;
+
+    fn handle(&mut self, msg: PromoteVersion, _ctx: &mut Context<Self>) -> Self::Result {
+        let containment = self.containment.clone();
+        let switched = containment
+            .run(|| self.switch(&msg.version, "promote", &msg.reason, Vec::new()))
+            .map_err(|p| p.to_string())??;
+        tracing::info!(from = switched.from.as_deref().unwrap_or("none"), to = %switched.to, reason = %msg.reason, "model version promoted by the admin API");
+        Ok(switched)
+    }
+}
+
+impl Handler<Rollback> for ModelRegistry {
+    type Result = Result<Switched, String>;
+
+    fn handle(&mut self, msg: Rollback, _ctx: &mut Context<Self>) -> Self::Result {
+        let containment = self.containment.clone();
+        let switched = containment
+            .run(|| -> Result<Switched, String> {
+                let store =
+                    ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
+                let target = store
+                    .rollback_target()
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "no earlier version to roll back to".to_string())?;
+                self.switch(&target, "rollback", &msg.reason, Vec::new())
+            })
+            .map_err(|p| p.to_string())??;
+        RolledBack {
+            from: switched.from.as_deref().unwrap_or("none"),
+            to: &switched.to,
+            reason: &msg.reason,
+        }
+        .emit(&self.metrics);
+        Ok(switched)
     }
 }
 
@@ -233,30 +403,5 @@ impl Handler<TrainingFailed> for ModelRegistry {
     fn handle(&mut self, msg: TrainingFailed, _ctx: &mut Context<Self>) {
         self.training = false;
         tracing::error!(error = %msg.error, "background training failed; still serving the current model");
-    }
-}
-
-/// Training progress for the daemon's log: one line per epoch.
-struct LogObserver;
-
-impl TrainObserver for LogObserver {
-    fn on_start(&mut self, epochs: usize, steps_per_epoch: usize) {
-        tracing::info!(epochs, steps_per_epoch, "training started");
-    }
-
-    fn on_epoch(&mut self, r: &EpochReport) {
-        tracing::info!(
-            epoch = r.epoch,
-            train_loss = r.train_loss,
-            val_macro_recall = r.val_macro_recall,
-            val_accuracy = r.val_accuracy,
-            seconds = r.seconds,
-            improved = r.improved,
-            "training epoch"
-        );
-    }
-
-    fn on_message(&mut self, message: &str) {
-        tracing::info!(message, "training");
     }
 }

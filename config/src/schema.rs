@@ -339,7 +339,7 @@ impl Default for DriftConfig {
             js_distance_threshold: 0.1,
             chi2_p_value: 0.001,
             mean_shift_threshold: 0.25,
-            mmd_p_value: 0.001,
+            mmd_p_value: 0.01,
             mmd_permutations: 200,
             mmd_max_samples: 500,
             length_ks_threshold: 0.15,

@@ -28,6 +28,10 @@ pub enum DataError {
         rejected: usize,
         first_reason: Option<String>,
     },
+    #[error("{name}: {reason}")]
+    BadRow { name: String, reason: String },
+    #[error("drift baseline: {reason}")]
+    Baseline { reason: String },
     #[error("no dataset files given")]
     NoInput,
     #[error("{name}: {source}")]

@@ -3,8 +3,10 @@
 //! reports, labelled datasets with a content fingerprint, and their statistics (polars).
 mod batch;
 mod dataset;
+pub mod drift;
 mod error;
 mod label;
+pub mod labelled;
 mod write;
 
 pub use batch::{

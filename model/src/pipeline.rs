@@ -3,14 +3,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use sentimentd_config::Config;
-use sentimentd_data::{Dataset, load_dataset};
+use sentimentd_data::{Dataset, Label, load_dataset};
 
 use crate::classifier::Classifier;
 use crate::error::ModelError;
+use crate::fast::FastModel;
 use crate::features::FeatureConfig;
 use crate::metrics::Metrics;
-use crate::store::{Manifest, ModelStore, NewVersion};
+use crate::store::{Manifest, ModelStore, NewVersion, SplitInfo};
 use crate::train::{self, Backend, LrDecay, TrainObserver, TrainParams};
 
 impl TrainParams {
@@ -49,6 +53,7 @@ impl TrainParams {
                 c::Backend::Flex => Backend::Flex,
                 c::Backend::Ndarray => Backend::Ndarray,
             },
+            threads: t.threads,
         }
     }
 }
@@ -57,10 +62,18 @@ impl TrainParams {
 #[derive(Clone, Debug, Default)]
 pub struct TrainJob {
     pub train: Vec<PathBuf>,
+    /// The reporting split (default `data.val`): scored once after training, never selects.
     pub val: Option<PathBuf>,
     pub store: Option<PathBuf>,
     /// Make the new version current once stored.
     pub promote: bool,
+    /// Labelled rows appended to the training data before the selection split is carved
+    /// (already deduplicated by the caller).
+    pub extra: Option<Dataset>,
+    /// Lineage: the labelled-data files `extra` came from, copied into the manifest.
+    pub labelled_files: Vec<String>,
+    /// Most threads training may use; `None` = `train.threads`, 0 = all cores.
+    pub threads: Option<usize>,
 }
 
 /// The result of [`train_and_store`].
@@ -69,16 +82,98 @@ pub struct Trained {
     pub store_root: PathBuf,
 }
 
-fn fingerprint(train: &Dataset, val: &Dataset) -> String {
+/// Salt for the carve's random stream, so it is not the stream that shuffles the epochs.
+const SELECTION_SALT: u64 = 0x5E1E_C710_0000_0001;
+
+/// Which rows of a labelled set go to the selection split (`true`): within each label, a
+/// seeded shuffle and the first `round(share * n)` rows, so the split keeps the label mix.
+/// Every label keeps at least one training row, and a non-empty share with two or more rows
+/// selects at least one row.
+pub fn selection_mask(labels: &[Label], share: f64, seed: u64) -> Vec<bool> {
+    let mut rng = StdRng::seed_from_u64(seed ^ SELECTION_SALT);
+    let mut mask = vec![false; labels.len()];
+    let share = if share.is_finite() {
+        share.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let mut largest: Option<Vec<usize>> = None;
+    for label in Label::ALL {
+        let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == label).collect();
+        rows.shuffle(&mut rng);
+        let k = ((rows.len() as f64 * share).round() as usize).min(rows.len().saturating_sub(1));
+        for &i in &rows[..k] {
+            mask[i] = true;
+        }
+        if largest.as_ref().is_none_or(|l| rows.len() > l.len()) {
+            largest = Some(rows);
+        }
+    }
+    if share > 0.0
+        && labels.len() >= 2
+        && !mask.contains(&true)
+        && let Some(&i) = largest.as_ref().and_then(|l| l.first())
+    {
+        mask[i] = true;
+    }
+    mask
+}
+
+/// Splits `data` by `mask` into (training rows, selection rows), keeping file order.
+fn carve(data: Dataset, mask: &[bool]) -> (Dataset, Dataset) {
+    let (mut tt, mut tl, mut st, mut sl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((text, label), &selected) in data.texts.into_iter().zip(data.labels).zip(mask) {
+        if selected {
+            st.push(text);
+            sl.push(label);
+        } else {
+            tt.push(text);
+            tl.push(label);
+        }
+    }
+    (
+        Dataset::from_examples(tt, tl),
+        Dataset::from_examples(st, sl),
+    )
+}
+
+fn fingerprint(parts: &[&Dataset]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(train.fingerprint.as_bytes());
-    h.update(b"|");
-    h.update(val.fingerprint.as_bytes());
+    for (i, d) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b"|");
+        }
+        h.update(d.fingerprint.as_bytes());
+    }
     hex::encode(h.finalize())
 }
 
+fn split_info(d: &Dataset, source: String, share: Option<f64>, seed: Option<u64>) -> SplitInfo {
+    SplitInfo {
+        rows: d.len(),
+        fingerprint: d.fingerprint.clone(),
+        source,
+        share,
+        seed,
+    }
+}
+
+fn paths_text(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Trains the configured model kind on the job's data and stores it as a new version.
+///
+/// Three splits, each with one job: the training rows fit the weights; the selection split,
+/// carved from the training data (`train.selection_share`, stratified, seeded by
+/// `train.seed`), picks the epoch and fits the temperature; the reporting split (`data.val`)
+/// is scored once at the end with the serving path and selects nothing, so its figures in
+/// `metrics["validation"]` are honest.
 pub fn train_and_store(
     cfg: &Config,
     job: &TrainJob,
@@ -91,34 +186,101 @@ pub fn train_and_store(
     };
     let val_path = job.val.clone().unwrap_or_else(|| cfg.data.val.clone());
     observer.on_message("loading data");
-    let train_set = load_dataset(&train_paths, cfg.data.max_text_chars)?;
+    let mut all = load_dataset(&train_paths, cfg.data.max_text_chars)?;
+    let extra_rows = job.extra.as_ref().map_or(0, Dataset::len);
+    if let Some(extra) = &job.extra {
+        all.extend(extra.clone());
+    }
     let val_set = load_dataset(std::slice::from_ref(&val_path), cfg.data.max_text_chars)?;
-    let params = TrainParams::from_config(cfg);
+
+    let share = cfg.train.selection_share;
+    let seed = cfg.train.seed;
+    let total = all.len();
+    let mask = selection_mask(&all.labels, share, seed);
+    let (train_set, sel_set) = carve(all, &mask);
+    if train_set.is_empty() || sel_set.is_empty() {
+        return Err(ModelError::Training(format!(
+            "{total} training rows are too few to carve a selection split of {share}"
+        )));
+    }
+    let pct = (share * 1000.0).round() / 10.0;
+    observer.on_message(&format!(
+        "selection split: {} of {total} training rows ({pct}%, stratified, seed {seed});          early stopping and calibration use it, {} rows of {} only report",
+        sel_set.len(),
+        val_set.len(),
+        val_path.display()
+    ));
+
+    let mut params = TrainParams::from_config(cfg);
+    if let Some(threads) = job.threads {
+        params.threads = threads;
+    }
     let outcome = train::train(
         &params,
         &train_set.texts,
         &train_set.labels,
-        &val_set.texts,
-        &val_set.labels,
+        &sel_set.texts,
+        &sel_set.labels,
         observer,
     )?;
+    // Scored through the serving path, so `sentimentd eval` on the stored version reproduces
+    // these figures exactly.
+    let model = FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?;
+    let mut metrics = BTreeMap::new();
+    let validation = evaluate(&model, &val_set);
+    observer.on_message(&format!(
+        "reporting split {}: macro-recall {:.4} (selection split: {:.4})",
+        val_path.display(),
+        validation.macro_recall,
+        outcome.selection_metrics.macro_recall
+    ));
+    metrics.insert("validation".to_string(), validation);
+    metrics.insert("selection".to_string(), evaluate(&model, &sel_set));
+
+    let mut train_source = paths_text(&train_paths);
+    if extra_rows > 0 || !job.labelled_files.is_empty() {
+        train_source.push_str(&format!(
+            " + {extra_rows} labelled rows from {} files",
+            job.labelled_files.len()
+        ));
+    }
+    train_source.push_str(", less the selection split");
+    let mut splits = BTreeMap::new();
+    splits.insert(
+        "train".to_string(),
+        split_info(&train_set, train_source, None, None),
+    );
+    splits.insert(
+        "selection".to_string(),
+        split_info(
+            &sel_set,
+            format!("selection: {pct}% of training data, stratified, seed {seed}"),
+            Some(share),
+            Some(seed),
+        ),
+    );
+    splits.insert(
+        "validation".to_string(),
+        split_info(&val_set, val_path.display().to_string(), None, None),
+    );
+
     let store_root = job
         .store
         .clone()
         .unwrap_or_else(|| cfg.paths.model_store.clone());
     let store = ModelStore::open(&store_root)?;
-    let mut metrics = BTreeMap::new();
-    metrics.insert("validation".to_string(), outcome.val_metrics.clone());
     let manifest = store.save(NewVersion {
-        featurizer: &outcome.featurizer,
-        weights: &outcome.weights,
+        featurizer: &model.featurizer,
+        weights: &model.weights,
         params: &params,
-        data_fingerprint: fingerprint(&train_set, &val_set),
-        training_rows: train_set.texts.len(),
+        data_fingerprint: fingerprint(&[&train_set, &sel_set, &val_set]),
+        training_rows: train_set.len(),
         metrics,
         history: outcome.history,
         best_epoch: outcome.best_epoch,
         train_seconds: outcome.seconds,
+        splits,
+        labelled_files: job.labelled_files.clone(),
     })?;
     if job.promote {
         store.set_current(&manifest.version)?;

@@ -44,13 +44,37 @@ pub struct Manifest {
     pub data_fingerprint: String,
     pub training_rows: usize,
     pub params: TrainParams,
-    /// Metrics per split, e.g. `validation`.
+    /// Metrics per split: `validation` is the reporting split, which selected nothing;
+    /// `selection` picked the epoch and the temperature, so it reads optimistic.
     pub metrics: BTreeMap<String, Metrics>,
     pub history: Vec<EpochReport>,
     pub best_epoch: usize,
     pub train_seconds: f64,
     /// SHA-256 of every file of the version, by file name.
     pub files: BTreeMap<String, String>,
+    /// The data of each split (`train`, `selection`, `validation`); empty in versions written
+    /// before splits were recorded.
+    #[serde(default)]
+    pub splits: BTreeMap<String, SplitInfo>,
+    /// Lineage: the labelled-data files whose rows were added to the training data.
+    #[serde(default)]
+    pub labelled_files: Vec<String>,
+}
+
+/// Where one split's rows came from, exactly enough to tell two runs' data apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitInfo {
+    pub rows: usize,
+    /// `sentimentd_data::fingerprint` of the split's texts and labels, in order.
+    pub fingerprint: String,
+    /// File paths, or how the split was carved (`selection: 10% of training data, ...`).
+    pub source: String,
+    /// Share of the training data, for a carved split.
+    #[serde(default)]
+    pub share: Option<f64>,
+    /// Seed of the carve, for a carved split.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// What a caller hands over to be stored as a new version.
@@ -64,6 +88,8 @@ pub struct NewVersion<'a> {
     pub history: Vec<EpochReport>,
     pub best_epoch: usize,
     pub train_seconds: f64,
+    pub splits: BTreeMap<String, SplitInfo>,
+    pub labelled_files: Vec<String>,
 }
 
 pub struct ModelStore {
@@ -136,10 +162,10 @@ impl ModelStore {
         }
     }
 
-    /// Points `current` at `version` after checking that the version loads.
+    /// Points `current` at `version` after checking that the version loads (see
+    /// [`ModelStore::promote`]: files synced first, the change recorded in the history).
     pub fn set_current(&self, version: &str) -> Result<(), ModelError> {
-        self.load(version)?;
-        write_atomic(&self.current_path(), format!("{version}\n").as_bytes())
+        self.promote(version, "promote", "made current by a training run")
     }
 
     pub fn manifest(&self, version: &str) -> Result<Manifest, ModelError> {
@@ -289,6 +315,8 @@ impl ModelStore {
             best_epoch: v.best_epoch,
             train_seconds: v.train_seconds,
             files,
+            splits: v.splits,
+            labelled_files: v.labelled_files,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(ModelError::json)?;
         std::fs::write(dir.join(MANIFEST), json).map_err(ModelError::io(dir.join(MANIFEST)))?;

@@ -54,6 +54,10 @@ pub struct TrainParams {
     pub seed: u64,
     pub balanced_class_weights: bool,
     pub backend: Backend,
+    /// Most threads training may use (0 = all cores). The result does not depend on it, only
+    /// the wall time; manifests written before the key existed load as 0.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 /// The dense part of the network. The embedding table is not a module parameter: it is passed
@@ -208,7 +212,7 @@ pub fn burn_probabilities(
 ) -> Result<Vec<[f32; 3]>, ModelError> {
     let device = device_for(params.backend);
     let (net, table) = FastNet::from_weights(&outcome.weights, &device);
-    let examples = featurize_all(&outcome.featurizer, texts);
+    let examples = featurize_all(&outcome.featurizer, texts, params.threads);
     let refs: Vec<&Example> = examples.iter().collect();
     let batch = make_batch(&refs, outcome.weights.dense, None, &device);
     let logits = net
@@ -364,30 +368,46 @@ impl EmbeddingTable {
     }
 }
 
-/// Featurises texts on all cores; order is preserved.
-pub fn featurize_all(featurizer: &Featurizer, texts: &[String]) -> Vec<Example> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+/// How many worker threads `threads` (a config value, 0 = all cores) allows. All cores stops at
+/// 8: featurisation is memory-bound and gains nothing past that.
+pub fn resolve_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
+    } else {
+        threads
+    }
+}
+
+fn featurize_chunk(featurizer: &Featurizer, texts: &[String]) -> Vec<Example> {
+    let mut s = Scratch::default();
+    texts
+        .iter()
+        .map(|t| {
+            featurizer.featurize(t, &mut s);
+            Example {
+                ids: s.ids.clone(),
+                dense: s.dense,
+            }
+        })
+        .collect()
+}
+
+/// Featurises texts on at most `threads` threads (0 = all cores, see [`resolve_threads`]);
+/// order is preserved. With one thread the work stays on the caller's thread, so a bound of 1
+/// means no extra thread at all.
+pub fn featurize_all(featurizer: &Featurizer, texts: &[String], threads: usize) -> Vec<Example> {
+    let threads = resolve_threads(threads);
     let chunk = texts.len().div_ceil(threads).max(1);
+    if threads <= 1 || texts.len() <= chunk {
+        return featurize_chunk(featurizer, texts);
+    }
     std::thread::scope(|scope| {
         let handles: Vec<_> = texts
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut s = Scratch::default();
-                    part.iter()
-                        .map(|t| {
-                            featurizer.featurize(t, &mut s);
-                            Example {
-                                ids: s.ids.clone(),
-                                dense: s.dense,
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| scope.spawn(move || featurize_chunk(featurizer, part)))
             .collect();
         // A featuriser panic stays a panic: dropping a chunk would misalign texts and labels.
         handles
@@ -431,12 +451,16 @@ fn log_loss(logits: &[[f32; 3]], labels: &[Label], t: f32) -> f64 {
     sum / logits.len().max(1) as f64
 }
 
-/// Temperature scaling (Guo et al. 2017): the one scalar that minimises validation log-loss,
-/// by golden-section search over `[0.05, 20]` in log space. Labels do not change: dividing all
+/// Temperature scaling (Guo et al. 2017): the one scalar that minimises log-loss on held-out
+/// examples (the selection split, never the reporting split), by golden-section search over `[0.05, 20]` in log space. Labels do not change: dividing all
 /// three logits by the same positive number keeps their order.
 /// Returns `(temperature, log-loss at 1, log-loss at temperature)`.
-pub fn fit_temperature(weights: &Weights, val: &[Example], labels: &[Label]) -> (f32, f64, f64) {
-    let logits = example_logits(weights, val);
+pub fn fit_temperature(
+    weights: &Weights,
+    examples: &[Example],
+    labels: &[Label],
+) -> (f32, f64, f64) {
+    let logits = example_logits(weights, examples);
     let f = |log_t: f64| log_loss(&logits, labels, log_t.exp() as f32);
     let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
     let g = (5f64.sqrt() - 1.0) / 2.0;
@@ -458,6 +482,29 @@ pub fn fit_temperature(weights: &Weights, val: &[Example], labels: &[Label]) -> 
     }
 }
 
+/// Expected calibration error: examples binned by their top probability into `bins` equal-width
+/// bins, and the gap between mean confidence and accuracy averaged over bins weighted by their
+/// size. 0 is perfectly calibrated.
+pub fn expected_calibration_error(probs: &[[f32; 3]], labels: &[Label], bins: usize) -> f64 {
+    let bins = bins.max(1);
+    let mut confidence = vec![0f64; bins];
+    let mut correct = vec![0f64; bins];
+    let mut count = vec![0usize; bins];
+    for (p, y) in probs.iter().zip(labels) {
+        let prediction = crate::Prediction::from_probabilities(*p);
+        let c = prediction.score as f64;
+        let b = ((c * bins as f64) as usize).min(bins - 1);
+        confidence[b] += c;
+        correct[b] += f64::from(u8::from(prediction.label == *y));
+        count[b] += 1;
+    }
+    let n = probs.len().min(labels.len()).max(1) as f64;
+    (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| (confidence[b] - correct[b]).abs() / n)
+        .sum()
+}
+
 pub fn argmax_labels(probs: &[[f32; 3]]) -> Vec<Label> {
     probs
         .iter()
@@ -465,13 +512,17 @@ pub fn argmax_labels(probs: &[[f32; 3]]) -> Vec<Label> {
         .collect()
 }
 
-/// One line of training history.
+/// One line of training history. The scores are on the selection split (carved from the
+/// training data), the only split early stopping looks at; manifests written before the
+/// rename call them `val_*`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: usize,
     pub train_loss: f64,
-    pub val_macro_recall: f64,
-    pub val_accuracy: f64,
+    #[serde(alias = "val_macro_recall")]
+    pub selection_macro_recall: f64,
+    #[serde(alias = "val_accuracy")]
+    pub selection_accuracy: f64,
     pub seconds: f64,
     pub improved: bool,
 }
@@ -493,7 +544,9 @@ pub struct TrainOutcome {
     pub weights: Weights,
     pub history: Vec<EpochReport>,
     pub best_epoch: usize,
-    pub val_metrics: Metrics,
+    /// The best epoch on the selection split. Selected on it, so optimistic: report a split
+    /// that selected nothing instead (see `pipeline::train_and_store`).
+    pub selection_metrics: Metrics,
     pub seconds: f64,
 }
 
@@ -505,23 +558,24 @@ fn device_for(backend: Backend) -> Device {
     }
 }
 
-/// Trains the fast model on `(train_texts, train_labels)`, early-stopping on validation
-/// macro-recall, and returns the best epoch's weights.
+/// Trains the fast model on `(train_texts, train_labels)` and returns the best epoch's weights.
+/// The selection split `(sel_texts, sel_labels)` picks that epoch (macro-recall) and fits the
+/// temperature, so its scores are optimistic: it must not be the split the run reports.
 pub fn train(
     params: &TrainParams,
     train_texts: &[String],
     train_labels: &[Label],
-    val_texts: &[String],
-    val_labels: &[Label],
+    sel_texts: &[String],
+    sel_labels: &[Label],
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, ModelError> {
     let started = Instant::now();
-    if train_texts.is_empty() || val_texts.is_empty() {
+    if train_texts.is_empty() || sel_texts.is_empty() {
         return Err(ModelError::Training(
-            "training and validation data must both have rows".into(),
+            "training and selection data must both have rows".into(),
         ));
     }
-    if train_texts.len() != train_labels.len() || val_texts.len() != val_labels.len() {
+    if train_texts.len() != train_labels.len() || sel_texts.len() != sel_labels.len() {
         return Err(ModelError::Training(
             "texts and labels differ in length".into(),
         ));
@@ -530,8 +584,8 @@ pub fn train(
     let text = TextPipeline::train(train_texts, params.vocab_size, params.min_token_frequency)?;
     let featurizer = Featurizer::new(text, params.features.clone());
     observer.on_message("featurising");
-    let train_x = featurize_all(&featurizer, train_texts);
-    let val_x = featurize_all(&featurizer, val_texts);
+    let train_x = featurize_all(&featurizer, train_texts, params.threads);
+    let sel_x = featurize_all(&featurizer, sel_texts, params.threads);
     let dense = featurizer.dense_dim();
 
     let device = device_for(params.backend).autodiff();
@@ -614,16 +668,16 @@ pub fn train(
             observer.on_step(epoch, step + 1, loss_value);
         }
         let weights = model.weights(&table, dense)?;
-        let val_pred = argmax_labels(&predict_examples(&weights, &val_x));
-        let m = Metrics::compute(val_labels, &val_pred);
+        let sel_pred = argmax_labels(&predict_examples(&weights, &sel_x));
+        let m = Metrics::compute(sel_labels, &sel_pred);
         let improved = best
             .as_ref()
             .is_none_or(|(b, _, _)| m.macro_recall > b.macro_recall);
         let report = EpochReport {
             epoch,
             train_loss: loss_sum / steps_per_epoch.max(1) as f64,
-            val_macro_recall: m.macro_recall,
-            val_accuracy: m.accuracy,
+            selection_macro_recall: m.macro_recall,
+            selection_accuracy: m.accuracy,
             seconds: epoch_start.elapsed().as_secs_f64(),
             improved,
         };
@@ -636,26 +690,26 @@ pub fn train(
             && epoch - best_epoch >= params.patience
         {
             observer.on_message(&format!(
-                "early stop: no better validation macro-recall for {} epochs",
+                "early stop: no better selection macro-recall for {} epochs",
                 params.patience
             ));
             break;
         }
     }
     // Temperature scaling keeps every label, so the best epoch's metrics stand.
-    let (val_metrics, best_epoch, mut weights) =
+    let (selection_metrics, best_epoch, mut weights) =
         best.ok_or_else(|| ModelError::Training("no epoch was run (epochs = 0?)".into()))?;
-    let (t, before, after) = fit_temperature(&weights, &val_x, val_labels);
+    let (t, before, after) = fit_temperature(&weights, &sel_x, sel_labels);
     weights.temperature = t;
     observer.on_message(&format!(
-        "calibrated temperature {t:.3} on validation: log-loss {before:.4} -> {after:.4}"
+        "calibrated temperature {t:.3} on the selection split: log-loss {before:.4} -> {after:.4}"
     ));
     Ok(TrainOutcome {
         featurizer,
         weights,
         history,
         best_epoch,
-        val_metrics,
+        selection_metrics,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

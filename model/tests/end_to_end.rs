@@ -1,10 +1,13 @@
-//! Train on a small sample of the bundled data, store, reload, predict; the store's guarantees.
+//! Train on a small sample of the bundled data, store, reload, predict; the store's guarantees;
+//! the pipeline's three splits.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use sentimentd_data::{Label, load_dataset};
+use sentimentd_config::Config;
+use sentimentd_data::{Dataset, Label, load_dataset};
 use sentimentd_model::features::FeatureConfig;
+use sentimentd_model::pipeline::{self, TrainJob};
 use sentimentd_model::store::{MANIFEST, NewVersion, TOKENIZER, WEIGHTS};
 use sentimentd_model::train::{self, Backend, LrDecay, Quiet, TrainParams};
 use sentimentd_model::{Classifier, ModelError, ModelStore};
@@ -40,12 +43,17 @@ fn small_params() -> TrainParams {
         seed: 7,
         balanced_class_weights: true,
         backend: Backend::Flex,
+        threads: 0,
     }
 }
 
+/// Training rows, a selection split from the same file (early stopping and temperature), and
+/// rows of the reporting split, which no test lets select anything.
 struct Sample {
     train_texts: Vec<String>,
     train_labels: Vec<Label>,
+    sel_texts: Vec<String>,
+    sel_labels: Vec<Label>,
     val_texts: Vec<String>,
     val_labels: Vec<Label>,
 }
@@ -56,6 +64,8 @@ fn sample() -> Sample {
     Sample {
         train_texts: train.texts[..3000].to_vec(),
         train_labels: train.labels[..3000].to_vec(),
+        sel_texts: train.texts[3000..3500].to_vec(),
+        sel_labels: train.labels[3000..3500].to_vec(),
         val_texts: val.texts[..500].to_vec(),
         val_labels: val.labels[..500].to_vec(),
     }
@@ -66,16 +76,35 @@ fn train_sample(s: &Sample, params: &TrainParams) -> train::TrainOutcome {
         params,
         &s.train_texts,
         &s.train_labels,
-        &s.val_texts,
-        &s.val_labels,
+        &s.sel_texts,
+        &s.sel_labels,
         &mut Quiet,
     )
     .unwrap()
 }
 
-fn store_outcome(store: &ModelStore, o: &train::TrainOutcome, params: &TrainParams) -> String {
+fn plain_metrics(
+    o: &train::TrainOutcome,
+    texts: &[String],
+    labels: &[Label],
+) -> sentimentd_model::Metrics {
+    let examples = train::featurize_all(&o.featurizer, texts, 0);
+    let preds = train::argmax_labels(&train::predict_examples(&o.weights, &examples));
+    sentimentd_model::Metrics::compute(labels, &preds)
+}
+
+fn store_outcome(
+    store: &ModelStore,
+    s: &Sample,
+    o: &train::TrainOutcome,
+    params: &TrainParams,
+) -> String {
     let mut metrics = BTreeMap::new();
-    metrics.insert("validation".to_string(), o.val_metrics.clone());
+    metrics.insert("selection".to_string(), o.selection_metrics.clone());
+    metrics.insert(
+        "validation".to_string(),
+        plain_metrics(o, &s.val_texts, &s.val_labels),
+    );
     store
         .save(NewVersion {
             featurizer: &o.featurizer,
@@ -87,6 +116,8 @@ fn store_outcome(store: &ModelStore, o: &train::TrainOutcome, params: &TrainPara
             history: o.history.clone(),
             best_epoch: o.best_epoch,
             train_seconds: o.seconds,
+            splits: BTreeMap::new(),
+            labelled_files: Vec::new(),
         })
         .unwrap()
         .version
@@ -97,17 +128,24 @@ fn trains_saves_reloads_and_predicts_identically() {
     let s = sample();
     let params = small_params();
     let o = train_sample(&s, &params);
-    // Better than always answering the majority class (macro-recall 1/3).
+    // Better than always answering the majority class (macro-recall 1/3), on rows that
+    // selected nothing.
+    let reported = plain_metrics(&o, &s.val_texts, &s.val_labels);
     assert!(
-        o.val_metrics.macro_recall > 0.45,
+        reported.macro_recall > 0.45,
         "macro-recall {}",
-        o.val_metrics.macro_recall
+        reported.macro_recall
+    );
+    // The outcome's metrics are the selection split's, at the epoch it chose.
+    assert_eq!(
+        o.selection_metrics,
+        plain_metrics(&o, &s.sel_texts, &s.sel_labels)
     );
 
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::open(dir.path()).unwrap();
     assert!(store.current_version().unwrap().is_none());
-    let version = store_outcome(&store, &o, &params);
+    let version = store_outcome(&store, &s, &o, &params);
     store.set_current(&version).unwrap();
     assert_eq!(store.current_version().unwrap().as_deref(), Some(&*version));
 
@@ -169,7 +207,7 @@ fn same_seed_same_metrics() {
     params.epochs = 2;
     let a = train_sample(&s, &params);
     let b = train_sample(&s, &params);
-    assert_eq!(a.val_metrics, b.val_metrics);
+    assert_eq!(a.selection_metrics, b.selection_metrics);
     assert_eq!(a.weights, b.weights);
 }
 
@@ -182,7 +220,7 @@ fn plain_forward_matches_burn() {
     let o = train_sample(&s, &params);
     let texts: Vec<String> = s.val_texts[..64].to_vec();
     let burn_probs = train::burn_probabilities(&o, &params, &texts).unwrap();
-    let examples = train::featurize_all(&o.featurizer, &texts);
+    let examples = train::featurize_all(&o.featurizer, &texts, 0);
     let plain = train::predict_examples(&o.weights, &examples);
     for (a, b) in burn_probs.iter().zip(&plain) {
         for k in 0..3 {
@@ -199,9 +237,9 @@ fn corrupt_version_is_refused_and_current_is_kept() {
     let o = train_sample(&s, &params);
     let dir = tempfile::tempdir().unwrap();
     let store = ModelStore::open(dir.path()).unwrap();
-    let good = store_outcome(&store, &o, &params);
+    let good = store_outcome(&store, &s, &o, &params);
     store.set_current(&good).unwrap();
-    let bad = store_outcome(&store, &o, &params);
+    let bad = store_outcome(&store, &s, &o, &params);
     assert_ne!(good, bad);
 
     // Damaged weights: checksum mismatch.
@@ -243,21 +281,209 @@ fn corrupt_version_is_refused_and_current_is_kept() {
     assert!(store.load_current().unwrap().is_some());
 }
 
+fn log_loss(probs: &[[f32; 3]], labels: &[Label]) -> f64 {
+    let sum: f64 = probs
+        .iter()
+        .zip(labels)
+        .map(|(p, y)| -(p[y.index()].max(1e-12) as f64).ln())
+        .sum();
+    sum / probs.len() as f64
+}
+
+/// The temperature is fitted on the selection split; it must hold up on the reporting split,
+/// which it never saw: expected calibration error (15 bins) and log-loss on all of val.csv are
+/// no worse than with no scaling, and no label changes. The same check catches the classic
+/// mistake of fitting on the training rows, which an overfitted model is overconfident on.
 #[test]
-fn temperature_scaling_lowers_log_loss_and_keeps_labels() {
+fn temperature_fitted_on_selection_calibrates_unseen_data() {
     let s = sample();
-    let params = small_params();
+    let val = load_dataset(&[data("val.csv")], 1000).unwrap();
+    let ece = |w: &sentimentd_model::fast::Weights, o: &train::TrainOutcome| {
+        let x = train::featurize_all(&o.featurizer, &val.texts, 0);
+        let p = train::predict_examples(w, &x);
+        let labels = train::argmax_labels(&p);
+        (
+            train::expected_calibration_error(&p, &val.labels, 15),
+            log_loss(&p, &val.labels),
+            labels,
+        )
+    };
+
+    // Two epochs, as the defaults train.
+    let mut params = small_params();
+    params.epochs = 2;
     let o = train_sample(&s, &params);
-    let val = train::featurize_all(&o.featurizer, &s.val_texts);
     let mut raw = o.weights.clone();
     raw.temperature = 1.0;
-    let (t, before, after) = train::fit_temperature(&raw, &val, &s.val_labels);
-    assert!(
-        t > 0.0 && after <= before,
-        "t {t} before {before} after {after}"
+    let sel = train::featurize_all(&o.featurizer, &s.sel_texts, 0);
+    let (t, _, _) = train::fit_temperature(&raw, &sel, &s.sel_labels);
+    assert_eq!(
+        o.weights.temperature, t,
+        "the stored temperature is the selection fit"
     );
-    assert_eq!(o.weights.temperature, t);
-    let calibrated = train::argmax_labels(&train::predict_examples(&o.weights, &val));
-    let uncalibrated = train::argmax_labels(&train::predict_examples(&raw, &val));
-    assert_eq!(calibrated, uncalibrated);
+    let (ece_t, loss_t, labels_t) = ece(&o.weights, &o);
+    let (ece_1, loss_1, labels_1) = ece(&raw, &o);
+    eprintln!(
+        "T {t:.3} from the selection split; on val.csv: ECE {ece_1:.4} -> {ece_t:.4}, \
+         log-loss {loss_1:.4} -> {loss_t:.4}"
+    );
+    assert!(
+        ece_t <= ece_1 + 0.005 && loss_t <= loss_1 + 0.002,
+        "T {t} made calibration worse on unseen data: ECE {ece_1:.4} -> {ece_t:.4}, \
+         log-loss {loss_1:.4} -> {loss_t:.4}"
+    );
+    assert_eq!(labels_t, labels_1);
+
+    // Fitted on the training rows of a model trained to memorise them, the check fails.
+    params.epochs = 6;
+    params.patience = 0;
+    let o = train_sample(&s, &params);
+    let mut raw = o.weights.clone();
+    raw.temperature = 1.0;
+    let train_x = train::featurize_all(&o.featurizer, &s.train_texts, 0);
+    let (t_bad, _, _) = train::fit_temperature(&raw, &train_x, &s.train_labels);
+    let mut bad = raw.clone();
+    bad.temperature = t_bad;
+    let (ece_bad, _, _) = ece(&bad, &o);
+    let (ece_1, _, _) = ece(&raw, &o);
+    assert!(
+        ece_bad > ece_1 + 0.02,
+        "T {t_bad} fitted on training rows: ECE {ece_1:.4} -> {ece_bad:.4}"
+    );
+}
+
+fn head(file: &str, rows: usize, out: &Path) {
+    let text = std::fs::read_to_string(data(file)).unwrap();
+    let lines: Vec<&str> = text.lines().take(rows + 1).collect();
+    std::fs::write(out, lines.join("\n") + "\n").unwrap();
+}
+
+fn small_config(dir: &Path) -> Config {
+    head("train.csv", 3000, &dir.join("train.csv"));
+    head("val.csv", 400, &dir.join("val.csv"));
+    let mut cfg = Config::default();
+    cfg.data.train = vec![dir.join("train.csv")];
+    cfg.data.val = dir.join("val.csv");
+    cfg.paths.model_store = dir.join("models");
+    cfg.model.embedding_dim = 16;
+    cfg.model.vocab_size = 2000;
+    cfg.model.buckets = 4096;
+    cfg.train.epochs = 2;
+    cfg
+}
+
+#[test]
+fn pipeline_selects_on_a_carved_split_and_reports_on_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    // Labelled rows from "serving", appended before the carve.
+    let more = load_dataset(&[data("train.csv")], 1000).unwrap();
+    let extra = Dataset::from_examples(
+        more.texts[5000..5200].to_vec(),
+        more.labels[5000..5200].to_vec(),
+    );
+    let job = TrainJob {
+        extra: Some(extra),
+        labelled_files: vec!["20260101T000000Z-batch-a.csv".into()],
+        threads: Some(1),
+        ..TrainJob::default()
+    };
+    let trained = pipeline::train_and_store(&cfg, &job, &mut Quiet).unwrap();
+    let m = &trained.manifest;
+
+    let (tr, sel, val) = (
+        &m.splits["train"],
+        &m.splits["selection"],
+        &m.splits["validation"],
+    );
+    assert_eq!(tr.rows + sel.rows, 3200, "the carve keeps every row once");
+    assert_eq!(m.training_rows, tr.rows);
+    assert!((300..=340).contains(&sel.rows), "10% of 3200: {}", sel.rows);
+    assert_eq!(sel.share, Some(0.1));
+    assert_eq!(sel.seed, Some(42));
+    assert!(
+        sel.source.contains("10% of training data"),
+        "{}",
+        sel.source
+    );
+    assert!(tr.source.contains("200 labelled rows"), "{}", tr.source);
+    assert_eq!(val.rows, 400);
+    assert!(val.source.ends_with("val.csv"), "{}", val.source);
+    assert_ne!(tr.fingerprint, sel.fingerprint);
+    assert_eq!(m.labelled_files, job.labelled_files);
+    assert_eq!(m.params.threads, 1);
+
+    // Stratified: the selection split keeps the training data's label mix.
+    let all = load_dataset(&cfg.data.train, 1000).unwrap();
+    let mut all_labels = all.labels.clone();
+    all_labels.extend(&more.labels[5000..5200]);
+    let mask = pipeline::selection_mask(&all_labels, 0.1, 42);
+    for label in Label::ALL {
+        let n = all_labels.iter().filter(|&&l| l == label).count() as f64;
+        let k = all_labels
+            .iter()
+            .zip(&mask)
+            .filter(|&(&l, &s)| l == label && s)
+            .count() as f64;
+        assert!((k - 0.1 * n).abs() <= 1.0, "{label:?}: {k} of {n}");
+    }
+    assert_eq!(mask, pipeline::selection_mask(&all_labels, 0.1, 42));
+    assert_ne!(mask, pipeline::selection_mask(&all_labels, 0.1, 43));
+
+    // Early stopping looked at the selection split; its best epoch's score is the recorded one.
+    let best = &m.history[m.best_epoch - 1];
+    assert!(best.improved);
+    assert_eq!(
+        best.selection_macro_recall,
+        m.metrics["selection"].macro_recall
+    );
+
+    // metrics["validation"] is what `eval` reproduces on the stored version.
+    let store = ModelStore::open(&trained.store_root).unwrap();
+    let loaded = store.load(&m.version).unwrap();
+    let val_set = load_dataset(std::slice::from_ref(&cfg.data.val), 1000).unwrap();
+    assert_eq!(
+        pipeline::evaluate(&loaded, &val_set),
+        m.metrics["validation"]
+    );
+    assert_eq!(m.metrics["validation"].count, 400);
+}
+
+/// Versions written before splits, lineage and the selection rename still load.
+#[test]
+fn manifest_of_the_old_format_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let mut cfg = cfg;
+    cfg.train.epochs = 1;
+    let trained = pipeline::train_and_store(&cfg, &TrainJob::default(), &mut Quiet).unwrap();
+    let store = ModelStore::open(&trained.store_root).unwrap();
+    let version = trained.manifest.version;
+    let path = store.version_dir(&version).join(MANIFEST);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("splits");
+    obj.remove("labelled_files");
+    obj["params"].as_object_mut().unwrap().remove("threads");
+    for e in obj["history"].as_array_mut().unwrap() {
+        let e = e.as_object_mut().unwrap();
+        let r = e.remove("selection_macro_recall").unwrap();
+        let a = e.remove("selection_accuracy").unwrap();
+        e.insert("val_macro_recall".into(), r);
+        e.insert("val_accuracy".into(), a);
+    }
+    let old = serde_json::to_string_pretty(&json).unwrap();
+    assert!(old.contains("val_macro_recall") && !old.contains("splits"));
+    std::fs::write(&path, old).unwrap();
+
+    let m = store.manifest(&version).unwrap();
+    assert!(m.splits.is_empty() && m.labelled_files.is_empty());
+    assert_eq!(m.params.threads, 0);
+    assert_eq!(
+        m.history[0].selection_macro_recall,
+        trained.manifest.history[0].selection_macro_recall
+    );
+    store.load(&version).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
 }

@@ -1,0 +1,100 @@
+//! Baseliner: keeps a drift baseline for whichever model serves. When the registry publishes
+//! a model it loads the version's `baseline.json` (checksummed in the manifest), or computes it
+//! from the reference data (plus, after a drift-driven promotion, the recent labelled texts the
+//! new model was trained for) and stores it in the version directory. The lexicon fallback gets
+//! an in-memory baseline. The result goes to the DriftMonitor.
+//!
+//! A `SyncArbiter` actor: computing a baseline runs the model over the reference texts, which
+//! must not hold up the arbiter that the registry and the watcher share.
+
+use actix::{Actor, Handler, Recipient, SyncContext};
+use sentimentd_config::Config;
+use sentimentd_data::drift::Baseline;
+use sentimentd_model::{ModelError, ModelStore, baseline};
+use std::sync::Arc;
+
+use crate::messages::{BaselineReady, ModelServing};
+use crate::metrics::Metrics;
+use crate::supervisor::Containment;
+
+pub struct Baseliner {
+    cfg: Arc<Config>,
+    monitor: Recipient<BaselineReady>,
+    containment: Containment,
+}
+
+impl Baseliner {
+    pub fn new(cfg: Arc<Config>, monitor: Recipient<BaselineReady>, metrics: Arc<Metrics>) -> Self {
+        Baseliner {
+            cfg,
+            monitor,
+            containment: Containment::new("baseliner", metrics),
+        }
+    }
+
+    fn baseline_for(&self, msg: &ModelServing) -> Result<(Baseline, &'static str), ModelError> {
+        let model = msg.classifier.as_ref();
+        let extra_description = (!msg.extra_reference.is_empty()).then(|| {
+            format!(
+                "{} recent labelled texts the model was trained and gated for",
+                msg.extra_reference.len()
+            )
+        });
+        if msg.manifest.is_none() {
+            let b = baseline::compute(
+                &self.cfg,
+                model,
+                &baseline::reference_paths(&self.cfg),
+                &[],
+                None,
+            )?;
+            return Ok((b, "computed (not stored: fallback model)"));
+        }
+        let store = ModelStore::open(&self.cfg.paths.model_store)?;
+        if msg.extra_reference.is_empty()
+            && let Some(b) = baseline::load(&store, model.version())?
+        {
+            return Ok((b, "loaded"));
+        }
+        let b = baseline::compute_and_attach(
+            &self.cfg,
+            &store,
+            model,
+            &msg.extra_reference,
+            extra_description,
+        )?;
+        Ok((b, "computed and stored"))
+    }
+}
+
+impl Actor for Baseliner {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<ModelServing> for Baseliner {
+    type Result = ();
+
+    fn handle(&mut self, msg: ModelServing, _ctx: &mut SyncContext<Self>) {
+        let version = msg.classifier.version().to_string();
+        match self.containment.run(|| self.baseline_for(&msg)) {
+            Ok(Ok((b, how))) => {
+                tracing::info!(
+                    model_version = %version,
+                    reference_texts = b.count,
+                    how,
+                    "drift baseline ready"
+                );
+                self.monitor.do_send(BaselineReady {
+                    model_version: version,
+                    baseline: Arc::new(b),
+                });
+            }
+            Ok(Err(e)) => tracing::error!(
+                model_version = %version,
+                error = %e,
+                "cannot build the drift baseline; drift checks wait for one"
+            ),
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! DriftMonitor: drains the observations that serving recorded, keeps the most recent
+//! `[drift] window` of them, and checks them against the serving version's baseline on a
+//! timer and after every `check_every_samples` new observations. Each report is written as
+//! JSON and as a self-contained HTML page under `<state_dir>/drift/`, published for
+//! `GET /drift`, counted in the metrics, and, when drift fired, sent to the Trainer.
+//!
+//! It runs on an arbiter of its own: a check over a full window takes up to a few hundred
+//! milliseconds, which must not delay the registry or the folder watcher.
+
+use actix::{Actor, AsyncContext, Context, Handler, Recipient};
+use arc_swap::ArcSwapOption;
+use sentimentd_config::Config;
+use sentimentd_data::drift::{self, Baseline, DriftReport, Verdict};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::events::{DriftCheckFailed, DriftChecked, InternalEvent};
+use crate::journal;
+use crate::messages::{BaselineReady, DriftDetected};
+use crate::metrics::Metrics;
+use crate::observations::{ObservationSink, Observed};
+use crate::supervisor::Containment;
+use crate::tracking::{RunKind, RunRecord};
+
+/// The latest drift report, `None` until the first check.
+pub type ReportCell = Arc<ArcSwapOption<DriftReport>>;
+
+pub fn new_report_cell() -> ReportCell {
+    Arc::new(ArcSwapOption::empty())
+}
+
+/// How often the queue is drained; checks happen on the configured schedule.
+const DRAIN_EVERY: Duration = Duration::from_millis(250);
+
+pub struct DriftMonitor {
+    cfg: Arc<Config>,
+    sink: Arc<ObservationSink>,
+    metrics: Arc<Metrics>,
+    reports: ReportCell,
+    trainer: Option<Recipient<DriftDetected>>,
+    tracker: Option<Recipient<crate::tracker::Track>>,
+    containment: Containment,
+    window: VecDeque<Observed>,
+    baseline: Option<(String, Arc<Baseline>)>,
+    since_check: u64,
+    last_check: Instant,
+    dropped_seen: u64,
+    checks: u64,
+}
+
+impl DriftMonitor {
+    pub fn new(
+        cfg: Arc<Config>,
+        sink: Arc<ObservationSink>,
+        metrics: Arc<Metrics>,
+        reports: ReportCell,
+        trainer: Option<Recipient<DriftDetected>>,
+        tracker: Option<Recipient<crate::tracker::Track>>,
+    ) -> DriftMonitor {
+        DriftMonitor {
+            containment: Containment::new("drift_monitor", metrics.clone()),
+            cfg,
+            sink,
+            metrics,
+            reports,
+            trainer,
+            tracker,
+            window: VecDeque::new(),
+            baseline: None,
+            since_check: 0,
+            last_check: Instant::now(),
+            dropped_seen: 0,
+            checks: 0,
+        }
+    }
+
+    pub fn reports_dir(cfg: &Config) -> PathBuf {
+        cfg.paths.state_dir.join("drift")
+    }
+
+    fn drain(&mut self) {
+        let mut fresh = Vec::new();
+        self.sink.drain_into(&mut fresh);
+        let dropped = self.sink.dropped();
+        if dropped > self.dropped_seen {
+            self.metrics.observations_dropped(dropped - self.dropped_seen);
+            self.dropped_seen = dropped;
+        }
+        let version = self.baseline.as_ref().map(|(v, _)| v.as_str());
+        for o in fresh {
+            // Before a baseline arrives, keep everything; the baseline then filters.
+            if version.is_none_or(|v| v == &*o.model_version) {
+                self.window.push_back(o);
+                self.since_check += 1;
+            }
+        }
+        while self.window.len() > self.cfg.drift.window {
+            self.window.pop_front();
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.since_check >= self.cfg.drift.check_every_samples
+            || self.last_check.elapsed() >= Duration::from_secs(self.cfg.drift.check_every_secs)
+    }
+
+    fn check(&mut self) {
+        self.since_check = 0;
+        self.last_check = Instant::now();
+        let Some((version, baseline)) = self.baseline.clone() else {
+            DriftCheckFailed {
+                reason: "no baseline for the serving model yet",
+            }
+            .emit(&self.metrics);
+            return;
+        };
+        let obs: Vec<_> = self
+            .window
+            .iter()
+            .map(|o| o.observation.clone())
+            .collect();
+        self.checks += 1;
+        let report = drift::check(
+            &baseline,
+            &obs,
+            &self.cfg.drift,
+            &version,
+            &chrono::Utc::now().to_rfc3339(),
+            self.cfg.train.seed ^ self.checks,
+        );
+        let file = match self.write_report(&report) {
+            Ok(p) => p.display().to_string(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the drift report");
+                String::new()
+            }
+        };
+        DriftChecked {
+            report: &report,
+            report_file: &file,
+        }
+        .emit(&self.metrics);
+        let report = Arc::new(report);
+        if report.verdict != Verdict::Insufficient {
+            self.track(&report, &file);
+        }
+        self.reports.store(Some(report.clone()));
+        if report.verdict == Verdict::Drift
+            && let Some(t) = &self.trainer
+        {
+            t.do_send(DriftDetected { report });
+        }
+    }
+
+    fn track(&self, report: &DriftReport, file: &str) {
+        let Some(tracker) = &self.tracker else { return };
+        let mut rec = RunRecord::new(RunKind::DriftCheck, "drift check");
+        rec.params
+            .insert("model_version".into(), report.model_version.clone());
+        rec.params.insert("window".into(), report.samples.to_string());
+        rec.metrics.insert("drift_score".into(), report.drift_score);
+        for t in &report.tests {
+            rec.metrics.insert(format!("{}_score", t.test), t.score);
+            rec.metrics.insert(t.test.clone(), t.value);
+        }
+        rec.tags.insert(
+            "verdict".into(),
+            serde_json::to_value(report.verdict)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        );
+        rec.tags.insert("fired".into(), report.fired.join(","));
+        if !file.is_empty() {
+            rec.artifacts.push(PathBuf::from(file));
+            rec.artifacts.push(PathBuf::from(file).with_extension("html"));
+        }
+        tracker.do_send(crate::tracker::Track(rec.finish()));
+    }
+
+    /// `<stamp>.json` and `<stamp>.html`, plus `latest.json` / `latest.html`; old ones pruned.
+    fn write_report(&self, report: &DriftReport) -> std::io::Result<PathBuf> {
+        let dir = Self::reports_dir(&self.cfg);
+        std::fs::create_dir_all(&dir)?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+        let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+        let html = drift::render_html(report);
+        let path = dir.join(format!("drift-{stamp}.json"));
+        journal::write_atomic(&path, &json)?;
+        journal::write_atomic(&path.with_extension("html"), html.as_bytes())?;
+        journal::write_atomic(&dir.join("latest.json"), &json)?;
+        journal::write_atomic(&dir.join("latest.html"), html.as_bytes())?;
+        prune(&dir, self.cfg.drift.reports_kept);
+        Ok(path)
+    }
+}
+
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.starts_with("drift-") && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for n in &names[..excess] {
+        let p = dir.join(n);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_file(p.with_extension("html"));
+    }
+}
+
+impl Actor for DriftMonitor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(DRAIN_EVERY, |me, _ctx| {
+            let containment = me.containment.clone();
+            let _ = containment.run(|| {
+                me.drain();
+                if me.due() {
+                    me.check();
+                }
+            });
+        });
+    }
+}
+
+impl Handler<BaselineReady> for DriftMonitor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BaselineReady, _ctx: &mut Context<Self>) {
+        let version = msg.model_version;
+        // Observations of another version were embedded in another space.
+        self.window.retain(|o| *o.model_version == *version);
+        self.since_check = self.window.len() as u64;
+        self.last_check = Instant::now();
+        self.baseline = Some((version, msg.baseline));
+    }
+}

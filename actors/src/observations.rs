@@ -1,0 +1,73 @@
+//! Observations of served predictions for drift detection, recorded without slowing serving.
+//!
+//! `/predict` and the inference pool push into a bounded lock-free queue (no mailbox message,
+//! no lock per request); the DriftMonitor drains it on its own schedule. When the monitor
+//! falls behind, the oldest observation is dropped to make room: drift is about recent
+//! traffic, and serving never waits for the monitor.
+
+use crossbeam_queue::ArrayQueue;
+use sentimentd_data::drift::Observation;
+use sentimentd_model::Analysis;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One observation and the model version that produced it: embeddings of different versions
+/// live in different spaces and must never be compared with one baseline.
+pub struct Observed {
+    pub model_version: Arc<str>,
+    pub observation: Observation,
+}
+
+pub struct ObservationSink {
+    queue: ArrayQueue<Observed>,
+    enabled: bool,
+    recorded: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl ObservationSink {
+    /// `capacity` bounds memory (observations waiting to be drained); `enabled = false` makes
+    /// recording a no-op (drift checks off).
+    pub fn new(capacity: usize, enabled: bool) -> Arc<ObservationSink> {
+        Arc::new(ObservationSink {
+            queue: ArrayQueue::new(capacity.max(1)),
+            enabled,
+            recorded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn record(&self, model_version: &Arc<str>, text: &str, a: Analysis) {
+        if !self.enabled {
+            return;
+        }
+        let item = Observed {
+            model_version: model_version.clone(),
+            observation: Observation::new(a.prediction.label, a.embedding, a.oov_share, text),
+        };
+        self.recorded.fetch_add(1, Ordering::Relaxed);
+        if self.queue.force_push(item).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves every waiting observation into `out`, oldest first.
+    pub fn drain_into(&self, out: &mut Vec<Observed>) {
+        while let Some(o) = self.queue.pop() {
+            out.push(o);
+        }
+    }
+
+    /// Observations recorded since start (including any later dropped).
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}

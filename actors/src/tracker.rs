@@ -1,0 +1,340 @@
+//! Tracker: records every training run, evaluation, drift check and promotion decision in the
+//! local run log, and mirrors them to MLflow when `[tracking] mlflow_uri` is set.
+//!
+//! Threading: the actor runs in a plain `Context` and does only the local, bounded work (an
+//! fsync'ed append, a directory listing) so its reply can say whether the record is durable.
+//! All HTTP happens on one dedicated `std::thread` fed by a channel. Not a `SyncArbiter`
+//! because the worker must also wake on its own to retry a backlog after a backoff delay
+//! (`recv_timeout` gives that for free; a `SyncContext` has no timers), and because a single
+//! owner of the retry queue keeps records in order without any locking between threads. A
+//! server that is down therefore never delays a message to this actor, let alone its sender.
+
+use actix::{Actor, Context, Handler, Message};
+use sentimentd_config::{Config, TrackingConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+use crate::supervisor::{Containment, Panicked};
+use crate::tracking::{
+    LocalRunLog, MlflowClient, MlflowOp, MlflowSink, RunRecord, Submitted, TrackingError,
+};
+
+// Messages: to be moved into messages.rs
+
+/// Trainer, DriftMonitor, ModelRegistry, CLI -> Tracker: record this run. The reply comes
+/// once the record is durable in the local run log; MLflow forwarding happens afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<(), TrackError>")]
+pub struct Track(pub RunRecord);
+
+/// ModelRegistry -> Tracker: model store `version` (trained by local run `run_id`, files in
+/// `model_dir`) now serves. With MLflow configured, its small files are logged to that run,
+/// registered as a model version and given the alias `champion`; without, nothing happens.
+#[derive(Message)]
+#[rtype(result = "Result<(), TrackError>")]
+pub struct RegisterChampion {
+    pub version: String,
+    pub run_id: String,
+    pub model_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    #[error(transparent)]
+    Tracking(#[from] TrackingError),
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
+}
+
+// End of messages.
+
+/// Files of a model version always sent to MLflow; others only when at most
+/// [`SMALL_MODEL_FILE`] bytes (so tokenizer.json goes, multi-MB weights stay local).
+const CHAMPION_FILES: [&str; 3] = ["manifest.json", "confusion_matrix.png", "baseline.json"];
+const SMALL_MODEL_FILE: u64 = 1024 * 1024;
+/// How often an idle worker re-reads the pending file (another process may have queued).
+const IDLE_RESCAN: Duration = Duration::from_secs(60);
+/// Pause after a contained panic, so a record that always panics cannot spin the thread.
+const PANIC_COOLDOWN: Duration = Duration::from_secs(5);
+
+pub struct Tracker {
+    log: LocalRunLog,
+    /// `None` without MLflow. Dropping the sender ends the worker thread.
+    mlflow: Option<mpsc::Sender<MlflowOp>>,
+    containment: Containment,
+}
+
+impl Tracker {
+    /// Run log in `<state_dir>/runs`; an MLflow worker when `[tracking] mlflow_uri` is set.
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Tracker, TrackingError> {
+        Tracker::with_dir(&cfg.tracking, cfg.paths.state_dir.join("runs"), metrics)
+    }
+
+    pub fn with_dir(
+        tracking: &TrackingConfig,
+        runs_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Tracker, TrackingError> {
+        let log = LocalRunLog::open(runs_dir)?;
+        let containment = Containment::new("tracker", metrics);
+        let mlflow = match tracking
+            .mlflow_uri
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(uri) => {
+                let sink = MlflowSink::open(
+                    MlflowClient::new(uri),
+                    &tracking.experiment,
+                    &tracking.registered_model,
+                    log.dir(),
+                )?;
+                let (tx, rx) = mpsc::channel();
+                let worker_containment = containment.clone();
+                std::thread::Builder::new()
+                    .name("tracker-mlflow".to_string())
+                    .spawn(move || worker(sink, rx, worker_containment))
+                    .map_err(|e| TrackingError::Io {
+                        path: log.dir().to_path_buf(),
+                        source: e,
+                    })?;
+                tracing::info!(
+                    mlflow_uri = uri,
+                    experiment = %tracking.experiment,
+                    registered_model = %tracking.registered_model,
+                    runs = %log.dir().display(),
+                    "run tracking: local run log and MLflow"
+                );
+                Some(tx)
+            }
+            None => {
+                tracing::info!(runs = %log.dir().display(), "run tracking: local run log only");
+                None
+            }
+        };
+        Ok(Tracker {
+            log,
+            mlflow,
+            containment,
+        })
+    }
+
+    pub fn run_log(&self) -> &LocalRunLog {
+        &self.log
+    }
+
+    fn forward(&self, op: MlflowOp) {
+        if let Some(tx) = &self.mlflow
+            && tx.send(op).is_err()
+        {
+            // Only if the worker thread is gone, which containment should make impossible.
+            tracing::error!(
+                "MLflow worker thread has stopped; record kept in the local run log only"
+            );
+        }
+    }
+}
+
+impl Actor for Tracker {
+    type Context = Context<Self>;
+}
+
+impl Handler<Track> for Tracker {
+    type Result = Result<(), TrackError>;
+
+    fn handle(&mut self, msg: Track, _: &mut Context<Self>) -> Self::Result {
+        let record = msg.0;
+        let stored = self.containment.run(|| self.log.store(&record))??;
+        tracing::info!(
+            run_id = %stored.run_id,
+            kind = stored.kind.as_str(),
+            name = %stored.name,
+            status = ?stored.status,
+            error = stored.error.as_deref().unwrap_or(""),
+            "run recorded"
+        );
+        self.forward(MlflowOp::Run { record: stored });
+        Ok(())
+    }
+}
+
+impl Handler<RegisterChampion> for Tracker {
+    type Result = Result<(), TrackError>;
+
+    fn handle(&mut self, msg: RegisterChampion, _: &mut Context<Self>) -> Self::Result {
+        if self.mlflow.is_none() {
+            tracing::debug!(version = %msg.version, "no MLflow configured; champion not registered");
+            return Ok(());
+        }
+        let files = self.containment.run(|| champion_files(&msg.model_dir))??;
+        self.forward(MlflowOp::Champion {
+            version: msg.version,
+            run_id: msg.run_id,
+            files,
+        });
+        Ok(())
+    }
+}
+
+/// The files of a model version worth keeping in MLflow, sorted by name.
+fn champion_files(model_dir: &Path) -> Result<Vec<PathBuf>, TrackingError> {
+    let io = |e| TrackingError::Io {
+        path: model_dir.to_path_buf(),
+        source: e,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(model_dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let always = CHAMPION_FILES.iter().any(|f| name == *f);
+        if always || meta.len() <= SMALL_MODEL_FILE {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn worker(mut sink: MlflowSink, rx: mpsc::Receiver<MlflowOp>, containment: Containment) {
+    let mut cooldown = None;
+    loop {
+        let wait = cooldown
+            .take()
+            .or_else(|| sink.next_retry_in())
+            .unwrap_or(IDLE_RESCAN);
+        let result = match rx.recv_timeout(wait) {
+            Ok(op) => containment.run(|| sink.submit(op).map(|s| s != Submitted::Dropped)),
+            Err(RecvTimeoutError::Timeout) => containment.run(|| sink.retry_due().map(|_| true)),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        match result {
+            Ok(Ok(_)) => {}
+            // Local trouble with the pending file; the sink has already backed off.
+            Ok(Err(e)) => tracing::error!(error = %e, "MLflow retry queue error"),
+            Err(_) => cooldown = Some(PANIC_COOLDOWN),
+        }
+    }
+    tracing::debug!(
+        pending = sink.pending_len(),
+        "MLflow worker stopped; pending records stay queued on disk"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::{PENDING_FILE, RunKind};
+    use actix::Actor;
+    use std::time::Instant;
+
+    fn record(name: &str) -> RunRecord {
+        let mut r = RunRecord::new(RunKind::DriftCheck, name);
+        r.metric("psi", 0.12).tag("fired", "false");
+        r.finish()
+    }
+
+    #[actix_rt::test]
+    async fn track_writes_the_local_log_before_replying() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::with_dir(
+            &TrackingConfig::default(),
+            dir.path().join("runs"),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+        .start();
+        let r = record("local");
+        tracker.send(Track(r.clone())).await.unwrap().unwrap();
+        let log = LocalRunLog::open(dir.path().join("runs")).unwrap();
+        assert_eq!(log.list().unwrap(), vec![r]);
+        // Without MLflow, a champion is a no-op, not an error.
+        tracker
+            .send(RegisterChampion {
+                version: "v1".into(),
+                run_id: "x".into(),
+                model_dir: dir.path().join("nowhere"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!dir.path().join("runs").join(PENDING_FILE).exists());
+    }
+
+    #[actix_rt::test]
+    async fn a_down_mlflow_never_delays_the_reply_and_the_record_waits_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let cfg = TrackingConfig {
+            mlflow_uri: Some(uri),
+            ..TrackingConfig::default()
+        };
+        let runs = dir.path().join("runs");
+        let tracker = Tracker::with_dir(&cfg, runs.clone(), Arc::new(Metrics::new()))
+            .unwrap()
+            .start();
+        let model_dir = dir.path().join("v1");
+        std::fs::create_dir_all(&model_dir).unwrap();
+        std::fs::write(model_dir.join("manifest.json"), "{}").unwrap();
+        std::fs::write(model_dir.join("weights.bin"), vec![0u8; 2 * 1024 * 1024]).unwrap();
+
+        let t = Instant::now();
+        let r = record("offline");
+        tracker.send(Track(r.clone())).await.unwrap().unwrap();
+        tracker
+            .send(RegisterChampion {
+                version: "v1".into(),
+                run_id: r.run_id.clone(),
+                model_dir: model_dir.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+
+        let pending = runs.join(PENDING_FILE);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&pending).unwrap_or_default();
+            if text.lines().count() == 2 {
+                assert!(text.contains(&r.run_id));
+                assert!(text.contains("manifest.json"));
+                assert!(
+                    !text.contains("weights.bin"),
+                    "big weights are not uploaded"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "pending file: {text:?}");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A missing model directory is reported to the sender.
+        let err = tracker
+            .send(RegisterChampion {
+                version: "v2".into(),
+                run_id: r.run_id.clone(),
+                model_dir: dir.path().join("missing"),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            err,
+            Err(TrackError::Tracking(TrackingError::Io { .. }))
+        ));
+    }
+}

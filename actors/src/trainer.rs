@@ -1,0 +1,512 @@
+//! Trainer: retrains a candidate when drift fires (and the cooldown allows) or when the admin
+//! API asks, evaluates it against the serving model on the same gate sets, and asks the
+//! registry to promote it only when the `[gate]` rules pass.
+//!
+//! A run happens on a background thread with `[retrain] threads` threads at `[retrain] nice`,
+//! so serving keeps a core and wins the CPU when both want it. Whatever happens in the run
+//! (error, panic, rejection), serving goes on with the current model, the decision is
+//! recorded, and no partial version is left (the store assembles versions under a temporary
+//! name).
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler};
+use sentimentd_config::Config;
+use sentimentd_data::labelled::{self, LabelledStore};
+use sentimentd_data::{Dataset, load_dataset};
+use sentimentd_model::pipeline::{self, TrainJob};
+use sentimentd_model::promotion::Decision;
+use sentimentd_model::train::{EpochReport, TrainObserver};
+use sentimentd_model::{Classifier, Metrics as EvalMetrics, ModelStore};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::events::{CandidateRejected, InternalEvent, RetrainFailed, RetrainSkipped};
+use crate::journal;
+use crate::messages::{DriftDetected, PromoteCandidate, Retrain, RetrainFinished, RetrainTrigger};
+use crate::metrics::Metrics;
+use crate::model_registry::{ModelCell, ModelRegistry};
+use crate::supervisor::Containment;
+use crate::tracker::{RegisterChampion, Track};
+use crate::tracking::{RunKind, RunRecord};
+
+/// What the trainer remembers across restarts: when it last ran and which labelled files
+/// that run saw, so "new labelled rows" means rows that arrived since.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RetrainState {
+    last_attempt_unix: Option<u64>,
+    seen_files: Vec<String>,
+}
+
+pub struct Trainer {
+    cfg: Arc<Config>,
+    cell: ModelCell,
+    registry: Addr<ModelRegistry>,
+    tracker: Option<actix::Recipient<Track>>,
+    champion: Option<actix::Recipient<RegisterChampion>>,
+    metrics: Arc<Metrics>,
+    containment: Containment,
+    running: bool,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Trainer {
+    pub fn new(
+        cfg: Arc<Config>,
+        cell: ModelCell,
+        registry: Addr<ModelRegistry>,
+        tracker: Option<actix::Addr<crate::tracker::Tracker>>,
+        metrics: Arc<Metrics>,
+    ) -> Trainer {
+        Trainer {
+            containment: Containment::new("trainer", metrics.clone()),
+            cfg,
+            cell,
+            registry,
+            champion: tracker.clone().map(|t| t.recipient()),
+            tracker: tracker.map(|t| t.recipient()),
+            metrics,
+            running: false,
+        }
+    }
+
+    fn state_path(cfg: &Config) -> PathBuf {
+        cfg.paths.state_dir.join("retrain").join("state.json")
+    }
+
+    fn load_state(cfg: &Config) -> RetrainState {
+        std::fs::read(Self::state_path(cfg))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_state(cfg: &Config, state: &RetrainState) {
+        let path = Self::state_path(cfg);
+        let written = serde_json::to_vec_pretty(state)
+            .map_err(std::io::Error::other)
+            .and_then(|b| journal::write_atomic(&path, &b));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot save the retrain state");
+        }
+    }
+
+    /// The reason a run cannot start now, or `None` when it may.
+    fn refusal(&self, trigger: RetrainTrigger) -> Option<String> {
+        if !self.cfg.retrain.enabled {
+            return Some("retraining is disabled ([retrain] enabled = false)".into());
+        }
+        if self.running {
+            return Some("a retrain is already running".into());
+        }
+        let state = Self::load_state(&self.cfg);
+        if trigger == RetrainTrigger::Drift {
+            if !self.cfg.retrain.on_drift {
+                return Some("drift-driven retraining is off ([retrain] on_drift = false)".into());
+            }
+            if let Some(last) = state.last_attempt_unix {
+                let next = last + self.cfg.retrain.cooldown_secs;
+                if now_unix() < next {
+                    return Some(format!(
+                        "cooldown: the last retrain was {} s ago ([retrain] cooldown_secs = {})",
+                        now_unix().saturating_sub(last),
+                        self.cfg.retrain.cooldown_secs
+                    ));
+                }
+            }
+        }
+        match new_labelled_rows(&self.cfg, &state) {
+            Ok(n) if n < self.cfg.retrain.min_new_rows => Some(format!(
+                "only {n} new labelled rows since the last retrain ([retrain] min_new_rows = {})",
+                self.cfg.retrain.min_new_rows
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot read the labelled data: {e}")),
+        }
+    }
+
+    fn start(&mut self, trigger: RetrainTrigger, ctx: &mut Context<Self>) -> Result<String, String> {
+        if let Some(reason) = self.refusal(trigger) {
+            RetrainSkipped {
+                trigger,
+                reason: &reason,
+            }
+            .emit(&self.metrics);
+            if let Some(t) = &self.tracker {
+                let mut rec = RunRecord::new(RunKind::RetrainSkipped, "retrain skipped");
+                rec.tags.insert("trigger".into(), trigger.as_str().into());
+                rec.tags.insert("reason".into(), reason.clone());
+                t.do_send(Track(rec.finish()));
+            }
+            return Err(reason);
+        }
+        self.running = true;
+        let job = RetrainRun {
+            cfg: self.cfg.clone(),
+            cell: self.cell.clone(),
+            registry: self.registry.clone(),
+            tracker: self.tracker.clone(),
+            champion: self.champion.clone(),
+            metrics: self.metrics.clone(),
+            trigger,
+        };
+        let me = ctx.address();
+        let containment = Containment::new("trainer", self.metrics.clone());
+        let spawned = std::thread::Builder::new()
+            .name("retrain".into())
+            .spawn(move || {
+                lower_priority(job.cfg.retrain.nice);
+                let trigger = job.trigger;
+                let metrics = job.metrics.clone();
+                let outcome = match containment.run(|| job.run()) {
+                    Ok(o) => o,
+                    Err(p) => {
+                        RetrainFailed {
+                            trigger,
+                            error: &p.to_string(),
+                        }
+                        .emit(&metrics);
+                        "failed"
+                    }
+                };
+                me.do_send(RetrainFinished { outcome });
+            });
+        match spawned {
+            Ok(_) => {
+                tracing::info!(trigger = trigger.as_str(), "retrain started in the background");
+                Ok("retrain started".into())
+            }
+            Err(e) => {
+                self.running = false;
+                Err(format!("cannot start the retrain thread: {e}"))
+            }
+        }
+    }
+}
+
+/// Serving threads win the CPU over the training thread (and the threads it starts, which
+/// inherit its nice value on Linux).
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread's own id changes only its scheduling priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
+            tracing::warn!(nice, "cannot lower the training thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+/// Labelled rows in files no retrain has seen yet and that the serving model was not
+/// trained on.
+fn new_labelled_rows(cfg: &Config, state: &RetrainState) -> Result<usize, String> {
+    let store = LabelledStore::open(&cfg.ingest.labelled_dir).map_err(|e| e.to_string())?;
+    let mut seen: BTreeSet<String> = state.seen_files.iter().cloned().collect();
+    if let Ok(ms) = ModelStore::open(&cfg.paths.model_store)
+        && let Ok(Some(v)) = ms.current_version()
+        && let Ok(m) = ms.manifest(&v)
+    {
+        seen.extend(m.labelled_files);
+    }
+    let mut n = 0;
+    for name in store.names().map_err(|e| e.to_string())? {
+        if !seen.contains(&name) {
+            n += store.read(&name).map(|f| f.rows.len()).unwrap_or(0);
+        }
+    }
+    Ok(n)
+}
+
+struct RetrainRun {
+    cfg: Arc<Config>,
+    cell: ModelCell,
+    registry: Addr<ModelRegistry>,
+    tracker: Option<actix::Recipient<Track>>,
+    champion: Option<actix::Recipient<RegisterChampion>>,
+    metrics: Arc<Metrics>,
+    trigger: RetrainTrigger,
+}
+
+/// Outcome of the gate, with every rule's verdict.
+#[derive(Serialize)]
+struct GateVerdict {
+    passed: bool,
+    reasons: Vec<String>,
+}
+
+impl RetrainRun {
+    fn track(&self, rec: RunRecord) {
+        if let Some(t) = &self.tracker {
+            t.do_send(Track(rec));
+        }
+    }
+
+    /// The whole run; returns the outcome name for the log and the metrics.
+    fn run(&self) -> &'static str {
+        match self.try_run() {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                RetrainFailed {
+                    trigger: self.trigger,
+                    error: &error,
+                }
+                .emit(&self.metrics);
+                let mut rec = RunRecord::new(RunKind::Training, "retrain");
+                rec.tags.insert("trigger".into(), self.trigger.as_str().into());
+                self.track(rec.fail(error));
+                "failed"
+            }
+        }
+    }
+
+    fn try_run(&self) -> Result<&'static str, String> {
+        let cfg = &self.cfg;
+        let started = Instant::now();
+        let store = LabelledStore::open(&cfg.ingest.labelled_dir).map_err(|e| e.to_string())?;
+        let files = store.read_all().map_err(|e| e.to_string())?;
+        let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+        let mut state = Trainer::load_state(cfg);
+        state.last_attempt_unix = Some(now_unix());
+        state.seen_files = names.clone();
+        Trainer::save_state(cfg, &state);
+
+        // Time-ordered holdout: the newest labelled rows never train the candidate.
+        let rows = labelled::deduplicate(&files);
+        let holdout_n = ((rows.len() as f64) * cfg.retrain.holdout_share).ceil() as usize;
+        let split = rows.len() - holdout_n.min(rows.len());
+        let (train_rows, holdout_rows) = rows.split_at(split);
+        let to_dataset = |rs: &[labelled::LabelledRow]| {
+            Dataset::from_examples(
+                rs.iter().map(|r| r.text.clone()).collect(),
+                rs.iter().map(|r| r.label).collect(),
+            )
+        };
+        let extra = to_dataset(train_rows);
+        let holdout = to_dataset(holdout_rows);
+        tracing::info!(
+            labelled_files = names.len(),
+            labelled_rows = rows.len(),
+            train_extra = extra.texts.len(),
+            holdout = holdout.texts.len(),
+            "retrain: training a candidate"
+        );
+
+        let job = TrainJob {
+            promote: false,
+            extra: Some(extra.clone()),
+            labelled_files: names,
+            threads: Some(cfg.retrain.threads),
+            ..TrainJob::default()
+        };
+        let trained = pipeline::train_and_store(cfg, &job, &mut LogObserver)
+            .map_err(|e| format!("training the candidate: {e}"))?;
+        let version = trained.manifest.version.clone();
+        let model_store = ModelStore::open(&trained.store_root).map_err(|e| e.to_string())?;
+        let candidate = model_store
+            .load(&version)
+            .map_err(|e| format!("loading the candidate {version}: {e}"))?;
+        let serving = self
+            .cell
+            .load_full()
+            .ok_or_else(|| "no model is serving".to_string())?;
+        let current = serving.classifier.clone();
+
+        let val = load_dataset(std::slice::from_ref(&cfg.data.val), cfg.data.max_text_chars)
+            .map_err(|e| format!("loading the reporting split: {e}"))?;
+        let eval = |m: &dyn Classifier, d: &Dataset| -> Option<EvalMetrics> {
+            (!d.texts.is_empty()).then(|| pipeline::evaluate(m, d))
+        };
+        let (cand_val, cur_val) = (
+            pipeline::evaluate(&candidate, &val),
+            pipeline::evaluate(current.as_ref(), &val),
+        );
+        let (cand_hold, cur_hold) = (eval(&candidate, &holdout), eval(current.as_ref(), &holdout));
+        let verdict = gate(cfg, &cand_val, &cur_val, cand_hold.as_ref(), cur_hold.as_ref(), holdout.texts.len());
+        let details = serde_json::json!({
+            "trigger": self.trigger.as_str(),
+            "gate": &cfg.gate,
+            "rules": &verdict,
+            "candidate": { "validation": &cand_val, "recent_holdout": &cand_hold },
+            "serving": { "version": current.version(), "validation": &cur_val, "recent_holdout": &cur_hold },
+            "holdout_rows": holdout.texts.len(),
+            "train_seconds": started.elapsed().as_secs_f64(),
+        });
+        let reason = verdict.reasons.join("; ");
+        let decision = Decision {
+            version: version.clone(),
+            decided_at: chrono::Utc::now().to_rfc3339(),
+            status: if verdict.passed { "promoted" } else { "rejected" }.into(),
+            reason: reason.clone(),
+            against: Some(current.version().to_string()),
+            details: details.clone(),
+        };
+        model_store
+            .write_decision(&decision)
+            .map_err(|e| format!("recording the decision: {e}"))?;
+
+        let mut rec = RunRecord::new(RunKind::Training, "retrain");
+        rec.tags.insert("trigger".into(), self.trigger.as_str().into());
+        rec.tags.insert("model_version".into(), version.clone());
+        rec.tags.insert("decision".into(), decision.status.clone());
+        rec.tags.insert("reason".into(), reason.clone());
+        rec.params.insert("serving_version".into(), current.version().into());
+        rec.params.insert("labelled_rows".into(), rows.len().to_string());
+        rec.params.insert("holdout_rows".into(), holdout.texts.len().to_string());
+        for (k, v) in [
+            ("candidate_val_macro_recall", Some(cand_val.macro_recall)),
+            ("serving_val_macro_recall", Some(cur_val.macro_recall)),
+            ("candidate_holdout_macro_recall", cand_hold.as_ref().map(|m| m.macro_recall)),
+            ("serving_holdout_macro_recall", cur_hold.as_ref().map(|m| m.macro_recall)),
+        ] {
+            if let Some(v) = v {
+                rec.metrics.insert(k.into(), v);
+            }
+        }
+        for e in &trained.manifest.history {
+            rec.metric_step("train_loss", e.epoch as i64, e.train_loss);
+        }
+        let dir = model_store.version_dir(&version);
+        for f in ["manifest.json", "confusion_matrix.png", "decision.json"] {
+            if dir.join(f).exists() {
+                rec.artifacts.push(dir.join(f));
+            }
+        }
+        let run_id = rec.run_id.clone();
+        self.track(rec.finish());
+
+        if !verdict.passed {
+            CandidateRejected {
+                version: &version,
+                against: current.version(),
+                reason: &reason,
+            }
+            .emit(&self.metrics);
+            return Ok("rejected");
+        }
+        let mut extra_reference: Vec<String> = holdout.texts.clone();
+        extra_reference.extend(extra.texts.iter().rev().take(2000).cloned());
+        let promoted = futures_executor::block_on(self.registry.send(PromoteCandidate {
+            version: version.clone(),
+            reason: reason.clone(),
+            extra_reference,
+        }))
+        .map_err(|e| format!("asking the registry to promote {version}: {e}"))?;
+        promoted.map_err(|e| format!("promoting {version}: {e}"))?;
+        if let Some(t) = &self.champion {
+            t.do_send(RegisterChampion {
+                version: version.clone(),
+                run_id,
+                model_dir: dir,
+            });
+        }
+        Ok("promoted")
+    }
+}
+
+fn gate(
+    cfg: &Config,
+    cand_val: &EvalMetrics,
+    cur_val: &EvalMetrics,
+    cand_hold: Option<&EvalMetrics>,
+    cur_hold: Option<&EvalMetrics>,
+    holdout_rows: usize,
+) -> GateVerdict {
+    let g = &cfg.gate;
+    let mut reasons = Vec::new();
+    let mut passed = true;
+    let mut rule = |ok: bool, text: String| {
+        passed &= ok;
+        reasons.push(format!("{} {text}", if ok { "PASS" } else { "FAIL" }));
+    };
+    rule(
+        cand_val.macro_recall >= g.min_val_macro_recall,
+        format!(
+            "reporting-split macro-recall {:.4} >= floor {:.4}",
+            cand_val.macro_recall, g.min_val_macro_recall
+        ),
+    );
+    rule(
+        cand_val.macro_recall >= cur_val.macro_recall - g.max_val_drop,
+        format!(
+            "reporting-split macro-recall {:.4} vs serving {:.4} (at most {:.4} lost)",
+            cand_val.macro_recall, cur_val.macro_recall, g.max_val_drop
+        ),
+    );
+    match (cand_hold, cur_hold) {
+        (Some(c), Some(s)) if holdout_rows >= g.min_holdout_rows => rule(
+            c.macro_recall - s.macro_recall >= g.min_holdout_gain,
+            format!(
+                "recent-holdout macro-recall {:.4} vs serving {:.4} (at least {:+.4} gained)",
+                c.macro_recall, s.macro_recall, g.min_holdout_gain
+            ),
+        ),
+        _ => rule(
+            false,
+            format!(
+                "recent holdout has {holdout_rows} rows, fewer than [gate] min_holdout_rows = {}",
+                g.min_holdout_rows
+            ),
+        ),
+    }
+    GateVerdict { passed, reasons }
+}
+
+impl Actor for Trainer {
+    type Context = Context<Self>;
+}
+
+impl Handler<DriftDetected> for Trainer {
+    type Result = ();
+
+    fn handle(&mut self, msg: DriftDetected, ctx: &mut Context<Self>) {
+        tracing::info!(fired = %msg.report.fired.join(","), "drift reported to the trainer");
+        let containment = self.containment.clone();
+        let _ = containment.run(|| self.start(RetrainTrigger::Drift, ctx));
+    }
+}
+
+impl Handler<Retrain> for Trainer {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, msg: Retrain, ctx: &mut Context<Self>) -> Self::Result {
+        let containment = self.containment.clone();
+        containment
+            .run(|| self.start(msg.trigger, ctx))
+            .map_err(|p| p.to_string())?
+    }
+}
+
+impl Handler<RetrainFinished> for Trainer {
+    type Result = ();
+
+    fn handle(&mut self, msg: RetrainFinished, _ctx: &mut Context<Self>) {
+        self.running = false;
+        tracing::info!(outcome = msg.outcome, "retrain finished");
+    }
+}
+
+/// Training progress for the daemon's log.
+pub struct LogObserver;
+
+impl TrainObserver for LogObserver {
+    fn on_start(&mut self, epochs: usize, steps_per_epoch: usize) {
+        tracing::info!(epochs, steps_per_epoch, "training started");
+    }
+
+    fn on_epoch(&mut self, r: &EpochReport) {
+        tracing::info!(epoch = r.epoch, train_loss = r.train_loss, seconds = r.seconds, improved = r.improved, "training epoch");
+    }
+
+    fn on_message(&mut self, message: &str) {
+        tracing::info!(message, "training");
+    }
+}

@@ -1,0 +1,179 @@
+//! CLI commands of the MLOps loop: drift baselines, one-shot drift checks, manual promotion
+//! and rollback, and the run log.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sentimentd_config::Config;
+use sentimentd_data::drift::{DriftReport, Verdict};
+use sentimentd_model::{Classifier, ModelStore, baseline};
+
+/// Exit code of `sentimentd drift` when drift fired.
+pub const EXIT_DRIFT: u8 = 3;
+
+#[derive(Args, Debug)]
+pub struct BaselineArgs {
+    /// Reference CSV (column `text`); repeat for several (default: [drift] reference, or the
+    /// reporting split [data] val).
+    #[arg(long = "data", value_name = "CSV")]
+    pub data: Vec<PathBuf>,
+    /// Model version (default: current).
+    #[arg(long, value_name = "VERSION")]
+    pub model: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DriftArgs {
+    /// Recent texts to check (CSV with a `text` column).
+    #[arg(long = "data", value_name = "CSV", required = true)]
+    pub data: Vec<PathBuf>,
+    /// Model version whose baseline the texts are checked against (default: current).
+    #[arg(long, value_name = "VERSION")]
+    pub model: Option<String>,
+    /// Print the whole report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as a self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+fn store_and_version(cfg: &Config, version: Option<&str>) -> anyhow::Result<(ModelStore, String)> {
+    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => store.current_version()?.with_context(|| {
+            format!(
+                "the model store at {} has no current model (run `sentimentd train`)",
+                store.root().display()
+            )
+        })?,
+    };
+    Ok((store, version))
+}
+
+pub fn baseline(cfg: &Config, a: BaselineArgs) -> anyhow::Result<()> {
+    let (store, version) = store_and_version(cfg, a.model.as_deref())?;
+    let model = store.load(&version)?;
+    let reference = if a.data.is_empty() {
+        baseline::reference_paths(cfg)
+    } else {
+        a.data
+    };
+    let b = baseline::compute(cfg, &model, &reference, &[], None)?;
+    store.attach_file(&version, sentimentd_model::promotion::BASELINE, &b.to_json())?;
+    println!("baseline of {version} from {} texts", b.count);
+    for r in &b.reference {
+        println!("  reference  {r}");
+    }
+    let shares = b.label_counts.map(|c| c as f64 / b.count.max(1) as f64);
+    println!(
+        "  predicted  negative {:.3}  neutral {:.3}  positive {:.3}",
+        shares[0], shares[1], shares[2]
+    );
+    println!(
+        "  stored in  {}",
+        store
+            .version_dir(&version)
+            .join(sentimentd_model::promotion::BASELINE)
+            .display()
+    );
+    Ok(())
+}
+
+pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
+    let (store, version) = store_and_version(cfg, a.model.as_deref())?;
+    let model = store.load(&version)?;
+    let b = match baseline::load(&store, &version)? {
+        Some(b) => b,
+        None => {
+            eprintln!(
+                "note: version {version} has no stored baseline; computing one from the reference \
+                 data (store it with `sentimentd baseline`)"
+            );
+            baseline::compute(cfg, &model, &baseline::reference_paths(cfg), &[], None)?
+        }
+    };
+    let texts = baseline::read_texts(&a.data, cfg.data.max_text_chars)?;
+    let report = baseline::check_texts(cfg, &model, &b, &texts);
+    if let Some(path) = &a.html {
+        std::fs::write(path, sentimentd_data::drift::render_html(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, model.version());
+    }
+    Ok(match report.verdict {
+        Verdict::Drift => ExitCode::from(EXIT_DRIFT),
+        Verdict::NoDrift => ExitCode::SUCCESS,
+        Verdict::Insufficient => {
+            eprintln!(
+                "warning: {} texts are fewer than [drift] min_samples = {}: no verdict",
+                report.samples, report.min_samples
+            );
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+fn print_report(r: &DriftReport, version: &str) {
+    let verdict = match r.verdict {
+        Verdict::Drift => "DRIFT",
+        Verdict::NoDrift => "no drift",
+        Verdict::Insufficient => "no verdict (too few texts)",
+    };
+    println!(
+        "model {version}: {verdict} over {} texts (drift score {:.3}; 1.0 = at threshold)",
+        r.samples, r.drift_score
+    );
+    println!(
+        "{:<12} {:<10} {:>12} {:>12} {:>8}  fired",
+        "test", "family", "value", "threshold", "score"
+    );
+    for t in &r.tests {
+        match &t.skipped {
+            Some(why) => println!("{:<12} {:<10} skipped: {why}", t.test, t.family),
+            None => println!(
+                "{:<12} {:<10} {:>12.5} {:>12.5} {:>8.3}  {}",
+                t.test,
+                t.family,
+                t.p_value.unwrap_or(t.value),
+                t.threshold,
+                t.score,
+                if t.fired { "YES" } else { "" }
+            ),
+        }
+    }
+}
+
+pub fn promote(cfg: &Config, version: &str) -> anyhow::Result<()> {
+    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let from = store.current_version()?;
+    store.promote(version, "promote", "sentimentd model promote")?;
+    println!(
+        "current: {} -> {version} (a running daemon on this store swaps it in within seconds)",
+        from.as_deref().unwrap_or("none")
+    );
+    Ok(())
+}
+
+pub fn rollback(cfg: &Config) -> anyhow::Result<()> {
+    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let Some(target) = store.rollback_target()? else {
+        bail!(
+            "no earlier version to roll back to in {} (see `sentimentd model list`)",
+            store.root().display()
+        );
+    };
+    let (from, to) = store.rollback("sentimentd model rollback")?;
+    debug_assert_eq!(to, target);
+    println!(
+        "rolled back: {} -> {to} (a running daemon on this store swaps it in within seconds)",
+        from.as_deref().unwrap_or("none")
+    );
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The labelled-data store: labelled rows that arrive while serving (inbox batches with a
+//! `label` column, `POST /feedback`), kept for retraining.
+//!
+//! One immutable CSV per processed batch or feedback request, written whole (temp file +
+//! rename) under a name chosen before it is written, so a rerun after a crash rewrites the
+//! same file instead of appending twice, and no writer ever touches another's rows. Every row
+//! keeps its provenance: where it came from (`origin`: the batch file or `feedback`), its line
+//! there, when it arrived, and the source the producer named.
+
+use crate::error::DataError;
+use crate::label::Label;
+use crate::write::write_atomic;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const LABELLED_COLUMNS: [&str; 6] = ["text", "label", "source", "origin", "line", "arrived_at"];
+
+/// One labelled row with its provenance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelledRow {
+    pub text: String,
+    pub label: Label,
+    /// What the producer called the source (a channel, brand or feed); may be empty.
+    pub source: String,
+    /// The batch file the row came from, or `feedback`.
+    pub origin: String,
+    /// Line in the batch file (1 = header), or position in the feedback request (1-based).
+    pub line: u64,
+    /// RFC 3339 arrival time; rows are time-ordered by it.
+    pub arrived_at: String,
+}
+
+/// Rows of one store file.
+#[derive(Clone, Debug)]
+pub struct LabelledFile {
+    pub name: String,
+    pub rows: Vec<LabelledRow>,
+}
+
+pub struct LabelledStore {
+    dir: PathBuf,
+}
+
+/// A store file name. `stamp` is a sortable UTC time stamp such as `20260101T120000.123456Z`
+/// (the caller's clock), so name order is arrival order; `tag` is made file-name safe.
+pub fn file_name(stamp: &str, kind: &str, tag: &str) -> String {
+    let safe: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    format!("{stamp}-{kind}-{safe}.csv")
+}
+
+impl LabelledStore {
+    pub fn open(dir: &Path) -> Result<LabelledStore, DataError> {
+        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(LabelledStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `rows` as the file `name`, whole or not at all; writing the same name again
+    /// replaces it (a rerun after a crash).
+    pub fn write(&self, name: &str, rows: &[LabelledRow]) -> Result<PathBuf, DataError> {
+        let path = self.dir.join(name);
+        write_atomic(&path, |w| {
+            let mut out = csv::Writer::from_writer(w);
+            let err = |e: csv::Error| DataError::Csv {
+                name: name.to_string(),
+                source: e,
+            };
+            out.write_record(LABELLED_COLUMNS).map_err(err)?;
+            for r in rows {
+                out.write_record([
+                    r.text.as_str(),
+                    r.label.as_str(),
+                    r.source.as_str(),
+                    r.origin.as_str(),
+                    r.line.to_string().as_str(),
+                    r.arrived_at.as_str(),
+                ])
+                .map_err(err)?;
+            }
+            out.flush().map_err(|source| DataError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(())
+        })?;
+        Ok(path)
+    }
+
+    /// Removes temp files a crash left behind (they were never visible as store files).
+    pub fn remove_stale_temp_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(".tmp-")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Names of the store files, oldest first.
+    pub fn names(&self) -> Result<Vec<String>, DataError> {
+        let io = |source| DataError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(io)? {
+            let e = e.map_err(io)?;
+            if let Some(n) = e.file_name().to_str()
+                && !n.starts_with('.')
+                && n.ends_with(".csv")
+            {
+                names.push(n.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn read(&self, name: &str) -> Result<LabelledFile, DataError> {
+        let path = self.dir.join(name);
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_path(&path)
+            .map_err(|e| DataError::Csv {
+                name: path.display().to_string(),
+                source: e,
+            })?;
+        let mut rows = Vec::new();
+        for (i, rec) in r.records().enumerate() {
+            let bad = |reason: String| DataError::BadRow {
+                name: format!("{}:{}", path.display(), i + 2),
+                reason,
+            };
+            let rec = rec.map_err(|e| bad(e.to_string()))?;
+            let field = |k: usize| rec.get(k).unwrap_or("").to_string();
+            let label = Label::parse(&field(1))
+                .ok_or_else(|| bad(format!("unknown label {:?}", field(1))))?;
+            rows.push(LabelledRow {
+                text: field(0),
+                label,
+                source: field(2),
+                origin: field(3),
+                line: field(4).parse().unwrap_or(0),
+                arrived_at: field(5),
+            });
+        }
+        Ok(LabelledFile {
+            name: name.to_string(),
+            rows,
+        })
+    }
+
+    /// Every file, oldest first. A file that cannot be read is reported and left out rather
+    /// than stopping retraining on the rest.
+    pub fn read_all(&self) -> Result<Vec<LabelledFile>, DataError> {
+        let mut out = Vec::new();
+        for name in self.names()? {
+            match self.read(&name) {
+                Ok(f) => out.push(f),
+                Err(e) => tracing::warn!(file = %name, error = %e, "labelled file skipped"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The text as training sees it for deduplication: trimmed, lower-cased, whitespace folded.
+pub fn normalise_text(text: &str) -> String {
+    text.split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Rows of `files` deduplicated by normalised text, a text labelled more than once keeping
+/// its latest label (by arrival time, then file order), returned oldest first.
+pub fn deduplicate(files: &[LabelledFile]) -> Vec<LabelledRow> {
+    let mut rows: Vec<(&LabelledRow, usize)> = Vec::new();
+    let mut order = 0usize;
+    for f in files {
+        for r in &f.rows {
+            rows.push((r, order));
+            order += 1;
+        }
+    }
+    // Stable by arrival time, so equal times keep file order.
+    rows.sort_by(|a, b| a.0.arrived_at.cmp(&b.0.arrived_at).then(a.1.cmp(&b.1)));
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    for (i, (r, _)) in rows.iter().enumerate() {
+        latest.insert(normalise_text(&r.text), i);
+    }
+    rows.iter()
+        .enumerate()
+        .filter(|(i, (r, _))| latest.get(&normalise_text(&r.text)) == Some(i))
+        .map(|(_, (r, _))| (*r).clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(text: &str, label: Label, at: &str) -> LabelledRow {
+        LabelledRow {
+            text: text.into(),
+            label,
+            source: "s".into(),
+            origin: "o.csv".into(),
+            line: 2,
+            arrived_at: at.into(),
+        }
+    }
+
+    #[test]
+    fn write_read_round_trip_and_order() -> Result<(), DataError> {
+        let dir = tempfile::tempdir().map_err(|source| DataError::Io {
+            path: "tmp".into(),
+            source,
+        })?;
+        let store = LabelledStore::open(dir.path())?;
+        let rows = vec![
+            row("a, \"quoted\"\nline", Label::Positive, "2026-01-01T00:00:00Z"),
+            row("b", Label::Negative, "2026-01-01T00:00:01Z"),
+        ];
+        store.write(&file_name("20260102T000000.000000Z", "batch", "x y.csv"), &rows)?;
+        store.write(&file_name("20260101T000000.000000Z", "feedback", "1"), &rows[1..])?;
+        let names = store.names()?;
+        assert_eq!(
+            names,
+            [
+                "20260101T000000.000000Z-feedback-1.csv",
+                "20260102T000000.000000Z-batch-x_y.csv.csv"
+            ]
+        );
+        assert_eq!(store.read(&names[1])?.rows, rows);
+        Ok(())
+    }
+
+    #[test]
+    fn dedup_keeps_latest_label_by_normalised_text() {
+        let files = vec![
+            LabelledFile {
+                name: "1".into(),
+                rows: vec![
+                    row("Great  phone", Label::Positive, "2026-01-01T00:00:00Z"),
+                    row("meh", Label::Neutral, "2026-01-01T00:00:00Z"),
+                ],
+            },
+            LabelledFile {
+                name: "2".into(),
+                rows: vec![row(" great phone ", Label::Negative, "2026-01-02T00:00:00Z")],
+            },
+        ];
+        let d = deduplicate(&files);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].text, "meh");
+        assert_eq!(d[1].label, Label::Negative);
+    }
+}

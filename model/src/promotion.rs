@@ -1,0 +1,269 @@
+//! Promotion, rollback and decisions on the model store.
+//!
+//! ```text
+//! <root>/history.jsonl                    one line per change of `current`
+//! <root>/versions/<v>/decision.json       why a candidate was promoted or rejected
+//! <root>/versions/<v>/baseline.json       drift baseline, checksummed in the manifest
+//! ```
+//! `current` only moves after every file of the version and its directory are on disk
+//! (fsync), so a power cut can never leave `current` naming a version with empty files.
+//! The history is what rollback walks back; it is append-only JSON lines.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::ModelError;
+use crate::store::{MANIFEST, ModelStore, write_atomic};
+
+pub const HISTORY: &str = "history.jsonl";
+pub const DECISION: &str = "decision.json";
+pub const BASELINE: &str = "baseline.json";
+
+/// One change of `current`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: String,
+    pub version: String,
+    pub from: Option<String>,
+    /// `promote`, `rollback`, `train`, `gate`, ...
+    pub action: String,
+    pub reason: String,
+}
+
+/// The gate's verdict on a candidate, kept next to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub version: String,
+    pub decided_at: String,
+    /// `promoted` or `rejected`.
+    pub status: String,
+    pub reason: String,
+    pub against: Option<String>,
+    /// Metrics of both models on the gate sets, with the rules and whether each passed.
+    pub details: serde_json::Value,
+}
+
+fn sync_path(path: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(ModelError::io(path))
+}
+
+impl ModelStore {
+    fn history_path(&self) -> PathBuf {
+        self.root().join(HISTORY)
+    }
+
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, ModelError> {
+        let path = self.history_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ModelError::io(&path)(e)),
+        };
+        // A torn last line (crash mid-append) is ignored: the switch it describes either
+        // happened (and `current` says so) or not.
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    fn append_history(&self, entry: &HistoryEntry) -> Result<(), ModelError> {
+        let path = self.history_path();
+        let mut line = serde_json::to_vec(entry).map_err(ModelError::json)?;
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(ModelError::io(&path))?;
+        f.write_all(&line).map_err(ModelError::io(&path))?;
+        f.sync_all().map_err(ModelError::io(&path))
+    }
+
+    /// Makes `version` current: verifies it loads, fsyncs its files and directory, switches
+    /// `current` atomically and records the change.
+    pub fn promote(&self, version: &str, action: &str, reason: &str) -> Result<(), ModelError> {
+        self.load(version)?;
+        let dir = self.version_dir(version);
+        for entry in std::fs::read_dir(&dir).map_err(ModelError::io(&dir))? {
+            let entry = entry.map_err(ModelError::io(&dir))?;
+            if entry.path().is_file() {
+                sync_path(&entry.path())?;
+            }
+        }
+        sync_path(&dir)?;
+        sync_path(&self.root().join("versions"))?;
+        let from = self.current_version()?;
+        write_atomic(&self.root().join("current"), format!("{version}\n").as_bytes())?;
+        self.append_history(&HistoryEntry {
+            at: chrono::Utc::now().to_rfc3339(),
+            version: version.to_string(),
+            from,
+            action: action.to_string(),
+            reason: reason.to_string(),
+        })
+    }
+
+    /// The version served before the current one, walking the history as a stack (a
+    /// promotion pushes, a rollback pops), so repeated rollbacks keep going back.
+    pub fn rollback_target(&self) -> Result<Option<String>, ModelError> {
+        let mut stack: Vec<String> = Vec::new();
+        for e in self.history()? {
+            if e.action == "rollback" {
+                while stack.last().is_some_and(|v| v != &e.version) {
+                    stack.pop();
+                }
+                if stack.is_empty() {
+                    stack.push(e.version);
+                }
+            } else {
+                if stack.is_empty()
+                    && let Some(from) = e.from
+                {
+                    stack.push(from);
+                }
+                stack.push(e.version);
+            }
+        }
+        let current = self.current_version()?;
+        // `current` may have been switched without history (an older build): it is the top.
+        if current.is_some() && stack.last() != current.as_ref() {
+            stack.extend(current);
+        }
+        stack.pop();
+        Ok(stack.pop())
+    }
+
+    /// Puts the previous version back; returns `(from, to)`.
+    pub fn rollback(&self, reason: &str) -> Result<(Option<String>, String), ModelError> {
+        let target = self.rollback_target()?.ok_or_else(|| {
+            ModelError::Training("no earlier version to roll back to".to_string())
+        })?;
+        let from = self.current_version()?;
+        self.promote(&target, "rollback", reason)?;
+        Ok((from, target))
+    }
+
+    /// Writes `name` into a version directory and records its checksum in the manifest, so a
+    /// damaged file is refused like the weights are.
+    pub fn attach_file(&self, version: &str, name: &str, bytes: &[u8]) -> Result<(), ModelError> {
+        let mut manifest = self.manifest(version)?;
+        let dir = self.version_dir(version);
+        write_atomic(&dir.join(name), bytes)?;
+        use sha2::{Digest, Sha256};
+        manifest
+            .files
+            .insert(name.to_string(), hex::encode(Sha256::digest(bytes)));
+        let json = serde_json::to_vec_pretty(&manifest).map_err(ModelError::json)?;
+        write_atomic(&dir.join(MANIFEST), &json)
+    }
+
+    /// A file of a version, verified against the manifest's checksum; `None` if not attached.
+    pub fn read_attached(&self, version: &str, name: &str) -> Result<Option<Vec<u8>>, ModelError> {
+        let manifest = self.manifest(version)?;
+        let Some(expected) = manifest.files.get(name) else {
+            return Ok(None);
+        };
+        let path = self.version_dir(version).join(name);
+        let bytes = std::fs::read(&path).map_err(ModelError::io(&path))?;
+        use sha2::{Digest, Sha256};
+        if &hex::encode(Sha256::digest(&bytes)) != expected {
+            return Err(ModelError::Corrupt {
+                path,
+                reason: "checksum does not match the manifest".into(),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    pub fn write_decision(&self, d: &Decision) -> Result<(), ModelError> {
+        let json = serde_json::to_vec_pretty(d).map_err(ModelError::json)?;
+        write_atomic(&self.version_dir(&d.version).join(DECISION), &json)
+    }
+
+    pub fn decision(&self, version: &str) -> Option<Decision> {
+        let bytes = std::fs::read(self.version_dir(version).join(DECISION)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Removes version directories a crash left half-written (they were never visible under
+    /// their final name). Returns how many were removed.
+    pub fn remove_stale_temp_dirs(&self) -> usize {
+        let versions = self.root().join("versions");
+        let Ok(entries) = std::fs::read_dir(&versions) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with(".tmp-"))
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                tracing::info!(dir = %e.path().display(), "removed a half-written model version left by a crash");
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(history: &[(&str, Option<&str>, &str)], current: &str) -> (tempfile::TempDir, ModelStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ModelStore::open(dir.path()).expect("store");
+        for (version, from, action) in history {
+            store
+                .append_history(&HistoryEntry {
+                    at: "t".into(),
+                    version: version.to_string(),
+                    from: from.map(str::to_string),
+                    action: action.to_string(),
+                    reason: String::new(),
+                })
+                .expect("history");
+        }
+        std::fs::write(dir.path().join("current"), format!("{current}\n")).expect("current");
+        (dir, store)
+    }
+
+    #[test]
+    fn rollback_walks_back_through_promotions() {
+        let (_d, s) = store_with(
+            &[("a", None, "promote"), ("b", Some("a"), "gate"), ("c", Some("b"), "promote")],
+            "c",
+        );
+        assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("b"));
+        let (_d, s) = store_with(
+            &[
+                ("a", None, "promote"),
+                ("b", Some("a"), "gate"),
+                ("c", Some("b"), "promote"),
+                ("b", Some("c"), "rollback"),
+            ],
+            "b",
+        );
+        assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("a"));
+        let (_d, s) = store_with(
+            &[("a", None, "promote"), ("b", Some("a"), "gate"), ("a", Some("b"), "rollback")],
+            "a",
+        );
+        assert_eq!(s.rollback_target().ok().flatten(), None, "nothing before a");
+    }
+
+    #[test]
+    fn a_current_switched_without_history_is_the_top() {
+        let (_d, s) = store_with(&[("a", None, "promote")], "x");
+        assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("a"));
+        let (dir, s) = store_with(&[], "x");
+        assert_eq!(s.rollback_target().ok().flatten(), None);
+        // A torn last line is ignored.
+        std::fs::write(dir.path().join(HISTORY), "{\"at\":").expect("torn");
+        assert_eq!(s.history().map(|h| h.len()).ok(), Some(0));
+    }
+}

@@ -1,0 +1,443 @@
+//! Experiment tracking against a real MLflow server (from the venv `scripts/test-deps.sh`
+//! builds), read back with MLflow's own Python client (`tests/mlflow_check.py`).
+
+mod common;
+
+use sentimentd_actors::Metrics;
+use sentimentd_actors::tracker::{RegisterChampion, Track, Tracker};
+use sentimentd_actors::tracking::{
+    FlushReport, LocalRunLog, MlflowClient, MlflowOp, MlflowSink, PENDING_FILE, RunKind, RunRecord,
+    Submitted,
+};
+use sentimentd_config::TrackingConfig;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn venv() -> PathBuf {
+    let dir = std::env::var_os("SENTIMENTD_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/sentimentd-venv")
+        });
+    assert!(
+        dir.join("bin/mlflow").is_file() && dir.join("bin/python").is_file(),
+        "no MLflow venv at {} (SENTIMENTD_VENV or ~/.cache/sentimentd-venv): run \
+         scripts/test-deps.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// `mlflow server` in its own process group, stopped with the whole group on drop.
+struct MlflowServer {
+    child: Child,
+    uri: String,
+    log: PathBuf,
+}
+
+impl MlflowServer {
+    fn start(dir: &Path, port: u16) -> MlflowServer {
+        let log = dir.join(format!("mlflow-server-{port}.log"));
+        let out = std::fs::File::create(&log).expect("server log file");
+        let err = out.try_clone().expect("server log file");
+        let mut cmd = Command::new(venv().join("bin/mlflow"));
+        cmd.arg("server")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.join("mlartifacts"))
+            .args(["--workers", "1"])
+            // The job runner (huey consumers for GenAI jobs) is several idle processes here.
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("start mlflow server");
+        let mut server = MlflowServer {
+            child,
+            uri: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&mut self) {
+        let client = MlflowClient::new(&self.uri);
+        // Cold start (imports, database migrations) takes 10-20 s on a busy 2-core machine.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if client.health().is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("mlflow server exited ({status}):\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mlflow server not healthy after 180 s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let kill = |signal: &str| {
+            let _ = Command::new("kill")
+                .args([signal, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        kill("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Whatever ignored SIGTERM (uvicorn's worker, say) goes now.
+        kill("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+/// Facts about the run mirroring `local_run_id`, as MLflow's Python client sees them.
+fn check(uri: &str, experiment: &str, local_run_id: &str, extra: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlflow_check.py");
+    let out = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .args([uri, experiment, local_run_id])
+        .args(extra)
+        .output()
+        .expect("run mlflow_check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mlflow_check.py failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("mlflow_check.py printed no JSON ({e}): {stdout}"))
+}
+
+fn training_record(dir: &Path) -> RunRecord {
+    let report = dir.join("report.json");
+    std::fs::write(&report, r#"{"macro_recall": 0.74}"#).unwrap();
+    let mut r = RunRecord::new(RunKind::Training, "train v7");
+    r.param("learning_rate", 0.25)
+        .param("epochs", 3)
+        .param("model_kind", "fast")
+        .metric("val_macro_recall", 0.74)
+        .metric("test_accuracy", 0.81)
+        .tag("model_version", "v7")
+        .tag("trigger", "drift")
+        .artifact(&report);
+    for (step, (loss, recall)) in [(1.1, 0.52), (0.7, 0.66), (0.5, 0.74)].iter().enumerate() {
+        r.metric_step("epoch_train_loss", step as i64, *loss)
+            .metric_step("epoch_val_macro_recall", step as i64, *recall);
+    }
+    r.finish()
+}
+
+fn model_dir(dir: &Path) -> PathBuf {
+    let model = dir.join("models/v7");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("manifest.json"), r#"{"version":"v7"}"#).unwrap();
+    std::fs::write(
+        model.join("confusion_matrix.png"),
+        b"\x89PNG\r\n\x1a\nnot-a-real-png",
+    )
+    .unwrap();
+    std::fs::write(model.join("baseline.json"), r#"{"labels":[0.3,0.4,0.3]}"#).unwrap();
+    // Over the tracker's small-file cut: stays local.
+    std::fs::write(model.join("model.mpk"), vec![7u8; 3 * 1024 * 1024]).unwrap();
+    model
+}
+
+#[test]
+fn training_run_and_champion_reach_mlflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = MlflowServer::start(tmp.path(), common::free_port());
+    let client = MlflowClient::new(&server.uri);
+
+    let exp = client.get_or_create_experiment("sentimentd-test").unwrap();
+    assert_eq!(
+        client.get_or_create_experiment("sentimentd-test").unwrap(),
+        exp
+    );
+
+    // The way the tracker does it: the local log first, then its stored form to MLflow.
+    let log = LocalRunLog::open(tmp.path().join("runs")).unwrap();
+    let stored = log.store(&training_record(tmp.path())).unwrap();
+    let run = client.log_run(&exp, &stored).unwrap();
+    assert_eq!(run.status, "FINISHED");
+    // Retrying a record that already arrived finds its run instead of making another.
+    assert_eq!(client.log_run(&exp, &stored).unwrap().run_id, run.run_id);
+
+    let model = model_dir(tmp.path());
+    let files = vec![
+        model.join("manifest.json"),
+        model.join("confusion_matrix.png"),
+    ];
+    let v = client
+        .register_champion("sentimentd-test-model", &run, "v7", &files)
+        .unwrap();
+    assert_eq!(v, "1");
+    assert_eq!(
+        client
+            .register_champion("sentimentd-test-model", &run, "v7", &files)
+            .unwrap(),
+        "1",
+        "registering the same store version twice must not add a registry version"
+    );
+    let champion = client
+        .get_model_version_by_alias("sentimentd-test-model", "champion")
+        .unwrap()
+        .expect("champion alias");
+    assert_eq!(champion.version, "1");
+    assert_eq!(champion.run_id, run.run_id);
+    assert_eq!(
+        champion.tags.get("sentimentd.version").map(String::as_str),
+        Some("v7")
+    );
+    assert!(
+        client
+            .get_model_version_by_alias("sentimentd-test-model", "nope")
+            .unwrap()
+            .is_none()
+    );
+
+    let facts = check(
+        &server.uri,
+        "sentimentd-test",
+        &stored.run_id,
+        &[
+            "--model",
+            "sentimentd-test-model",
+            "--history",
+            "epoch_train_loss",
+            "epoch_val_macro_recall",
+            "--download",
+            "report.json",
+        ],
+    );
+    assert_eq!(facts["runs_found"], 1, "{facts}");
+    assert_eq!(facts["run_id"], run.run_id.as_str());
+    assert_eq!(facts["run_name"], "train v7");
+    assert_eq!(facts["status"], "FINISHED");
+    assert!(facts["end_time"].as_i64().unwrap() >= facts["start_time"].as_i64().unwrap());
+    assert_eq!(facts["params"]["learning_rate"], "0.25");
+    assert_eq!(facts["params"]["epochs"], "3");
+    assert_eq!(facts["params"]["model_kind"], "fast");
+    assert_eq!(facts["metrics"]["val_macro_recall"], 0.74);
+    assert_eq!(facts["metrics"]["test_accuracy"], 0.81);
+    // The latest value of a history is its last step.
+    assert_eq!(facts["metrics"]["epoch_train_loss"], 0.5);
+    assert_eq!(
+        facts["history"]["epoch_train_loss"],
+        serde_json::json!([[0, 1.1], [1, 0.7], [2, 0.5]]),
+        "{facts}"
+    );
+    assert_eq!(
+        facts["history"]["epoch_val_macro_recall"],
+        serde_json::json!([[0, 0.52], [1, 0.66], [2, 0.74]])
+    );
+    assert_eq!(facts["tags"]["model_version"], "v7");
+    assert_eq!(facts["tags"]["trigger"], "drift");
+    assert_eq!(facts["tags"]["sentimentd.run_id"], stored.run_id.as_str());
+    assert_eq!(facts["tags"]["sentimentd.kind"], "training");
+    assert_eq!(
+        facts["artifacts"],
+        serde_json::json!(["model", "report.json"]),
+        "{facts}"
+    );
+    assert_eq!(
+        facts["model_artifacts"],
+        serde_json::json!(["model/confusion_matrix.png", "model/manifest.json"])
+    );
+    assert_eq!(
+        facts["downloads"]["report.json"],
+        r#"{"macro_recall": 0.74}"#
+    );
+    let champion = &facts["champion"];
+    assert_eq!(champion["version"], "1", "{facts}");
+    assert_eq!(champion["run_id"], run.run_id.as_str());
+    assert_eq!(champion["aliases"], serde_json::json!(["champion"]));
+    assert_eq!(champion["tags"]["sentimentd.version"], "v7");
+    assert_eq!(champion["manifest"], r#"{"version":"v7"}"#);
+
+    // The same through the Tracker actor, whose worker thread does the HTTP.
+    let cfg = TrackingConfig {
+        mlflow_uri: Some(server.uri.clone()),
+        experiment: "sentimentd-actor".to_string(),
+        registered_model: "sentimentd-actor-model".to_string(),
+    };
+    let runs = tmp.path().join("actor-runs");
+    let record = training_record(tmp.path());
+    let sys = actix::System::new();
+    sys.block_on(async {
+        use actix::Actor;
+        let tracker = Tracker::with_dir(&cfg, runs.clone(), Arc::new(Metrics::new()))
+            .unwrap()
+            .start();
+        tracker.send(Track(record.clone())).await.unwrap().unwrap();
+        tracker
+            .send(RegisterChampion {
+                version: "v7".to_string(),
+                run_id: record.run_id.clone(),
+                model_dir: model.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    assert_eq!(LocalRunLog::open(&runs).unwrap().list().unwrap().len(), 1);
+    // The worker is asynchronous by design; wait for its result, not for a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let champion = loop {
+        if let Ok(Some(v)) = client.get_model_version_by_alias("sentimentd-actor-model", "champion")
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tracker never registered the champion:\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        champion.tags.get("sentimentd.version").map(String::as_str),
+        Some("v7")
+    );
+    let facts = check(&server.uri, "sentimentd-actor", &record.run_id, &[]);
+    assert_eq!(facts["status"], "FINISHED", "{facts}");
+    assert_eq!(
+        facts["model_artifacts"],
+        serde_json::json!([
+            "model/baseline.json",
+            "model/confusion_matrix.png",
+            "model/manifest.json"
+        ]),
+        "the big weights file stays local: {facts}"
+    );
+    assert!(!runs.join(PENDING_FILE).exists());
+}
+
+#[test]
+fn records_made_while_mlflow_is_down_arrive_once_it_is_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let uri = format!("http://127.0.0.1:{port}");
+    let runs = tmp.path().join("runs");
+    let log = LocalRunLog::open(&runs).unwrap();
+    let model = model_dir(tmp.path());
+
+    let stored = log.store(&training_record(tmp.path())).unwrap();
+    let mut sink = MlflowSink::open(
+        MlflowClient::new(&uri),
+        "sentimentd-retry",
+        "retry-model",
+        &runs,
+    )
+    .unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        sink.submit(MlflowOp::Run {
+            record: stored.clone()
+        })
+        .unwrap(),
+        Submitted::Queued
+    );
+    assert_eq!(
+        sink.submit(MlflowOp::Champion {
+            version: "v7".to_string(),
+            run_id: stored.run_id.clone(),
+            files: vec![model.join("manifest.json")],
+        })
+        .unwrap(),
+        Submitted::Queued
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "a down server held the caller for {:?}",
+        t.elapsed()
+    );
+    let pending = std::fs::read_to_string(runs.join(PENDING_FILE)).unwrap();
+    assert_eq!(pending.lines().count(), 2, "{pending}");
+    assert!(pending.contains(&stored.run_id));
+    // The copy under runs/artifacts is what a later retry uploads; the original may be gone.
+    std::fs::remove_file(tmp.path().join("report.json")).unwrap();
+
+    // A restart of the daemon, then the server comes up.
+    drop(sink);
+    let server = MlflowServer::start(tmp.path(), port);
+    let mut sink = MlflowSink::open(
+        MlflowClient::new(&uri),
+        "sentimentd-retry",
+        "retry-model",
+        &runs,
+    )
+    .unwrap();
+    assert_eq!(sink.pending_len(), 2);
+    assert_eq!(
+        sink.flush_pending().unwrap(),
+        FlushReport {
+            sent: 2,
+            dropped: 0,
+            remaining: 0
+        }
+    );
+    assert!(!runs.join(PENDING_FILE).exists());
+    assert_eq!(sink.next_retry_in(), None);
+    // Nothing is sent twice.
+    assert_eq!(sink.flush_pending().unwrap(), FlushReport::default());
+
+    let facts = check(
+        &server.uri,
+        "sentimentd-retry",
+        &stored.run_id,
+        &[
+            "--model",
+            "retry-model",
+            "--history",
+            "epoch_train_loss",
+            "--download",
+            "report.json",
+        ],
+    );
+    assert_eq!(facts["runs_found"], 1, "{facts}");
+    assert_eq!(facts["status"], "FINISHED");
+    assert_eq!(facts["params"]["learning_rate"], "0.25");
+    assert_eq!(
+        facts["history"]["epoch_train_loss"],
+        serde_json::json!([[0, 1.1], [1, 0.7], [2, 0.5]])
+    );
+    assert_eq!(
+        facts["downloads"]["report.json"],
+        r#"{"macro_recall": 0.74}"#
+    );
+    assert_eq!(facts["champion"]["version"], "1", "{facts}");
+    assert_eq!(facts["champion"]["run_id"], facts["run_id"]);
+    assert_eq!(
+        facts["model_artifacts"],
+        serde_json::json!(["model/manifest.json"])
+    );
+}
