@@ -104,6 +104,11 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
     bar.finish();
     let trained = result.context("training failed")?;
     let m = &trained.manifest;
+    crate::mlops::record_training(
+        cfg,
+        m,
+        &trained.store_root.join("versions").join(&m.version),
+    );
     println!("version      {}", m.version);
     println!("store        {}", trained.store_root.display());
     println!(

@@ -49,6 +49,8 @@ enum Command {
     Baseline(mlops::BaselineArgs),
     /// Check texts for drift against a version's baseline; exits 0 (no drift) or 3 (drift).
     Drift(mlops::DriftArgs),
+    /// List the recorded runs: trainings, drift checks, gate decisions, skipped retrains.
+    Runs(mlops::RunsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Model(m) => commands::model(&cfg, m),
         Command::Baseline(a) => mlops::baseline(&cfg, a),
         Command::Drift(a) => return mlops::drift(&cfg, a),
+        Command::Runs(a) => mlops::runs(&cfg, a),
         Command::Config(_) => Ok(()),
     }?;
     Ok(std::process::ExitCode::SUCCESS)

@@ -177,3 +177,78 @@ pub fn rollback(cfg: &Config) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct RunsArgs {
+    /// Only runs of this kind: training, evaluation, drift_check, promotion, retrain_skipped.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Show at most this many of the newest runs.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print the records as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sentimentd runs`: the local run log, newest last.
+pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
+    let log = sentimentd_actors::tracking::LocalRunLog::open(cfg.paths.state_dir.join("runs"))?;
+    let mut runs = log.list()?;
+    if let Some(kind) = &a.kind {
+        runs.retain(|r| r.kind.as_str() == kind);
+    }
+    let skip = runs.len().saturating_sub(a.limit);
+    let runs = &runs[skip..];
+    if a.json {
+        for r in runs {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    if runs.is_empty() {
+        println!("no runs recorded in {}", log.dir().display());
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<16} {:<9} {:<34} summary",
+        "started", "kind", "status", "run id"
+    );
+    for r in runs {
+        let mut summary: Vec<String> = Vec::new();
+        for key in ["model_version", "decision", "verdict", "trigger", "reason"] {
+            if let Some(v) = r.tags.get(key).or_else(|| r.params.get(key))
+                && !v.is_empty()
+            {
+                summary.push(format!("{key}={v}"));
+            }
+        }
+        for key in ["val_macro_recall", "candidate_val_macro_recall", "drift_score"] {
+            if let Some(v) = r.metrics.get(key) {
+                summary.push(format!("{key}={v:.4}"));
+            }
+        }
+        if let Some(e) = &r.error {
+            summary.push(format!("error={e}"));
+        }
+        println!(
+            "{:<24} {:<16} {:<9} {:<34} {}",
+            r.started_at.chars().take(23).collect::<String>(),
+            r.kind.as_str(),
+            format!("{:?}", r.status).to_lowercase(),
+            r.run_id,
+            summary.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Records a finished training run (CLI `train`) in the local run log.
+pub fn record_training(cfg: &Config, manifest: &sentimentd_model::Manifest, store_dir: &std::path::Path) {
+    let rec = sentimentd_actors::trainer::training_record(manifest, "cli", store_dir);
+    let logged = sentimentd_actors::tracking::LocalRunLog::open(cfg.paths.state_dir.join("runs"))
+        .and_then(|log| log.record(&rec));
+    if let Err(e) = logged {
+        eprintln!("warning: the run was not recorded in the run log: {e}");
+    }
+}

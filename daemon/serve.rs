@@ -110,6 +110,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cell.clone(),
         metrics.clone(),
         Some(baseliner.recipient()),
+        Some(tracker.clone().recipient()),
     ));
     let admin = admin_token.map(|token| AdminApi {
         token,

@@ -558,6 +558,16 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
     let out = cli(&config, &["baseline"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("baseline of"));
+    // The CLI's training run is in the run log.
+    let out = cli(&config, &["runs", "--kind", "training", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("run json"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert!(runs[0]["metrics"]["validation_macro_recall"].is_number(), "{:#}", runs[0]);
+    assert!(!runs[0]["metric_steps"].as_array().expect("steps").is_empty());
 
     let same = dir.path().join("same.csv");
     std::fs::write(&same, slice("val.csv", 0, 1000).join("\n") + "\n").expect("same");

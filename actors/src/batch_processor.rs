@@ -309,8 +309,8 @@ impl BatchProcessor {
         std::fs::rename(path, &archived).map_err(io_at(&archived))?;
         journal::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
         self.faults.crash_point("after_archive");
-        self.journal()?.remove(&input).map_err(io_at(&g.journal))?;
-
+        // Counted before the journal entry goes, so whoever sees the batch finished (no entry,
+        // input archived) also sees it in the metrics.
         self.metrics.batch(BatchOutcome::processed);
         self.metrics
             .rows(RowOutcome::scored, scored_rows.len() as u64);
@@ -318,6 +318,7 @@ impl BatchProcessor {
             .rows(RowOutcome::rejected, rejected.len() as u64);
         self.metrics.predictions_by_label(Source::batch, counts);
         self.metrics.labelled_rows(labelled.len() as u64);
+        self.journal()?.remove(&input).map_err(io_at(&g.journal))?;
         let summary = Summary {
             rows: total,
             scored: scored_rows.len(),

@@ -87,6 +87,7 @@ pub struct ModelRegistry {
     containment: Containment,
     training: bool,
     baseliner: Option<Recipient<ModelServing>>,
+    tracker: Option<Recipient<crate::tracker::Track>>,
     /// A `current` that failed to load, so a broken version is reported once, not every tick.
     refused: Option<String>,
 }
@@ -97,6 +98,7 @@ impl ModelRegistry {
         cell: ModelCell,
         metrics: Arc<Metrics>,
         baseliner: Option<Recipient<ModelServing>>,
+        tracker: Option<Recipient<crate::tracker::Track>>,
     ) -> ModelRegistry {
         let containment = Containment::new("model_registry", metrics.clone());
         ModelRegistry {
@@ -106,6 +108,7 @@ impl ModelRegistry {
             containment,
             training: false,
             baseliner,
+            tracker,
             refused: None,
         }
     }
@@ -261,6 +264,7 @@ impl ModelRegistry {
         self.training = true;
         let cfg = self.cfg.clone();
         let containment = Containment::new("trainer", self.metrics.clone());
+        let tracker = self.tracker.clone();
         let spawned = std::thread::Builder::new()
             .name("trainer".to_string())
             .spawn(move || {
@@ -290,6 +294,12 @@ impl ModelRegistry {
                             seconds = started.elapsed().as_secs_f64(),
                             "background training finished"
                         );
+                        if let Some(t) = &tracker {
+                            let dir = cfg.paths.model_store.join("versions").join(&manifest.version);
+                            t.do_send(crate::tracker::Track(
+                                crate::trainer::training_record(&manifest, "first_start", &dir),
+                            ));
+                        }
                         me.do_send(SwapModel {
                             classifier,
                             manifest: Some(manifest),

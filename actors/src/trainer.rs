@@ -353,9 +353,9 @@ impl RetrainRun {
             .write_decision(&decision)
             .map_err(|e| format!("recording the decision: {e}"))?;
 
-        let mut rec = RunRecord::new(RunKind::Training, "retrain");
-        rec.tags.insert("trigger".into(), self.trigger.as_str().into());
-        rec.tags.insert("model_version".into(), version.clone());
+        let dir = model_store.version_dir(&version);
+        let mut rec = training_record(&trained.manifest, self.trigger.as_str(), &dir);
+        rec.name = "retrain".into();
         rec.tags.insert("decision".into(), decision.status.clone());
         rec.tags.insert("reason".into(), reason.clone());
         rec.params.insert("serving_version".into(), current.version().into());
@@ -371,14 +371,8 @@ impl RetrainRun {
                 rec.metrics.insert(k.into(), v);
             }
         }
-        for e in &trained.manifest.history {
-            rec.metric_step("train_loss", e.epoch as i64, e.train_loss);
-        }
-        let dir = model_store.version_dir(&version);
-        for f in ["manifest.json", "confusion_matrix.png", "decision.json"] {
-            if dir.join(f).exists() {
-                rec.artifacts.push(dir.join(f));
-            }
+        if dir.join("decision.json").exists() {
+            rec.artifacts.push(dir.join("decision.json"));
         }
         let run_id = rec.run_id.clone();
         self.track(rec.finish());
@@ -492,6 +486,51 @@ impl Handler<RetrainFinished> for Trainer {
         self.running = false;
         tracing::info!(outcome = msg.outcome, "retrain finished");
     }
+}
+
+/// The run-log record of a stored training run: parameters, per-split metrics, the epoch
+/// history as metric steps, and the version's small files as artifacts.
+pub fn training_record(
+    manifest: &sentimentd_model::Manifest,
+    trigger: &str,
+    version_dir: &std::path::Path,
+) -> RunRecord {
+    let mut rec = RunRecord::new(RunKind::Training, "train");
+    rec.tags.insert("trigger".into(), trigger.into());
+    rec.tags.insert("model_version".into(), manifest.version.clone());
+    if let Some(p) = &manifest.parent {
+        rec.tags.insert("parent".into(), p.clone());
+    }
+    if let Ok(serde_json::Value::Object(params)) = serde_json::to_value(&manifest.params) {
+        for (k, v) in params {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            rec.params.insert(k, v);
+        }
+    }
+    rec.params
+        .insert("training_rows".into(), manifest.training_rows.to_string());
+    rec.params
+        .insert("data_fingerprint".into(), manifest.data_fingerprint.clone());
+    for (split, m) in &manifest.metrics {
+        rec.metrics
+            .insert(format!("{split}_macro_recall"), m.macro_recall);
+        rec.metrics.insert(format!("{split}_accuracy"), m.accuracy);
+        rec.metrics.insert(format!("{split}_macro_f1"), m.macro_f1);
+    }
+    for e in &manifest.history {
+        rec.metric_step("epoch_train_loss", e.epoch as i64, e.train_loss);
+    }
+    rec.metrics.insert("train_seconds".into(), manifest.train_seconds);
+    for f in ["manifest.json", "confusion_matrix.png"] {
+        let p = version_dir.join(f);
+        if p.exists() {
+            rec.artifacts.push(p);
+        }
+    }
+    rec.finish()
 }
 
 /// Training progress for the daemon's log.

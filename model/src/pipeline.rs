@@ -205,7 +205,8 @@ pub fn train_and_store(
     }
     let pct = (share * 1000.0).round() / 10.0;
     observer.on_message(&format!(
-        "selection split: {} of {total} training rows ({pct}%, stratified, seed {seed});          early stopping and calibration use it, {} rows of {} only report",
+        "selection split: {} of {total} training rows ({pct}%, stratified, seed {seed}); \
+         early stopping and calibration use it; the {} rows of {} only report",
         sel_set.len(),
         val_set.len(),
         val_path.display()
