@@ -595,3 +595,51 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["verdict"], "drift");
 }
+
+#[test]
+fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
+    let data = Data::new();
+    let d = trained_daemon(&data, "enabled = false", "min_new_rows = 10", "");
+    let before = model_version(&d);
+    // A crash during an earlier save left a half-written version directory behind.
+    let stale = d.root().join("models/versions/.tmp-crashed");
+    std::fs::create_dir_all(&stale).expect("stale dir");
+    std::fs::write(stale.join("weights.safetensors"), b"partial").expect("partial file");
+
+    let r = d.post(
+        "/feedback",
+        Some("application/json"),
+        &serde_json::json!({"items": (0..20).map(|i| serde_json::json!({"text": format!("feedback text {i}"), "label": "positive"})).collect::<Vec<_>>()}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The base training data disappears: the run cannot train.
+    std::fs::remove_file(data.dir.path().join("train.csv")).expect("remove train.csv");
+    let (status, body) = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
+    assert_eq!(status, 202, "{body}");
+    d.wait_for("the retrain to fail", Duration::from_secs(60), || {
+        d.metric(r#"sentiment_retrains_total{outcome="failed"}"#) >= 1.0
+    });
+    assert_eq!(model_version(&d), before);
+    assert_eq!(d.predict(r#"{"text": "still serving"}"#).status, 200);
+    let versions: Vec<String> = names(&d.root().join("models/versions"))
+        .into_iter()
+        .filter(|v| v != ".tmp-crashed")
+        .collect();
+    assert_eq!(versions, [before.clone()], "no partial version: {versions:?}");
+    let failed: Vec<_> = run_log(&d)
+        .into_iter()
+        .filter(|r| r["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(
+        failed[0]["error"].as_str().is_some_and(|e| e.contains("train.csv")),
+        "the error names the file: {:#}",
+        failed[0]
+    );
+    // A restart removes the half-written directory left by the earlier crash.
+    let mut d = d;
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(15));
+    d.spawn(&[]);
+    assert!(!stale.exists(), "stale temp version removed at start-up");
+}
