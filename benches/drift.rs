@@ -38,7 +38,15 @@ impl Noise {
 
 fn observations(n: usize, seed: u64) -> Vec<Observation> {
     let mut r = Noise(seed);
-    let words = ["good", "bad", "meh", "@user", "http://t.co/x", "today", "again"];
+    let words = [
+        "good",
+        "bad",
+        "meh",
+        "@user",
+        "http://t.co/x",
+        "today",
+        "again",
+    ];
     (0..n)
         .map(|_| {
             let label = Label::ALL[(r.next_u64() % 3) as usize];

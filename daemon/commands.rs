@@ -314,14 +314,18 @@ pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
             // Validation is the reporting split; the selection split's score is beside it
             // because the gap between the two shows how much selecting flattered it.
             println!(
-                "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}",
+                "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}  gate",
                 "", "version", "created", "macro-rec", "accuracy", "sel-rec", "rows"
             );
             for m in versions {
                 let v = m.metrics.get("validation");
                 let sel = m.metrics.get("selection");
+                // Candidates of the retraining loop carry the gate's decision; others have none.
+                let gate = store
+                    .decision(&m.version)
+                    .map_or(String::new(), |d| d.status);
                 println!(
-                    "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}",
+                    "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}  {gate}",
                     if current.as_deref() == Some(m.version.as_str()) {
                         "*"
                     } else {

@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 use crate::supervisor::{Containment, Panicked};
-use crate::tracking::{
-    LocalRunLog, MlflowClient, MlflowOp, MlflowSink, RunRecord, Submitted, TrackingError,
-};
+use crate::tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink, RunRecord, TrackingError};
 
 // Messages: to be moved into messages.rs
 
@@ -166,7 +164,10 @@ impl Handler<RegisterChampion> for Tracker {
 
     fn handle(&mut self, msg: RegisterChampion, _: &mut Context<Self>) -> Self::Result {
         if self.mlflow.is_none() {
-            tracing::debug!(version = %msg.version, "no MLflow configured; champion not registered");
+            tracing::debug!(
+                version = %msg.version,
+                "no MLflow configured; champion not registered"
+            );
             return Ok(());
         }
         let files = self.containment.run(|| champion_files(&msg.model_dir))??;
@@ -212,12 +213,12 @@ fn worker(mut sink: MlflowSink, rx: mpsc::Receiver<MlflowOp>, containment: Conta
             .or_else(|| sink.next_retry_in())
             .unwrap_or(IDLE_RESCAN);
         let result = match rx.recv_timeout(wait) {
-            Ok(op) => containment.run(|| sink.submit(op).map(|s| s != Submitted::Dropped)),
-            Err(RecvTimeoutError::Timeout) => containment.run(|| sink.retry_due().map(|_| true)),
+            Ok(op) => containment.run(|| sink.submit(op).map(|_| ())),
+            Err(RecvTimeoutError::Timeout) => containment.run(|| sink.retry_due().map(|_| ())),
             Err(RecvTimeoutError::Disconnected) => break,
         };
         match result {
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
             // Local trouble with the pending file; the sink has already backed off.
             Ok(Err(e)) => tracing::error!(error = %e, "MLflow retry queue error"),
             Err(_) => cooldown = Some(PANIC_COOLDOWN),

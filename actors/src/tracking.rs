@@ -1329,8 +1329,11 @@ pub struct FlushReport {
 /// What became of one submitted operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Submitted {
+    /// Arrived on the first attempt.
     Sent,
+    /// Went through the retry queue (a due backlog flush may already have sent it).
     Queued,
+    /// Rejected by the server (4xx); not retried. The local run log keeps it.
     Dropped,
 }
 
@@ -1413,7 +1416,11 @@ impl MlflowSink {
         if !self.pending.is_empty() || !self.backoff.is_due() {
             let what = op.describe();
             self.enqueue(op, None)?;
-            tracing::debug!(op = %what, pending = self.pending.len(), "MLflow record queued behind backlog");
+            tracing::debug!(
+                op = %what,
+                pending = self.pending.len(),
+                "MLflow record queued behind the backlog"
+            );
             if self.backoff.is_due() {
                 self.flush_pending()?;
             }
@@ -1457,6 +1464,16 @@ impl MlflowSink {
     /// Sends every pending entry now, oldest first, ignoring the backoff; stops at the first
     /// that fails for a reason worth retrying. Deterministic: tests and shutdown drive it.
     pub fn flush_pending(&mut self) -> Result<FlushReport, TrackingError> {
+        let result = self.flush_inner();
+        if result.is_err() {
+            // Trouble with the pending file itself: back off too, or a caller that retries
+            // whenever `next_retry_in` says so would spin on it.
+            self.backoff.failed();
+        }
+        result
+    }
+
+    fn flush_inner(&mut self) -> Result<FlushReport, TrackingError> {
         self.reload()?;
         let mut report = FlushReport::default();
         let mut done: HashSet<String> = HashSet::new();
@@ -1624,7 +1641,7 @@ impl MlflowSink {
                     tracing::warn!(
                         dropped = excess,
                         max = MAX_PENDING,
-                        "MLflow retry queue full; oldest records dropped (the local run log keeps them)"
+                        "MLflow retry queue full; dropped the oldest (kept in the local run log)"
                     );
                 }
                 sink.rewrite(&entries)?;

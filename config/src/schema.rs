@@ -47,7 +47,8 @@ impl Default for PathsConfig {
 pub struct DataConfig {
     /// Labelled CSV files the base model is trained on.
     pub train: Vec<PathBuf>,
-    /// Labelled CSV file used for early stopping and the promotion gate.
+    /// Labelled CSV: the reporting split (metrics in the manifest) and the promotion gate's
+    /// base set; never used to select anything.
     pub val: PathBuf,
     /// VADER-format lexicon for the fallback scorer and the lexicon features.
     pub lexicon: PathBuf,
@@ -150,7 +151,7 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     pub lr_decay: LrDecay,
     pub weight_decay: f64,
-    /// Epochs without improvement of validation macro-recall before stopping; 0 disables.
+    /// Epochs without improvement of selection-split macro-recall before stopping; 0 disables.
     pub patience: usize,
     pub seed: u64,
     pub class_weights: ClassWeights,
@@ -289,7 +290,7 @@ impl Default for LoggingConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
-    /// Run drift checks at all (observations are still not recorded when false).
+    /// Observe predictions and run drift checks; false turns both off.
     pub enabled: bool,
     /// A check runs this often, in seconds...
     pub check_every_secs: u64,

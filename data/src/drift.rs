@@ -203,10 +203,7 @@ impl Baseline {
             embedding_sample,
             length_sample,
             oov_sample,
-            url_share: exact_in_json(share(
-                obs.iter().filter(|o| o.has_url).count(),
-                obs.len(),
-            )),
+            url_share: exact_in_json(share(obs.iter().filter(|o| o.has_url).count(), obs.len())),
             mention_share: exact_in_json(share(
                 obs.iter().filter(|o| o.has_mention).count(),
                 obs.len(),
@@ -386,7 +383,13 @@ impl TestResult {
 
     /// A test that fires when `value` is above `threshold`.
     pub fn distance(test: &str, value: f64, threshold: f64) -> Self {
-        TestResult::new(test, value, None, threshold, distance_score(value, threshold))
+        TestResult::new(
+            test,
+            value,
+            None,
+            threshold,
+            distance_score(value, threshold),
+        )
     }
 
     /// A test that fires when `p` is below `threshold`; `value` is its statistic.
@@ -620,7 +623,7 @@ fn chi_square_sf(x: f64, df: usize) -> f64 {
             // Even df: closed form exp(-x/2) * sum_{k<df/2} (x/2)^k / k!; odd df adds the
             // erfc term and a series. Only reached for tables wider than the label set.
             let h = x / 2.0;
-            if df % 2 == 0 {
+            if df.is_multiple_of(2) {
                 let mut term = 1.0;
                 let mut sum = 1.0;
                 for k in 1..df / 2 {
@@ -653,8 +656,7 @@ fn erfc(x: f64) -> f64 {
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
                             + t * (-1.135_203_98
-                                + t * (1.488_515_87
-                                    + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let r = t * poly.exp();
     if x >= 0.0 { r } else { 2.0 - r }
 }
@@ -922,7 +924,11 @@ fn text_tests(
             "baseline has no observations",
         )
     } else {
-        let a: Vec<f64> = baseline.length_sample.iter().map(|&v| f64::from(v)).collect();
+        let a: Vec<f64> = baseline
+            .length_sample
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
         let b: Vec<f64> = lengths.iter().map(|&v| f64::from(v)).collect();
         TestResult::distance(LENGTH_KS, ks_statistic(a, b), cfg.length_ks_threshold)
     };
@@ -1163,9 +1169,8 @@ pub fn render_html(report: &DriftReport) -> String {
             }
         })
         .collect();
-    let shares_of = |v: &[(u32, f64)]| -> Vec<f64> {
-        (0..n).map(|i| v.get(i).map_or(0.0, |x| x.1)).collect()
-    };
+    let shares_of =
+        |v: &[(u32, f64)]| -> Vec<f64> { (0..n).map(|i| v.get(i).map_or(0.0, |x| x.1)).collect() };
     h.push_str(&bar_chart(
         &names,
         &shares_of(&r.length_histogram),

@@ -11,7 +11,17 @@ use sentimentd_data::drift::{
 
 const DIM: usize = 64;
 const WORDS: [&str; 12] = [
-    "so", "good", "awful", "today", "#fail", "really", "the", "a", "is", "not", "@user",
+    "so",
+    "good",
+    "awful",
+    "today",
+    "#fail",
+    "really",
+    "the",
+    "a",
+    "is",
+    "not",
+    "@user",
     "www.example.com",
 ];
 
@@ -119,7 +129,11 @@ fn identical_distributions_do_not_drift() {
         let r = run(&b, &draw(&p, 2000, seed), &cfg);
         assert_eq!(r.verdict, Verdict::NoDrift, "seed {seed}: {:#?}", r.tests);
         assert!(r.fired.is_empty());
-        assert!(r.drift_score > 0.0 && r.drift_score < 1.0, "{}", r.drift_score);
+        assert!(
+            r.drift_score > 0.0 && r.drift_score < 1.0,
+            "{}",
+            r.drift_score
+        );
         assert_eq!(r.tests.len(), TESTS.len());
         for (t, name) in r.tests.iter().zip(TESTS) {
             assert_eq!(t.test, name);
@@ -234,7 +248,11 @@ fn models_without_embeddings_skip_the_embedding_tests() {
 
     // A model with embeddings checked against a lexicon baseline (or the reverse) cannot
     // compare them either.
-    let r = run(&b, &draw(&Population::default(), 1000, 8), &DriftConfig::default());
+    let r = run(
+        &b,
+        &draw(&Population::default(), 1000, 8),
+        &DriftConfig::default(),
+    );
     assert!(test(&r, "mmd").skipped.is_some());
 }
 
@@ -271,7 +289,11 @@ fn baseline_and_report_round_trip_through_json() {
     let bytes = b.to_json();
     assert_eq!(Baseline::from_json(&bytes).unwrap(), b);
 
-    let r = run(&b, &draw(&Population::default(), 800, 10), &DriftConfig::default());
+    let r = run(
+        &b,
+        &draw(&Population::default(), 800, 10),
+        &DriftConfig::default(),
+    );
     let json = serde_json::to_string(&r).unwrap();
     let back: DriftReport = serde_json::from_str(&json).unwrap();
     // serde_json is built without `float_roundtrip` here, so long decimals come back to
@@ -281,7 +303,10 @@ fn baseline_and_report_round_trip_through_json() {
         &serde_json::to_value(&r).unwrap(),
         "report",
     );
-    assert_eq!((back.verdict, &back.fired, back.samples), (r.verdict, &r.fired, r.samples));
+    assert_eq!(
+        (back.verdict, &back.fired, back.samples),
+        (r.verdict, &r.fired, r.samples)
+    );
     assert!(json.contains("\"verdict\":\"no_drift\""), "{json}");
 
     let mut wrong = b.clone();
@@ -341,7 +366,14 @@ fn html_report_is_self_contained_and_shows_every_test() {
     assert!(html.contains("class=\"fired\""));
     assert!(html.contains("Drift detected"));
     assert!(html.contains("v&lt;1&gt;&amp;"));
-    for external in ["http://", "https://", "<script src", "<link", "@import", "url("] {
+    for external in [
+        "http://",
+        "https://",
+        "<script src",
+        "<link",
+        "@import",
+        "url(",
+    ] {
         assert!(!html.contains(external), "{external} in the page");
     }
 
@@ -426,7 +458,12 @@ fn text_shape_finds_urls_and_mentions() {
     assert_eq!(TextShape::of("").chars, 0);
 
     // Non-finite model outputs are recorded as absent.
-    let o = Observation::new(Label::Neutral, Some(vec![1.0, f32::NAN]), Some(f32::NAN), "x");
+    let o = Observation::new(
+        Label::Neutral,
+        Some(vec![1.0, f32::NAN]),
+        Some(f32::NAN),
+        "x",
+    );
     assert_eq!((o.embedding, o.oov_share), (None, None));
     let o = Observation::new(Label::Neutral, None, Some(1.5), "x");
     assert_eq!(o.oov_share, Some(1.0));

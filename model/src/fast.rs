@@ -26,7 +26,7 @@ pub struct Weights {
     pub out_w: Vec<f32>,
     pub out_b: Vec<f32>,
     /// Logits are divided by this before the softmax (temperature scaling, fitted on the
-    /// validation split after training): it makes `score` a usable confidence without
+    /// selection split carved from the training data): it makes `score` a usable confidence without
     /// changing any label.
     pub temperature: f32,
 }

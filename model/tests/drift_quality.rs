@@ -14,9 +14,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use rand::SeedableRng;
 use sentimentd_config::{Config, DriftConfig};
 use sentimentd_data::drift::{self, Baseline, DriftReport, Observation, TESTS, Verdict};
 use sentimentd_data::{Label, load_dataset};
@@ -123,9 +123,7 @@ fn sample_from(pool: &[Observation], n: usize, rng: &mut StdRng) -> Vec<Observat
     if pool.len() >= n {
         pool.choose_multiple(rng, n).cloned().collect()
     } else {
-        (0..n)
-            .filter_map(|_| pool.choose(rng).cloned())
-            .collect()
+        (0..n).filter_map(|_| pool.choose(rng).cloned()).collect()
     }
 }
 
@@ -189,7 +187,10 @@ fn pools() -> Pools {
     let baseline = Baseline::build(
         "v",
         "2024-01-01T00:00:00Z",
-        vec!["half of val.csv".into(), format!("{half} held-out train.csv rows")],
+        vec![
+            "half of val.csv".into(),
+            format!("{half} held-out train.csv rows"),
+        ],
         &ref_obs,
         cfg.baseline_sample,
         42,
@@ -212,7 +213,11 @@ fn pools() -> Pools {
             not_negative.push(o.clone());
         }
     }
-    let tech: Vec<String> = tech_train.iter().chain(&tech_val).map(|r| r.0.clone()).collect();
+    let tech: Vec<String> = tech_train
+        .iter()
+        .chain(&tech_val)
+        .map(|r| r.0.clone())
+        .collect();
     let pools = Pools {
         baseline,
         val_rest: val_rest_obs,
@@ -267,7 +272,11 @@ fn window(p: &Pools, s: Scenario, size: usize, rng: &mut StdRng) -> Vec<Observat
 }
 
 /// Runs the checks on both cores (the data crate is unoptimised in test builds).
-fn run_all(p: &Pools, jobs: Vec<(Scenario, Vec<Observation>)>, cfg: &DriftConfig) -> Vec<(Scenario, DriftReport)> {
+fn run_all(
+    p: &Pools,
+    jobs: Vec<(Scenario, Vec<Observation>)>,
+    cfg: &DriftConfig,
+) -> Vec<(Scenario, DriftReport)> {
     let next = AtomicUsize::new(0);
     let out = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -275,7 +284,9 @@ fn run_all(p: &Pools, jobs: Vec<(Scenario, Vec<Observation>)>, cfg: &DriftConfig
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((scenario, w)) = jobs.get(i) else { break };
+                    let Some((scenario, w)) = jobs.get(i) else {
+                        break;
+                    };
                     let r = drift::check(&p.baseline, w, cfg, "v", "now", 1000 + i as u64);
                     out.lock().unwrap().push((i, *scenario, r));
                 }
@@ -294,7 +305,10 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 /// Per test: how often it fired and the spread of its statistic (p-value for p-value tests).
 fn summarise(name: &str, reports: &[&DriftReport]) {
-    let alarms = reports.iter().filter(|r| r.verdict == Verdict::Drift).count();
+    let alarms = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Drift)
+        .count();
     println!(
         "{name}: {alarms}/{} windows alarmed; per test: fired, statistic min / median / 95% / max",
         reports.len()
@@ -310,7 +324,10 @@ fn summarise(name: &str, reports: &[&DriftReport]) {
             continue;
         }
         let fired = results.iter().filter(|x| x.fired).count();
-        let mut v: Vec<f64> = results.iter().map(|x| x.p_value.unwrap_or(x.value)).collect();
+        let mut v: Vec<f64> = results
+            .iter()
+            .map(|x| x.p_value.unwrap_or(x.value))
+            .collect();
         println!(
             "  {t:<12} {fired:>3}  {:.4} / {:.4} / {:.4} / {:.4}  (threshold {})",
             quantile(&mut v, 0.0),
@@ -358,19 +375,32 @@ fn default_thresholds_alarm_on_shifts_and_rarely_otherwise() {
     let null = &by[&Scenario::Null];
     let false_alarms = null.iter().filter(|r| r.verdict == Verdict::Drift).count();
     let rate = false_alarms as f64 / null.len() as f64;
-    println!("false-alarm rate {:.1} % ({false_alarms}/{})", 100.0 * rate, null.len());
+    println!(
+        "false-alarm rate {:.1} % ({false_alarms}/{})",
+        100.0 * rate,
+        null.len()
+    );
     assert!(null.iter().all(|r| r.verdict != Verdict::Insufficient));
     assert!(rate <= 0.05, "false-alarm rate {rate}");
 
     for s in [Scenario::LabelShift, Scenario::Reviews, Scenario::Tech] {
         for r in &by[&s] {
-            assert_eq!(r.verdict, Verdict::Drift, "{s:?} window did not alarm: {:#?}", r.tests);
+            assert_eq!(
+                r.verdict,
+                Verdict::Drift,
+                "{s:?} window did not alarm: {:#?}",
+                r.tests
+            );
         }
     }
     // A label shift is what the label tests are for.
     for r in &by[&Scenario::LabelShift] {
         for t in ["psi", "js_distance", "chi2"] {
-            assert!(r.fired.iter().any(|f| f == t), "label shift without {t}: {:?}", r.fired);
+            assert!(
+                r.fired.iter().any(|f| f == t),
+                "label shift without {t}: {:?}",
+                r.fired
+            );
         }
     }
 
