@@ -63,7 +63,11 @@ pub fn baseline(cfg: &Config, a: BaselineArgs) -> anyhow::Result<()> {
         a.data
     };
     let b = baseline::compute(cfg, &model, &reference, &[], None)?;
-    store.attach_file(&version, sentimentd_model::promotion::BASELINE, &b.to_json())?;
+    store.attach_file(
+        &version,
+        sentimentd_model::promotion::BASELINE,
+        &b.to_json(),
+    )?;
     println!("baseline of {version} from {} texts", b.count);
     for r in &b.reference {
         println!("  reference  {r}");
@@ -223,7 +227,11 @@ pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
                 summary.push(format!("{key}={v}"));
             }
         }
-        for key in ["val_macro_recall", "candidate_val_macro_recall", "drift_score"] {
+        for key in [
+            "val_macro_recall",
+            "candidate_val_macro_recall",
+            "drift_score",
+        ] {
             if let Some(v) = r.metrics.get(key) {
                 summary.push(format!("{key}={v:.4}"));
             }
@@ -244,7 +252,11 @@ pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
 }
 
 /// Records a finished training run (CLI `train`) in the local run log.
-pub fn record_training(cfg: &Config, manifest: &sentimentd_model::Manifest, store_dir: &std::path::Path) {
+pub fn record_training(
+    cfg: &Config,
+    manifest: &sentimentd_model::Manifest,
+    store_dir: &std::path::Path,
+) {
     let rec = sentimentd_actors::trainer::training_record(manifest, "cli", store_dir);
     let logged = sentimentd_actors::tracking::LocalRunLog::open(cfg.paths.state_dir.join("runs"))
         .and_then(|log| log.record(&rec));

@@ -95,7 +95,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         let trainer = trainer.clone().recipient();
         let tracker = tracker.clone().recipient();
         DriftMonitor::start_in_arbiter(&drift_arbiter.handle(), move |_| {
-            DriftMonitor::new(cfg, observations, metrics, reports, Some(trainer), Some(tracker))
+            DriftMonitor::new(
+                cfg,
+                observations,
+                metrics,
+                reports,
+                Some(trainer),
+                Some(tracker),
+            )
         })
     };
     let baseliner = {

@@ -4,7 +4,8 @@
 mod common;
 
 use sentimentd_actors::Metrics;
-use sentimentd_actors::tracker::{RegisterChampion, Track, Tracker};
+use sentimentd_actors::messages::{RegisterChampion, Track};
+use sentimentd_actors::tracker::Tracker;
 use sentimentd_actors::tracking::{
     FlushReport, LocalRunLog, MlflowClient, MlflowOp, MlflowSink, PENDING_FILE, RunKind, RunRecord,
     Submitted,

@@ -113,10 +113,14 @@ fn trained_daemon(data: &Data, drift: &str, retrain: &str, gate: &str) -> Daemon
 }
 
 fn wait_trained(d: &Daemon) {
-    d.wait_for("the first model to be trained", Duration::from_secs(120), || {
-        let m = d.get("/model");
-        m.status == 200 && m.json()["fallback"] == false
-    });
+    d.wait_for(
+        "the first model to be trained",
+        Duration::from_secs(120),
+        || {
+            let m = d.get("/model");
+            m.status == 200 && m.json()["fallback"] == false
+        },
+    );
 }
 
 fn admin_post(d: &Daemon, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
@@ -170,7 +174,7 @@ fn in_distribution_traffic_does_not_alarm_and_a_new_domain_does() {
     });
     let report = d.get("/drift").json();
     assert_eq!(report["verdict"], "no_drift", "{report:#}");
-    assert_eq!(d.metric("sentiment_drift_score") < 1.0, true);
+    assert!(d.metric("sentiment_drift_score") < 1.0);
 
     // A new domain (product reviews) dominates the window: drift, with the tests that fired.
     let texts: Vec<String> = reviews(1500, 7).into_iter().map(|(t, _)| t).collect();
@@ -247,7 +251,10 @@ fn feedback_is_stored_with_provenance_and_bad_feedback_is_refused() {
         .flat_map(|f| read_csv(&dir.join(f)).into_iter().skip(1))
         .collect();
     assert_eq!(rows.len(), 3);
-    assert_eq!(rows[0][..5], ["the kettle leaks", "negative", "support", "feedback", "1"]);
+    assert_eq!(
+        rows[0][..5],
+        ["the kettle leaks", "negative", "support", "feedback", "1"]
+    );
     assert_eq!(rows[2][..2], ["it is blue", "neutral"]);
     assert_eq!(d.metric("sentiment_feedback_rows_total"), 3.0);
 }
@@ -342,7 +349,10 @@ fn drift_on_labelled_batches_retrains_passes_the_gate_and_promotes() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(vdir.join("manifest.json")).expect("manifest"))
             .expect("manifest json");
-    assert!(manifest["files"]["baseline.json"].is_string(), "checksummed: {manifest:#}");
+    assert!(
+        manifest["files"]["baseline.json"].is_string(),
+        "checksummed: {manifest:#}"
+    );
     // The history and the run log say what happened.
     let history = std::fs::read_to_string(d.root().join("models/history.jsonl")).expect("history");
     assert!(history.contains("\"action\":\"gate\""), "{history}");
@@ -379,7 +389,10 @@ fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
             "neutral" | "1" => "positive",
             _ => "negative",
         };
-        wrong.push_str(&format!("w{i},\"{}\",{rotated}\n", rec[0].replace('"', "\"\"")));
+        wrong.push_str(&format!(
+            "w{i},\"{}\",{rotated}\n",
+            rec[0].replace('"', "\"\"")
+        ));
     }
     d.drop_file("wrong.csv", wrong.as_bytes());
     d.wait_processed("wrong.csv", Duration::from_secs(60));
@@ -398,7 +411,9 @@ fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
     assert_eq!(model_version(&d), before, "still serving the old model");
     let store = d.root().join("models");
     assert_eq!(
-        std::fs::read_to_string(store.join("current")).expect("current").trim(),
+        std::fs::read_to_string(store.join("current"))
+            .expect("current")
+            .trim(),
         before
     );
     // The rejected candidate stays on disk, marked rejected, with the failed rule.
@@ -408,8 +423,13 @@ fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
         .collect();
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     let decision: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(store.join("versions").join(&rejected[0]).join("decision.json"))
-            .expect("decision"),
+        &std::fs::read(
+            store
+                .join("versions")
+                .join(&rejected[0])
+                .join("decision.json"),
+        )
+        .expect("decision"),
     )
     .expect("decision json");
     assert_eq!(decision["status"], "rejected");
@@ -421,7 +441,10 @@ fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
     let serving = decision["details"]["serving"]["validation"]["macro_recall"]
         .as_f64()
         .expect("serving");
-    assert!(cand < serving - 0.01, "candidate {cand} vs serving {serving}");
+    assert!(
+        cand < serving - 0.01,
+        "candidate {cand} vs serving {serving}"
+    );
 }
 
 fn cli(config: &Path, args: &[&str]) -> std::process::Output {
@@ -441,7 +464,11 @@ fn promotion_and_rollback_under_load_fail_no_request() {
     let v1 = model_version(&d);
     // A second version in the same store, not current.
     let out = cli(&d.config, &["train", "--no-promote"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v2 = names(&d.root().join("models/versions"))
         .into_iter()
         .find(|v| v != &v1)
@@ -470,9 +497,10 @@ fn promotion_and_rollback_under_load_fail_no_request() {
                         .send(body.as_str())
                     {
                         Ok(mut r) if r.status().as_u16() == 200 => {
-                            let v: serde_json::Value =
-                                serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
-                                    .unwrap_or_default();
+                            let v: serde_json::Value = serde_json::from_str(
+                                &r.body_mut().read_to_string().unwrap_or_default(),
+                            )
+                            .unwrap_or_default();
                             let version = v["model_version"].as_str().unwrap_or("").to_string();
                             if versions.last() != Some(&version) {
                                 versions.push(version);
@@ -487,7 +515,12 @@ fn promotion_and_rollback_under_load_fail_no_request() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let (status, body) = admin_post(&d, "/admin/promote", Some(TOKEN), &format!(r#"{{"version": "{v2}"}}"#));
+    let (status, body) = admin_post(
+        &d,
+        "/admin/promote",
+        Some(TOKEN),
+        &format!(r#"{{"version": "{v2}"}}"#),
+    );
     assert_eq!(status, 200, "{body}");
     std::thread::sleep(Duration::from_millis(300));
     let (status, body) = admin_post(&d, "/admin/rollback", Some(TOKEN), "");
@@ -498,8 +531,15 @@ fn promotion_and_rollback_under_load_fail_no_request() {
     for w in workers {
         let (versions, failures, n) = w.join().expect("worker");
         total += n;
-        assert!(failures.is_empty(), "failed requests during swaps: {failures:?}");
-        assert_eq!(versions, [v1.clone(), v2.clone(), v1.clone()], "versions seen in order");
+        assert!(
+            failures.is_empty(),
+            "failed requests during swaps: {failures:?}"
+        );
+        assert_eq!(
+            versions,
+            [v1.clone(), v2.clone(), v1.clone()],
+            "versions seen in order"
+        );
     }
     assert!(total > 100, "load was applied ({total} requests)");
     assert_eq!(model_version(&d), v1);
@@ -511,28 +551,47 @@ fn a_version_promoted_from_outside_is_hot_reloaded_and_a_broken_one_is_refused()
     let d = trained_daemon(&data, "enabled = false", "enabled = false", "");
     let v1 = model_version(&d);
     let out = cli(&d.config, &["train", "--no-promote"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v2 = names(&d.root().join("models/versions"))
         .into_iter()
         .find(|v| v != &v1)
         .expect("second version");
     let out = cli(&d.config, &["model", "promote", &v2]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.wait_for("the daemon to swap in v2", Duration::from_secs(20), || {
         model_version(&d) == v2
     });
     let out = cli(&d.config, &["model", "rollback"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    d.wait_for("the daemon to swap v1 back in", Duration::from_secs(20), || {
-        model_version(&d) == v1
-    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_for(
+        "the daemon to swap v1 back in",
+        Duration::from_secs(20),
+        || model_version(&d) == v1,
+    );
 
     // A damaged version made current behind the daemon's back is refused; serving goes on.
-    let weights = d.root().join("models/versions").join(&v2).join("weights.safetensors");
+    let weights = d
+        .root()
+        .join("models/versions")
+        .join(&v2)
+        .join("weights.safetensors");
     std::fs::write(&weights, b"garbage").expect("damage weights");
     std::fs::write(d.root().join("models/current"), format!("{v2}\n")).expect("current");
     d.wait_for("the refusal in the log", Duration::from_secs(20), || {
-        d.logs().contains("cannot be loaded; still serving the previous model")
+        d.logs()
+            .contains("cannot be loaded; still serving the previous model")
     });
     assert_eq!(model_version(&d), v1);
     assert_eq!(d.predict(r#"{"text": "still answering"}"#).status, 200);
@@ -554,25 +613,51 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
     )
     .expect("config");
     let out = cli(&config, &["train"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(&config, &["baseline"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("baseline of"));
     // The CLI's training run is in the run log.
     let out = cli(&config, &["runs", "--kind", "training", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let runs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("run json"))
         .collect();
     assert_eq!(runs.len(), 1, "{runs:#?}");
-    assert!(runs[0]["metrics"]["validation_macro_recall"].is_number(), "{:#}", runs[0]);
-    assert!(!runs[0]["metric_steps"].as_array().expect("steps").is_empty());
+    assert!(
+        runs[0]["metrics"]["validation_macro_recall"].is_number(),
+        "{:#}",
+        runs[0]
+    );
+    assert!(
+        !runs[0]["metric_steps"]
+            .as_array()
+            .expect("steps")
+            .is_empty()
+    );
 
     let same = dir.path().join("same.csv");
     std::fs::write(&same, slice("val.csv", 0, 1000).join("\n") + "\n").expect("same");
     let out = cli(&config, &["drift", "--data", same.to_str().expect("path")]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let shifted = dir.path().join("reviews.csv");
     std::fs::write(&shifted, reviews_csv(1000, 3, "x")).expect("reviews");
@@ -587,11 +672,23 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
             html.to_str().expect("path"),
         ],
     );
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("DRIFT"));
-    assert!(std::fs::read_to_string(&html).expect("html").contains("<svg"));
+    assert!(
+        std::fs::read_to_string(&html)
+            .expect("html")
+            .contains("<svg")
+    );
 
-    let out = cli(&config, &["drift", "--data", shifted.to_str().expect("path"), "--json"]);
+    let out = cli(
+        &config,
+        &["drift", "--data", shifted.to_str().expect("path"), "--json"],
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["verdict"], "drift");
 }
@@ -625,14 +722,20 @@ fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
         .into_iter()
         .filter(|v| v != ".tmp-crashed")
         .collect();
-    assert_eq!(versions, [before.clone()], "no partial version: {versions:?}");
+    assert_eq!(
+        versions,
+        std::slice::from_ref(&before),
+        "no partial version: {versions:?}"
+    );
     let failed: Vec<_> = run_log(&d)
         .into_iter()
         .filter(|r| r["status"] == "failed")
         .collect();
     assert_eq!(failed.len(), 1, "{failed:#?}");
     assert!(
-        failed[0]["error"].as_str().is_some_and(|e| e.contains("train.csv")),
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("train.csv")),
         "the error names the file: {:#}",
         failed[0]
     );

@@ -367,7 +367,11 @@ fn batch_with_good_and_bad_rows_is_accounted_row_by_row() {
         labelled[2][..5],
         ["quoted, with comma", "negative", "", "mixed.csv", "4"]
     );
-    assert!(labelled[1][5].starts_with("20"), "arrival time: {:?}", labelled[1][5]);
+    assert!(
+        labelled[1][5].starts_with("20"),
+        "arrival time: {:?}",
+        labelled[1][5]
+    );
 
     assert_eq!(
         d.metric(r#"sentiment_batches_total{outcome="processed"}"#),
@@ -477,7 +481,11 @@ fn assert_exactly_once(d: &Daemon, name: &str, ids: &BTreeSet<String>) {
     assert!(names(&d.inbox()).is_empty());
     assert!(names(&d.root().join("journal")).is_empty());
     let stored = names(&d.root().join("labelled"));
-    assert_eq!(stored.len(), 1, "one labelled file for the batch: {stored:?}");
+    assert_eq!(
+        stored.len(),
+        1,
+        "one labelled file for the batch: {stored:?}"
+    );
     let labelled = read_csv(&d.root().join("labelled").join(&stored[0]));
     let mut lines = BTreeSet::new();
     for row in &labelled[1..] {
@@ -572,7 +580,11 @@ fn crash_at_every_step_then_restart_processes_exactly_once() {
         assert_eq!(names(&d.root().join("outbox")), files, "{step}");
         assert_eq!(names(&d.root().join("archive")), files, "{step}");
         let labelled_files = names(&d.root().join("labelled"));
-        assert_eq!(labelled_files.len(), 3, "{step}: one file per batch: {labelled_files:?}");
+        assert_eq!(
+            labelled_files.len(),
+            3,
+            "{step}: one file per batch: {labelled_files:?}"
+        );
         let mut seen = BTreeSet::new();
         for f in &labelled_files {
             let rows = read_csv(&d.root().join("labelled").join(f));

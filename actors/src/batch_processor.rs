@@ -243,7 +243,9 @@ impl BatchProcessor {
             mut rejected,
             ..
         } = batch;
-        let source_col = headers.iter().position(|h| h.trim().eq_ignore_ascii_case("source"));
+        let source_col = headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case("source"));
         let total = rows.len() + rejected.len();
 
         // Move the texts out so they can be shared with the inference threads without copies.
@@ -399,14 +401,16 @@ impl BatchProcessor {
         let arrived_at = entry.started_at.clone();
         let rows: Vec<sentimentd_data::labelled::LabelledRow> = labelled
             .iter()
-            .map(|(text, label, line, source)| sentimentd_data::labelled::LabelledRow {
-                text: text.to_string(),
-                label: *label,
-                source: source.to_string(),
-                origin: entry.input.clone(),
-                line: *line,
-                arrived_at: arrived_at.clone(),
-            })
+            .map(
+                |(text, label, line, source)| sentimentd_data::labelled::LabelledRow {
+                    text: text.to_string(),
+                    label: *label,
+                    source: source.to_string(),
+                    origin: entry.input.clone(),
+                    line: *line,
+                    arrived_at: arrived_at.clone(),
+                },
+            )
             .collect();
         sentimentd_data::labelled::LabelledStore::open(&dir)
             .and_then(|s| s.write(&name, &rows))

@@ -40,7 +40,7 @@ pub struct DriftMonitor {
     metrics: Arc<Metrics>,
     reports: ReportCell,
     trainer: Option<Recipient<DriftDetected>>,
-    tracker: Option<Recipient<crate::tracker::Track>>,
+    tracker: Option<Recipient<crate::messages::Track>>,
     containment: Containment,
     window: VecDeque<Observed>,
     baseline: Option<(String, Arc<Baseline>)>,
@@ -57,7 +57,7 @@ impl DriftMonitor {
         metrics: Arc<Metrics>,
         reports: ReportCell,
         trainer: Option<Recipient<DriftDetected>>,
-        tracker: Option<Recipient<crate::tracker::Track>>,
+        tracker: Option<Recipient<crate::messages::Track>>,
     ) -> DriftMonitor {
         DriftMonitor {
             containment: Containment::new("drift_monitor", metrics.clone()),
@@ -85,7 +85,8 @@ impl DriftMonitor {
         self.sink.drain_into(&mut fresh);
         let dropped = self.sink.dropped();
         if dropped > self.dropped_seen {
-            self.metrics.observations_dropped(dropped - self.dropped_seen);
+            self.metrics
+                .observations_dropped(dropped - self.dropped_seen);
             self.dropped_seen = dropped;
         }
         let version = self.baseline.as_ref().map(|(v, _)| v.as_str());
@@ -116,11 +117,7 @@ impl DriftMonitor {
             .emit(&self.metrics);
             return;
         };
-        let obs: Vec<_> = self
-            .window
-            .iter()
-            .map(|o| o.observation.clone())
-            .collect();
+        let obs: Vec<_> = self.window.iter().map(|o| o.observation.clone()).collect();
         self.checks += 1;
         let report = drift::check(
             &baseline,
@@ -159,7 +156,8 @@ impl DriftMonitor {
         let mut rec = RunRecord::new(RunKind::DriftCheck, "drift check");
         rec.params
             .insert("model_version".into(), report.model_version.clone());
-        rec.params.insert("window".into(), report.samples.to_string());
+        rec.params
+            .insert("window".into(), report.samples.to_string());
         rec.metrics.insert("drift_score".into(), report.drift_score);
         for t in &report.tests {
             rec.metrics.insert(format!("{}_score", t.test), t.score);
@@ -175,9 +173,10 @@ impl DriftMonitor {
         rec.tags.insert("fired".into(), report.fired.join(","));
         if !file.is_empty() {
             rec.artifacts.push(PathBuf::from(file));
-            rec.artifacts.push(PathBuf::from(file).with_extension("html"));
+            rec.artifacts
+                .push(PathBuf::from(file).with_extension("html"));
         }
-        tracker.do_send(crate::tracker::Track(rec.finish()));
+        tracker.do_send(crate::messages::Track(rec.finish()));
     }
 
     /// `<stamp>.json` and `<stamp>.html`, plus `latest.json` / `latest.html`; old ones pruned.

@@ -502,22 +502,25 @@ fn json_body(
     req: &HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,
     limit: usize,
-) -> Result<web::Bytes, HttpResponse> {
-    let body = body.map_err(|e| {
-        let status = e.as_response_error().status_code();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            json_error(
-                status,
-                format!("request body is larger than the limit of {limit} bytes"),
-            )
-        } else {
-            json_error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}"),
-            )
-        }
-    })?;
-    content_type_ok(req).map_err(|m| json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m))?;
+) -> Result<web::Bytes, Box<HttpResponse>> {
+    let body = body
+        .map_err(|e| {
+            let status = e.as_response_error().status_code();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                json_error(
+                    status,
+                    format!("request body is larger than the limit of {limit} bytes"),
+                )
+            } else {
+                json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            }
+        })
+        .map_err(Box::new)?;
+    content_type_ok(req)
+        .map_err(|m| Box::new(json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m)))?;
     Ok(body)
 }
 
@@ -546,7 +549,7 @@ async fn feedback(
 ) -> HttpResponse {
     let body = match json_body(&req, body, state.max_body_bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let parsed: FeedbackRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -569,7 +572,11 @@ async fn feedback(
     if items.len() > state.max_batch_texts {
         return json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("too many items: {} (at most {})", items.len(), state.max_batch_texts),
+            format!(
+                "too many items: {} (at most {})",
+                items.len(),
+                state.max_batch_texts
+            ),
         );
     }
     let arrived_at = chrono::Utc::now();
@@ -618,14 +625,24 @@ async fn feedback(
     .await;
     match written {
         Ok(Ok(_)) => {
-            FeedbackReceived { rows: n, file: &name }.emit(&state.metrics);
+            FeedbackReceived {
+                rows: n,
+                file: &name,
+            }
+            .emit(&state.metrics);
             HttpResponse::Ok().json(serde_json::json!({"stored": n, "file": name}))
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot store feedback");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the feedback; the error was logged")
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot store the feedback; the error was logged",
+            )
         }
-        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the feedback"),
+        Err(_) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot store the feedback",
+        ),
     }
 }
 
@@ -650,12 +667,12 @@ async fn drift_html(state: web::Data<HttpState>) -> HttpResponse {
 
 /// The admin API, or the response that refuses the request: 404 when no token file is
 /// configured (the API does not exist), 401 without the right bearer token.
-fn admin<'a>(req: &HttpRequest, state: &'a HttpState) -> Result<&'a AdminApi, HttpResponse> {
+fn admin<'a>(req: &HttpRequest, state: &'a HttpState) -> Result<&'a AdminApi, Box<HttpResponse>> {
     let Some(api) = &state.admin else {
-        return Err(json_error(
+        return Err(Box::new(json_error(
             StatusCode::NOT_FOUND,
             "the admin API is disabled (set [admin] token_file to enable it)",
-        ));
+        )));
     };
     let given = req
         .headers()
@@ -668,10 +685,12 @@ fn admin<'a>(req: &HttpRequest, state: &'a HttpState) -> Result<&'a AdminApi, Ht
         Ok(api)
     } else {
         tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "admin request refused: missing or wrong bearer token");
-        Err(HttpResponse::Unauthorized()
-            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-            .insert_header(ContentType::json())
-            .body(r#"{"error":"missing or wrong bearer token"}"#))
+        Err(Box::new(
+            HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+                .insert_header(ContentType::json())
+                .body(r#"{"error":"missing or wrong bearer token"}"#),
+        ))
     }
 }
 
@@ -679,19 +698,31 @@ fn switched(r: Result<Result<Switched, String>, actix::MailboxError>) -> HttpRes
     match r {
         Ok(Ok(s)) => HttpResponse::Ok().json(s),
         Ok(Err(e)) => json_error(StatusCode::CONFLICT, e),
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("model registry unavailable: {e}")),
+        Err(e) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model registry unavailable: {e}"),
+        ),
     }
 }
 
 async fn admin_retrain(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let api = match admin(&req, &state) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    match api.retrain.send(Retrain { trigger: RetrainTrigger::Admin }).await {
+    match api
+        .retrain
+        .send(Retrain {
+            trigger: RetrainTrigger::Admin,
+        })
+        .await
+    {
         Ok(Ok(m)) => HttpResponse::Accepted().json(serde_json::json!({"status": m})),
         Ok(Err(reason)) => json_error(StatusCode::CONFLICT, reason),
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("trainer unavailable: {e}")),
+        Err(e) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("trainer unavailable: {e}"),
+        ),
     }
 }
 
@@ -708,11 +739,11 @@ async fn admin_promote(
 ) -> HttpResponse {
     let api = match admin(&req, &state) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match json_body(&req, body, state.max_body_bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let r: PromoteRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -736,7 +767,7 @@ async fn admin_promote(
 async fn admin_rollback(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let api = match admin(&req, &state) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     switched(
         api.rollback

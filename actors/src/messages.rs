@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::supervisor::Panicked;
+use crate::tracking::{RunRecord, TrackingError};
 
 /// BatchProcessor -> Inference: score `texts[start..end]`.
 ///
@@ -173,4 +174,29 @@ pub struct Rollback {
 pub struct Switched {
     pub from: Option<String>,
     pub to: String,
+}
+
+/// Trainer, DriftMonitor, ModelRegistry, CLI -> Tracker: record this run. The reply comes
+/// once the record is durable in the local run log; MLflow forwarding happens afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<(), TrackError>")]
+pub struct Track(pub RunRecord);
+
+/// ModelRegistry -> Tracker: model store `version` (trained by local run `run_id`, files in
+/// `model_dir`) now serves. With MLflow configured, its small files are logged to that run,
+/// registered as a model version and given the alias `champion`; without, nothing happens.
+#[derive(Message)]
+#[rtype(result = "Result<(), TrackError>")]
+pub struct RegisterChampion {
+    pub version: String,
+    pub run_id: String,
+    pub model_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    #[error(transparent)]
+    Tracking(#[from] TrackingError),
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
 }

@@ -334,7 +334,10 @@ impl Metrics {
         self.drift_checks
             .get_or_create(&DriftCheckLabels { outcome })
             .inc();
-        if matches!(outcome, DriftCheckOutcome::drift | DriftCheckOutcome::no_drift) {
+        if matches!(
+            outcome,
+            DriftCheckOutcome::drift | DriftCheckOutcome::no_drift
+        ) {
             self.drift_score.set(max);
             for (test, score) in scores {
                 self.drift_test_score
@@ -354,7 +357,9 @@ impl Metrics {
     }
 
     pub fn retrain(&self, outcome: RetrainOutcome) {
-        self.retrains.get_or_create(&RetrainLabels { outcome }).inc();
+        self.retrains
+            .get_or_create(&RetrainLabels { outcome })
+            .inc();
     }
 
     pub fn rollback(&self) {

@@ -22,8 +22,7 @@ use std::time::Instant;
 
 use crate::events::{InternalEvent, RolledBack};
 use crate::messages::{
-    ModelServing, PromoteCandidate, PromoteVersion, Rollback, SwapModel, Switched,
-    TrainingFailed,
+    ModelServing, PromoteCandidate, PromoteVersion, Rollback, SwapModel, Switched, TrainingFailed,
 };
 use crate::metrics::Metrics;
 use crate::supervisor::Containment;
@@ -87,7 +86,7 @@ pub struct ModelRegistry {
     containment: Containment,
     training: bool,
     baseliner: Option<Recipient<ModelServing>>,
-    tracker: Option<Recipient<crate::tracker::Track>>,
+    tracker: Option<Recipient<crate::messages::Track>>,
     /// A `current` that failed to load, so a broken version is reported once, not every tick.
     refused: Option<String>,
 }
@@ -98,7 +97,7 @@ impl ModelRegistry {
         cell: ModelCell,
         metrics: Arc<Metrics>,
         baseliner: Option<Recipient<ModelServing>>,
-        tracker: Option<Recipient<crate::tracker::Track>>,
+        tracker: Option<Recipient<crate::messages::Track>>,
     ) -> ModelRegistry {
         let containment = Containment::new("model_registry", metrics.clone());
         ModelRegistry {
@@ -171,7 +170,13 @@ impl ModelRegistry {
     }
 
     /// Makes `version` current in the store, then serves it.
-    fn switch(&mut self, version: &str, action: &str, reason: &str, extra: Vec<String>) -> Result<Switched, String> {
+    fn switch(
+        &mut self,
+        version: &str,
+        action: &str,
+        reason: &str,
+        extra: Vec<String>,
+    ) -> Result<Switched, String> {
         let store = ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
         let from = self.serving_version();
         store
@@ -295,10 +300,16 @@ impl ModelRegistry {
                             "background training finished"
                         );
                         if let Some(t) = &tracker {
-                            let dir = cfg.paths.model_store.join("versions").join(&manifest.version);
-                            t.do_send(crate::tracker::Track(
-                                crate::trainer::training_record(&manifest, "first_start", &dir),
-                            ));
+                            let dir = cfg
+                                .paths
+                                .model_store
+                                .join("versions")
+                                .join(&manifest.version);
+                            t.do_send(crate::messages::Track(crate::trainer::training_record(
+                                &manifest,
+                                "first_start",
+                                &dir,
+                            )));
                         }
                         me.do_send(SwapModel {
                             classifier,

@@ -9,7 +9,7 @@
 //! owner of the retry queue keeps records in order without any locking between threads. A
 //! server that is down therefore never delays a message to this actor, let alone its sender.
 
-use actix::{Actor, Context, Handler, Message};
+use actix::{Actor, Context, Handler};
 use sentimentd_config::{Config, TrackingConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,37 +17,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use crate::metrics::Metrics;
-use crate::supervisor::{Containment, Panicked};
-use crate::tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink, RunRecord, TrackingError};
+use crate::supervisor::Containment;
+use crate::tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink, TrackingError};
 
-// Messages: to be moved into messages.rs
-
-/// Trainer, DriftMonitor, ModelRegistry, CLI -> Tracker: record this run. The reply comes
-/// once the record is durable in the local run log; MLflow forwarding happens afterwards.
-#[derive(Message)]
-#[rtype(result = "Result<(), TrackError>")]
-pub struct Track(pub RunRecord);
-
-/// ModelRegistry -> Tracker: model store `version` (trained by local run `run_id`, files in
-/// `model_dir`) now serves. With MLflow configured, its small files are logged to that run,
-/// registered as a model version and given the alias `champion`; without, nothing happens.
-#[derive(Message)]
-#[rtype(result = "Result<(), TrackError>")]
-pub struct RegisterChampion {
-    pub version: String,
-    pub run_id: String,
-    pub model_dir: PathBuf,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrackError {
-    #[error(transparent)]
-    Tracking(#[from] TrackingError),
-    #[error(transparent)]
-    Panicked(#[from] Panicked),
-}
-
-// End of messages.
+use crate::messages::{RegisterChampion, Track, TrackError};
 
 /// Files of a model version always sent to MLflow; others only when at most
 /// [`SMALL_MODEL_FILE`] bytes (so tokenizer.json goes, multi-MB weights stay local).
@@ -233,7 +206,7 @@ fn worker(mut sink: MlflowSink, rx: mpsc::Receiver<MlflowOp>, containment: Conta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::{PENDING_FILE, RunKind};
+    use crate::tracking::{PENDING_FILE, RunKind, RunRecord};
     use actix::Actor;
     use std::time::Instant;
 

@@ -1044,11 +1044,12 @@ impl MlflowClient {
             let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
                 continue;
             };
-            if !file.is_file() {
+            if !uploadable(file) {
                 tracing::warn!(
                     run_id = %record.run_id,
                     artifact = %file.display(),
-                    "artifact no longer exists; MLflow run mirrored without it"
+                    max_bytes = MAX_ARTIFACT_BYTES,
+                    "artifact missing or too big to upload; MLflow run mirrored without it"
                 );
                 continue;
             }
@@ -1075,11 +1076,12 @@ impl MlflowClient {
             let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
                 continue;
             };
-            if !file.is_file() {
+            if !uploadable(file) {
                 tracing::warn!(
                     version = store_version,
                     artifact = %file.display(),
-                    "model file no longer exists; registering the version without it"
+                    max_bytes = MAX_ARTIFACT_BYTES,
+                    "model file missing or too big to upload; version registered without it"
                 );
                 continue;
             }
@@ -1105,6 +1107,12 @@ impl MlflowClient {
         self.set_alias(registered_model, CHAMPION_ALIAS, &version.version)?;
         Ok(version.version)
     }
+}
+
+/// A file `upload_artifact` would accept. Checked up front because its refusal is final, and
+/// one oversized attachment must not cost the whole record its place in MLflow.
+fn uploadable(file: &Path) -> bool {
+    std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.len() <= MAX_ARTIFACT_BYTES)
 }
 
 fn truncate(s: &str, max_chars: usize) -> &str {

@@ -25,10 +25,10 @@ use std::time::Instant;
 use crate::events::{CandidateRejected, InternalEvent, RetrainFailed, RetrainSkipped};
 use crate::journal;
 use crate::messages::{DriftDetected, PromoteCandidate, Retrain, RetrainFinished, RetrainTrigger};
+use crate::messages::{RegisterChampion, Track};
 use crate::metrics::Metrics;
 use crate::model_registry::{ModelCell, ModelRegistry};
 use crate::supervisor::Containment;
-use crate::tracker::{RegisterChampion, Track};
 use crate::tracking::{RunKind, RunRecord};
 
 /// What the trainer remembers across restarts: when it last ran and which labelled files
@@ -132,7 +132,11 @@ impl Trainer {
         }
     }
 
-    fn start(&mut self, trigger: RetrainTrigger, ctx: &mut Context<Self>) -> Result<String, String> {
+    fn start(
+        &mut self,
+        trigger: RetrainTrigger,
+        ctx: &mut Context<Self>,
+    ) -> Result<String, String> {
         if let Some(reason) = self.refusal(trigger) {
             RetrainSkipped {
                 trigger,
@@ -180,7 +184,10 @@ impl Trainer {
             });
         match spawned {
             Ok(_) => {
-                tracing::info!(trigger = trigger.as_str(), "retrain started in the background");
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    "retrain started in the background"
+                );
                 Ok("retrain started".into())
             }
             Err(e) => {
@@ -261,7 +268,8 @@ impl RetrainRun {
                 }
                 .emit(&self.metrics);
                 let mut rec = RunRecord::new(RunKind::Training, "retrain");
-                rec.tags.insert("trigger".into(), self.trigger.as_str().into());
+                rec.tags
+                    .insert("trigger".into(), self.trigger.as_str().into());
                 self.track(rec.fail(error));
                 "failed"
             }
@@ -330,7 +338,14 @@ impl RetrainRun {
             pipeline::evaluate(current.as_ref(), &val),
         );
         let (cand_hold, cur_hold) = (eval(&candidate, &holdout), eval(current.as_ref(), &holdout));
-        let verdict = gate(cfg, &cand_val, &cur_val, cand_hold.as_ref(), cur_hold.as_ref(), holdout.texts.len());
+        let verdict = gate(
+            cfg,
+            &cand_val,
+            &cur_val,
+            cand_hold.as_ref(),
+            cur_hold.as_ref(),
+            holdout.texts.len(),
+        );
         let details = serde_json::json!({
             "trigger": self.trigger.as_str(),
             "gate": &cfg.gate,
@@ -344,7 +359,12 @@ impl RetrainRun {
         let decision = Decision {
             version: version.clone(),
             decided_at: chrono::Utc::now().to_rfc3339(),
-            status: if verdict.passed { "promoted" } else { "rejected" }.into(),
+            status: if verdict.passed {
+                "promoted"
+            } else {
+                "rejected"
+            }
+            .into(),
             reason: reason.clone(),
             against: Some(current.version().to_string()),
             details: details.clone(),
@@ -358,14 +378,23 @@ impl RetrainRun {
         rec.name = "retrain".into();
         rec.tags.insert("decision".into(), decision.status.clone());
         rec.tags.insert("reason".into(), reason.clone());
-        rec.params.insert("serving_version".into(), current.version().into());
-        rec.params.insert("labelled_rows".into(), rows.len().to_string());
-        rec.params.insert("holdout_rows".into(), holdout.texts.len().to_string());
+        rec.params
+            .insert("serving_version".into(), current.version().into());
+        rec.params
+            .insert("labelled_rows".into(), rows.len().to_string());
+        rec.params
+            .insert("holdout_rows".into(), holdout.texts.len().to_string());
         for (k, v) in [
             ("candidate_val_macro_recall", Some(cand_val.macro_recall)),
             ("serving_val_macro_recall", Some(cur_val.macro_recall)),
-            ("candidate_holdout_macro_recall", cand_hold.as_ref().map(|m| m.macro_recall)),
-            ("serving_holdout_macro_recall", cur_hold.as_ref().map(|m| m.macro_recall)),
+            (
+                "candidate_holdout_macro_recall",
+                cand_hold.as_ref().map(|m| m.macro_recall),
+            ),
+            (
+                "serving_holdout_macro_recall",
+                cur_hold.as_ref().map(|m| m.macro_recall),
+            ),
         ] {
             if let Some(v) = v {
                 rec.metrics.insert(k.into(), v);
@@ -497,7 +526,8 @@ pub fn training_record(
 ) -> RunRecord {
     let mut rec = RunRecord::new(RunKind::Training, "train");
     rec.tags.insert("trigger".into(), trigger.into());
-    rec.tags.insert("model_version".into(), manifest.version.clone());
+    rec.tags
+        .insert("model_version".into(), manifest.version.clone());
     if let Some(p) = &manifest.parent {
         rec.tags.insert("parent".into(), p.clone());
     }
@@ -523,7 +553,8 @@ pub fn training_record(
     for e in &manifest.history {
         rec.metric_step("epoch_train_loss", e.epoch as i64, e.train_loss);
     }
-    rec.metrics.insert("train_seconds".into(), manifest.train_seconds);
+    rec.metrics
+        .insert("train_seconds".into(), manifest.train_seconds);
     for f in ["manifest.json", "confusion_matrix.png"] {
         let p = version_dir.join(f);
         if p.exists() {
@@ -542,7 +573,13 @@ impl TrainObserver for LogObserver {
     }
 
     fn on_epoch(&mut self, r: &EpochReport) {
-        tracing::info!(epoch = r.epoch, train_loss = r.train_loss, seconds = r.seconds, improved = r.improved, "training epoch");
+        tracing::info!(
+            epoch = r.epoch,
+            train_loss = r.train_loss,
+            seconds = r.seconds,
+            improved = r.improved,
+            "training epoch"
+        );
     }
 
     fn on_message(&mut self, message: &str) {

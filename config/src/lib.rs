@@ -10,9 +10,9 @@ mod validate;
 
 pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
-    AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig,
-    IngestConfig, LogFormat, LoggingConfig, LrDecay, ModelConfig, ModelKind, PathsConfig,
-    RetrainConfig, ServerConfig, TrackingConfig, TrainConfig, TrainOnStart,
+    AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig, IngestConfig,
+    LogFormat, LoggingConfig, LrDecay, ModelConfig, ModelKind, PathsConfig, RetrainConfig,
+    ServerConfig, TrackingConfig, TrainConfig, TrainOnStart,
 };
 
 use serde::Deserialize;

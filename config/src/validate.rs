@@ -125,7 +125,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
 
     let d = &c.drift;
     k.range("drift.check_every_secs", d.check_every_secs, 1, 86_400 * 7);
-    k.range("drift.check_every_samples", d.check_every_samples, 1, 100_000_000);
+    k.range(
+        "drift.check_every_samples",
+        d.check_every_samples,
+        1,
+        100_000_000,
+    );
     k.range("drift.window", d.window, 10, 1_000_000);
     k.range("drift.min_samples", d.min_samples, 1, d.window.max(1));
     for (i, p) in d.reference.iter().enumerate() {
@@ -133,13 +138,23 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     }
     k.range("drift.baseline_sample", d.baseline_sample, 10, 100_000);
     k.positive("drift.psi_threshold", d.psi_threshold);
-    k.range("drift.js_distance_threshold", d.js_distance_threshold, 1e-9, 1.0);
+    k.range(
+        "drift.js_distance_threshold",
+        d.js_distance_threshold,
+        1e-9,
+        1.0,
+    );
     k.range("drift.chi2_p_value", d.chi2_p_value, 1e-300, 0.5);
     k.positive("drift.mean_shift_threshold", d.mean_shift_threshold);
     k.range("drift.mmd_p_value", d.mmd_p_value, 1e-300, 0.5);
     k.range("drift.mmd_permutations", d.mmd_permutations, 10, 100_000);
     k.range("drift.mmd_max_samples", d.mmd_max_samples, 10, 20_000);
-    k.range("drift.length_ks_threshold", d.length_ks_threshold, 1e-9, 1.0);
+    k.range(
+        "drift.length_ks_threshold",
+        d.length_ks_threshold,
+        1e-9,
+        1.0,
+    );
     k.range("drift.oov_ks_threshold", d.oov_ks_threshold, 1e-9, 1.0);
     k.range("drift.reports_kept", d.reports_kept, 1, 1_000_000);
 
@@ -153,7 +168,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     let gate = &c.gate;
     k.range("gate.max_val_drop", gate.max_val_drop, 0.0, 1.0);
     k.range("gate.min_holdout_gain", gate.min_holdout_gain, -1.0, 1.0);
-    k.range("gate.min_val_macro_recall", gate.min_val_macro_recall, 0.0, 1.0);
+    k.range(
+        "gate.min_val_macro_recall",
+        gate.min_val_macro_recall,
+        0.0,
+        1.0,
+    );
     k.at_least("gate.min_holdout_rows", gate.min_holdout_rows, 1);
 
     if let Some(p) = &c.admin.token_file {

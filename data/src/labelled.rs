@@ -110,7 +110,10 @@ impl LabelledStore {
             return;
         };
         for e in entries.flatten() {
-            if e.file_name().to_str().is_some_and(|n| n.starts_with(".tmp-")) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(".tmp-"))
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -239,11 +242,21 @@ mod tests {
         })?;
         let store = LabelledStore::open(dir.path())?;
         let rows = vec![
-            row("a, \"quoted\"\nline", Label::Positive, "2026-01-01T00:00:00Z"),
+            row(
+                "a, \"quoted\"\nline",
+                Label::Positive,
+                "2026-01-01T00:00:00Z",
+            ),
             row("b", Label::Negative, "2026-01-01T00:00:01Z"),
         ];
-        store.write(&file_name("20260102T000000.000000Z", "batch", "x y.csv"), &rows)?;
-        store.write(&file_name("20260101T000000.000000Z", "feedback", "1"), &rows[1..])?;
+        store.write(
+            &file_name("20260102T000000.000000Z", "batch", "x y.csv"),
+            &rows,
+        )?;
+        store.write(
+            &file_name("20260101T000000.000000Z", "feedback", "1"),
+            &rows[1..],
+        )?;
         let names = store.names()?;
         assert_eq!(
             names,
@@ -268,7 +281,11 @@ mod tests {
             },
             LabelledFile {
                 name: "2".into(),
-                rows: vec![row(" great phone ", Label::Negative, "2026-01-02T00:00:00Z")],
+                rows: vec![row(
+                    " great phone ",
+                    Label::Negative,
+                    "2026-01-02T00:00:00Z",
+                )],
             },
         ];
         let d = deduplicate(&files);

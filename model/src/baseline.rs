@@ -34,7 +34,12 @@ pub fn read_texts(paths: &[PathBuf], max_text_chars: usize) -> Result<Vec<String
     for p in paths {
         let batch = read_batch(p, &opts)?;
         let col = batch.text_col;
-        out.extend(batch.rows.into_iter().map(|mut r| std::mem::take(&mut r.fields[col])));
+        out.extend(
+            batch
+                .rows
+                .into_iter()
+                .map(|mut r| std::mem::take(&mut r.fields[col])),
+        );
     }
     Ok(out)
 }
@@ -89,12 +94,12 @@ pub fn compute_and_attach(
 /// The stored baseline of a version, verified; `None` when it has none yet.
 pub fn load(store: &ModelStore, version: &str) -> Result<Option<Baseline>, ModelError> {
     match store.read_attached(version, BASELINE)? {
-        Some(bytes) => Baseline::from_json(&bytes).map(Some).map_err(|e| {
-            ModelError::Corrupt {
+        Some(bytes) => Baseline::from_json(&bytes)
+            .map(Some)
+            .map_err(|e| ModelError::Corrupt {
                 path: store.version_dir(version).join(BASELINE),
                 reason: e.to_string(),
-            }
-        }),
+            }),
         None => Ok(None),
     }
 }

@@ -1,5 +1,6 @@
 //! The ML core of sentimentd: tokenizer, burn network, training, evaluation, model store
 //! and the lexicon fallback. Free of actors so the CLI, benches and tests use it directly.
+pub mod baseline;
 mod classifier;
 mod error;
 pub mod fast;
@@ -7,7 +8,6 @@ pub mod features;
 mod lexicon;
 pub mod metrics;
 pub mod pipeline;
-pub mod baseline;
 pub mod plot;
 pub mod promotion;
 pub mod store;

@@ -97,7 +97,10 @@ impl ModelStore {
         sync_path(&dir)?;
         sync_path(&self.root().join("versions"))?;
         let from = self.current_version()?;
-        write_atomic(&self.root().join("current"), format!("{version}\n").as_bytes())?;
+        write_atomic(
+            &self.root().join("current"),
+            format!("{version}\n").as_bytes(),
+        )?;
         self.append_history(&HistoryEntry {
             at: chrono::Utc::now().to_rfc3339(),
             version: version.to_string(),
@@ -214,7 +217,10 @@ impl ModelStore {
 mod tests {
     use super::*;
 
-    fn store_with(history: &[(&str, Option<&str>, &str)], current: &str) -> (tempfile::TempDir, ModelStore) {
+    fn store_with(
+        history: &[(&str, Option<&str>, &str)],
+        current: &str,
+    ) -> (tempfile::TempDir, ModelStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = ModelStore::open(dir.path()).expect("store");
         for (version, from, action) in history {
@@ -235,7 +241,11 @@ mod tests {
     #[test]
     fn rollback_walks_back_through_promotions() {
         let (_d, s) = store_with(
-            &[("a", None, "promote"), ("b", Some("a"), "gate"), ("c", Some("b"), "promote")],
+            &[
+                ("a", None, "promote"),
+                ("b", Some("a"), "gate"),
+                ("c", Some("b"), "promote"),
+            ],
             "c",
         );
         assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("b"));
@@ -250,7 +260,11 @@ mod tests {
         );
         assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("a"));
         let (_d, s) = store_with(
-            &[("a", None, "promote"), ("b", Some("a"), "gate"), ("a", Some("b"), "rollback")],
+            &[
+                ("a", None, "promote"),
+                ("b", Some("a"), "gate"),
+                ("a", Some("b"), "rollback"),
+            ],
             "a",
         );
         assert_eq!(s.rollback_target().ok().flatten(), None, "nothing before a");
