@@ -117,7 +117,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cell.clone(),
         metrics.clone(),
         Some(baseliner.recipient()),
-        Some(tracker.clone().recipient()),
+        Some(tracker.clone()),
     ));
     let admin = admin_token.map(|token| AdminApi {
         token,

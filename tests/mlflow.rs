@@ -442,3 +442,124 @@ fn records_made_while_mlflow_is_down_arrive_once_it_is_up() {
         serde_json::json!(["model/manifest.json"])
     );
 }
+
+/// The daemon with `[tracking] mlflow_uri`: its first training run and the drift-driven
+/// retrain that passes the gate reach MLflow, and the `champion` alias follows the promotion.
+#[test]
+fn the_daemon_records_its_runs_and_moves_the_champion_alias() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = MlflowServer::start(tmp.path(), common::free_port());
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let train_text =
+        std::fs::read_to_string(repo.join("data/datasets/tweeteval/train.csv")).unwrap();
+    let train: Vec<&str> = train_text.lines().take(4001).collect();
+    std::fs::write(tmp.path().join("train.csv"), train.join("\n") + "\n").unwrap();
+    let d = common::Daemon::start_with(
+        "",
+        "",
+        "on_start = \"if-missing\"\nepochs = 2",
+        &format!(
+            "[data]\ntrain = [\"{train}\"]\nval = \"{val}\"\n\n[model]\nembedding_dim = 16\n\
+             vocab_size = 3000\nbuckets = 8192\n\n[drift]\nwindow = 2000\nmin_samples = 300\n\
+             check_every_samples = 500\n\n[retrain]\nthreads = 1\nmin_new_rows = 300\n\n\
+             [gate]\nmax_val_drop = 0.03\n\n[tracking]\nmlflow_uri = \"{uri}\"\n\
+             experiment = \"daemon\"\nregistered_model = \"sentimentd-daemon\"\n",
+            train = tmp.path().join("train.csv").display(),
+            val = repo.join("data/datasets/tweeteval/val.csv").display(),
+            uri = server.uri,
+        ),
+    );
+    let client = MlflowClient::new(&server.uri);
+    let champion_version = |timeout: Duration| -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(v)) = client.get_model_version_by_alias("sentimentd-daemon", "champion")
+                && let Some(version) = v.tags.get("sentimentd.version")
+            {
+                return version.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no champion in MLflow:\n{}\n{}",
+                d.logs(),
+                server.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let serving = |d: &common::Daemon| {
+        d.get("/model").json()["version"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    d.wait_for("the first model", Duration::from_secs(120), || {
+        d.get("/model").json()["fallback"] == false
+    });
+    let v1 = serving(&d);
+    assert_eq!(champion_version(Duration::from_secs(60)), v1);
+
+    for (i, seed) in [21u64, 22, 23].into_iter().enumerate() {
+        let name = format!("reviews-{i}.csv");
+        d.drop_file(
+            &name,
+            common::reviews::reviews_csv(400, seed, &format!("m{i}")).as_bytes(),
+        );
+        d.wait_processed(&name, Duration::from_secs(60));
+    }
+    d.wait_for("a promotion", Duration::from_secs(180), || {
+        d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#) >= 1.0
+    });
+    let v2 = serving(&d);
+    assert_ne!(v2, v1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while champion_version(Duration::from_secs(60)) != v2 {
+        assert!(
+            Instant::now() < deadline,
+            "the champion alias did not move to {v2}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The retrain's run, found by its local id in the daemon's run log, with its metrics,
+    // epoch history and decision.
+    let log = LocalRunLog::open(d.root().join("state/runs")).unwrap();
+    let retrain = log
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.tags.get("decision").map(String::as_str) == Some("promoted"))
+        .expect("the promoted retrain in the local run log");
+    let facts = check(
+        &server.uri,
+        "daemon",
+        &retrain.run_id,
+        &["--history", "epoch_train_loss"],
+    );
+    assert_eq!(facts["status"], "FINISHED", "{facts}");
+    assert_eq!(facts["tags"]["decision"], "promoted", "{facts}");
+    assert!(
+        facts["metrics"]["candidate_val_macro_recall"].is_number(),
+        "{facts}"
+    );
+    assert!(
+        facts["history"]["epoch_train_loss"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty()),
+        "{facts}"
+    );
+    assert!(
+        facts["artifacts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "decision.json")),
+        "{facts}"
+    );
+    // Drift checks went to MLflow too.
+    let drift_run = log
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.kind == RunKind::DriftCheck)
+        .expect("a drift check in the run log");
+    let facts = check(&server.uri, "daemon", &drift_run.run_id, &[]);
+    assert_eq!(facts["runs_found"], 1, "{facts}");
+}

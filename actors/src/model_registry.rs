@@ -86,7 +86,7 @@ pub struct ModelRegistry {
     containment: Containment,
     training: bool,
     baseliner: Option<Recipient<ModelServing>>,
-    tracker: Option<Recipient<crate::messages::Track>>,
+    tracker: Option<Addr<crate::tracker::Tracker>>,
     /// A `current` that failed to load, so a broken version is reported once, not every tick.
     refused: Option<String>,
 }
@@ -97,7 +97,7 @@ impl ModelRegistry {
         cell: ModelCell,
         metrics: Arc<Metrics>,
         baseliner: Option<Recipient<ModelServing>>,
-        tracker: Option<Recipient<crate::messages::Track>>,
+        tracker: Option<Addr<crate::tracker::Tracker>>,
     ) -> ModelRegistry {
         let containment = Containment::new("model_registry", metrics.clone());
         ModelRegistry {
@@ -305,11 +305,16 @@ impl ModelRegistry {
                                 .model_store
                                 .join("versions")
                                 .join(&manifest.version);
-                            t.do_send(crate::messages::Track(crate::trainer::training_record(
-                                &manifest,
-                                "first_start",
-                                &dir,
-                            )));
+                            let rec =
+                                crate::trainer::training_record(&manifest, "first_start", &dir);
+                            let run_id = rec.run_id.clone();
+                            t.do_send(crate::messages::Track(rec));
+                            // The first model serves at once: it is the champion.
+                            t.do_send(crate::messages::RegisterChampion {
+                                version: manifest.version.clone(),
+                                run_id,
+                                model_dir: dir,
+                            });
                         }
                         me.do_send(SwapModel {
                             classifier,

@@ -413,6 +413,8 @@ pub fn distance_score(value: f64, threshold: f64) -> f64 {
     value / threshold.max(1e-12)
 }
 
+/// ln(p) / ln(threshold): 1 at the threshold and growing as p falls below it, on the same
+/// "above 1 fires" scale as the distances. p is floored so a p-value of 0 stays finite.
 pub fn p_score(p: f64, threshold: f64) -> f64 {
     let t = threshold.clamp(P_FLOOR, 1.0 - 1e-12);
     p.clamp(P_FLOOR, 1.0).ln() / t.ln()
