@@ -258,6 +258,18 @@ fn one_predict_increments_exactly_one_request_and_one_label() {
 }
 
 /// Every input data line must be in exactly one of the scored output and the error report.
+/// The test process's umask (read without changing it, from /proc).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 fn assert_accounted(
     output: &[Vec<String>],
     errors: &[Vec<String>],
@@ -305,6 +317,17 @@ fn batch_with_good_and_bad_rows_is_accounted_row_by_row() {
     d.wait_processed("mixed.csv", Duration::from_secs(30));
 
     let out = read_csv(&d.root().join("outbox/mixed.csv"));
+    // Outputs honour the process umask (the test runs under 022): group and others may read.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["outbox/mixed.csv", "rejected/mixed.csv.errors.csv"] {
+            let mode = std::fs::metadata(d.root().join(f))
+                .expect("output")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644 & !umask(), "{f}: {mode:o}");
+        }
+    }
     assert_eq!(
         out[0],
         [

@@ -100,10 +100,12 @@ pub fn write_atomic_with(
 ) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX).suffix(".tmp");
+    // Outputs honour the process umask (group-readable under the unit's UMask=0027).
+    #[cfg(unix)]
+    builder.permissions(sentimentd_data::shareable_file());
+    let mut tmp = builder.tempfile_in(dir)?;
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         fill(&mut w)?;

@@ -23,6 +23,8 @@ pub use write::{
     REJECTION_COLUMNS, SCORE_COLUMNS, ScoredWriter, Scores, scored_headers, write_atomic,
     write_rejections, write_rejections_to,
 };
+#[cfg(unix)]
+pub use write::{shareable_dir, shareable_file};
 
 /// Re-exported so callers use the same polars version for `Dataset::to_frame`.
 pub use polars;

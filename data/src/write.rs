@@ -162,11 +162,11 @@ where
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp-").suffix(".part");
+    #[cfg(unix)]
+    builder.permissions(shareable_file());
+    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
     let value = {
         let mut w = BufWriter::new(tmp.as_file_mut());
         let value = write(&mut w)?;
@@ -177,6 +177,21 @@ where
     tmp.persist(path).map_err(|e| io(e.error))?;
     sync_dir(dir).map_err(io)?;
     Ok(value)
+}
+
+/// Mode 0666 before the umask, as `File::create` would give: temp files default to 0600, which
+/// would keep outputs from the analysts' group whatever the service's `UMask=` says.
+#[cfg(unix)]
+pub fn shareable_file() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o666)
+}
+
+/// Like [`shareable_file`] for directories (0777 before the umask).
+#[cfg(unix)]
+pub fn shareable_dir() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o777)
 }
 
 #[cfg(unix)]

@@ -277,8 +277,12 @@ impl ModelStore {
     pub fn save(&self, v: NewVersion<'_>) -> Result<Manifest, ModelError> {
         let version = self.new_version_name(&v.data_fingerprint);
         let versions = self.root.join("versions");
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".tmp-");
+        // Readable as the umask allows, like the files in it (a temp dir defaults to 0700).
+        #[cfg(unix)]
+        builder.permissions(sentimentd_data::shareable_dir());
+        let tmp = builder
             .tempdir_in(&versions)
             .map_err(ModelError::io(&versions))?;
         let dir = tmp.path();
