@@ -170,10 +170,10 @@ grep -E '^(VmRSS|VmHWM)' "/proc/$DAEMON_PID/status"
 
 if [ -n "${RETRAIN:-}" ]; then
     echo "== /predict while a candidate retrains (wrk -c$CONNECTIONS -d$DURATION)"
-    python3 - "$VAL" > "$WORK/feedback.json" <<'EOF'
+    python3 - "$ROOT/data/datasets/tweeteval/train.csv" > "$WORK/feedback.json" <<'EOF'
 import csv, json, sys
 rows = [r for r in csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')) if r['text'].strip()]
-print(json.dumps({"items": [{"text": r['text'], "label": r['label']} for r in rows[:1000]]}))
+print(json.dumps({"items": [{"text": r['text'], "label": r['label']} for r in rows[-1000:]]}))
 EOF
     curl -fsS -H 'content-type: application/json' --data-binary @"$WORK/feedback.json" "http://127.0.0.1:$PORT/feedback" >/dev/null
     curl -fsS -X POST -H "$TOKEN_HDR" "http://127.0.0.1:$PORT/admin/retrain"; echo

@@ -461,7 +461,7 @@ fn the_daemon_records_its_runs_and_moves_the_champion_alias() {
         &format!(
             "[data]\ntrain = [\"{train}\"]\nval = \"{val}\"\n\n[model]\nembedding_dim = 16\n\
              vocab_size = 3000\nbuckets = 8192\n\n[drift]\nwindow = 2000\nmin_samples = 300\n\
-             check_every_samples = 500\ncheck_every_secs = 1\n\n[retrain]\nthreads = 1\nmin_new_rows = 1000\n\n\
+             check_every_samples = 500\nmin_check_interval_secs = 0\ncheck_every_secs = 1\n\n[retrain]\nthreads = 1\nmin_new_rows = 1000\n\n\
              [gate]\nmax_val_drop = 0.03\n\n[tracking]\nmlflow_uri = \"{uri}\"\n\
              experiment = \"daemon\"\nregistered_model = \"sentimentd-daemon\"\n",
             train = tmp.path().join("train.csv").display(),

@@ -77,6 +77,7 @@ buckets = 8192
 window = 2000
 min_samples = 300
 check_every_samples = 500
+min_check_interval_secs = 0
 {timer}{drift}
 
 [retrain]

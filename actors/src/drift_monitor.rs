@@ -33,6 +33,8 @@ pub fn new_report_cell() -> ReportCell {
 
 /// How often the queue is drained; checks happen on the configured schedule.
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
+/// Nice value of the monitor's thread.
+const DRIFT_NICE: i32 = 10;
 
 pub struct DriftMonitor {
     cfg: Arc<Config>,
@@ -103,8 +105,11 @@ impl DriftMonitor {
     }
 
     fn due(&self) -> bool {
-        self.since_check >= self.cfg.drift.check_every_samples
-            || self.last_check.elapsed() >= Duration::from_secs(self.cfg.drift.check_every_secs)
+        let d = &self.cfg.drift;
+        let elapsed = self.last_check.elapsed();
+        (self.since_check >= d.check_every_samples
+            && elapsed >= Duration::from_secs(d.min_check_interval_secs))
+            || elapsed >= Duration::from_secs(d.check_every_secs)
     }
 
     fn check(&mut self) {
@@ -218,6 +223,8 @@ impl Actor for DriftMonitor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Checks are background work: serving threads win the CPU when both want it.
+        crate::trainer::lower_priority(DRIFT_NICE);
         ctx.run_interval(DRAIN_EVERY, |me, _ctx| {
             let containment = me.containment.clone();
             let _ = containment.run(|| {

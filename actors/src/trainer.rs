@@ -200,7 +200,7 @@ impl Trainer {
 
 /// Serving threads win the CPU over the training thread (and the threads it starts, which
 /// inherit its nice value on Linux).
-fn lower_priority(nice: i32) {
+pub fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority on the calling thread's own id changes only its scheduling priority.
     unsafe {

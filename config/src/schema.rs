@@ -294,8 +294,11 @@ pub struct DriftConfig {
     pub enabled: bool,
     /// A check runs this often, in seconds...
     pub check_every_secs: u64,
-    /// ...and also after this many new observations.
+    /// ...and also after this many new observations...
     pub check_every_samples: u64,
+    /// ...but a check triggered by the sample count waits until at least this many seconds
+    /// have passed since the previous one, so heavy traffic cannot turn checks into a load.
+    pub min_check_interval_secs: u64,
     /// The most recent observations a check looks at.
     pub window: usize,
     /// Below this many observations in the window a check gives no verdict.
@@ -332,6 +335,7 @@ impl Default for DriftConfig {
             enabled: true,
             check_every_secs: 300,
             check_every_samples: 5000,
+            min_check_interval_secs: 30,
             window: 10_000,
             min_samples: 500,
             reference: Vec::new(),

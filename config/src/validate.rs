@@ -131,6 +131,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         1,
         100_000_000,
     );
+    k.range(
+        "drift.min_check_interval_secs",
+        d.min_check_interval_secs,
+        0,
+        86_400,
+    );
     k.range("drift.window", d.window, 10, 1_000_000);
     k.range("drift.min_samples", d.min_samples, 1, d.window.max(1));
     for (i, p) in d.reference.iter().enumerate() {
@@ -148,6 +154,16 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.positive("drift.mean_shift_threshold", d.mean_shift_threshold);
     k.range("drift.mmd_p_value", d.mmd_p_value, 1e-300, 0.5);
     k.range("drift.mmd_permutations", d.mmd_permutations, 10, 100_000);
+    // A permutation test cannot give a p-value below 1 / (1 + permutations).
+    let floor = 1.0 / (1.0 + d.mmd_permutations as f64);
+    if d.mmd_p_value <= floor {
+        k.fail(
+            "drift.mmd_p_value",
+            format!(
+                "must be above 1 / (1 + drift.mmd_permutations) = {floor:.6}, or the MMD test can never fire (raise mmd_permutations or mmd_p_value)"
+            ),
+        );
+    }
     k.range("drift.mmd_max_samples", d.mmd_max_samples, 10, 20_000);
     k.range(
         "drift.length_ks_threshold",
