@@ -176,6 +176,24 @@ pub fn eval(cfg: &Config, a: EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.out {
         write_eval_outputs(dir, &metrics, model.version())?;
     }
+    let mut rec = sentimentd_actors::tracking::RunRecord::new(
+        sentimentd_actors::tracking::RunKind::Evaluation,
+        "eval",
+    );
+    rec.tags
+        .insert("model_version".into(), model.version().to_string());
+    rec.params.insert("data".into(), path.display().to_string());
+    rec.params
+        .insert("data_fingerprint".into(), data.fingerprint.clone());
+    rec.metrics
+        .insert("macro_recall".into(), metrics.macro_recall);
+    rec.metrics.insert("accuracy".into(), metrics.accuracy);
+    rec.metrics.insert("macro_f1".into(), metrics.macro_f1);
+    if let Some(dir) = &a.out {
+        rec.artifacts.push(dir.join("metrics.json"));
+        rec.artifacts.push(dir.join("confusion_matrix.png"));
+    }
+    crate::mlops::record_run(cfg, rec.finish());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
     } else {

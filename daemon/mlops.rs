@@ -102,6 +102,27 @@ pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
     };
     let texts = baseline::read_texts(&a.data, cfg.data.max_text_chars)?;
     let report = baseline::check_texts(cfg, &model, &b, &texts);
+    let mut rec = sentimentd_actors::tracking::RunRecord::new(
+        sentimentd_actors::tracking::RunKind::DriftCheck,
+        "drift (cli)",
+    );
+    rec.tags.insert("model_version".into(), version.clone());
+    rec.tags
+        .insert("verdict".into(), report.verdict.as_str().to_string());
+    rec.tags.insert("fired".into(), report.fired.join(","));
+    rec.params.insert(
+        "data".into(),
+        a.data
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    rec.metrics.insert("drift_score".into(), report.drift_score);
+    for t in &report.tests {
+        rec.metrics.insert(format!("{}_score", t.test), t.score);
+    }
+    record_run(cfg, rec.finish());
     if let Some(path) = &a.html {
         std::fs::write(path, sentimentd_data::drift::render_html(&report))
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -251,16 +272,41 @@ pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records a finished training run (CLI `train`) in the local run log.
+/// Records a finished training run (CLI `train`).
 pub fn record_training(
     cfg: &Config,
     manifest: &sentimentd_model::Manifest,
     store_dir: &std::path::Path,
 ) {
-    let rec = sentimentd_actors::trainer::training_record(manifest, "cli", store_dir);
-    let logged = sentimentd_actors::tracking::LocalRunLog::open(cfg.paths.state_dir.join("runs"))
-        .and_then(|log| log.record(&rec));
-    if let Err(e) = logged {
-        eprintln!("warning: the run was not recorded in the run log: {e}");
+    record_run(
+        cfg,
+        sentimentd_actors::trainer::training_record(manifest, "cli", store_dir),
+    );
+}
+
+/// Records a CLI run like the daemon's: in the local run log, then (with `[tracking]
+/// mlflow_uri`) one attempt to send it to MLflow; if the server is down the record waits in
+/// the shared pending file, which the daemon retries. Recording never fails the command.
+pub fn record_run(cfg: &Config, rec: sentimentd_actors::tracking::RunRecord) {
+    use sentimentd_actors::tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink};
+    let dir = cfg.paths.state_dir.join("runs");
+    let stored = match LocalRunLog::open(&dir).and_then(|log| log.store(&rec)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: the run was not recorded in the run log: {e}");
+            return;
+        }
+    };
+    if let Some(uri) = &cfg.tracking.mlflow_uri {
+        let sent = MlflowSink::open(
+            MlflowClient::new(uri),
+            &cfg.tracking.experiment,
+            &cfg.tracking.registered_model,
+            &dir,
+        )
+        .and_then(|mut sink| sink.submit(MlflowOp::Run { record: stored }));
+        if let Err(e) = sent {
+            eprintln!("warning: the run was not sent to MLflow at {uri}: {e}");
+        }
     }
 }

@@ -704,6 +704,35 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["verdict"], "drift");
+
+    // Every CLI training, evaluation and drift check is in the run log.
+    let out = cli(&config, &["eval"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&config, &["runs", "--json"]);
+    let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("run json")["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "training",
+            "drift_check",
+            "drift_check",
+            "drift_check",
+            "evaluation"
+        ],
+        "{kinds:?}"
+    );
 }
 
 #[test]

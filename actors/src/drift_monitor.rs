@@ -168,13 +168,8 @@ impl DriftMonitor {
             rec.metrics.insert(format!("{}_score", t.test), t.score);
             rec.metrics.insert(t.test.clone(), t.value);
         }
-        rec.tags.insert(
-            "verdict".into(),
-            serde_json::to_value(report.verdict)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-        );
+        rec.tags
+            .insert("verdict".into(), report.verdict.as_str().to_string());
         rec.tags.insert("fired".into(), report.fired.join(","));
         if !file.is_empty() {
             rec.artifacts.push(PathBuf::from(file));
