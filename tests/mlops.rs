@@ -470,12 +470,9 @@ fn cli(config: &Path, args: &[&str]) -> std::process::Output {
         .expect("run sentimentd")
 }
 
-#[test]
-fn promotion_and_rollback_under_load_fail_no_request() {
-    let data = Data::new();
-    let d = trained_daemon(&data, "enabled = false", "enabled = false", "");
-    let v1 = model_version(&d);
-    // A second version in the same store, not current.
+/// The serving version, and a second one trained into the same store by the CLI (not current).
+fn serving_and_second_version(d: &Daemon) -> (String, String) {
+    let v1 = model_version(d);
     let out = cli(&d.config, &["train", "--no-promote"]);
     assert!(
         out.status.success(),
@@ -486,6 +483,14 @@ fn promotion_and_rollback_under_load_fail_no_request() {
         .into_iter()
         .find(|v| v != &v1)
         .expect("second version");
+    (v1, v2)
+}
+
+#[test]
+fn promotion_and_rollback_under_load_fail_no_request() {
+    let data = Data::new();
+    let d = trained_daemon(&data, "enabled = false", "enabled = false", "");
+    let (v1, v2) = serving_and_second_version(&d);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..4)
@@ -562,17 +567,7 @@ fn promotion_and_rollback_under_load_fail_no_request() {
 fn a_version_promoted_from_outside_is_hot_reloaded_and_a_broken_one_is_refused() {
     let data = Data::new();
     let d = trained_daemon(&data, "enabled = false", "enabled = false", "");
-    let v1 = model_version(&d);
-    let out = cli(&d.config, &["train", "--no-promote"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v2 = names(&d.root().join("models/versions"))
-        .into_iter()
-        .find(|v| v != &v1)
-        .expect("second version");
+    let (v1, v2) = serving_and_second_version(&d);
     let out = cli(&d.config, &["model", "promote", &v2]);
     assert!(
         out.status.success(),

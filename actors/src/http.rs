@@ -432,21 +432,9 @@ fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]
         for t in &refs {
             state.faults.on_text(t);
         }
-        if state.observations.enabled() {
-            model
-                .classifier
-                .analyse_batch(&refs)
-                .into_iter()
-                .zip(&refs)
-                .map(|(a, t)| {
-                    let p = a.prediction;
-                    state.observations.record(&model.version, t, a);
-                    p
-                })
-                .collect()
-        } else {
-            model.classifier.predict_batch(&refs)
-        }
+        state
+            .observations
+            .predict_batch(model.classifier.as_ref(), &model.version, &refs)
     });
     match scored {
         Ok(predictions) if predictions.len() == refs.len() => {

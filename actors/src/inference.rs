@@ -62,21 +62,8 @@ impl Handler<ScoreChunk> for Inference {
             for t in &refs {
                 self.faults.on_text(t);
             }
-            if self.observations.enabled() {
-                model
-                    .classifier
-                    .analyse_batch(&refs)
-                    .into_iter()
-                    .zip(&refs)
-                    .map(|(a, t)| {
-                        let p = a.prediction;
-                        self.observations.record(&model.version, t, a);
-                        p
-                    })
-                    .collect()
-            } else {
-                model.classifier.predict_batch(&refs)
-            }
+            self.observations
+                .predict_batch(model.classifier.as_ref(), &model.version, &refs)
         });
         let results: Vec<Result<Prediction, String>> = match whole {
             Ok(predictions) if predictions.len() == refs.len() => {

@@ -7,7 +7,7 @@
 
 use crossbeam_queue::ArrayQueue;
 use sentimentd_data::drift::Observation;
-use sentimentd_model::Analysis;
+use sentimentd_model::{Analysis, Classifier, Prediction};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,6 +53,29 @@ impl ObservationSink {
         if self.queue.force_push(item).is_some() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Scores `texts`, recording an observation of each when observation is on (one forward
+    /// pass per text either way).
+    pub fn predict_batch(
+        &self,
+        classifier: &dyn Classifier,
+        model_version: &Arc<str>,
+        texts: &[&str],
+    ) -> Vec<Prediction> {
+        if !self.enabled {
+            return classifier.predict_batch(texts);
+        }
+        classifier
+            .analyse_batch(texts)
+            .into_iter()
+            .zip(texts)
+            .map(|(a, t)| {
+                let p = a.prediction;
+                self.record(model_version, t, a);
+                p
+            })
+            .collect()
     }
 
     /// Moves every waiting observation into `out`, oldest first.
