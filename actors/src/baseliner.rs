@@ -86,15 +86,24 @@ impl Handler<ModelServing> for Baseliner {
                 );
                 self.monitor.do_send(BaselineReady {
                     model_version: version,
-                    baseline: Arc::new(b),
+                    baseline: Some(Arc::new(b)),
                 });
             }
-            Ok(Err(e)) => tracing::error!(
-                model_version = %version,
-                error = %e,
-                "cannot build the drift baseline; drift checks wait for one"
-            ),
-            Err(_) => {}
+            Ok(Err(e)) => {
+                tracing::error!(
+                    model_version = %version,
+                    error = %e,
+                    "cannot build the drift baseline; drift checks wait for one"
+                );
+                self.monitor.do_send(BaselineReady {
+                    model_version: version,
+                    baseline: None,
+                });
+            }
+            Err(_) => self.monitor.do_send(BaselineReady {
+                model_version: version,
+                baseline: None,
+            }),
         }
     }
 }

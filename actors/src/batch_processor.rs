@@ -213,7 +213,7 @@ impl BatchProcessor {
         let cfg = self.cfg.clone();
         let g = &cfg.ingest;
         let existing = self.journal()?.get(&input).map_err(io_at(&g.journal))?;
-        let entry = match existing {
+        let mut entry = match existing {
             Some(e) => e,
             None => {
                 let e = self.new_entry(&input);
@@ -303,6 +303,16 @@ impl BatchProcessor {
             })
             .collect();
         if !labelled.is_empty() {
+            if entry.labelled.is_none() {
+                // An entry from an older build: pin the name first, so a rerun rewrites the
+                // same file instead of adding a second one.
+                entry.labelled = Some(sentimentd_data::labelled::file_name(
+                    &chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+                    "batch",
+                    &entry.output,
+                ));
+                self.journal()?.put(&entry).map_err(io_at(&g.journal))?;
+            }
             self.write_labelled(&entry, &labelled)?;
         }
         self.faults.crash_point("after_labelled");
@@ -320,7 +330,14 @@ impl BatchProcessor {
             .rows(RowOutcome::rejected, rejected.len() as u64);
         self.metrics.predictions_by_label(Source::batch, counts);
         self.metrics.labelled_rows(labelled.len() as u64);
-        self.journal()?.remove(&input).map_err(io_at(&g.journal))?;
+        // The input is archived, so the batch is done: a leftover entry is dropped by the
+        // next start's recovery, and retrying here would only count the batch twice.
+        let removed = self
+            .journal()
+            .and_then(|j| j.remove(&input).map_err(io_at(&g.journal)));
+        if let Err(e) = removed {
+            tracing::warn!(file = %input, error = %e, "batch done but its journal entry could not be removed; the next start drops it");
+        }
         let summary = Summary {
             rows: total,
             scored: scored_rows.len(),
@@ -389,15 +406,10 @@ impl BatchProcessor {
         labelled: &[(&str, Label, u64, &str)],
     ) -> Result<(), BatchError> {
         let dir = self.cfg.ingest.labelled_dir.clone();
-        // Entries written by an older build have no name; choose one now (the rerun that
-        // needs it happens once).
-        let name = entry.labelled.clone().unwrap_or_else(|| {
-            sentimentd_data::labelled::file_name(
-                &chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string(),
-                "batch",
-                &entry.output,
-            )
-        });
+        let name = entry.labelled.clone().ok_or_else(|| BatchError::Io {
+            path: self.cfg.ingest.journal.clone(),
+            source: std::io::Error::other("the journal entry names no labelled-data file"),
+        })?;
         let arrived_at = entry.started_at.clone();
         let rows: Vec<sentimentd_data::labelled::LabelledRow> = labelled
             .iter()

@@ -241,6 +241,6 @@ impl Handler<BaselineReady> for DriftMonitor {
         self.window.retain(|o| *o.model_version == *version);
         self.since_check = self.window.len() as u64;
         self.last_check = Instant::now();
-        self.baseline = Some((version, msg.baseline));
+        self.baseline = msg.baseline.map(|b| (version, b));
     }
 }

@@ -104,7 +104,9 @@ pub struct ModelServing {
 #[rtype(result = "()")]
 pub struct BaselineReady {
     pub model_version: String,
-    pub baseline: Arc<Baseline>,
+    /// `None` when no baseline could be built: checks report that instead of comparing the
+    /// new model's traffic with the previous model's baseline.
+    pub baseline: Option<Arc<Baseline>>,
 }
 
 /// DriftMonitor -> Trainer: a drift check fired.
@@ -147,10 +149,13 @@ pub struct RetrainFinished {
 
 /// Trainer -> ModelRegistry: a candidate passed the gate; make it current and serve it.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<Switched, String>")]
 pub struct PromoteCandidate {
     pub version: String,
     pub reason: String,
+    /// The serving version the gate compared the candidate with; if another model serves by
+    /// now (an admin promotion, a rollback), the promotion is refused.
+    pub against: String,
     pub extra_reference: Vec<String>,
 }
 

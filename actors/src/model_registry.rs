@@ -356,20 +356,23 @@ impl Actor for ModelRegistry {
 }
 
 impl Handler<PromoteCandidate> for ModelRegistry {
-    type Result = Result<(), String>;
+    type Result = Result<Switched, String>;
 
     fn handle(&mut self, msg: PromoteCandidate, _ctx: &mut Context<Self>) -> Self::Result {
+        let serving = self.cell.load().as_deref().map(|m| m.info.version.clone());
+        if serving.as_deref() != Some(msg.against.as_str()) {
+            return Err(format!(
+                "the gate compared {} with {}, but {} serves now; not promoted",
+                msg.version,
+                msg.against,
+                serving.as_deref().unwrap_or("no model")
+            ));
+        }
         let containment = self.containment.clone();
         let switched = containment
             .run(|| self.switch(&msg.version, "gate", &msg.reason, msg.extra_reference))
             .map_err(|p| p.to_string())??;
-        crate::events::CandidatePromoted {
-            version: &switched.to,
-            from: switched.from.as_deref().unwrap_or("none"),
-            reason: &msg.reason,
-        }
-        .emit(&self.metrics);
-        Ok(())
+        Ok(switched)
     }
 }
 

@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::events::{CandidateRejected, InternalEvent, RetrainFailed, RetrainSkipped};
+use crate::events::{
+    CandidatePromoted, CandidateRejected, InternalEvent, RetrainFailed, RetrainSkipped,
+};
 use crate::journal;
 use crate::messages::{DriftDetected, PromoteCandidate, Retrain, RetrainFinished, RetrainTrigger};
 use crate::messages::{RegisterChampion, Track};
@@ -282,9 +284,10 @@ impl RetrainRun {
         let store = LabelledStore::open(&cfg.ingest.labelled_dir).map_err(|e| e.to_string())?;
         let files = store.read_all().map_err(|e| e.to_string())?;
         let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+        // The cooldown counts from the start of a run; the files count as seen only once a run
+        // reached a decision, so a failed run does not use up its labelled rows.
         let mut state = Trainer::load_state(cfg);
         state.last_attempt_unix = Some(now_unix());
-        state.seen_files = names.clone();
         Trainer::save_state(cfg, &state);
 
         // Time-ordered holdout: the newest labelled rows never train the candidate.
@@ -311,7 +314,7 @@ impl RetrainRun {
         let job = TrainJob {
             promote: false,
             extra: Some(extra.clone()),
-            labelled_files: names,
+            labelled_files: names.clone(),
             threads: Some(cfg.retrain.threads),
             ..TrainJob::default()
         };
@@ -355,19 +358,36 @@ impl RetrainRun {
             "holdout_rows": holdout.texts.len(),
             "train_seconds": started.elapsed().as_secs_f64(),
         });
-        let reason = verdict.reasons.join("; ");
+        let mut reason = verdict.reasons.join("; ");
+        // The registry switches only if the model the gate compared with still serves; the
+        // decision is written once the switch happened (or not), so it never claims more.
+        let promotion = verdict.passed.then(|| {
+            let mut extra_reference: Vec<String> = holdout.texts.clone();
+            extra_reference.extend(extra.texts.iter().rev().take(2000).cloned());
+            futures_executor::block_on(self.registry.send(PromoteCandidate {
+                version: version.clone(),
+                reason: reason.clone(),
+                against: current.version().to_string(),
+                extra_reference,
+            }))
+            .map_err(|e| format!("the registry did not answer: {e}"))
+            .and_then(|r| r)
+        });
+        let status = match &promotion {
+            None => "rejected",
+            Some(Ok(_)) => "promoted",
+            Some(Err(e)) => {
+                reason = format!("{reason}; promotion failed: {e}");
+                "promotion_failed"
+            }
+        };
         let decision = Decision {
             version: version.clone(),
             decided_at: chrono::Utc::now().to_rfc3339(),
-            status: if verdict.passed {
-                "promoted"
-            } else {
-                "rejected"
-            }
-            .into(),
+            status: status.into(),
             reason: reason.clone(),
             against: Some(current.version().to_string()),
-            details: details.clone(),
+            details,
         };
         model_store
             .write_decision(&decision)
@@ -376,7 +396,7 @@ impl RetrainRun {
         let dir = model_store.version_dir(&version);
         let mut rec = training_record(&trained.manifest, self.trigger.as_str(), &dir);
         rec.name = "retrain".into();
-        rec.tags.insert("decision".into(), decision.status.clone());
+        rec.tags.insert("decision".into(), status.into());
         rec.tags.insert("reason".into(), reason.clone());
         rec.params
             .insert("serving_version".into(), current.version().into());
@@ -400,38 +420,50 @@ impl RetrainRun {
                 rec.metrics.insert(k.into(), v);
             }
         }
-        if dir.join("decision.json").exists() {
-            rec.artifacts.push(dir.join("decision.json"));
-        }
+        rec.artifacts
+            .push(dir.join(sentimentd_model::promotion::DECISION));
         let run_id = rec.run_id.clone();
         self.track(rec.finish());
+        state.seen_files = names;
+        Trainer::save_state(cfg, &state);
 
-        if !verdict.passed {
-            CandidateRejected {
-                version: &version,
-                against: current.version(),
-                reason: &reason,
+        match promotion {
+            None => {
+                CandidateRejected {
+                    version: &version,
+                    against: current.version(),
+                    reason: &reason,
+                }
+                .emit(&self.metrics);
+                Ok("rejected")
             }
-            .emit(&self.metrics);
-            return Ok("rejected");
+            Some(Ok(switched)) => {
+                CandidatePromoted {
+                    version: &switched.to,
+                    from: switched.from.as_deref().unwrap_or("none"),
+                    reason: &reason,
+                }
+                .emit(&self.metrics);
+                if let Some(t) = &self.champion {
+                    t.do_send(RegisterChampion {
+                        version: version.clone(),
+                        run_id,
+                        model_dir: dir,
+                    });
+                }
+                Ok("promoted")
+            }
+            Some(Err(e)) => {
+                RetrainFailed {
+                    trigger: self.trigger,
+                    error: &format!(
+                        "candidate {version} passed the gate but was not promoted: {e}"
+                    ),
+                }
+                .emit(&self.metrics);
+                Ok("failed")
+            }
         }
-        let mut extra_reference: Vec<String> = holdout.texts.clone();
-        extra_reference.extend(extra.texts.iter().rev().take(2000).cloned());
-        let promoted = futures_executor::block_on(self.registry.send(PromoteCandidate {
-            version: version.clone(),
-            reason: reason.clone(),
-            extra_reference,
-        }))
-        .map_err(|e| format!("asking the registry to promote {version}: {e}"))?;
-        promoted.map_err(|e| format!("promoting {version}: {e}"))?;
-        if let Some(t) = &self.champion {
-            t.do_send(RegisterChampion {
-                version: version.clone(),
-                run_id,
-                model_dir: dir,
-            });
-        }
-        Ok("promoted")
     }
 }
 

@@ -128,7 +128,10 @@ impl ModelStore {
                 {
                     stack.push(from);
                 }
-                stack.push(e.version);
+                // Promoting the version that already serves changes nothing to go back to.
+                if stack.last() != Some(&e.version) {
+                    stack.push(e.version);
+                }
             }
         }
         let current = self.current_version()?;
@@ -272,6 +275,16 @@ mod tests {
 
     #[test]
     fn a_current_switched_without_history_is_the_top() {
+        // Promoting the current version again does not trap rollback on it.
+        let (_d, s) = store_with(
+            &[
+                ("a", None, "promote"),
+                ("b", Some("a"), "promote"),
+                ("b", Some("b"), "promote"),
+            ],
+            "b",
+        );
+        assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("a"));
         let (_d, s) = store_with(&[("a", None, "promote")], "x");
         assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("a"));
         let (dir, s) = store_with(&[], "x");
