@@ -291,9 +291,17 @@ impl RetrainRun {
         Trainer::save_state(cfg, &state);
 
         // Time-ordered holdout: the newest labelled rows never train the candidate.
-        let rows = labelled::deduplicate(&files);
-        let holdout_n = ((rows.len() as f64) * cfg.retrain.holdout_share).ceil() as usize;
-        let split = rows.len() - holdout_n.min(rows.len());
+        let with_files = labelled::deduplicate_with_files(&files);
+        let holdout_n = ((with_files.len() as f64) * cfg.retrain.holdout_share).ceil() as usize;
+        let split = with_files.len() - holdout_n.min(with_files.len());
+        // Lineage: the files whose rows train the candidate (holdout-only files do not).
+        let train_files: Vec<String> = with_files[..split]
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let rows: Vec<labelled::LabelledRow> = with_files.into_iter().map(|(r, _)| r).collect();
         let (train_rows, holdout_rows) = rows.split_at(split);
         let to_dataset = |rs: &[labelled::LabelledRow]| {
             Dataset::from_examples(
@@ -314,7 +322,7 @@ impl RetrainRun {
         let job = TrainJob {
             promote: false,
             extra: Some(extra.clone()),
-            labelled_files: names.clone(),
+            labelled_files: train_files,
             threads: Some(cfg.retrain.threads),
             ..TrainJob::default()
         };

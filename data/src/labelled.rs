@@ -198,24 +198,32 @@ pub fn normalise_text(text: &str) -> String {
 /// Rows of `files` deduplicated by normalised text, a text labelled more than once keeping
 /// its latest label (by arrival time, then file order), returned oldest first.
 pub fn deduplicate(files: &[LabelledFile]) -> Vec<LabelledRow> {
-    let mut rows: Vec<(&LabelledRow, usize)> = Vec::new();
+    deduplicate_with_files(files)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// [`deduplicate`], each row with the name of the store file it came from (lineage).
+pub fn deduplicate_with_files(files: &[LabelledFile]) -> Vec<(LabelledRow, String)> {
+    let mut rows: Vec<(&LabelledRow, usize, &str)> = Vec::new();
     let mut order = 0usize;
     for f in files {
         for r in &f.rows {
-            rows.push((r, order));
+            rows.push((r, order, f.name.as_str()));
             order += 1;
         }
     }
     // Stable by arrival time, so equal times keep file order.
     rows.sort_by(|a, b| a.0.arrived_at.cmp(&b.0.arrived_at).then(a.1.cmp(&b.1)));
     let mut latest: HashMap<String, usize> = HashMap::new();
-    for (i, (r, _)) in rows.iter().enumerate() {
+    for (i, (r, _, _)) in rows.iter().enumerate() {
         latest.insert(normalise_text(&r.text), i);
     }
     rows.iter()
         .enumerate()
-        .filter(|(i, (r, _))| latest.get(&normalise_text(&r.text)) == Some(i))
-        .map(|(_, (r, _))| (*r).clone())
+        .filter(|(i, (r, _, _))| latest.get(&normalise_text(&r.text)) == Some(i))
+        .map(|(_, (r, _, file))| ((*r).clone(), file.to_string()))
         .collect()
 }
 
