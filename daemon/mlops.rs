@@ -62,12 +62,7 @@ pub fn baseline(cfg: &Config, a: BaselineArgs) -> anyhow::Result<()> {
     } else {
         a.data
     };
-    let b = baseline::compute(cfg, &model, &reference, &[], None)?;
-    store.attach_file(
-        &version,
-        sentimentd_model::promotion::BASELINE,
-        &b.to_json(),
-    )?;
+    let b = baseline::compute_and_attach(cfg, &store, &model, &reference, &[], None)?;
     println!("baseline of {version} from {} texts", b.count);
     for r in &b.reference {
         println!("  reference  {r}");
@@ -102,14 +97,7 @@ pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
     };
     let texts = baseline::read_texts(&a.data, cfg.data.max_text_chars)?;
     let report = baseline::check_texts(cfg, &model, &b, &texts);
-    let mut rec = sentimentd_actors::tracking::RunRecord::new(
-        sentimentd_actors::tracking::RunKind::DriftCheck,
-        "drift (cli)",
-    );
-    rec.tags.insert("model_version".into(), version.clone());
-    rec.tags
-        .insert("verdict".into(), report.verdict.as_str().to_string());
-    rec.tags.insert("fired".into(), report.fired.join(","));
+    let mut rec = sentimentd_actors::drift_monitor::drift_record(&report, "drift (cli)");
     rec.params.insert(
         "data".into(),
         a.data
@@ -118,10 +106,6 @@ pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(","),
     );
-    rec.metrics.insert("drift_score".into(), report.drift_score);
-    for t in &report.tests {
-        rec.metrics.insert(format!("{}_score", t.test), t.score);
-    }
     record_run(cfg, rec.finish());
     if let Some(path) = &a.html {
         std::fs::write(path, sentimentd_data::drift::render_html(&report))
@@ -194,10 +178,10 @@ pub fn rollback(cfg: &Config) -> anyhow::Result<()> {
             store.root().display()
         );
     };
-    let (from, to) = store.rollback("sentimentd model rollback")?;
-    debug_assert_eq!(to, target);
+    let from = store.current_version()?;
+    store.promote(&target, "rollback", "sentimentd model rollback")?;
     println!(
-        "rolled back: {} -> {to} (a running daemon on this store swaps it in within seconds)",
+        "rolled back: {} -> {target} (a running daemon on this store swaps it in within seconds)",
         from.as_deref().unwrap_or("none")
     );
     Ok(())

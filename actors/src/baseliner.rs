@@ -60,6 +60,7 @@ impl Baseliner {
             &self.cfg,
             &store,
             model,
+            &baseline::reference_paths(&self.cfg),
             &msg.extra_reference,
             extra_description,
         )?;

@@ -158,19 +158,7 @@ impl DriftMonitor {
 
     fn track(&self, report: &DriftReport, file: &str) {
         let Some(tracker) = &self.tracker else { return };
-        let mut rec = RunRecord::new(RunKind::DriftCheck, "drift check");
-        rec.params
-            .insert("model_version".into(), report.model_version.clone());
-        rec.params
-            .insert("window".into(), report.samples.to_string());
-        rec.metrics.insert("drift_score".into(), report.drift_score);
-        for t in &report.tests {
-            rec.metrics.insert(format!("{}_score", t.test), t.score);
-            rec.metrics.insert(t.test.clone(), t.value);
-        }
-        rec.tags
-            .insert("verdict".into(), report.verdict.as_str().to_string());
-        rec.tags.insert("fired".into(), report.fired.join(","));
+        let mut rec = drift_record(report, "drift check");
         if !file.is_empty() {
             rec.artifacts.push(PathBuf::from(file));
             rec.artifacts
@@ -194,6 +182,25 @@ impl DriftMonitor {
         prune(&dir, self.cfg.drift.reports_kept);
         Ok(path)
     }
+}
+
+/// The run-log record of a drift check (the daemon's and `sentimentd drift`'s alike): each
+/// test's value and threshold-normalised score, the verdict and what fired.
+pub fn drift_record(report: &DriftReport, name: &str) -> RunRecord {
+    let mut rec = RunRecord::new(RunKind::DriftCheck, name);
+    rec.tags
+        .insert("model_version".into(), report.model_version.clone());
+    rec.tags
+        .insert("verdict".into(), report.verdict.as_str().to_string());
+    rec.tags.insert("fired".into(), report.fired.join(","));
+    rec.params
+        .insert("window".into(), report.samples.to_string());
+    rec.metrics.insert("drift_score".into(), report.drift_score);
+    for t in &report.tests {
+        rec.metrics.insert(format!("{}_score", t.test), t.score);
+        rec.metrics.insert(t.test.clone(), t.value);
+    }
+    rec
 }
 
 fn prune(dir: &Path, keep: usize) {

@@ -321,29 +321,10 @@ fn predict_inner(
     body: Result<web::Bytes, actix_web::Error>,
     state: &HttpState,
 ) -> HttpResponse {
-    let body = match body {
+    let body = match json_body(req, body, state.max_body_bytes) {
         Ok(b) => b,
-        Err(e) => {
-            let status = e.as_response_error().status_code();
-            return if status == StatusCode::PAYLOAD_TOO_LARGE {
-                json_error(
-                    status,
-                    format!(
-                        "request body is larger than the limit of {} bytes",
-                        state.max_body_bytes
-                    ),
-                )
-            } else {
-                json_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                )
-            };
-        }
+        Err(r) => return *r,
     };
-    if let Err(message) = content_type_ok(req) {
-        return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
-    }
     // serde would also read a struct from a JSON array by position; only objects are requests.
     if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
         && *first != b'{'
@@ -376,14 +357,9 @@ fn predict_inner(
             }
             let scored = state.containment.run(|| {
                 state.faults.on_text(&text);
-                if state.observations.enabled() {
-                    let a = model.classifier.analyse(&text);
-                    let p = a.prediction;
-                    state.observations.record(&model.version, &text, a);
-                    p
-                } else {
-                    model.classifier.predict(&text)
-                }
+                state
+                    .observations
+                    .predict(model.classifier.as_ref(), &model.version, &text)
             });
             match scored {
                 Ok(p) => {
@@ -485,7 +461,8 @@ fn json_ok<T: Serialize>(value: &T) -> HttpResponse {
     }
 }
 
-/// Checks a JSON request's body and content type; `Err` is the response to send.
+/// Checks a JSON request's body and content type (`/predict`, `/feedback`,
+/// `/admin/promote`); `Err` is the response to send.
 fn json_body(
     req: &HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,

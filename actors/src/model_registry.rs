@@ -161,11 +161,11 @@ impl ModelRegistry {
     }
 
     /// Loads `version` from the store and serves it.
-    fn load_and_publish(&self, version: &str, extra_reference: Vec<String>) -> Result<(), String> {
+    fn load_and_publish(&self, version: &str) -> Result<(), String> {
         let store = ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
         let model = store.load(version).map_err(|e| e.to_string())?;
         let manifest = store.manifest(version).map_err(|e| e.to_string())?;
-        self.publish_with(Arc::new(model), Some(&manifest), extra_reference);
+        self.publish_with(Arc::new(model), Some(&manifest), Vec::new());
         Ok(())
     }
 
@@ -179,11 +179,12 @@ impl ModelRegistry {
     ) -> Result<Switched, String> {
         let store = ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
         let from = self.serving_version();
-        store
+        let model = store
             .promote(version, action, reason)
             .map_err(|e| e.to_string())?;
+        let manifest = store.manifest(version).map_err(|e| e.to_string())?;
         self.refused = None;
-        self.load_and_publish(version, extra)?;
+        self.publish_with(Arc::new(model), Some(&manifest), extra);
         Ok(Switched {
             from,
             to: version.to_string(),
@@ -212,7 +213,7 @@ impl ModelRegistry {
         {
             return;
         }
-        match self.load_and_publish(&current, Vec::new()) {
+        match self.load_and_publish(&current) {
             Ok(()) => {
                 self.refused = None;
                 tracing::info!(version = %current, "model store's current version changed outside the daemon; swapped it in");

@@ -55,6 +55,23 @@ impl ObservationSink {
         }
     }
 
+    /// Scores `text`, recording an observation of it when observation is on (one forward pass
+    /// either way).
+    pub fn predict(
+        &self,
+        classifier: &dyn Classifier,
+        model_version: &Arc<str>,
+        text: &str,
+    ) -> Prediction {
+        if !self.enabled {
+            return classifier.predict(text);
+        }
+        let a = classifier.analyse(text);
+        let p = a.prediction;
+        self.record(model_version, text, a);
+        p
+    }
+
     /// Scores `texts`, recording an observation of each when observation is on (one forward
     /// pass per text either way).
     pub fn predict_batch(

@@ -78,15 +78,17 @@ pub fn compute(
     ))
 }
 
-/// Computes a version's baseline and stores it (checksummed) in its directory.
+/// Computes a version's baseline (see [`compute`]) and stores it, checksummed, in its
+/// directory.
 pub fn compute_and_attach(
     cfg: &Config,
     store: &ModelStore,
     model: &dyn Classifier,
+    reference: &[PathBuf],
     extra: &[String],
     extra_description: Option<String>,
 ) -> Result<Baseline, ModelError> {
-    let b = compute(cfg, model, &reference_paths(cfg), extra, extra_description)?;
+    let b = compute(cfg, model, reference, extra, extra_description)?;
     store.attach_file(model.version(), BASELINE, &b.to_json())?;
     Ok(b)
 }

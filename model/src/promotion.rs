@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::ModelError;
+use crate::fast::FastModel;
 use crate::store::{MANIFEST, ModelStore, write_atomic};
 
 pub const HISTORY: &str = "history.jsonl";
@@ -84,9 +85,15 @@ impl ModelStore {
     }
 
     /// Makes `version` current: verifies it loads, fsyncs its files and directory, switches
-    /// `current` atomically and records the change.
-    pub fn promote(&self, version: &str, action: &str, reason: &str) -> Result<(), ModelError> {
-        self.load(version)?;
+    /// `current` atomically and records the change. Returns the model it verified, so a caller
+    /// that serves it next does not load and checksum it a second time.
+    pub fn promote(
+        &self,
+        version: &str,
+        action: &str,
+        reason: &str,
+    ) -> Result<FastModel, ModelError> {
+        let model = self.load(version)?;
         let dir = self.version_dir(version);
         for entry in std::fs::read_dir(&dir).map_err(ModelError::io(&dir))? {
             let entry = entry.map_err(ModelError::io(&dir))?;
@@ -107,7 +114,8 @@ impl ModelStore {
             from,
             action: action.to_string(),
             reason: reason.to_string(),
-        })
+        })?;
+        Ok(model)
     }
 
     /// The version served before the current one, walking the history as a stack (a
@@ -141,16 +149,6 @@ impl ModelStore {
         }
         stack.pop();
         Ok(stack.pop())
-    }
-
-    /// Puts the previous version back; returns `(from, to)`.
-    pub fn rollback(&self, reason: &str) -> Result<(Option<String>, String), ModelError> {
-        let target = self.rollback_target()?.ok_or_else(|| {
-            ModelError::Training("no earlier version to roll back to".to_string())
-        })?;
-        let from = self.current_version()?;
-        self.promote(&target, "rollback", reason)?;
-        Ok((from, target))
     }
 
     /// Writes `name` into a version directory and records its checksum in the manifest, so a

@@ -166,6 +166,7 @@ impl ModelStore {
     /// [`ModelStore::promote`]: files synced first, the change recorded in the history).
     pub fn set_current(&self, version: &str) -> Result<(), ModelError> {
         self.promote(version, "promote", "made current by a training run")
+            .map(|_| ())
     }
 
     pub fn manifest(&self, version: &str) -> Result<Manifest, ModelError> {
