@@ -20,8 +20,8 @@
 
 use crate::error::DataError;
 use crate::label::Label;
-use csv::ByteRecord;
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 /// Longest `raw` kept for a rejected record, so a swallowed file cannot blow up a report.
@@ -71,6 +71,10 @@ pub enum RejectReason {
         unterminated: bool,
         last_line: u64,
     },
+    /// No record end within this many bytes (see [`StreamOptions::max_record_bytes`]).
+    RecordTooLong {
+        max_bytes: usize,
+    },
     /// The row parsed but the model could not score it (the caller's reason).
     Unscorable(String),
 }
@@ -86,6 +90,7 @@ impl RejectReason {
             RejectReason::MissingLabel => "missing_label",
             RejectReason::WrongFieldCount { .. } => "wrong_field_count",
             RejectReason::BrokenQuoting { .. } => "broken_quoting",
+            RejectReason::RecordTooLong { .. } => "record_too_long",
             RejectReason::Unscorable(_) => "unscorable",
         }
     }
@@ -123,6 +128,11 @@ impl fmt::Display for RejectReason {
                 f,
                 "broken quoting: a quoted field runs from this line to line {last_line} \
                  and the record has the wrong number of fields"
+            ),
+            RejectReason::RecordTooLong { max_bytes } => write!(
+                f,
+                "record longer than {max_bytes} bytes (most likely a quote opened on this line \
+                 never closes); reading went on from the next line"
             ),
             RejectReason::Unscorable(why) => write!(f, "not scored: {why}"),
         }
@@ -186,11 +196,11 @@ impl CsvBatch {
 /// Reads a CSV file. File-level problems (unreadable, empty, no header, no `text` column) are
 /// errors; problems with single records are rejections.
 pub fn read_batch(path: &Path, opts: &ReadOptions) -> Result<CsvBatch, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    read_batch_bytes(&bytes, &path.display().to_string(), opts)
+    collect(BatchReader::new(file, &path.display().to_string(), *opts)?)
 }
 
 /// Like [`read_batch`] over bytes already in memory; `name` is used in error messages.
@@ -199,7 +209,10 @@ pub fn read_batch_bytes(
     name: &str,
     opts: &ReadOptions,
 ) -> Result<CsvBatch, DataError> {
-    let reader = BatchReader::new(bytes, name, *opts)?;
+    collect(BatchReader::new(bytes, name, *opts)?)
+}
+
+fn collect<R: Read>(reader: BatchReader<R>) -> Result<CsvBatch, DataError> {
     let mut batch = CsvBatch {
         headers: reader.headers().to_vec(),
         rows: Vec::new(),
@@ -208,7 +221,7 @@ pub fn read_batch_bytes(
         label_col: reader.label_col(),
     };
     for record in reader {
-        match record {
+        match record? {
             Record::Row(r) => batch.rows.push(r),
             Record::Rejected(r) => batch.rejected.push(r),
         }
@@ -216,41 +229,126 @@ pub fn read_batch_bytes(
     Ok(batch)
 }
 
-/// Streaming form of [`read_batch_bytes`]: yields records in file order, so a caller can score
-/// a large file in chunks or skip records it already processed.
-pub struct BatchReader<'a> {
-    bytes: &'a [u8],
+/// How a [`BatchReader`] reads its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Read at most this many bytes (the size a claimed file had when it was claimed), so bytes
+    /// a writer appends later are never mixed in.
+    pub limit: Option<u64>,
+    /// Bytes read from the input at a time.
+    pub block_bytes: usize,
+    /// A record is never buffered beyond this many bytes: a quote that opens and does not
+    /// close would otherwise pull the rest of the file into memory. The record's first line
+    /// is rejected and reading restarts on the line after it.
+    pub max_record_bytes: usize,
+}
+
+/// Default [`StreamOptions::max_record_bytes`].
+pub const MAX_RECORD_BYTES: usize = 8 << 20;
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            limit: None,
+            block_bytes: 256 << 10,
+            max_record_bytes: MAX_RECORD_BYTES,
+        }
+    }
+}
+
+/// Streaming form of [`read_batch`]: yields records in file order from any reader, holding
+/// only a window of the input (the current record plus one read block), so memory does not
+/// depend on the file's size.
+pub struct BatchReader<R> {
+    input: R,
+    name: String,
+    stream: StreamOptions,
+    /// Bytes the limit still allows.
+    remaining: u64,
+    eof: bool,
+    /// The window: input bytes from `keep` (end of the previous record) to what was read.
+    buf: Vec<u8>,
+    /// Offset in the input of `buf[0]`.
+    buf_offset: u64,
+    /// Next byte to give the parser.
+    cursor: usize,
+    /// Everything before this is done with and may be dropped.
+    keep: usize,
+    /// Line number of `buf[keep]`.
+    keep_line: u64,
+    core: csv_core::Reader,
+    fields: Vec<u8>,
+    ends: Vec<usize>,
     opts: ReadOptions,
     headers: Vec<String>,
     text_col: usize,
     label_col: Option<usize>,
-    rdr: csv::Reader<&'a [u8]>,
-    /// Offset of `rdr`'s input within `bytes`; changes when reading restarts after an
-    /// unterminated quote.
-    base_offset: usize,
-    /// Line number of `rdr`'s first line.
-    base_line: u64,
-    record: ByteRecord,
     finished: bool,
 }
 
-fn csv_reader(bytes: &[u8]) -> csv::Reader<&[u8]> {
-    csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes)
+/// One record as the parser delimited it: `buf[start..end]` holds its raw bytes (terminator
+/// included) and `fields`/`ends` its unescaped fields.
+enum Raw {
+    Record {
+        start: usize,
+        end: usize,
+        line: u64,
+        nfields: usize,
+    },
+    /// No end within `max_record_bytes`; the record begins at `start` on `line`.
+    TooLong {
+        start: usize,
+        line: u64,
+    },
+    End,
 }
 
-impl<'a> BatchReader<'a> {
-    pub fn new(bytes: &'a [u8], name: &str, opts: ReadOptions) -> Result<Self, DataError> {
-        // Spreadsheet exports often start with a UTF-8 byte order mark.
-        let base_offset = if bytes.starts_with(b"\xEF\xBB\xBF") {
-            3
-        } else {
-            0
+impl<R: Read> BatchReader<R> {
+    pub fn new(input: R, name: &str, opts: ReadOptions) -> Result<Self, DataError> {
+        Self::with_stream(input, name, opts, StreamOptions::default())
+    }
+
+    pub fn with_stream(
+        input: R,
+        name: &str,
+        opts: ReadOptions,
+        stream: StreamOptions,
+    ) -> Result<Self, DataError> {
+        let mut r = BatchReader {
+            input,
+            name: name.to_string(),
+            remaining: stream.limit.unwrap_or(u64::MAX),
+            stream: StreamOptions {
+                block_bytes: stream.block_bytes.max(1),
+                max_record_bytes: stream.max_record_bytes.max(1),
+                ..stream
+            },
+            eof: false,
+            buf: Vec::new(),
+            buf_offset: 0,
+            cursor: 0,
+            keep: 0,
+            keep_line: 1,
+            core: csv_core::Reader::new(),
+            fields: vec![0; 4096],
+            ends: vec![0; 16],
+            opts,
+            headers: Vec::new(),
+            text_col: 0,
+            label_col: None,
+            finished: false,
         };
-        let body = &bytes[base_offset..];
-        if body.iter().all(u8::is_ascii_whitespace) {
+        // Enough of the start to check what kind of file this is.
+        while r.buf.len() < 8192 && !r.eof {
+            r.refill()?;
+        }
+        // Spreadsheet exports often start with a UTF-8 byte order mark.
+        if r.buf.starts_with(b"\xEF\xBB\xBF") {
+            r.cursor = 3;
+            r.keep = 3;
+        }
+        let head = &r.buf[r.keep..];
+        if r.eof && head.iter().all(u8::is_ascii_whitespace) {
             return Err(DataError::Empty {
                 name: name.to_string(),
             });
@@ -259,24 +357,27 @@ impl<'a> BatchReader<'a> {
             name: name.to_string(),
             reason: reason.to_string(),
         };
-        if body.iter().take(8192).any(|&b| b == 0) {
+        if head.iter().take(8192).any(|&b| b == 0) {
             return Err(not_csv("it contains NUL bytes (binary data?)"));
         }
 
-        let mut rdr = csv_reader(body);
-        let mut header = ByteRecord::new();
-        match rdr.read_byte_record(&mut header) {
-            Ok(true) => {}
-            Ok(false) => {
+        let nfields = match r.read_raw()? {
+            Raw::Record { end, nfields, .. } => {
+                r.advance_past(end);
+                nfields
+            }
+            Raw::End => {
                 return Err(DataError::Empty {
                     name: name.to_string(),
                 });
             }
-            Err(e) => return Err(not_csv(&e.to_string())),
-        }
-        let mut headers = Vec::with_capacity(header.len());
-        for field in header.iter() {
-            let field = std::str::from_utf8(field)
+            Raw::TooLong { .. } => {
+                return Err(not_csv("the header row has an unterminated quote"));
+            }
+        };
+        let mut headers = Vec::with_capacity(nfields);
+        for i in 0..nfields {
+            let field = std::str::from_utf8(r.field(i))
                 .map_err(|_| not_csv("the header row is not valid UTF-8"))?;
             if field.contains('\n') {
                 return Err(not_csv(
@@ -306,27 +407,13 @@ impl<'a> BatchReader<'a> {
             column,
             found: headers.clone(),
         };
-        let text_col = find("text")?.ok_or_else(|| missing("text"))?;
-        let label_col = find("label")?;
-        if opts.require_label && label_col.is_none() {
+        r.text_col = find("text")?.ok_or_else(|| missing("text"))?;
+        r.label_col = find("label")?;
+        if opts.require_label && r.label_col.is_none() {
             return Err(missing("label"));
         }
-
-        let header_pos = rdr.position().clone();
-        // Continue from just after the header with a fresh reader so offsets are simple.
-        let start = base_offset + header_pos.byte() as usize;
-        Ok(BatchReader {
-            bytes,
-            opts,
-            rdr: csv_reader(&bytes[start..]),
-            base_offset: start,
-            base_line: header_pos.line(),
-            headers,
-            text_col,
-            label_col,
-            record: ByteRecord::new(),
-            finished: false,
-        })
+        r.headers = headers;
+        Ok(r)
     }
 
     pub fn headers(&self) -> &[String] {
@@ -341,14 +428,195 @@ impl<'a> BatchReader<'a> {
         self.label_col
     }
 
-    fn restart_at(&mut self, offset: usize, line: u64) {
-        self.rdr = csv_reader(&self.bytes[offset..]);
-        self.base_offset = offset;
-        self.base_line = line;
+    /// Input bytes fully handled so far (for progress reports).
+    pub fn bytes_done(&self) -> u64 {
+        self.buf_offset + self.keep as u64
     }
 
-    fn classify(&self, line: u64, raw: &[u8]) -> Record {
-        let rec = &self.record;
+    /// Input bytes read so far; after the last record, the size of what was read.
+    pub fn bytes_read(&self) -> u64 {
+        self.buf_offset + self.buf.len() as u64
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.fields[start..self.ends[i]]
+    }
+
+    /// Drops what lies before `keep` and reads one more block.
+    fn refill(&mut self) -> Result<(), DataError> {
+        if self.keep > 0 {
+            self.buf.drain(..self.keep);
+            self.cursor -= self.keep;
+            self.buf_offset += self.keep as u64;
+            self.keep = 0;
+        }
+        let want = (self.stream.block_bytes as u64).min(self.remaining) as usize;
+        if want == 0 {
+            self.eof = true;
+            return Ok(());
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + want, 0);
+        let n = loop {
+            match self.input.read(&mut self.buf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    self.buf.truncate(old);
+                    return Err(DataError::Io {
+                        path: self.name.clone().into(),
+                        source,
+                    });
+                }
+            }
+        };
+        self.buf.truncate(old + n);
+        if n == 0 {
+            self.eof = true;
+        } else {
+            self.remaining -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// The next record's extent, reading more input as the parser needs it.
+    fn read_raw(&mut self) -> Result<Raw, DataError> {
+        use csv_core::ReadRecordResult as R;
+        let (mut outlen, mut endlen) = (0, 0);
+        loop {
+            if self.cursor == self.buf.len() && !self.eof {
+                if self.cursor - self.keep >= self.stream.max_record_bytes {
+                    let (start, line) = self.record_start(self.cursor);
+                    return Ok(Raw::TooLong { start, line });
+                }
+                self.refill()?;
+                continue;
+            }
+            let (res, nin, nout, nend) = self.core.read_record(
+                &self.buf[self.cursor..],
+                &mut self.fields[outlen..],
+                &mut self.ends[endlen..],
+            );
+            self.cursor += nin;
+            outlen += nout;
+            endlen += nend;
+            match res {
+                R::InputEmpty => {}
+                R::OutputFull => {
+                    let n = self.fields.len().max(64);
+                    self.fields.resize(n * 2, 0);
+                }
+                R::OutputEndsFull => {
+                    let n = self.ends.len().max(8);
+                    self.ends.resize(n * 2, 0);
+                }
+                R::Record => {
+                    let (start, line) = self.record_start(self.cursor);
+                    return Ok(Raw::Record {
+                        start,
+                        end: self.cursor,
+                        line,
+                        nfields: endlen,
+                    });
+                }
+                R::End => return Ok(Raw::End),
+            }
+        }
+    }
+
+    /// Where the record that ends before `end` begins: blank lines and the `\n` of a `\r\n`
+    /// lie between the previous record's end and its first byte.
+    fn record_start(&self, end: usize) -> (usize, u64) {
+        let mut start = self.keep;
+        let mut line = self.keep_line;
+        while start < end {
+            match self.buf[start] {
+                b'\n' => line += 1,
+                b'\r' => {}
+                _ => break,
+            }
+            start += 1;
+        }
+        (start, line)
+    }
+
+    /// The record ending at `end` is handled.
+    fn advance_past(&mut self, end: usize) {
+        let newlines = memchr::memchr_iter(b'\n', &self.buf[self.keep..end]).count() as u64;
+        self.keep_line += newlines;
+        self.keep = end;
+    }
+
+    /// Continue on the line after the first line of the record at `start`.
+    fn restart_after_first_line(&mut self, start: usize, line: u64) {
+        match memchr::memchr(b'\n', &self.buf[start..]) {
+            Some(n) => {
+                self.core.reset();
+                self.cursor = start + n + 1;
+                self.keep = self.cursor;
+                self.keep_line = line + 1;
+            }
+            None => self.finished = true,
+        }
+    }
+
+    fn first_line(&self, start: usize) -> &[u8] {
+        let rest = &self.buf[start..];
+        let n = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        trim_terminator(&rest[..n])
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record>, DataError> {
+        if self.finished {
+            return Ok(None);
+        }
+        match self.read_raw()? {
+            Raw::End => {
+                self.finished = true;
+                Ok(None)
+            }
+            Raw::TooLong { start, line } => {
+                let rejected = RejectedRow {
+                    line,
+                    reason: RejectReason::RecordTooLong {
+                        max_bytes: self.stream.max_record_bytes,
+                    },
+                    raw: lossy_raw(self.first_line(start)),
+                };
+                self.restart_after_first_line(start, line);
+                Ok(Some(Record::Rejected(rejected)))
+            }
+            Raw::Record {
+                start,
+                end,
+                line,
+                nfields,
+            } => {
+                let raw = trim_terminator(&self.buf[start..end]);
+                let at_eof = self.eof && end == self.buf.len();
+                if at_eof && ends_inside_quotes(raw) {
+                    // The quote opened on this line swallowed the rest of the file.
+                    let rejected = RejectedRow {
+                        line,
+                        reason: RejectReason::BrokenQuoting {
+                            unterminated: true,
+                            last_line: line,
+                        },
+                        raw: lossy_raw(self.first_line(start)),
+                    };
+                    self.restart_after_first_line(start, line);
+                    return Ok(Some(Record::Rejected(rejected)));
+                }
+                let record = self.classify(line, start, end, nfields);
+                self.advance_past(end);
+                Ok(Some(record))
+            }
+        }
+    }
+
+    fn classify(&self, line: u64, start: usize, end: usize, nfields: usize) -> Record {
+        let raw = trim_terminator(&self.buf[start..end]);
         let reject = |reason| {
             Record::Rejected(RejectedRow {
                 line,
@@ -357,8 +625,8 @@ impl<'a> BatchReader<'a> {
             })
         };
         let expected = self.headers.len();
-        if rec.len() != expected {
-            let newlines = raw.iter().filter(|&&b| b == b'\n').count() as u64;
+        if nfields != expected {
+            let newlines = memchr::memchr_iter(b'\n', raw).count() as u64;
             return reject(if newlines > 0 {
                 RejectReason::BrokenQuoting {
                     unterminated: false,
@@ -367,13 +635,13 @@ impl<'a> BatchReader<'a> {
             } else {
                 RejectReason::WrongFieldCount {
                     expected,
-                    found: rec.len(),
+                    found: nfields,
                 }
             });
         }
         let mut fields = Vec::with_capacity(expected);
-        for (i, field) in rec.iter().enumerate() {
-            match std::str::from_utf8(field) {
+        for i in 0..nfields {
+            match std::str::from_utf8(self.field(i)) {
                 Ok(s) => fields.push(s.to_string()),
                 Err(_) => {
                     return reject(RejectReason::InvalidUtf8 {
@@ -418,73 +686,18 @@ impl<'a> BatchReader<'a> {
     }
 }
 
-impl Iterator for BatchReader<'_> {
-    type Item = Record;
+impl<R: Read> Iterator for BatchReader<R> {
+    /// A record, or an error reading the input (the file as a whole then cannot be finished).
+    type Item = Result<Record, DataError>;
 
-    fn next(&mut self) -> Option<Record> {
-        if self.finished {
-            return None;
-        }
-        let read = self.rdr.read_byte_record(&mut self.record);
-        let (rel_start, rel_line) = self
-            .record
-            .position()
-            .map_or((0, 1), |p| (p.byte() as usize, p.line()));
-        let mut start = self.base_offset + rel_start;
-        let mut line = self.base_line + rel_line - 1;
-        match read {
-            Ok(true) => {}
-            Ok(false) => {
-                self.finished = true;
-                return None;
-            }
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_record() {
+            Ok(r) => r.map(Ok),
             Err(e) => {
-                // Reading from memory with `flexible` cannot fail today; if it ever does, the
-                // rest of the file is reported rather than silently dropped.
                 self.finished = true;
-                tracing::warn!(error = %e, line, "CSV reader failed; rest of file rejected");
-                return Some(Record::Rejected(RejectedRow {
-                    line,
-                    reason: RejectReason::BrokenQuoting {
-                        unterminated: true,
-                        last_line: line,
-                    },
-                    raw: lossy_raw(&self.bytes[start.min(self.bytes.len())..]),
-                }));
+                Some(Err(e))
             }
         }
-        // The position is taken right after the previous record's terminator; blank lines
-        // and the `\n` of a `\r\n` still lie between it and this record's first byte.
-        while let Some(&b) = self.bytes.get(start) {
-            match b {
-                b'\n' => line += 1,
-                b'\r' => {}
-                _ => break,
-            }
-            start += 1;
-        }
-        let end = (self.base_offset + self.rdr.position().byte() as usize).min(self.bytes.len());
-        let start = start.min(end);
-        let raw = trim_terminator(&self.bytes[start..end]);
-
-        if end == self.bytes.len() && ends_inside_quotes(raw) {
-            let first_line_len = raw.iter().position(|&b| b == b'\n');
-            let first = &raw[..first_line_len.unwrap_or(raw.len())];
-            let rejected = RejectedRow {
-                line,
-                reason: RejectReason::BrokenQuoting {
-                    unterminated: true,
-                    last_line: line,
-                },
-                raw: lossy_raw(trim_terminator(first)),
-            };
-            match first_line_len {
-                Some(n) => self.restart_at(start + n + 1, line + 1),
-                None => self.finished = true,
-            }
-            return Some(Record::Rejected(rejected));
-        }
-        Some(self.classify(line, raw))
     }
 }
 

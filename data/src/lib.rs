@@ -10,8 +10,8 @@ pub mod labelled;
 mod write;
 
 pub use batch::{
-    BatchReader, CsvBatch, MAX_RAW_BYTES, ReadOptions, Record, RejectReason, RejectedRow, Row,
-    read_batch, read_batch_bytes,
+    BatchReader, CsvBatch, MAX_RAW_BYTES, MAX_RECORD_BYTES, ReadOptions, Record, RejectReason,
+    RejectedRow, Row, StreamOptions, read_batch, read_batch_bytes,
 };
 pub use dataset::{
     Dataset, LabelDistribution, LengthStats, TextStats, char_lengths, fingerprint, length_stats,

@@ -1,6 +1,6 @@
 use sentimentd_data::{
     BatchReader, DataError, Label, ReadOptions, Record, RejectReason, ScoredWriter, Scores,
-    read_batch, read_batch_bytes, scored_headers, write_atomic, write_rejections,
+    StreamOptions, read_batch, read_batch_bytes, scored_headers, write_atomic, write_rejections,
     write_rejections_to,
 };
 
@@ -224,14 +224,15 @@ fn stray_quote_merging_lines_is_broken_quoting() {
 #[test]
 fn streaming_reader_yields_records_in_file_order() {
     let csv = b"text\na\n\nb\n\"\"\nc\n";
-    let reader = BatchReader::new(csv, "s.csv", opts(10, false));
+    let reader = BatchReader::new(&csv[..], "s.csv", opts(10, false));
     let Ok(reader) = reader else {
         panic!("reader");
     };
     let lines: Vec<(u64, bool)> = reader
         .map(|r| match r {
-            Record::Row(r) => (r.line, true),
-            Record::Rejected(r) => (r.line, false),
+            Ok(Record::Row(r)) => (r.line, true),
+            Ok(Record::Rejected(r)) => (r.line, false),
+            Err(e) => panic!("{e}"),
         })
         .collect();
     assert_eq!(lines, [(2, true), (4, true), (5, false), (6, true)]);
@@ -441,6 +442,14 @@ fn check_case(seed: u64) {
     let Ok(batch) = batch else {
         panic!("seed {seed}: {:?}", batch.err());
     };
+    // Any read-block size (a window boundary anywhere in a record) gives the same result.
+    let block = 1 + (seed as usize % 9);
+    let streamed = streamed(&file, opts(max, require_label), block);
+    assert_eq!(
+        streamed.as_ref().ok(),
+        Some(&batch),
+        "seed {seed}, block {block}"
+    );
     let mut got: Vec<(u64, Expect)> = batch
         .rows
         .iter()
@@ -472,4 +481,155 @@ fn every_record_is_accepted_or_rejected_exactly_once() {
     for seed in 0..400 {
         check_case(seed);
     }
+}
+
+fn streamed(
+    bytes: &[u8],
+    o: ReadOptions,
+    block_bytes: usize,
+) -> Result<sentimentd_data::CsvBatch, String> {
+    let stream = StreamOptions {
+        block_bytes,
+        ..StreamOptions::default()
+    };
+    let reader =
+        BatchReader::with_stream(bytes, "prop.csv", o, stream).map_err(|e| e.to_string())?;
+    let mut batch = sentimentd_data::CsvBatch {
+        headers: reader.headers().to_vec(),
+        text_col: reader.text_col(),
+        label_col: reader.label_col(),
+        ..Default::default()
+    };
+    for record in reader {
+        match record.map_err(|e| e.to_string())? {
+            Record::Row(r) => batch.rows.push(r),
+            Record::Rejected(r) => batch.rejected.push(r),
+        }
+    }
+    Ok(batch)
+}
+
+/// Arbitrary bytes biased towards CSV syntax: the streamed reader, with read blocks of a few
+/// bytes, agrees with the whole-file reader on every outcome, and every record it yields has
+/// a line inside the file.
+#[test]
+fn streaming_agrees_with_whole_file_reading_on_arbitrary_bytes() {
+    let alphabet: &[&[u8]] = &[
+        b"a",
+        b"text",
+        b",",
+        b"\"",
+        b"\"\"",
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b" ",
+        b"\xc3\xa9",
+        b"\xff",
+        b"label",
+        b"positive",
+        b"1",
+        b"\xEF\xBB\xBF",
+        b"\t",
+    ];
+    for seed in 0..600u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+        let mut file: Vec<u8> = Vec::new();
+        if rng.chance(70) {
+            file.extend_from_slice(if rng.chance(50) {
+                b"id,text,label\n"
+            } else {
+                b"text\n"
+            });
+        }
+        for _ in 0..rng.below(200) {
+            file.extend_from_slice(alphabet[rng.below(alphabet.len() as u64) as usize]);
+        }
+        let o = opts(20, rng.chance(20));
+        let whole = read_batch_bytes(&file, "prop.csv", &o).map_err(|e| e.to_string());
+        for block in [1, 2, 5, 64] {
+            assert_eq!(
+                streamed(&file, o, block),
+                whole,
+                "seed {seed}, block {block}: {:?}",
+                String::from_utf8_lossy(&file)
+            );
+        }
+        if let Ok(batch) = whole {
+            // Lines are counted by `\n`, so a header ended by a bare `\r` shares line 1.
+            let lines = 1 + file.iter().filter(|&&b| b == b'\n').count() as u64;
+            for line in batch
+                .rows
+                .iter()
+                .map(|r| r.line)
+                .chain(batch.rejected.iter().map(|r| r.line))
+            {
+                assert!(
+                    (1..=lines).contains(&line),
+                    "seed {seed}: line {line} of {lines}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_record_that_never_ends_is_cut_at_the_limit_and_reading_goes_on() {
+    // The quote on line 2 never closes; without the limit it would swallow the whole file.
+    let mut file = b"id,text\n1,\"opens and never closes\n".to_vec();
+    for i in 2..2000 {
+        file.extend_from_slice(format!("{i},row number {i}\n").as_bytes());
+    }
+    let stream = StreamOptions {
+        block_bytes: 1024,
+        max_record_bytes: 4096,
+        ..StreamOptions::default()
+    };
+    let reader = BatchReader::with_stream(&file[..], "long.csv", opts(100, false), stream);
+    let Ok(reader) = reader else {
+        panic!("reader");
+    };
+    let records: Vec<Record> = reader
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    let Some(Record::Rejected(first)) = records.first() else {
+        panic!("the broken line is rejected first: {:?}", records.first());
+    };
+    assert_eq!(first.line, 2);
+    assert_eq!(first.reason.code(), "record_too_long");
+    assert_eq!(first.raw, "1,\"opens and never closes");
+    // Every row after it is still read (the first few may be merged into the rejected
+    // record's restart, but none is lost: each line is accounted for).
+    let rows: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Row(r) => Some(r.line),
+            Record::Rejected(_) => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 1998, "{:?}", &records[..3]);
+    assert_eq!(rows.first(), Some(&3));
+}
+
+#[test]
+fn the_limit_stops_reading_at_the_claimed_size() {
+    let file = b"text\nfirst\nsecond\nappended later\n";
+    let claimed = b"text\nfirst\nsecond\n".len() as u64;
+    let stream = StreamOptions {
+        limit: Some(claimed),
+        block_bytes: 4,
+        ..StreamOptions::default()
+    };
+    let reader = BatchReader::with_stream(&file[..], "l.csv", opts(100, false), stream);
+    let Ok(reader) = reader else {
+        panic!("reader");
+    };
+    let texts: Vec<String> = reader
+        .filter_map(|r| match r {
+            Ok(Record::Row(r)) => Some(r.text().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
 }
