@@ -63,8 +63,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         None => None,
     };
 
-    // Crash leftovers are cleared before any file can be taken.
-    BatchProcessor::recover(&cfg);
+    // Crash leftovers are cleared before any file can be taken; claimed files left
+    // unfinished are resumed first.
+    let resume = BatchProcessor::recover(&cfg).map_err(anyhow::Error::msg)?;
 
     // The MLOps loop: registry -> baseliner -> drift monitor -> trainer -> registry. The
     // registry's address exists before it starts, which closes the cycle.
@@ -164,7 +165,13 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         let settle = Duration::from_millis(cfg.ingest.settle_ms);
         let metrics = metrics.clone();
         actix::Supervisor::start(move |_| {
-            FolderWatcher::new(inbox, settle, processor.recipient(), metrics)
+            FolderWatcher::new(
+                inbox,
+                settle,
+                processor.recipient(),
+                metrics,
+                resume.clone(),
+            )
         })
     };
 

@@ -503,6 +503,7 @@ fn assert_exactly_once(d: &Daemon, name: &str, ids: &BTreeSet<String>) {
     assert_eq!(names(&d.root().join("archive")), [name]);
     assert!(names(&d.inbox()).is_empty());
     assert!(names(&d.root().join("journal")).is_empty());
+    assert!(names(&d.root().join("processing")).is_empty());
     let stored = names(&d.root().join("labelled"));
     assert_eq!(
         stored.len(),
@@ -539,9 +540,10 @@ fn kill_9_mid_batch_then_restart_loses_and_duplicates_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     d.kill9();
     assert!(
-        d.inbox().join("big.csv").exists(),
-        "killed before the end of the batch"
+        d.root().join("processing/big.csv").exists(),
+        "killed before the end of the batch, with the file claimed"
     );
+    assert!(!d.inbox().join("big.csv").exists());
     assert!(!d.root().join("outbox/big.csv").exists());
     d.spawn(&[]);
     d.wait_processed("big.csv", Duration::from_secs(120));
@@ -556,6 +558,7 @@ fn crash_at_every_step_then_restart_processes_exactly_once() {
     let files = ["a.csv", "b.csv", "c.csv"];
     for step in [
         "after_journal",
+        "after_claim",
         "after_output",
         "after_rejections",
         "after_labelled",

@@ -1,38 +1,36 @@
-//! BatchProcessor: scores one inbox file at a time and accounts for every row.
+//! BatchProcessor: claims one inbox file at a time, scores it as a stream, and accounts for
+//! every row.
 //!
-//! Steps, each idempotent, under a journal entry (see `journal.rs`):
-//! 1. journal entry with the output names (chosen once);
-//! 2. read the CSV; a file that cannot be processed at all gets `<name>.error.txt` and moves
-//!    to `rejected/`;
-//! 3. score the rows in chunks of `ingest.chunk_rows` through the inference pool;
-//! 4. write `outbox/<name>` and, if any row was rejected, `rejected/<name>.errors.csv`
-//!    (each written whole: temp file + rename);
-//! 5. write the batch's labelled rows, if any, as one immutable file of the labelled store,
-//!    under the name recorded in the journal entry (a rerun rewrites the same file, so a row
-//!    is never lost or stored twice, and no batch touches another's rows);
-//! 6. move the input to `archive/`, then drop the journal entry.
-//!
-//! A crash anywhere reruns the file from step 1 with the same entry on restart.
+//! The steps and their journal protocol are in `journal.rs`; claiming and what may be taken
+//! in `claim.rs`; naming in `output_names.rs`; the chunked read-score-write in
+//! `batch_stream.rs`. This file ties them together and decides what happens after a
+//! failure: a file that fails for a reason other than its content is retried with
+//! exponential backoff (`ingest.retry_initial_ms` .. `retry_max_ms`), and after
+//! `ingest.max_attempts` failures moves to `rejected/` with an `error.txt` listing each one.
 //!
 //! The actor runs on its own `SyncArbiter` thread: it blocks on file I/O and on the inference
 //! replies, which must not stall the HTTP workers or the watcher.
 
 use actix::{Actor, Addr, Handler, SyncContext};
 use sentimentd_config::Config;
-use sentimentd_data::Label;
-use sentimentd_model::Prediction;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::csv_input::{self, FileRejection, ReadError};
+use crate::batch_stream::{BatchError, Destinations, FileRejection, Stream, io_at};
+use crate::claim::{self, OpenError, Refusal};
+use crate::events::{
+    BatchAttemptFailed, BatchInterrupted, BatchProcessed, BatchQuarantined, BatchRefused,
+    BatchRejected, InternalEvent,
+};
 use crate::inference::Inference;
-use crate::journal::{self, Journal, JournalEntry};
-use crate::messages::{FileDone, FileReady, ScoreChunk};
-use crate::metrics::{BatchOutcome, Metrics, RowOutcome, Source};
+use crate::journal::{self, Attempt, Journal, JournalEntry};
+use crate::messages::{FileDone, FileOutcome, FileReady};
+use crate::metrics::Metrics;
+use crate::output_names;
 use crate::supervisor::{Containment, Faults};
-use sentimentd_data::{CsvBatch, RejectedRow, Row, ScoredWriter, Scores};
 
 /// Shared between the shutdown sequence and the batch processor.
 #[derive(Default)]
@@ -51,39 +49,27 @@ pub struct BatchProcessor {
     containment: Containment,
     faults: Faults,
     journal: Option<Journal>,
+    /// Journal key of the claimed file being processed, once the claim is done.
+    current: Option<String>,
+    /// Failures of inbox files whose claim itself failed (nothing in the journal yet).
+    claim_failures: HashMap<PathBuf, usize>,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum BatchError {
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("inference failed: {0}")]
-    Inference(String),
-    #[error("interrupted by shutdown; the file will be processed again on the next start")]
-    Interrupted,
+/// Delay before attempt `failures + 1`: `initial`, doubling per failure, at most `max`.
+pub fn backoff(initial_ms: u64, max_ms: u64, failures: usize) -> Duration {
+    let shift = failures.saturating_sub(1).min(40) as u32;
+    Duration::from_millis(
+        initial_ms
+            .saturating_mul(1u64 << shift)
+            .min(max_ms.max(initial_ms)),
+    )
 }
 
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BatchError + '_ {
-    move |source| BatchError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
-
-/// Counts of one processed file, for the log line and the metrics.
-struct Summary {
-    rows: usize,
-    scored: usize,
-    rejected: usize,
-    labelled: usize,
-    model_version: String,
-}
-
-/// A row's prediction (or why it has none) and the version of the model that scored it.
-type RowResult = (Result<Prediction, String>, Arc<str>);
 
 impl BatchProcessor {
     pub fn new(
@@ -101,6 +87,8 @@ impl BatchProcessor {
             lifecycle,
             faults,
             journal: None,
+            current: None,
+            claim_failures: HashMap::new(),
         }
     }
 
@@ -114,13 +102,29 @@ impl BatchProcessor {
             .ok_or_else(|| BatchError::Inference("journal unavailable".into()))
     }
 
-    /// Run once before any file is taken: clears crash leftovers.
-    pub fn recover(cfg: &Config) {
+    /// Run once before any file is taken: creates the folders, checks that files can move
+    /// between them by rename, clears crash leftovers, and returns the claimed files to
+    /// resume.
+    pub fn recover(cfg: &Config) -> Result<Vec<PathBuf>, String> {
         let g = &cfg.ingest;
-        for dir in [&g.outbox, &g.rejected, &g.archive] {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot create a state folder");
-            }
+        let moved_between = [
+            ("ingest.inbox", &g.inbox),
+            ("ingest.processing", &g.processing),
+            ("ingest.outbox", &g.outbox),
+            ("ingest.archive", &g.archive),
+            ("ingest.rejected", &g.rejected),
+        ];
+        for (key, dir) in moved_between {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {key} ({}): {e}", dir.display()))?;
+        }
+        let folders: Vec<(&str, &Path)> = moved_between
+            .iter()
+            .map(|(k, p)| (*k, p.as_path()))
+            .collect();
+        claim::check_same_filesystem(&folders)?;
+        // The labelled store too: a batch streams its labelled rows through a temp file there.
+        for dir in [&g.outbox, &g.rejected, &g.archive, &g.labelled_dir] {
             journal::remove_stale_temp_files(dir);
         }
         match sentimentd_data::labelled::LabelledStore::open(&g.labelled_dir) {
@@ -129,372 +133,433 @@ impl BatchProcessor {
                 tracing::error!(dir = %g.labelled_dir.display(), error = %e, "cannot open the labelled-data store")
             }
         }
-        let journal = match Journal::open(&g.journal) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(dir = %g.journal.display(), error = %e, "cannot open the journal");
-                return;
-            }
-        };
+        let journal = Journal::open(&g.journal)
+            .map_err(|e| format!("cannot open the journal {}: {e}", g.journal.display()))?;
         journal::remove_stale_temp_files(&g.journal);
-        let entries = match journal.entries() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the journal");
-                return;
+        let entries = journal
+            .entries()
+            .map_err(|e| format!("cannot read the journal {}: {e}", g.journal.display()))?;
+        let mut resume = Vec::new();
+        for (key, entry) in entries {
+            let claimed = g.processing.join(&entry.archived);
+            if claimed.exists() {
+                if key != entry.archived {
+                    // An entry of an older build, keyed by its input name.
+                    if let Err(e) = journal.put(&entry).and_then(|()| journal.remove(&key)) {
+                        tracing::error!(file = %entry.input, error = %e, "cannot re-key a journal entry");
+                    }
+                }
+                tracing::info!(file = %entry.input, claimed = %claimed.display(), attempts = entry.attempts.len(), "claimed batch will be processed again");
+                resume.push(claimed);
+            } else if entry.claimed.is_none() && g.inbox.join(&entry.input).exists() {
+                // The claim never happened; the entry's names are reused when it does.
+                tracing::info!(file = %entry.input, "batch interrupted before its claim will be taken again");
+            } else if let Err(e) = journal.remove(&key) {
+                // The claimed file left the processing folder, which is the last step before
+                // the entry is dropped: every output was complete.
+                tracing::error!(file = %entry.input, error = %e, "cannot drop a finished journal entry");
             }
-        };
-        for entry in entries {
-            if g.inbox.join(&entry.input).exists() {
-                tracing::info!(file = %entry.input, "batch interrupted by a crash will be processed again");
-            } else {
-                // The input left the inbox, which is the last step before the entry is dropped:
-                // every output was complete.
-                if let Err(e) = journal.remove(&entry.input) {
-                    tracing::error!(file = %entry.input, error = %e, "cannot drop a finished journal entry");
+        }
+        // A file in the processing folder without an entry was not put there by the daemon;
+        // back into the inbox it goes, where it is claimed like any other.
+        if let Ok(listing) = std::fs::read_dir(&g.processing) {
+            for item in listing.flatten() {
+                let path = item.path();
+                let name = file_name(&path);
+                if name.starts_with('.') || resume.contains(&path) {
+                    continue;
+                }
+                let back = g.inbox.join(&name);
+                if back.exists() {
+                    tracing::warn!(file = %path.display(), "a file in the processing folder has no journal entry and its name is taken in the inbox; left where it is");
+                } else if let Err(e) = std::fs::rename(&path, &back) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot move an unjournalled file back to the inbox");
+                } else {
+                    tracing::warn!(file = %name, "a file in the processing folder had no journal entry; moved back to the inbox");
                 }
             }
         }
+        Ok(resume)
     }
 
-    fn new_entry(&self, input: &str) -> JournalEntry {
+    /// One attempt at `path`: an inbox file (claimed first) or a claimed file.
+    fn attempt(&mut self, path: &Path, started: Instant) -> Result<(), BatchError> {
         let g = &self.cfg.ingest;
-        let (stem, ext) = match input.rsplit_once('.') {
-            Some((s, e)) => (s.to_string(), format!(".{e}")),
-            None => (input.to_string(), String::new()),
-        };
-        // An earlier file with the same name keeps its outputs: pick the first free suffix.
-        let mut n = 0usize;
-        loop {
-            let name = if n == 0 {
-                input.to_string()
-            } else {
-                format!("{stem}.{n}{ext}")
-            };
-            let taken = g.outbox.join(&name).exists()
-                || g.archive.join(&name).exists()
-                || g.rejected.join(&name).exists()
-                || g.rejected.join(format!("{name}.errors.csv")).exists()
-                || g.rejected.join(format!("{name}.error.txt")).exists();
-            if !taken {
-                let now = chrono::Utc::now();
-                return JournalEntry {
-                    input: input.to_string(),
-                    output: name.clone(),
-                    errors: format!("{name}.errors.csv"),
-                    labelled: Some(sentimentd_data::labelled::file_name(
-                        &now.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
-                        "batch",
-                        &name,
-                    )),
-                    archived: name,
-                    started_at: now.to_rfc3339(),
-                };
+        let key = if path.parent() == Some(g.processing.as_path()) {
+            file_name(path)
+        } else {
+            match self.claim(path)? {
+                Some(key) => key,
+                None => return Ok(()),
             }
-            n += 1;
-        }
+        };
+        self.current = Some(key.clone());
+        self.process_claimed(&key, started)
     }
 
-    fn process(&mut self, path: &Path) -> Result<Option<Summary>, BatchError> {
-        let started = Instant::now();
-        let Some(input) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-        else {
-            return Err(BatchError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad file name"),
-            });
-        };
-        if !path.exists() {
-            return Ok(None);
-        }
+    /// Moves a complete inbox file into the processing folder under a journal entry.
+    /// `None`: nothing to process (the file is gone, or was refused).
+    fn claim(&mut self, path: &Path) -> Result<Option<String>, BatchError> {
         let cfg = self.cfg.clone();
         let g = &cfg.ingest;
-        let existing = self.journal()?.get(&input).map_err(io_at(&g.journal))?;
-        let mut entry = match existing {
+        let input = file_name(path);
+        match claim::inspect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(path)(e)),
+            Ok(Some(refusal)) => {
+                self.refuse(path, &input, &refusal)?;
+                return Ok(None);
+            }
+            Ok(None) => {}
+        }
+        let journal = self.journal()?;
+        let entry = match journal.unclaimed_for(&input).map_err(io_at(&g.journal))? {
+            Some((key, entry)) => {
+                if key != entry.archived {
+                    journal.put(&entry).map_err(io_at(&g.journal))?;
+                    journal.remove(&key).map_err(io_at(&g.journal))?;
+                }
+                entry
+            }
+            None => {
+                let entry = output_names::new_entry(g, journal, &input);
+                journal.put(&entry).map_err(io_at(&g.journal))?;
+                entry
+            }
+        };
+        self.faults.crash_point("after_journal");
+        let target = g.processing.join(&entry.archived);
+        match std::fs::rename(path, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.journal()?
+                    .remove(&entry.archived)
+                    .map_err(io_at(&g.journal))?;
+                return Ok(None);
+            }
+            Err(e) => return Err(io_at(&target)(e)),
+        }
+        journal::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
+        journal::sync_dir(&g.inbox).map_err(io_at(&g.inbox))?;
+        self.claim_failures.remove(path);
+        tracing::debug!(file = %input, claimed = %target.display(), "batch file claimed");
+        self.faults.crash_point("after_claim");
+        Ok(Some(entry.archived))
+    }
+
+    fn process_claimed(&mut self, key: &str, started: Instant) -> Result<(), BatchError> {
+        let cfg = self.cfg.clone();
+        let g = &cfg.ingest;
+        let claimed = g.processing.join(key);
+        let mut entry = match self.journal()?.get(key).map_err(io_at(&g.journal))? {
             Some(e) => e,
             None => {
-                let e = self.new_entry(&input);
+                let mut e = output_names::new_entry(g, self.journal()?, key);
+                // The claimed file's name is the entry's key; keep it.
+                e.archived = key.to_string();
                 self.journal()?.put(&e).map_err(io_at(&g.journal))?;
                 e
             }
         };
-        self.faults.crash_point("after_journal");
-
-        let batch = match csv_input::read_input(path, cfg.data.max_text_chars, g.max_file_bytes) {
-            Ok(b) => b,
-            Err(ReadError::Rejected(why)) => {
-                self.reject_file(path, &entry, &why)?;
-                return Ok(None);
+        let (file, identity) = match claim::open(&claimed) {
+            Ok(opened) => opened,
+            Err(OpenError::Refused(refusal)) => {
+                self.refuse(&claimed, &entry.input, &refusal)?;
+                self.journal()?.remove(key).map_err(io_at(&g.journal))?;
+                return Ok(());
             }
-            Err(ReadError::Io { path: p, source }) => {
-                return Err(BatchError::Io {
-                    path: PathBuf::from(p),
-                    source,
-                });
+            Err(OpenError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                // Archived just before a crash; the entry was all that was left.
+                self.journal()?.remove(key).map_err(io_at(&g.journal))?;
+                return Ok(());
             }
+            Err(OpenError::Io { source, .. }) => return Err(io_at(&claimed)(source)),
         };
-        let CsvBatch {
-            headers,
-            text_col,
-            rows,
-            mut rejected,
-            ..
-        } = batch;
-        let source_col = headers
-            .iter()
-            .position(|h| h.trim().eq_ignore_ascii_case("source"));
-        let total = rows.len() + rejected.len();
-
-        // Move the texts out so they can be shared with the inference threads without copies.
-        let mut rows = rows;
-        let texts: Arc<Vec<String>> = Arc::new(
-            rows.iter_mut()
-                .map(|r| std::mem::take(&mut r.fields[text_col]))
-                .collect(),
-        );
-        let read_seconds = started.elapsed().as_secs_f64();
-        let scoring = Instant::now();
-        let (predictions, model_version) = self.score(&texts)?;
-        let score_seconds = scoring.elapsed().as_secs_f64();
-        let writing = Instant::now();
-
-        let mut scored_rows = Vec::with_capacity(rows.len());
-        let mut counts = [0u64; 3];
-        for (i, (mut row, (result, version))) in rows.into_iter().zip(predictions).enumerate() {
-            row.fields[text_col] = texts[i].clone();
-            match result {
-                Ok(p) => {
-                    counts[p.label.index()] += 1;
-                    scored_rows.push((row, p, version));
-                }
-                Err(reason) => rejected.push(csv_input::unscored(row.line, reason, &row.fields)),
-            }
+        if let Some(before) = &entry.claimed
+            && (before.dev, before.ino) != (identity.dev, identity.ino)
+        {
+            tracing::warn!(file = %entry.input, "the claimed file was replaced in the processing folder; scoring what is there now");
         }
-        rejected.sort_by_key(|r| r.line);
-
-        write_scored(&g.outbox.join(&entry.output), &headers, &scored_rows)?;
-        self.faults.crash_point("after_output");
-        let errors_path = g.rejected.join(&entry.errors);
-        if rejected.is_empty() {
-            // A rerun after a crash may meet a report from a run that rejected differently
-            // (e.g. a model swap in between); the last run's outputs are the truth.
-            match std::fs::remove_file(&errors_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(&errors_path)(e)),
-            }
-        } else {
-            write_rejections(&errors_path, &rejected)?;
-        }
-        self.faults.crash_point("after_rejections");
-
-        let labelled: Vec<(&str, Label, u64, &str)> = scored_rows
-            .iter()
-            .filter_map(|(row, _, _)| {
-                row.label.map(|l| {
-                    let source = source_col
-                        .and_then(|c| row.fields.get(c))
-                        .map_or("", String::as_str);
-                    (row.fields[text_col].as_str(), l, row.line, source)
-                })
-            })
-            .collect();
-        if !labelled.is_empty() {
+        if entry.claimed.as_ref() != Some(&identity) || entry.labelled.is_none() {
+            entry.claimed = Some(identity.clone());
             if entry.labelled.is_none() {
                 // An entry from an older build: pin the name first, so a rerun rewrites the
                 // same file instead of adding a second one.
-                entry.labelled = Some(sentimentd_data::labelled::file_name(
-                    &chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string(),
-                    "batch",
-                    &entry.output,
-                ));
-                self.journal()?.put(&entry).map_err(io_at(&g.journal))?;
+                entry.labelled = Some(output_names::labelled_name(&entry.output));
             }
-            self.write_labelled(&entry, &labelled)?;
+            self.journal()?.put(&entry).map_err(io_at(&g.journal))?;
         }
-        self.faults.crash_point("after_labelled");
+        if identity.size > g.max_file_bytes {
+            let why = FileRejection::TooBig {
+                size: identity.size,
+                limit: g.max_file_bytes,
+            };
+            return self.reject_file(&claimed, &entry, &why, started);
+        }
+
+        let stream = Stream {
+            inference: &self.inference,
+            lifecycle: &self.lifecycle,
+            chunk_rows: g.chunk_rows,
+            in_flight: cfg.server.inference_threads + 1,
+            max_text_chars: cfg.data.max_text_chars,
+            neutralize_formulas: g.neutralize_formulas,
+        };
+        let dest = Destinations {
+            output: g.outbox.join(&entry.output),
+            errors: g.rejected.join(&entry.errors),
+            labelled: entry.labelled.as_ref().map(|n| g.labelled_dir.join(n)),
+        };
+        let (summary, outputs) = match stream.run(&file, identity.size, &entry, dest) {
+            Ok(done) => done,
+            Err(BatchError::Rejected(why)) => {
+                return self.reject_file(&claimed, &entry, &why, started);
+            }
+            Err(e) => return Err(e),
+        };
+        // A writer that still held the file open may have written on after the claim: those
+        // bytes were not read, so the whole file is scored again rather than half of it.
+        let now = claim::identity_of(&file).map_err(io_at(&claimed))?;
+        if !identity.unchanged(&now) {
+            return Err(BatchError::Changed {
+                before: identity.size,
+                after: now.size,
+            });
+        }
+        let faults = self.faults.clone();
+        outputs.commit(|step| faults.crash_point(step))?;
 
         let archived = g.archive.join(&entry.archived);
-        std::fs::rename(path, &archived).map_err(io_at(&archived))?;
+        std::fs::rename(&claimed, &archived).map_err(io_at(&archived))?;
         journal::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
+        journal::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
         self.faults.crash_point("after_archive");
         // Counted before the journal entry goes, so whoever sees the batch finished (no entry,
         // input archived) also sees it in the metrics.
-        self.metrics.batch(BatchOutcome::processed);
-        self.metrics
-            .rows(RowOutcome::scored, scored_rows.len() as u64);
-        self.metrics
-            .rows(RowOutcome::rejected, rejected.len() as u64);
-        self.metrics.predictions_by_label(Source::batch, counts);
-        self.metrics.labelled_rows(labelled.len() as u64);
+        let seconds = started.elapsed().as_secs_f64();
+        BatchProcessed {
+            file: &entry.input,
+            output: &entry.output,
+            rows: summary.rows(),
+            scored: summary.scored,
+            rejected: summary.rejected,
+            labelled: summary.labelled,
+            by_label: summary.by_label,
+            model_version: &summary.model_version,
+            attempt: entry.attempts.len() + 1,
+            seconds,
+            rows_per_second: summary.rows() as f64 / seconds.max(1e-9),
+        }
+        .emit(&self.metrics);
         // The input is archived, so the batch is done: a leftover entry is dropped by the
         // next start's recovery, and retrying here would only count the batch twice.
         let removed = self
             .journal()
-            .and_then(|j| j.remove(&input).map_err(io_at(&g.journal)));
+            .and_then(|j| j.remove(key).map_err(io_at(&g.journal)));
         if let Err(e) = removed {
-            tracing::warn!(file = %input, error = %e, "batch done but its journal entry could not be removed; the next start drops it");
+            tracing::warn!(file = %entry.input, error = %e, "batch done but its journal entry could not be removed; the next start drops it");
         }
-        let summary = Summary {
-            rows: total,
-            scored: scored_rows.len(),
-            rejected: rejected.len(),
-            labelled: labelled.len(),
-            model_version: model_version.to_string(),
-        };
-        tracing::info!(
-            file = %input,
-            output = %entry.output,
-            rows = summary.rows,
-            scored = summary.scored,
-            rejected = summary.rejected,
-            labelled = summary.labelled,
-            model_version = %summary.model_version,
-            seconds = started.elapsed().as_secs_f64(),
-            read_seconds,
-            score_seconds,
-            write_seconds = writing.elapsed().as_secs_f64(),
-            "batch processed"
-        );
-        Ok(Some(summary))
-    }
-
-    /// Scores every text through the inference pool; all chunks are queued at once so every
-    /// inference thread works, and collected in order.
-    fn score(&self, texts: &Arc<Vec<String>>) -> Result<(Vec<RowResult>, Arc<str>), BatchError> {
-        let chunk = self.cfg.ingest.chunk_rows.max(1);
-        let requests: Vec<_> = (0..texts.len())
-            .step_by(chunk)
-            .map(|start| {
-                self.inference.send(ScoreChunk {
-                    texts: texts.clone(),
-                    start,
-                    end: (start + chunk).min(texts.len()),
-                })
-            })
-            .collect();
-        let mut out = Vec::with_capacity(texts.len());
-        let mut version: Option<Arc<str>> = None;
-        // Each row carries the version of the model that scored its chunk: a swap in the
-        // middle of a file must not mislabel the rows scored before it.
-        for request in requests {
-            if self.lifecycle.stopping.load(Ordering::SeqCst) {
-                return Err(BatchError::Interrupted);
-            }
-            let scored = futures_executor::block_on(request)
-                .map_err(|e| BatchError::Inference(e.to_string()))?
-                .map_err(|e| BatchError::Inference(e.to_string()))?;
-            version = Some(scored.model_version.clone());
-            out.extend(
-                scored
-                    .results
-                    .into_iter()
-                    .map(|r| (r, scored.model_version.clone())),
-            );
-        }
-        // A file with no scorable rows was scored by no model.
-        let version = version.unwrap_or_else(|| Arc::from(""));
-        Ok((out, version))
-    }
-
-    fn write_labelled(
-        &mut self,
-        entry: &JournalEntry,
-        labelled: &[(&str, Label, u64, &str)],
-    ) -> Result<(), BatchError> {
-        let dir = self.cfg.ingest.labelled_dir.clone();
-        let name = entry.labelled.clone().ok_or_else(|| BatchError::Io {
-            path: self.cfg.ingest.journal.clone(),
-            source: std::io::Error::other("the journal entry names no labelled-data file"),
-        })?;
-        let arrived_at = entry.started_at.clone();
-        let rows: Vec<sentimentd_data::labelled::LabelledRow> = labelled
-            .iter()
-            .map(
-                |(text, label, line, source)| sentimentd_data::labelled::LabelledRow {
-                    text: text.to_string(),
-                    label: *label,
-                    source: source.to_string(),
-                    origin: entry.input.clone(),
-                    line: *line,
-                    arrived_at: arrived_at.clone(),
-                },
-            )
-            .collect();
-        sentimentd_data::labelled::LabelledStore::open(&dir)
-            .and_then(|s| s.write(&name, &rows))
-            .map_err(|e| BatchError::Io {
-                path: dir.join(&name),
-                source: std::io::Error::other(e.to_string()),
-            })?;
         Ok(())
     }
 
+    /// The whole file cannot be processed: it moves to `rejected/` with `<name>.error.txt`.
     fn reject_file(
         &mut self,
-        path: &Path,
+        claimed: &Path,
         entry: &JournalEntry,
         why: &FileRejection,
+        started: Instant,
     ) -> Result<(), BatchError> {
         let cfg = self.cfg.clone();
         let g = &cfg.ingest;
-        let report = g.rejected.join(format!("{}.error.txt", entry.archived));
         let text = format!(
             "file: {}\nrejected_at: {}\nreason: {}\n",
             entry.input,
             chrono::Utc::now().to_rfc3339(),
             why
         );
-        journal::write_atomic(&report, text.as_bytes()).map_err(io_at(&report))?;
-        let target = g.rejected.join(&entry.archived);
-        std::fs::rename(path, &target).map_err(io_at(&target))?;
-        journal::sync_dir(&g.rejected).map_err(io_at(&g.rejected))?;
+        let target = self.move_to_rejected(claimed, &entry.archived, &text)?;
         self.journal()?
-            .remove(&entry.input)
+            .remove(&entry.archived)
             .map_err(io_at(&g.journal))?;
-        self.metrics.batch(BatchOutcome::rejected);
-        tracing::warn!(file = %entry.input, reason = %why, moved_to = %target.display(), "batch file rejected");
+        BatchRejected {
+            file: &entry.input,
+            reason: &why.to_string(),
+            moved_to: &target,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+        .emit(&self.metrics);
         Ok(())
     }
-}
 
-/// The scored rows with the data crate's writer: input columns, then `label`, `score`,
-/// `p_negative`, `p_neutral`, `p_positive`, `model_version` (an input column of one of those
-/// names is kept as `input_<name>`, so `label` always means the prediction, as for
-/// `sentimentd predict --csv`).
-fn write_scored(
-    path: &Path,
-    headers: &[String],
-    rows: &[(Row, Prediction, Arc<str>)],
-) -> Result<(), BatchError> {
-    journal::write_atomic_with(path, |out| {
-        let to_io = |e: sentimentd_data::DataError| std::io::Error::other(e.to_string());
-        let mut w = ScoredWriter::new(out, headers).map_err(to_io)?;
-        for (row, p, model_version) in rows {
-            let scores = Scores {
-                label: p.label,
-                score: p.score,
-                probabilities: p.probabilities,
-            };
-            w.write_row(&row.fields, &scores, model_version)
-                .map_err(to_io)?;
+    /// Writes `rejected/<name>.error.txt`, then moves `path` to `rejected/<name>`.
+    fn move_to_rejected(
+        &self,
+        path: &Path,
+        name: &str,
+        report: &str,
+    ) -> Result<PathBuf, BatchError> {
+        let g = &self.cfg.ingest;
+        let report_path = g.rejected.join(format!("{name}.error.txt"));
+        journal::write_atomic(&report_path, report.as_bytes()).map_err(io_at(&report_path))?;
+        let target = g.rejected.join(name);
+        std::fs::rename(path, &target).map_err(io_at(&target))?;
+        journal::sync_dir(&g.rejected).map_err(io_at(&g.rejected))?;
+        Ok(target)
+    }
+
+    /// An inbox entry that is not a single-link regular file is moved aside, unread, with a
+    /// report saying why: it is reported once instead of being skipped on every scan.
+    fn refuse(&mut self, path: &Path, input: &str, refusal: &Refusal) -> Result<(), BatchError> {
+        let name = {
+            let g = self.cfg.ingest.clone();
+            output_names::new_entry(&g, self.journal()?, input).archived
+        };
+        let text = format!(
+            "file: {input}\nrefused_at: {}\nreason: {refusal}\nThe entry was moved here unread.\n",
+            chrono::Utc::now().to_rfc3339()
+        );
+        let target = self.move_to_rejected(path, &name, &text)?;
+        BatchRefused {
+            file: input,
+            reason: &refusal.to_string(),
+            moved_to: &target,
         }
-        w.finish().map_err(to_io)?;
+        .emit(&self.metrics);
         Ok(())
-    })
-    .map_err(io_at(path))
-}
+    }
 
-fn write_rejections(path: &Path, rejected: &[RejectedRow]) -> Result<(), BatchError> {
-    journal::write_atomic_with(path, |out| {
-        sentimentd_data::write_rejections_to(out, rejected)
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .map_err(io_at(path))
+    /// After a failed attempt: the retry, or the quarantine once attempts run out.
+    fn failed(&mut self, path: &Path, error: String) -> FileOutcome {
+        let cfg = self.cfg.clone();
+        let g = &cfg.ingest;
+        let Some(key) = self.current.take() else {
+            // The claim itself failed: the file is still in the inbox.
+            let failures = {
+                let n = self.claim_failures.entry(path.to_path_buf()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let after = backoff(g.retry_initial_ms, g.retry_max_ms, failures);
+            BatchAttemptFailed {
+                file: &file_name(path),
+                attempt: failures,
+                max_attempts: g.max_attempts,
+                error: &error,
+                retry_in: after,
+            }
+            .emit(&self.metrics);
+            return FileOutcome::Retry {
+                path: path.to_path_buf(),
+                after,
+            };
+        };
+        let claimed = g.processing.join(&key);
+        let recorded = self.record_failure(&key, &error);
+        let entry = match recorded {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::error!(file = %key, error = %e, "cannot record a failed attempt in the journal");
+                let after = backoff(g.retry_initial_ms, g.retry_max_ms, 1);
+                return FileOutcome::Retry {
+                    path: claimed,
+                    after,
+                };
+            }
+        };
+        let failures = entry.attempts.len();
+        if failures >= g.max_attempts as usize {
+            match self.quarantine(&claimed, &entry) {
+                Ok(target) => {
+                    BatchQuarantined {
+                        file: &entry.input,
+                        attempts: failures,
+                        last_error: &error,
+                        moved_to: &target,
+                    }
+                    .emit(&self.metrics);
+                    return FileOutcome::Finished;
+                }
+                Err(e) => {
+                    tracing::error!(file = %entry.input, error = %e, "cannot quarantine a failing batch file; it stays in the processing folder");
+                }
+            }
+        }
+        let after = backoff(g.retry_initial_ms, g.retry_max_ms, failures);
+        BatchAttemptFailed {
+            file: &entry.input,
+            attempt: failures,
+            max_attempts: g.max_attempts,
+            error: &error,
+            retry_in: after,
+        }
+        .emit(&self.metrics);
+        FileOutcome::Retry {
+            path: claimed,
+            after,
+        }
+    }
+
+    fn record_failure(&mut self, key: &str, error: &str) -> Result<JournalEntry, BatchError> {
+        let dir = self.cfg.ingest.journal.clone();
+        let journal = self.journal()?;
+        let mut entry = journal
+            .get(key)
+            .map_err(io_at(&dir))?
+            .ok_or_else(|| BatchError::Io {
+                path: dir.join(key),
+                source: std::io::Error::other("no journal entry"),
+            })?;
+        entry.attempts.push(Attempt {
+            at: chrono::Utc::now().to_rfc3339(),
+            error: error.to_string(),
+        });
+        journal.put(&entry).map_err(io_at(&dir))?;
+        Ok(entry)
+    }
+
+    /// Moves a file that keeps failing to `rejected/`, with every attempt's error, and
+    /// removes any output an attempt had already put in place: a quarantined file has none.
+    fn quarantine(&mut self, claimed: &Path, entry: &JournalEntry) -> Result<PathBuf, BatchError> {
+        let cfg = self.cfg.clone();
+        let g = &cfg.ingest;
+        let mut text = format!(
+            "file: {}\nquarantined_at: {}\nreason: failed {} times for reasons other than its content (ingest.max_attempts = {}); none of its rows were delivered. Fix the cause, then move it back into the inbox to process it again.\n",
+            entry.input,
+            chrono::Utc::now().to_rfc3339(),
+            entry.attempts.len(),
+            g.max_attempts,
+        );
+        for (i, a) in entry.attempts.iter().enumerate() {
+            text.push_str(&format!("attempt {} at {}: {}\n", i + 1, a.at, a.error));
+        }
+        let mut outputs = vec![g.outbox.join(&entry.output), g.rejected.join(&entry.errors)];
+        outputs.extend(entry.labelled.as_ref().map(|n| g.labelled_dir.join(n)));
+        for path in outputs {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) => {}
+                Err(e) => {
+                    // The failure that got it quarantined may be the very one that keeps
+                    // this output from going: say so rather than keep the file in limbo.
+                    tracing::warn!(file = %entry.input, output = %path.display(), error = %e, "cannot remove an output of a quarantined file");
+                    text.push_str(&format!(
+                        "left in place (cannot remove: {e}): {}\n",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        let target = self.move_to_rejected(claimed, &entry.archived, &text)?;
+        self.journal()?
+            .remove(&entry.archived)
+            .map_err(io_at(&g.journal))?;
+        Ok(target)
+    }
 }
 
 impl Actor for BatchProcessor {
@@ -508,45 +573,58 @@ impl Handler<FileReady> for BatchProcessor {
         if self.lifecycle.stopping.load(Ordering::SeqCst) {
             msg.done.do_send(FileDone {
                 path: msg.path,
-                finished: false,
+                outcome: FileOutcome::Interrupted,
             });
             return;
         }
         self.lifecycle.busy.fetch_add(1, Ordering::SeqCst);
+        self.current = None;
+        let started = Instant::now();
         let containment = self.containment.clone();
-        let outcome = containment.run(|| self.process(&msg.path));
+        let result = containment.run(|| self.attempt(&msg.path, started));
         self.lifecycle.busy.fetch_sub(1, Ordering::SeqCst);
-        let finished = match outcome {
-            Ok(Ok(_)) => true,
+        let outcome = match result {
+            Ok(Ok(())) => FileOutcome::Finished,
             Ok(Err(BatchError::Interrupted)) => {
-                tracing::info!(file = %msg.path.display(), "batch interrupted by shutdown; it resumes on the next start");
-                false
+                let name = self.current.clone().unwrap_or_else(|| file_name(&msg.path));
+                BatchInterrupted { file: &name }.emit(&self.metrics);
+                FileOutcome::Interrupted
             }
-            Ok(Err(e)) => {
-                self.metrics.batch(BatchOutcome::failed);
-                tracing::error!(file = %msg.path.display(), error = %e, "batch failed; it will be retried");
-                false
-            }
-            Err(_) => {
-                self.metrics.batch(BatchOutcome::failed);
-                false
-            }
+            Ok(Err(e)) => self.failed(&msg.path, e.to_string()),
+            Err(panicked) => self.failed(&msg.path, panicked.to_string()),
         };
+        self.current = None;
         msg.done.do_send(FileDone {
-            finished: finished && !msg.path.exists(),
             path: msg.path,
+            outcome,
         });
         release_freed_memory();
     }
 }
 
-/// A large batch leaves tens of MB of freed heap that glibc keeps mapped; handing it back
-/// keeps the serving RSS at its steady-state size between batches.
+/// A large batch leaves freed heap that glibc keeps mapped; handing it back keeps the
+/// serving RSS at its steady-state size between batches.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory at the top of the heaps and in free
     // pages; it does not touch live allocations and is thread-safe in glibc.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = |n| backoff(100, 1000, n);
+        assert_eq!(ms(1), Duration::from_millis(100));
+        assert_eq!(ms(2), Duration::from_millis(200));
+        assert_eq!(ms(4), Duration::from_millis(800));
+        assert_eq!(ms(5), Duration::from_millis(1000));
+        assert_eq!(ms(500), Duration::from_millis(1000));
     }
 }

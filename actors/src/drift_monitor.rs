@@ -93,11 +93,12 @@ impl DriftMonitor {
         }
         let version = self.baseline.as_ref().map(|(v, _)| v.as_str());
         for o in fresh {
-            // Before a baseline arrives, keep everything; the baseline then filters.
+            // Every observation is kept: one of a model whose baseline is still being built
+            // (just swapped in) counts once that baseline arrives, which then drops the rest.
             if version.is_none_or(|v| v == &*o.model_version) {
-                self.window.push_back(o);
                 self.since_check += 1;
             }
+            self.window.push_back(o);
         }
         while self.window.len() > self.cfg.drift.window {
             self.window.pop_front();
@@ -122,7 +123,12 @@ impl DriftMonitor {
             .emit(&self.metrics);
             return;
         };
-        let obs: Vec<_> = self.window.iter().map(|o| o.observation.clone()).collect();
+        let obs: Vec<_> = self
+            .window
+            .iter()
+            .filter(|o| *o.model_version == *version)
+            .map(|o| o.observation.clone())
+            .collect();
         self.checks += 1;
         let report = drift::check(
             &baseline,

@@ -1,26 +1,26 @@
 //! FolderWatcher: finds complete `*.csv` files in the inbox and hands them to the batch
-//! processor, one message per file.
+//! processor, one message per file; offers claimed files again when their retry is due.
 //!
 //! A file is complete when it arrived by rename (writers that write elsewhere and rename in
-//! are done by definition) or when its size and modification time have not changed for
-//! `ingest.settle_ms`. notify (inotify) gives low latency for renames and writes; a directory
-//! scan on every tick catches what events miss (files present at start-up, queue overflow,
-//! a restart of this actor). Dotfiles, `*.tmp`, `*.part` and other non-CSV names are ignored.
+//! are done by definition), when its writer closed it (inotify's close-after-write), or when
+//! its size and modification time have not changed for `ingest.settle_ms` (the fallback for
+//! events missed or not given). notify (inotify) gives low latency; a directory scan on every
+//! tick catches what events miss (files present at start-up, queue overflow, a restart of this
+//! actor). Dotfiles, `*.tmp`, `*.part` and other non-CSV names are ignored. A `*.csv` entry
+//! that is not a regular file (symlink, FIFO, directory) is handed over at once, unread, so
+//! the processor can refuse it with a report.
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Recipient, Supervised};
-use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::messages::{FileDone, FileReady, FsEvent, StopIntake};
+use crate::messages::{FileDone, FileOutcome, FileReady, FsEvent, StopIntake};
 use crate::metrics::Metrics;
 use crate::supervisor::Containment;
-
-/// A file that failed for a transient reason is retried after this long.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 struct Candidate {
     size: u64,
@@ -39,7 +39,9 @@ pub struct FolderWatcher {
     /// Handed to the processor and not yet reported done; survives a restart of this actor so
     /// a file is never queued twice.
     taken: HashSet<PathBuf>,
+    /// Files to offer again (claimed files, or inbox files whose claim failed), and when.
     retry_at: HashMap<PathBuf, Instant>,
+    metrics: Arc<Metrics>,
     stopped: bool,
 }
 
@@ -53,23 +55,32 @@ pub fn is_batch_file(name: &str) -> bool {
 }
 
 impl FolderWatcher {
+    /// `resume`: claimed files a previous run left unfinished; they are offered first.
     pub fn new(
         inbox: PathBuf,
         settle: Duration,
         processor: Recipient<FileReady>,
         metrics: Arc<Metrics>,
+        resume: Vec<PathBuf>,
     ) -> FolderWatcher {
+        let now = Instant::now();
         FolderWatcher {
             inbox,
             settle,
             processor,
-            containment: Containment::new("folder_watcher", metrics),
+            containment: Containment::new("folder_watcher", metrics.clone()),
             watcher: None,
             candidates: HashMap::new(),
             taken: HashSet::new(),
-            retry_at: HashMap::new(),
+            retry_at: resume.into_iter().map(|p| (p, now)).collect(),
+            metrics,
             stopped: false,
         }
+    }
+
+    /// Changes the settle time (a config reload).
+    pub fn set_settle(&mut self, settle: Duration) {
+        self.settle = settle;
     }
 
     fn tick_interval(&self) -> Duration {
@@ -101,19 +112,21 @@ impl FolderWatcher {
                 .and_then(|n| n.to_str())
                 .is_some_and(is_batch_file)
             && !self.taken.contains(path)
+            && !self.retry_at.contains_key(path)
     }
 
-    fn note(&mut self, path: &Path, renamed: bool) {
+    /// `complete`: the file arrived by rename or its writer closed it.
+    fn note(&mut self, path: &Path, complete: bool) {
         if !self.eligible(path) {
             return;
         }
-        let Ok(meta) = std::fs::metadata(path) else {
+        // Not followed: a symlink is judged as itself, and refused.
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             self.candidates.remove(path);
             return;
         };
-        if !meta.is_file() {
-            return;
-        }
+        // Nothing to wait for in what is not a regular file: hand it over to be refused.
+        let renamed = complete || !meta.is_file();
         let (size, modified) = (meta.len(), meta.modified().ok());
         let now = Instant::now();
         let entry = self
@@ -155,16 +168,21 @@ impl FolderWatcher {
             return;
         }
         let now = Instant::now();
-        self.retry_at.retain(|_, at| *at > now);
-        let ready: Vec<PathBuf> = self
-            .candidates
+        let mut ready: Vec<PathBuf> = self
+            .retry_at
             .iter()
-            .filter(|(p, c)| {
-                (c.renamed || now.duration_since(c.since) >= self.settle)
-                    && !self.retry_at.contains_key(*p)
-            })
+            .filter(|(_, at)| **at <= now)
             .map(|(p, _)| p.clone())
             .collect();
+        for path in &ready {
+            self.retry_at.remove(path);
+        }
+        ready.extend(
+            self.candidates
+                .iter()
+                .filter(|(_, c)| c.renamed || now.duration_since(c.since) >= self.settle)
+                .map(|(p, _)| p.clone()),
+        );
         for path in ready {
             self.candidates.remove(&path);
             self.taken.insert(path.clone());
@@ -191,6 +209,8 @@ impl Actor for FolderWatcher {
                 .run(|| {
                     act.scan();
                     act.dispatch(ctx);
+                    let backlog = act.candidates.len() + act.taken.len() + act.retry_at.len();
+                    act.metrics.inbox_backlog.set(backlog as i64);
                 })
                 .is_err()
             {
@@ -228,7 +248,8 @@ impl Handler<FsEvent> for FolderWatcher {
                         self.note(to, true);
                     }
                 }
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                | EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
                     for p in &event.paths {
                         self.note(p, true);
                     }
@@ -254,8 +275,8 @@ impl Handler<FileDone> for FolderWatcher {
 
     fn handle(&mut self, msg: FileDone, _ctx: &mut Context<Self>) {
         self.taken.remove(&msg.path);
-        if !msg.finished {
-            self.retry_at.insert(msg.path, Instant::now() + RETRY_AFTER);
+        if let FileOutcome::Retry { path, after } = msg.outcome {
+            self.retry_at.insert(path, Instant::now() + after);
         }
     }
 }
@@ -312,14 +333,14 @@ mod actor_tests {
     }
 
     #[test]
-    fn renamed_files_go_at_once_written_files_after_settling() -> std::io::Result<()> {
+    fn renamed_and_closed_files_go_at_once_open_files_after_settling() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let inbox = dir.path().to_path_buf();
         std::fs::write(inbox.join("present.csv"), "text\nhello\n")?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let settle = Duration::from_millis(600);
         let started = Instant::now();
-        let (renamed_at, written_at) = actix::System::new().block_on({
+        let (renamed_at, written_at, closed_at) = actix::System::new().block_on({
             let seen = seen.clone();
             let inbox = inbox.clone();
             async move {
@@ -327,7 +348,7 @@ mod actor_tests {
                 let metrics = Arc::new(Metrics::new());
                 let watched = inbox.clone();
                 let _watcher = actix::Supervisor::start(move |_| {
-                    FolderWatcher::new(watched, settle, collector.recipient(), metrics)
+                    FolderWatcher::new(watched, settle, collector.recipient(), metrics, Vec::new())
                 });
                 actix_rt::time::sleep(Duration::from_millis(100)).await;
                 std::fs::write(inbox.join("b.csv.part"), "text\nhi\n").ok();
@@ -336,19 +357,35 @@ mod actor_tests {
                 let renamed_at = Instant::now();
                 std::fs::rename(inbox.join("b.csv.part"), inbox.join("b.csv")).ok();
                 let written_at = Instant::now();
-                std::fs::write(inbox.join("w.csv"), "text\nhi\n").ok();
+                // Still open: only the settle rule can tell it is complete.
+                let mut open = std::fs::File::create(inbox.join("w.csv")).ok();
+                if let Some(f) = open.as_mut() {
+                    use std::io::Write;
+                    f.write_all(b"text\nhi\n").ok();
+                }
+                let closed_at = Instant::now();
+                std::fs::write(inbox.join("c.csv"), "text\nhi\n").ok();
                 actix_rt::time::sleep(Duration::from_millis(1500)).await;
-                (renamed_at, written_at)
+                drop(open);
+                (renamed_at, written_at, closed_at)
             }
         });
         let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         let when = |name: &str| seen.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
-        assert_eq!(names.len(), 3, "{names:?}");
-        let (Some(present), Some(b), Some(w)) = (when("present.csv"), when("b.csv"), when("w.csv"))
-        else {
+        assert_eq!(names.len(), 4, "{names:?}");
+        let (Some(present), Some(b), Some(w), Some(c)) = (
+            when("present.csv"),
+            when("b.csv"),
+            when("w.csv"),
+            when("c.csv"),
+        ) else {
             panic!("missing files: {names:?}");
         };
+        assert!(
+            c.duration_since(closed_at) < settle / 2,
+            "a file closed after writing goes at once"
+        );
         assert!(
             present.duration_since(started) >= settle,
             "present-at-start file settles"
@@ -359,7 +396,7 @@ mod actor_tests {
         );
         assert!(
             w.duration_since(written_at) >= settle,
-            "written file waits for settle_ms"
+            "a file still open waits for settle_ms"
         );
         Ok(())
     }

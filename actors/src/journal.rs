@@ -1,14 +1,22 @@
-//! The processing journal: one small JSON file per inbox file being processed, written
-//! atomically before any output exists and removed after the input has left the inbox.
+//! The processing journal: one small JSON file per batch file in progress, written
+//! atomically before the file is claimed and removed after it has left the processing folder.
 //!
-//! Together with outputs that are written whole (temp file + rename) it makes a batch
-//! idempotent: after a crash the batch is simply run again under the same entry, which
-//! overwrites the same output names, its labelled-data file included. Nothing is lost and
-//! nothing is duplicated.
+//! The protocol, each step idempotent:
+//! 1. an entry with the output names (chosen once) is written under the claimed name;
+//! 2. the inbox file is renamed into the processing folder under that name (the claim), and
+//!    its identity (device, inode, size, fingerprint) is added to the entry;
+//! 3. outputs are streamed to temporary files and renamed into place whole;
+//! 4. the claimed file moves to `archive/` (or `rejected/`), then the entry is removed.
+//!
+//! After a crash the batch is simply run again under the same entry, which overwrites the
+//! same output names, its labelled-data file included: nothing is lost and nothing is
+//! duplicated. Failed attempts are kept in the entry, so the retry count survives restarts.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::claim::FileIdentity;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
@@ -17,11 +25,26 @@ pub struct JournalEntry {
     /// Output names, chosen once so a rerun writes exactly the same files.
     pub output: String,
     pub errors: String,
+    /// Name in `archive/` or `rejected/`, which is also its name in the processing folder and
+    /// the entry's key.
     pub archived: String,
     pub started_at: String,
     /// Name of the batch's file in the labelled-data store (written only if it has labels).
     #[serde(default)]
     pub labelled: Option<String>,
+    /// Set once the file is in the processing folder.
+    #[serde(default)]
+    pub claimed: Option<FileIdentity>,
+    /// Failed attempts, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One failed attempt at a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: String,
+    pub error: String,
 }
 
 pub struct Journal {
@@ -36,12 +59,17 @@ impl Journal {
         })
     }
 
-    fn path_for(&self, input: &str) -> PathBuf {
-        self.dir.join(format!("{input}.json"))
+    fn path_for(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
     }
 
-    pub fn get(&self, input: &str) -> std::io::Result<Option<JournalEntry>> {
-        match std::fs::read(self.path_for(input)) {
+    /// Whether an entry has this key.
+    pub fn has(&self, key: &str) -> bool {
+        self.path_for(key).exists()
+    }
+
+    pub fn get(&self, key: &str) -> std::io::Result<Option<JournalEntry>> {
+        match std::fs::read(self.path_for(key)) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
@@ -50,35 +78,46 @@ impl Journal {
         }
     }
 
+    /// Writes the entry under its key, `archived`.
     pub fn put(&self, entry: &JournalEntry) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(entry)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        write_atomic(&self.path_for(&entry.input), &bytes)
+        write_atomic(&self.path_for(&entry.archived), &bytes)
     }
 
-    pub fn remove(&self, input: &str) -> std::io::Result<()> {
-        match std::fs::remove_file(self.path_for(input)) {
+    pub fn remove(&self, key: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path_for(key)) {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    /// Entries of every batch that was in progress.
-    pub fn entries(&self) -> std::io::Result<Vec<JournalEntry>> {
+    /// Every entry, with its key.
+    pub fn entries(&self) -> std::io::Result<Vec<(String, JournalEntry)>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(input) = name.strip_suffix(".json")
+            if let Some(key) = name.strip_suffix(".json")
                 && !name.starts_with('.')
-                && let Some(e) = self.get(input)?
+                && let Some(e) = self.get(key)?
             {
-                out.push(e);
+                out.push((key.to_string(), e));
             }
         }
         Ok(out)
+    }
+
+    /// An entry written for an inbox file that was never claimed (a crash came between the
+    /// entry and the claim, or the entry predates claiming): its names are reused so a rerun
+    /// writes the same outputs.
+    pub fn unclaimed_for(&self, input: &str) -> std::io::Result<Option<(String, JournalEntry)>> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .find(|(_, e)| e.claimed.is_none() && e.input == input))
     }
 }
 
@@ -98,22 +137,58 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(TEMP_PREFIX).suffix(".tmp");
-    // Outputs honour the process umask (group-readable under the unit's UMask=0027).
-    #[cfg(unix)]
-    builder.permissions(sentimentd_data::shareable_file());
-    let mut tmp = builder.tempfile_in(dir)?;
-    {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        fill(&mut w)?;
-        w.flush()?;
+    let mut file = AtomicFile::create(path)?;
+    fill(&mut file)?;
+    file.commit()
+}
+
+/// A file written under a hidden temporary name in its target's directory and renamed into
+/// place by [`AtomicFile::commit`] (after fsync of the file, then of the directory): readers
+/// see the whole file or none. Dropped without a commit, the temporary file is deleted.
+pub struct AtomicFile {
+    path: PathBuf,
+    out: std::io::BufWriter<tempfile::NamedTempFile>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        let dir = parent(path);
+        std::fs::create_dir_all(dir)?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(TEMP_PREFIX).suffix(".tmp");
+        // Outputs honour the process umask (group-readable under the unit's UMask=0027).
+        #[cfg(unix)]
+        builder.permissions(sentimentd_data::shareable_file());
+        let tmp = builder.tempfile_in(dir)?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::with_capacity(1 << 20, tmp),
+        })
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+
+    pub fn commit(self) -> std::io::Result<()> {
+        let tmp = self.out.into_inner().map_err(|e| e.into_error())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        sync_dir(parent(&self.path))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Prefix of the temp files [`write_atomic`] creates; leftovers of a crash are removed at
@@ -150,15 +225,20 @@ mod tests {
         let j = Journal::open(dir.path())?;
         let e = JournalEntry {
             input: "a.csv".into(),
-            output: "a.csv".into(),
-            errors: "a.csv.errors.csv".into(),
-            archived: "a.csv".into(),
+            output: "a.1.csv".into(),
+            errors: "a.1.csv.errors.csv".into(),
+            archived: "a.1.csv".into(),
             started_at: "now".into(),
             labelled: Some("x-batch-a.csv".into()),
+            claimed: None,
+            attempts: Vec::new(),
         };
         j.put(&e)?;
-        assert_eq!(j.get("a.csv")?, Some(e.clone()));
-        assert_eq!(j.entries()?, vec![e]);
+        assert_eq!(j.get("a.1.csv")?, Some(e.clone()));
+        assert_eq!(j.entries()?, vec![("a.1.csv".to_string(), e.clone())]);
+        assert_eq!(j.unclaimed_for("a.csv")?, Some(("a.1.csv".to_string(), e)));
+        j.remove("a.1.csv")?;
+        assert_eq!(j.get("a.1.csv")?, None);
         j.remove("a.csv")?;
         assert_eq!(j.get("a.csv")?, None);
         assert!(j.entries()?.is_empty());

@@ -5,7 +5,8 @@
 
 pub mod baseliner;
 pub mod batch_processor;
-pub mod csv_input;
+pub mod batch_stream;
+pub mod claim;
 pub mod drift_monitor;
 pub mod events;
 pub mod folder_watcher;
@@ -16,6 +17,7 @@ pub mod messages;
 pub mod metrics;
 pub mod model_registry;
 pub mod observations;
+pub mod output_names;
 pub mod supervisor;
 pub mod systemd;
 pub mod tracker;

@@ -63,22 +63,37 @@ pub struct TrainingFailed {
 #[rtype(result = "()")]
 pub struct FsEvent(pub notify::Result<notify::Event>);
 
-/// FolderWatcher -> BatchProcessor: this inbox file is complete; process it.
+/// FolderWatcher -> BatchProcessor: this inbox file is complete (claim and process it), or
+/// this claimed file in the processing folder is due (resume or retry it).
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct FileReady {
     pub path: PathBuf,
-    /// Where to report that the file has left the inbox.
+    /// Where to report how it went.
     pub done: actix::Recipient<FileDone>,
 }
 
-/// BatchProcessor -> FolderWatcher: the file left the inbox (or failed and may be retried).
+/// BatchProcessor -> FolderWatcher: what became of a [`FileReady`].
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
 pub struct FileDone {
+    /// The path of the `FileReady`.
     pub path: PathBuf,
-    /// False when processing failed for a transient reason and the file stayed in the inbox.
-    pub finished: bool,
+    pub outcome: FileOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Processed, rejected, refused, quarantined, or gone: nothing more to do.
+    Finished,
+    /// Failed for a reason other than its content: offer `path` (the claimed file, or the
+    /// inbox file if the claim itself failed) again after `after`.
+    Retry {
+        path: PathBuf,
+        after: std::time::Duration,
+    },
+    /// Shutdown came first; the next start resumes it.
+    Interrupted,
 }
 
 /// Shutdown -> FolderWatcher: take no new files.

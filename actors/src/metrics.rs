@@ -34,8 +34,27 @@ pub enum BatchOutcome {
     processed,
     /// The whole file was rejected (not CSV, no `text` column, too big).
     rejected,
-    /// Processing failed for a reason other than the file's content (I/O error); retried.
+    /// Not taken: a symlink, a file with several hard links, or not a regular file.
+    refused,
+    /// Failed `ingest.max_attempts` times for reasons other than its content.
+    quarantined,
+}
+
+/// How one attempt at a batch file ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AttemptResult {
+    /// The file reached a final outcome.
+    finished,
+    /// Failed for a reason other than its content; retried or quarantined.
     failed,
+    /// Stopped by shutdown; resumed on the next start.
+    interrupted,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    result: AttemptResult,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -126,6 +145,9 @@ pub struct Metrics {
     prediction_counters: [[Counter; 3]; 2],
     request_counters: [Counter; 3],
     batches: Family<BatchLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    pub inbox_backlog: Gauge,
+    batch_duration: Histogram,
     rows: Family<RowLabels, Counter>,
     labelled_rows: Counter,
     restarts: Family<ActorLabels, Counter>,
@@ -222,8 +244,29 @@ impl Metrics {
         let batches = Family::<BatchLabels, Counter>::default();
         registry.register(
             "sentiment_batches",
-            "Inbox files handled, by outcome",
+            "Inbox files by final outcome (processed, rejected, refused, quarantined)",
             batches.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "sentiment_batch_attempts",
+            "Attempts at inbox files, by result (a file that fails is attempted again)",
+            attempts.clone(),
+        );
+        let inbox_backlog = Gauge::default();
+        registry.register(
+            "sentiment_inbox_backlog_files",
+            "Batch files waiting in the inbox or claimed and not yet finished",
+            inbox_backlog.clone(),
+        );
+        // From 10 ms to ~45 min.
+        let batch_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 19),
+        );
+        registry.register(
+            "sentiment_batch_duration_seconds",
+            "Time to process one inbox file, from claim to archive, per attempt that finished",
+            batch_duration.clone(),
         );
         let rows = Family::<RowLabels, Counter>::default();
         registry.register(
@@ -283,9 +326,17 @@ impl Metrics {
         for outcome in [
             BatchOutcome::processed,
             BatchOutcome::rejected,
-            BatchOutcome::failed,
+            BatchOutcome::refused,
+            BatchOutcome::quarantined,
         ] {
             drop(batches.get_or_create(&BatchLabels { outcome }));
+        }
+        for result in [
+            AttemptResult::finished,
+            AttemptResult::failed,
+            AttemptResult::interrupted,
+        ] {
+            drop(attempts.get_or_create(&AttemptLabels { result }));
         }
         for outcome in [RowOutcome::scored, RowOutcome::rejected] {
             drop(rows.get_or_create(&RowLabels { outcome }));
@@ -313,6 +364,9 @@ impl Metrics {
             prediction_counters,
             request_counters,
             batches,
+            attempts,
+            inbox_backlog,
+            batch_duration,
             rows,
             labelled_rows,
             restarts,
@@ -388,6 +442,14 @@ impl Metrics {
 
     pub fn batch(&self, outcome: BatchOutcome) {
         self.batches.get_or_create(&BatchLabels { outcome }).inc();
+    }
+
+    pub fn batch_attempt(&self, result: AttemptResult) {
+        self.attempts.get_or_create(&AttemptLabels { result }).inc();
+    }
+
+    pub fn batch_duration(&self, seconds: f64) {
+        self.batch_duration.observe(seconds);
     }
 
     pub fn rows(&self, outcome: RowOutcome, n: u64) {

@@ -113,6 +113,7 @@ impl Config {
             &mut g.outbox,
             &mut g.archive,
             &mut g.rejected,
+            &mut g.processing,
             &mut g.journal,
             &mut g.labelled_dir,
         ] {

@@ -235,6 +235,9 @@ pub struct IngestConfig {
     pub outbox: PathBuf,
     pub archive: PathBuf,
     pub rejected: PathBuf,
+    /// A complete inbox file is claimed by renaming it here before it is read; it stays here
+    /// while it is scored (and between retries). Same filesystem as the other folders.
+    pub processing: PathBuf,
     pub journal: PathBuf,
     /// Folder of labelled rows for retraining: one immutable CSV per batch or feedback request.
     pub labelled_dir: PathBuf,
@@ -242,6 +245,16 @@ pub struct IngestConfig {
     pub settle_ms: u64,
     pub chunk_rows: usize,
     pub max_file_bytes: u64,
+    /// A file that fails for a reason other than its content (I/O error, model failure) is
+    /// tried again after this long, doubling each time up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// After this many failed attempts the file moves to `rejected/` with an `error.txt`
+    /// listing every attempt.
+    pub max_attempts: u32,
+    /// Output CSV fields that a spreadsheet would run as a formula (leading `=`, `+`, `-`, `@`,
+    /// tab or carriage return) get a leading `'` (OWASP's CSV-injection advice).
+    pub neutralize_formulas: bool,
 }
 
 impl Default for IngestConfig {
@@ -251,11 +264,16 @@ impl Default for IngestConfig {
             outbox: PathBuf::from("state/outbox"),
             archive: PathBuf::from("state/archive"),
             rejected: PathBuf::from("state/rejected"),
+            processing: PathBuf::from("state/processing"),
             journal: PathBuf::from("state/journal"),
             labelled_dir: PathBuf::from("state/labelled"),
             settle_ms: 500,
             chunk_rows: 4096,
             max_file_bytes: 536_870_912,
+            retry_initial_ms: 5_000,
+            retry_max_ms: 300_000,
+            max_attempts: 5,
+            neutralize_formulas: true,
         }
     }
 }

@@ -216,6 +216,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         ("ingest.outbox", &g.outbox),
         ("ingest.archive", &g.archive),
         ("ingest.rejected", &g.rejected),
+        ("ingest.processing", &g.processing),
         ("ingest.journal", &g.journal),
     ];
     for (key, path) in folders {
@@ -261,6 +262,14 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("ingest.settle_ms", g.settle_ms, 0, 600_000);
     k.range("ingest.chunk_rows", g.chunk_rows, 1, 10_000_000);
     k.at_least("ingest.max_file_bytes", g.max_file_bytes, 1);
+    k.range("ingest.retry_initial_ms", g.retry_initial_ms, 1, 86_400_000);
+    k.range(
+        "ingest.retry_max_ms",
+        g.retry_max_ms,
+        g.retry_initial_ms,
+        86_400_000,
+    );
+    k.range("ingest.max_attempts", g.max_attempts, 1, 1000);
 
     if c.logging.level.trim().is_empty() {
         k.fail(

@@ -41,6 +41,65 @@ pub struct LabelledStore {
     dir: PathBuf,
 }
 
+/// Writes a store file row by row (header first), for batches too large to hold.
+pub struct LabelledWriter<W: std::io::Write> {
+    out: csv::Writer<W>,
+    name: String,
+    line: String,
+}
+
+impl<W: std::io::Write> LabelledWriter<W> {
+    pub fn new(out: W, name: &str) -> Result<Self, DataError> {
+        let mut w = LabelledWriter {
+            out: csv::Writer::from_writer(out),
+            name: name.to_string(),
+            line: String::new(),
+        };
+        w.out
+            .write_record(LABELLED_COLUMNS)
+            .map_err(|e| w.csv_error(e))?;
+        Ok(w)
+    }
+
+    fn csv_error(&self, source: csv::Error) -> DataError {
+        DataError::Csv {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    pub fn write(
+        &mut self,
+        text: &str,
+        label: Label,
+        source: &str,
+        origin: &str,
+        line: u64,
+        arrived_at: &str,
+    ) -> Result<(), DataError> {
+        use std::fmt::Write as _;
+        self.line.clear();
+        let _ = write!(self.line, "{line}");
+        let record = [
+            text,
+            label.as_str(),
+            source,
+            origin,
+            self.line.as_str(),
+            arrived_at,
+        ];
+        self.out.write_record(record).map_err(|e| self.csv_error(e))
+    }
+
+    pub fn finish(self) -> Result<W, DataError> {
+        let name = self.name;
+        self.out.into_inner().map_err(|e| DataError::Io {
+            path: name.into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+}
+
 /// A store file name. `stamp` is a sortable UTC time stamp such as `20260101T120000.123456Z`
 /// (the caller's clock), so name order is arrival order; `tag` is made file-name safe.
 pub fn file_name(stamp: &str, kind: &str, tag: &str) -> String {
@@ -78,30 +137,26 @@ impl LabelledStore {
     pub fn write(&self, name: &str, rows: &[LabelledRow]) -> Result<PathBuf, DataError> {
         let path = self.dir.join(name);
         write_atomic(&path, |w| {
-            let mut out = csv::Writer::from_writer(w);
-            let err = |e: csv::Error| DataError::Csv {
-                name: name.to_string(),
-                source: e,
-            };
-            out.write_record(LABELLED_COLUMNS).map_err(err)?;
+            let mut out = LabelledWriter::new(w, name)?;
             for r in rows {
-                out.write_record([
-                    r.text.as_str(),
-                    r.label.as_str(),
-                    r.source.as_str(),
-                    r.origin.as_str(),
-                    r.line.to_string().as_str(),
-                    r.arrived_at.as_str(),
-                ])
-                .map_err(err)?;
+                out.write(
+                    &r.text,
+                    r.label,
+                    &r.source,
+                    &r.origin,
+                    r.line,
+                    &r.arrived_at,
+                )?;
             }
-            out.flush().map_err(|source| DataError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            Ok(())
+            out.finish().map(|_| ())
         })?;
         Ok(path)
+    }
+
+    /// Where the store file `name` lives (for callers that stream it through their own
+    /// atomic writer).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// Removes temp files a crash left behind (they were never visible as store files).

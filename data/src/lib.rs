@@ -20,8 +20,8 @@ pub use dataset::{
 pub use error::DataError;
 pub use label::Label;
 pub use write::{
-    REJECTION_COLUMNS, SCORE_COLUMNS, ScoredWriter, Scores, scored_headers, write_atomic,
-    write_rejections, write_rejections_to,
+    REJECTION_COLUMNS, RejectionWriter, SCORE_COLUMNS, ScoredWriter, Scores, neutralize_formula,
+    recover_formula, scored_headers, write_atomic, write_rejections, write_rejections_to,
 };
 #[cfg(unix)]
 pub use write::{shareable_dir, shareable_file};

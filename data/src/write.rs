@@ -53,11 +53,50 @@ pub fn scored_headers(headers: &[String]) -> Vec<String> {
     out
 }
 
+/// Characters that make a spreadsheet treat a cell as a formula (OWASP, "CSV Injection").
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A field as it is safe to open in a spreadsheet: one that starts with a formula character
+/// gets a leading `'`, except a plain number such as `-5` (no spreadsheet runs it). To keep
+/// this reversible, a field that already starts with `'` followed by a formula character or
+/// another `'` gets one too; [`recover_formula`] undoes it exactly.
+pub fn neutralize_formula(field: &str) -> std::borrow::Cow<'_, str> {
+    let mut chars = field.chars();
+    let needs = match chars.next() {
+        Some('\'') => chars
+            .next()
+            .is_some_and(|c| c == '\'' || FORMULA_START.contains(&c)),
+        Some(c) if FORMULA_START.contains(&c) => field.parse::<f64>().is_err(),
+        _ => false,
+    };
+    if needs {
+        std::borrow::Cow::Owned(format!("'{field}"))
+    } else {
+        std::borrow::Cow::Borrowed(field)
+    }
+}
+
+/// The original of a field written by [`neutralize_formula`].
+pub fn recover_formula(field: &str) -> &str {
+    match field.strip_prefix('\'') {
+        Some(rest)
+            if rest
+                .chars()
+                .next()
+                .is_some_and(|c| c == '\'' || FORMULA_START.contains(&c)) =>
+        {
+            rest
+        }
+        _ => field,
+    }
+}
+
 /// Writes a scored CSV: the input's fields followed by the score columns.
 pub struct ScoredWriter<W: Write> {
     writer: csv::Writer<W>,
     width: usize,
     number: String,
+    neutralize: bool,
 }
 
 impl<W: Write> ScoredWriter<W> {
@@ -71,7 +110,14 @@ impl<W: Write> ScoredWriter<W> {
             writer,
             width: input_headers.len(),
             number: String::with_capacity(16),
+            neutralize: false,
         })
+    }
+
+    /// Passes the input's fields through [`neutralize_formula`].
+    pub fn neutralize_formulas(mut self, on: bool) -> Self {
+        self.neutralize = on;
+        self
     }
 
     /// `fields` are the row's original fields (as in `Row::fields`). A row with a different
@@ -83,9 +129,30 @@ impl<W: Write> ScoredWriter<W> {
         scores: &Scores,
         model_version: &str,
     ) -> Result<(), DataError> {
+        self.write_row_with(fields, None, scores, model_version)
+    }
+
+    /// Like [`ScoredWriter::write_row`] with field `column` taken from `value` instead (a
+    /// text that was moved out of the row to be scored).
+    pub fn write_row_with<S: AsRef<str>>(
+        &mut self,
+        fields: &[S],
+        replace: Option<(usize, &str)>,
+        scores: &Scores,
+        model_version: &str,
+    ) -> Result<(), DataError> {
         for i in 0..self.width {
-            let field = fields.get(i).map_or("", AsRef::as_ref);
-            self.writer.write_field(field).map_err(csv_error)?;
+            let field = match replace {
+                Some((col, value)) if col == i => value,
+                _ => fields.get(i).map_or("", AsRef::as_ref),
+            };
+            if self.neutralize {
+                self.writer
+                    .write_field(neutralize_formula(field).as_ref())
+                    .map_err(csv_error)?;
+            } else {
+                self.writer.write_field(field).map_err(csv_error)?;
+            }
         }
         self.writer
             .write_field(scores.label.as_str())
@@ -121,25 +188,72 @@ impl<W: Write> ScoredWriter<W> {
 /// Header of a rejection report.
 pub const REJECTION_COLUMNS: [&str; 3] = ["line", "reason", "raw"];
 
+/// Writes a rejection report (`line,reason,raw`) row by row.
+pub struct RejectionWriter<W: Write> {
+    writer: csv::Writer<W>,
+    line: String,
+    reason: String,
+    neutralize: bool,
+    rows: u64,
+}
+
+impl<W: Write> RejectionWriter<W> {
+    /// Writes the header at once.
+    pub fn new(out: W) -> Result<Self, DataError> {
+        let mut writer = csv::Writer::from_writer(out);
+        writer.write_record(REJECTION_COLUMNS).map_err(csv_error)?;
+        Ok(RejectionWriter {
+            writer,
+            line: String::new(),
+            reason: String::new(),
+            neutralize: false,
+            rows: 0,
+        })
+    }
+
+    /// Passes `raw` through [`neutralize_formula`].
+    pub fn neutralize_formulas(mut self, on: bool) -> Self {
+        self.neutralize = on;
+        self
+    }
+
+    pub fn write_row(&mut self, row: &RejectedRow) -> Result<(), DataError> {
+        self.line.clear();
+        self.reason.clear();
+        let _ = write!(self.line, "{}", row.line);
+        let _ = write!(self.reason, "{}", row.reason);
+        let raw = if self.neutralize {
+            neutralize_formula(&row.raw)
+        } else {
+            std::borrow::Cow::Borrowed(row.raw.as_str())
+        };
+        self.writer
+            .write_record([self.line.as_str(), self.reason.as_str(), raw.as_ref()])
+            .map_err(csv_error)?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn finish(self) -> Result<W, DataError> {
+        self.writer.into_inner().map_err(|e| DataError::Io {
+            path: "<rejection report>".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+}
+
 /// Writes a rejection report (`line,reason,raw`) to any writer.
 pub fn write_rejections_to<W: Write>(out: W, rows: &[RejectedRow]) -> Result<W, DataError> {
-    let mut writer = csv::Writer::from_writer(out);
-    writer.write_record(REJECTION_COLUMNS).map_err(csv_error)?;
-    let mut line = String::new();
-    let mut reason = String::new();
+    let mut writer = RejectionWriter::new(out)?;
     for row in rows {
-        line.clear();
-        reason.clear();
-        let _ = write!(line, "{}", row.line);
-        let _ = write!(reason, "{}", row.reason);
-        writer
-            .write_record([line.as_str(), reason.as_str(), row.raw.as_str()])
-            .map_err(csv_error)?;
+        writer.write_row(row)?;
     }
-    writer.into_inner().map_err(|e| DataError::Io {
-        path: "<rejection report>".into(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    writer.finish()
 }
 
 /// Writes a rejection report to `path` atomically (see [`write_atomic`]).

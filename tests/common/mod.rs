@@ -47,6 +47,13 @@ impl Daemon {
     /// in `extra` must not repeat the ones written here ([paths], [server], [ingest], [train]),
     /// so those take keys through `server`, `ingest` and `train` instead.
     pub fn start_with(server: &str, ingest: &str, train: &str, extra: &str) -> Daemon {
+        let mut d = Daemon::configure(server, ingest, train, extra);
+        d.spawn(&[]);
+        d
+    }
+
+    /// Like [`Daemon::start_with`] without starting the binary.
+    pub fn configure(server: &str, ingest: &str, train: &str, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let config = root.join("sentimentd.toml");
@@ -70,6 +77,7 @@ inbox = "{root}/inbox"
 outbox = "{root}/outbox"
 archive = "{root}/archive"
 rejected = "{root}/rejected"
+processing = "{root}/processing"
 journal = "{root}/journal"
 labelled_dir = "{root}/labelled"
 settle_ms = 100
@@ -86,15 +94,13 @@ settle_ms = 100
         );
         std::fs::write(&config, text).expect("write config");
         std::fs::create_dir_all(root.join("inbox")).expect("inbox");
-        let mut d = Daemon {
+        Daemon {
             dir,
             port: free_port(),
             child: None,
             config,
             starts: 0,
-        };
-        d.spawn(&[]);
-        d
+        }
     }
 
     pub fn start() -> Daemon {
@@ -263,15 +269,19 @@ settle_ms = 100
         panic!("timed out waiting for {what}:\n{}", self.logs());
     }
 
-    /// Waits until `name` has left the inbox and the journal is empty.
+    /// Waits until `name` has left the inbox, and the processing folder and the journal
+    /// are empty.
     pub fn wait_processed(&self, name: &str, within: Duration) {
         let inbox = self.inbox().join(name);
-        let journal = self.root().join("journal");
+        let empty = |dir: PathBuf| {
+            std::fs::read_dir(dir)
+                .map(|d| d.count() == 0)
+                .unwrap_or(false)
+        };
         self.wait_for(&format!("{name} to be processed"), within, || {
             !inbox.exists()
-                && std::fs::read_dir(&journal)
-                    .map(|d| d.count() == 0)
-                    .unwrap_or(false)
+                && empty(self.root().join("journal"))
+                && empty(self.root().join("processing"))
         });
     }
 }

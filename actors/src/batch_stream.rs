@@ -1,0 +1,428 @@
+//! Scoring one claimed file as a stream: read a chunk of rows, send it to the inference pool,
+//! write the chunks that come back, in file order, to the outputs' temporary files. A few
+//! chunks are in flight at once so every inference thread works; memory depends on
+//! `ingest.chunk_rows`, never on the file's size.
+//!
+//! The outputs become visible only in [`Outputs::commit`], each whole, so a crash at any
+//! chunk boundary leaves nothing half-written, and the rerun under the same journal entry
+//! writes the same names.
+
+use actix::Addr;
+use sentimentd_data::labelled::LabelledWriter;
+use sentimentd_data::{
+    BatchReader, DataError, ReadOptions, Record, RejectedRow, RejectionWriter, Row, ScoredWriter,
+    Scores, StreamOptions,
+};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::batch_processor::Lifecycle;
+use crate::inference::Inference;
+use crate::journal::{AtomicFile, JournalEntry};
+use crate::messages::{InferenceError, ScoreChunk, ScoredChunk};
+
+/// The file as a whole cannot be processed; it goes to `rejected/` with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum FileRejection {
+    /// Empty, not CSV, no `text` column, duplicate columns: the data crate's message, which
+    /// names the file and what is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the file is {size} bytes, over the limit of {limit} bytes (ingest.max_file_bytes)")]
+    TooBig { size: u64, limit: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file as a whole cannot be processed; it goes to `rejected/`.
+    #[error(transparent)]
+    Rejected(#[from] FileRejection),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error(
+        "the file changed after it was claimed (size {before} -> {after} bytes): a writer still had it open; it is scored again"
+    )]
+    Changed { before: u64, after: u64 },
+    #[error("interrupted by shutdown; the file will be processed again on the next start")]
+    Interrupted,
+}
+
+pub fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BatchError + '_ {
+    move |source| BatchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn data_at(path: &Path) -> impl FnOnce(DataError) -> BatchError + '_ {
+    move |e| BatchError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// What a streamed file produced.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub scored: u64,
+    pub rejected: u64,
+    pub labelled: u64,
+    pub by_label: [u64; 3],
+    /// Version of the model that scored the last chunk (empty if nothing was scored).
+    pub model_version: String,
+}
+
+impl Streamed {
+    pub fn rows(&self) -> u64 {
+        self.scored + self.rejected
+    }
+}
+
+/// Where a batch's outputs go.
+pub struct Destinations {
+    pub output: PathBuf,
+    pub errors: PathBuf,
+    /// The labelled-data store file, if the entry names one.
+    pub labelled: Option<PathBuf>,
+}
+
+/// The outputs being written; visible only after [`Outputs::commit`].
+pub struct Outputs {
+    dest: Destinations,
+    scored: ScoredWriter<AtomicFile>,
+    errors: Option<RejectionWriter<AtomicFile>>,
+    labelled: Option<LabelledWriter<AtomicFile>>,
+    neutralize: bool,
+}
+
+impl Outputs {
+    /// Makes each output visible, in the journal protocol's order; `step` runs after each
+    /// (the crash points of the fault tests).
+    pub fn commit(self, mut step: impl FnMut(&str)) -> Result<(), BatchError> {
+        let d = &self.dest;
+        let file = self.scored.finish().map_err(data_at(&d.output))?;
+        file.commit().map_err(io_at(&d.output))?;
+        step("after_output");
+        match self.errors {
+            Some(w) => {
+                let file = w.finish().map_err(data_at(&d.errors))?;
+                file.commit().map_err(io_at(&d.errors))?;
+            }
+            // A rerun after a crash may meet a report from a run that rejected differently
+            // (e.g. a model swap in between); the last run's outputs are the truth.
+            None => match std::fs::remove_file(&d.errors) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(&d.errors)(e)),
+            },
+        }
+        step("after_rejections");
+        if let (Some(w), Some(path)) = (self.labelled, &d.labelled) {
+            let file = w.finish().map_err(data_at(path))?;
+            file.commit().map_err(io_at(path))?;
+        }
+        step("after_labelled");
+        Ok(())
+    }
+
+    fn reject(&mut self, row: &RejectedRow) -> Result<(), BatchError> {
+        if self.errors.is_none() {
+            let file = AtomicFile::create(&self.dest.errors).map_err(io_at(&self.dest.errors))?;
+            let w = RejectionWriter::new(file)
+                .map_err(data_at(&self.dest.errors))?
+                .neutralize_formulas(self.neutralize);
+            self.errors = Some(w);
+        }
+        if let Some(w) = self.errors.as_mut() {
+            w.write_row(row).map_err(data_at(&self.dest.errors))?;
+        }
+        Ok(())
+    }
+}
+
+/// A chunk of consecutive records: the rows to score (their texts moved out into `texts`)
+/// and the records rejected while reading, both in file order.
+struct Chunk {
+    rows: Vec<Row>,
+    texts: Arc<Vec<String>>,
+    rejected: Vec<RejectedRow>,
+}
+
+/// A chunk's scoring request; none for a chunk without rows (no model needed).
+type Pending = Option<actix::dev::Request<Inference, ScoreChunk>>;
+
+/// The settings of one streaming run.
+pub struct Stream<'a> {
+    pub inference: &'a Addr<Inference>,
+    pub lifecycle: &'a Lifecycle,
+    pub chunk_rows: usize,
+    /// Chunks sent to the inference pool before the oldest is waited for.
+    pub in_flight: usize,
+    pub max_text_chars: usize,
+    pub neutralize_formulas: bool,
+}
+
+impl Stream<'_> {
+    /// Reads `file` (at most `size` bytes, its size when claimed), scores it and writes the
+    /// outputs' temporary files. A file-level problem (not CSV, no `text` column) is
+    /// `BatchError::Rejected`.
+    pub fn run(
+        &self,
+        file: &File,
+        size: u64,
+        entry: &JournalEntry,
+        dest: Destinations,
+    ) -> Result<(Streamed, Outputs), BatchError> {
+        let opts = ReadOptions {
+            max_text_chars: self.max_text_chars,
+            require_label: false,
+        };
+        let stream = StreamOptions {
+            limit: Some(size),
+            ..StreamOptions::default()
+        };
+        let mut reader =
+            BatchReader::with_stream(file, &entry.input, opts, stream).map_err(|e| match e {
+                DataError::Io { source, .. } => BatchError::Io {
+                    path: PathBuf::from(&entry.archived),
+                    source,
+                },
+                other => FileRejection::Invalid(other.to_string()).into(),
+            })?;
+        let headers = reader.headers().to_vec();
+        let text_col = reader.text_col();
+        let source_col = headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case("source"));
+
+        let scored_file = AtomicFile::create(&dest.output).map_err(io_at(&dest.output))?;
+        let scored = ScoredWriter::new(scored_file, &headers)
+            .map_err(data_at(&dest.output))?
+            .neutralize_formulas(self.neutralize_formulas);
+        let mut out = Outputs {
+            dest,
+            scored,
+            errors: None,
+            labelled: None,
+            neutralize: self.neutralize_formulas,
+        };
+        let mut summary = Streamed::default();
+        let mut pending: VecDeque<(Chunk, Pending)> = VecDeque::new();
+        let chunk_rows = self.chunk_rows.max(1);
+        let mut last_progress = Instant::now();
+        let started = Instant::now();
+        loop {
+            if self.lifecycle.stopping.load(Ordering::SeqCst) {
+                return Err(BatchError::Interrupted);
+            }
+            let chunk = next_chunk(&mut reader, chunk_rows, &entry.archived)?;
+            let done = chunk.rows.len() < chunk_rows;
+            if !chunk.rows.is_empty() {
+                let request = self.inference.send(ScoreChunk {
+                    texts: chunk.texts.clone(),
+                    start: 0,
+                    end: chunk.texts.len(),
+                });
+                pending.push_back((chunk, Some(request)));
+            } else if !chunk.rejected.is_empty() {
+                pending.push_back((chunk, None));
+            }
+            while pending.len() >= self.in_flight.max(1) || (done && !pending.is_empty()) {
+                let Some((chunk, request)) = pending.pop_front() else {
+                    break;
+                };
+                let scored = match request {
+                    Some(request) => futures_executor::block_on(request)
+                        .map_err(|e| BatchError::Inference(e.to_string()))?
+                        .map_err(|e: InferenceError| BatchError::Inference(e.to_string()))?,
+                    None => ScoredChunk {
+                        start: 0,
+                        results: Vec::new(),
+                        model_version: Arc::from(""),
+                    },
+                };
+                self.write_chunk(
+                    chunk,
+                    scored,
+                    entry,
+                    text_col,
+                    source_col,
+                    &mut out,
+                    &mut summary,
+                )?;
+            }
+            if last_progress.elapsed() >= Duration::from_secs(10) {
+                last_progress = Instant::now();
+                let done_bytes = reader.bytes_done();
+                tracing::info!(
+                    file = %entry.input,
+                    rows = summary.rows(),
+                    bytes = done_bytes,
+                    size,
+                    percent = (100.0 * done_bytes as f64 / size.max(1) as f64).round(),
+                    rows_per_second = (summary.rows() as f64 / started.elapsed().as_secs_f64()).round(),
+                    "batch progress"
+                );
+            }
+            if done {
+                break;
+            }
+        }
+        Ok((summary, out))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_chunk(
+        &self,
+        chunk: Chunk,
+        scored: ScoredChunk,
+        entry: &JournalEntry,
+        text_col: usize,
+        source_col: Option<usize>,
+        out: &mut Outputs,
+        summary: &mut Streamed,
+    ) -> Result<(), BatchError> {
+        // Each row carries the version of the model that scored its chunk: a swap in the
+        // middle of a file must not mislabel the rows scored before it.
+        let version = scored.model_version.clone();
+        let mut unscored = Vec::new();
+        for ((row, text), result) in chunk
+            .rows
+            .iter()
+            .zip(chunk.texts.iter())
+            .zip(scored.results)
+        {
+            match result {
+                Ok(p) => {
+                    let scores = Scores {
+                        label: p.label,
+                        score: p.score,
+                        probabilities: p.probabilities,
+                    };
+                    out.scored
+                        .write_row_with(&row.fields, Some((text_col, text)), &scores, &version)
+                        .map_err(data_at(&out.dest.output))?;
+                    summary.scored += 1;
+                    summary.by_label[p.label.index()] += 1;
+                    if let Some(label) = row.label {
+                        self.write_labelled(out, entry, row, text, label, source_col)?;
+                        summary.labelled += 1;
+                    }
+                }
+                Err(reason) => unscored.push(RejectedRow {
+                    line: row.line,
+                    reason: sentimentd_data::RejectReason::Unscorable(reason),
+                    raw: raw_of(&row.fields, text_col, text),
+                }),
+            }
+        }
+        // Both lists are in file order; the report is too.
+        let mut a = chunk.rejected.into_iter().peekable();
+        let mut b = unscored.into_iter().peekable();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.line <= y.line => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            if let Some(row) = next {
+                out.reject(&row)?;
+                summary.rejected += 1;
+            }
+        }
+        if !version.is_empty() {
+            summary.model_version = version.to_string();
+        }
+        Ok(())
+    }
+
+    fn write_labelled(
+        &self,
+        out: &mut Outputs,
+        entry: &JournalEntry,
+        row: &Row,
+        text: &str,
+        label: sentimentd_data::Label,
+        source_col: Option<usize>,
+    ) -> Result<(), BatchError> {
+        let Some(path) = out.dest.labelled.clone() else {
+            return Ok(());
+        };
+        if out.labelled.is_none() {
+            let file = AtomicFile::create(&path).map_err(io_at(&path))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.labelled = Some(LabelledWriter::new(file, &name).map_err(data_at(&path))?);
+        }
+        if let Some(w) = out.labelled.as_mut() {
+            let source = source_col
+                .and_then(|c| row.fields.get(c))
+                .map_or("", String::as_str);
+            w.write(
+                text,
+                label,
+                source,
+                &entry.input,
+                row.line,
+                &entry.started_at,
+            )
+            .map_err(data_at(&path))?;
+        }
+        Ok(())
+    }
+}
+
+/// The row as CSV-ish text for a rejection report (the text put back in its column).
+fn raw_of(fields: &[String], text_col: usize, text: &str) -> String {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| if i == text_col { text } else { f.as_str() })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn next_chunk(
+    reader: &mut BatchReader<&File>,
+    chunk_rows: usize,
+    claimed: &str,
+) -> Result<Chunk, BatchError> {
+    let mut rows = Vec::with_capacity(chunk_rows);
+    let mut texts = Vec::with_capacity(chunk_rows);
+    let mut rejected = Vec::new();
+    while rows.len() < chunk_rows {
+        match reader.next() {
+            None => break,
+            Some(Ok(Record::Row(mut row))) => {
+                texts.push(std::mem::take(&mut row.fields[row.text_col]));
+                rows.push(row);
+            }
+            Some(Ok(Record::Rejected(r))) => rejected.push(r),
+            Some(Err(DataError::Io { source, .. })) => {
+                return Err(BatchError::Io {
+                    path: PathBuf::from(claimed),
+                    source,
+                });
+            }
+            Some(Err(e)) => return Err(BatchError::Inference(e.to_string())),
+        }
+    }
+    Ok(Chunk {
+        rows,
+        texts: Arc::new(texts),
+        rejected,
+    })
+}

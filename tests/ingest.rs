@@ -1,0 +1,262 @@
+//! The watched folder against a hostile or unlucky inbox, through the real binary: files are
+//! claimed before they are read, entries that are not plain files are refused and reported
+//! once, failures back off and end in quarantine, output fields are safe to open in a
+//! spreadsheet, and the folders must share a filesystem.
+
+mod common;
+
+use common::{Daemon, names, read_csv};
+use std::io::Write;
+use std::time::Duration;
+
+const SLOW_TEXT: &str = "__sentimentd_test_fault_slow__";
+
+fn error_txt(d: &Daemon, name: &str) -> String {
+    std::fs::read_to_string(d.root().join("rejected").join(format!("{name}.error.txt")))
+        .unwrap_or_else(|e| panic!("{name}.error.txt: {e}"))
+}
+
+#[test]
+fn symlinks_hard_links_fifos_and_directories_are_refused_once_and_never_read() {
+    let d = Daemon::start();
+    let outside = d.root().join("secret.txt");
+    std::fs::write(&outside, "password,hunter2\n").expect("secret");
+    let linked = d.root().join("linked.csv");
+    std::fs::write(&linked, "text\nshared\n").expect("linked");
+    let inbox = d.inbox();
+    std::os::unix::fs::symlink(&outside, inbox.join("link.csv")).expect("symlink");
+    std::fs::hard_link(&linked, inbox.join("hard.csv")).expect("hard link");
+    std::fs::create_dir(inbox.join("dir.csv")).expect("dir");
+    let status = std::process::Command::new("mkfifo")
+        .arg(inbox.join("pipe.csv"))
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    // A plain file after them: a FIFO must not block the reader.
+    d.drop_file("ok.csv", b"text\nthis is fine\n");
+    d.wait_processed("ok.csv", Duration::from_secs(30));
+    d.wait_for("the refusals", Duration::from_secs(30), || {
+        d.metric(r#"sentiment_batches_total{outcome="refused"}"#) >= 4.0
+    });
+    assert_eq!(names(&inbox), Vec::<String>::new(), "inbox is left clean");
+    for (name, why) in [
+        ("link.csv", "symbolic link"),
+        ("hard.csv", "2 hard links"),
+        ("dir.csv", "directory"),
+        ("pipe.csv", "FIFO"),
+    ] {
+        let report = error_txt(&d, name);
+        assert!(report.contains(why), "{name}: {report}");
+        let moved = std::fs::symlink_metadata(d.root().join("rejected").join(name));
+        assert!(moved.is_ok(), "{name} moved to rejected/");
+        assert!(
+            !d.root().join("outbox").join(name).exists(),
+            "{name} was never scored"
+        );
+    }
+    // The link's target is untouched and nothing of it leaked into any output.
+    assert_eq!(
+        std::fs::read_to_string(&outside).ok().as_deref(),
+        Some("password,hunter2\n")
+    );
+    for dir in ["outbox", "rejected"] {
+        for f in names(&d.root().join(dir)) {
+            let p = d.root().join(dir).join(&f);
+            if p.is_file() && !p.is_symlink() {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                assert!(!text.contains("hunter2"), "{dir}/{f} leaks the secret");
+            }
+        }
+    }
+    assert_eq!(
+        d.metric(r#"sentiment_batches_total{outcome="refused"}"#),
+        4.0,
+        "each refused once"
+    );
+    assert_eq!(names(&d.root().join("outbox")), ["ok.csv"]);
+    let logs = d.logs();
+    assert_eq!(logs.matches("inbox entry refused").count(), 4, "{logs}");
+}
+
+#[test]
+fn a_file_rewritten_in_the_inbox_after_its_claim_is_a_new_batch() {
+    let d = Daemon::start_with("test_faults = true", "chunk_rows = 5", "", "");
+    // Slow rows keep the first batch in flight long enough to write the inbox path again.
+    let mut first = String::from("id,text\n");
+    for i in 0..20 {
+        first.push_str(&format!("a{i},{SLOW_TEXT}\n"));
+    }
+    d.drop_file("export.csv", first.as_bytes());
+    let claimed = d.root().join("processing/export.csv");
+    d.wait_for("the claim", Duration::from_secs(30), || claimed.exists());
+    d.drop_file("export.csv", b"id,text\nb0,second export\nb1,also second\n");
+    d.wait_for("both batches", Duration::from_secs(60), || {
+        names(&d.root().join("archive")).len() == 2
+            && names(&d.root().join("processing")).is_empty()
+    });
+    assert_eq!(
+        names(&d.root().join("outbox")),
+        ["export.1.csv", "export.csv"]
+    );
+    let ids = |name: &str| -> Vec<String> {
+        read_csv(&d.root().join("outbox").join(name))[1..]
+            .iter()
+            .map(|r| r[0].clone())
+            .collect()
+    };
+    let a = ids("export.csv");
+    assert_eq!(a.len(), 20);
+    assert!(a.iter().all(|id| id.starts_with('a')), "{a:?}");
+    assert_eq!(ids("export.1.csv"), ["b0", "b1"]);
+}
+
+#[test]
+fn a_file_still_written_after_its_claim_is_scored_again_whole() {
+    let d = Daemon::start_with(
+        "test_faults = true",
+        "chunk_rows = 2\nretry_initial_ms = 200\nretry_max_ms = 400",
+        "",
+        "",
+    );
+    // A writer that pauses longer than settle_ms with the file open: the settle rule claims
+    // it, then the writer goes on through its open descriptor.
+    let path = d.inbox().join("slow-writer.csv");
+    let mut f = std::fs::File::create(&path).expect("create");
+    f.write_all(b"id,text\n").expect("write");
+    for i in 0..10 {
+        f.write_all(format!("{i},{SLOW_TEXT}\n").as_bytes())
+            .expect("write");
+    }
+    f.flush().expect("flush");
+    let claimed = d.root().join("processing/slow-writer.csv");
+    d.wait_for("the claim", Duration::from_secs(30), || claimed.exists());
+    f.write_all(b"10,written after the claim\n")
+        .expect("append");
+    drop(f);
+    d.wait_processed("slow-writer.csv", Duration::from_secs(60));
+    let out = read_csv(&d.root().join("outbox/slow-writer.csv"));
+    let ids: Vec<&str> = out[1..].iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(ids.len(), 11, "every row, the late one included: {ids:?}");
+    assert!(ids.contains(&"10"));
+    let logs = d.logs();
+    assert!(
+        logs.contains("the file changed after it was claimed"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_file_that_keeps_failing_backs_off_then_is_quarantined_with_every_error() {
+    let d = Daemon::start_with(
+        "",
+        "retry_initial_ms = 300\nretry_max_ms = 600\nmax_attempts = 3",
+        "",
+        "",
+    );
+    // The outbox replaced by a plain file: every attempt fails to write its output, a cause
+    // that has nothing to do with the file's content.
+    let outbox = d.root().join("outbox");
+    std::fs::remove_dir_all(&outbox).expect("remove outbox");
+    std::fs::write(&outbox, "not a folder").expect("block outbox");
+    d.drop_file("doomed.csv", b"id,text,label\n1,fine text,positive\n");
+    d.wait_for("the quarantine", Duration::from_secs(30), || {
+        d.root().join("rejected/doomed.csv").exists()
+    });
+    d.wait_processed("doomed.csv", Duration::from_secs(10));
+    let report = error_txt(&d, "doomed.csv");
+    for n in 1..=3 {
+        assert!(report.contains(&format!("attempt {n} at ")), "{report}");
+    }
+    assert!(!report.contains("attempt 4"), "{report}");
+    assert!(report.contains("outbox"), "names what failed: {report}");
+    assert_eq!(
+        d.metric(r#"sentiment_batch_attempts_total{result="failed"}"#),
+        3.0
+    );
+    assert_eq!(
+        d.metric(r#"sentiment_batches_total{outcome="quarantined"}"#),
+        1.0
+    );
+    assert_eq!(
+        d.metric(r#"sentiment_batches_total{outcome="processed"}"#),
+        0.0
+    );
+    assert!(
+        names(&d.root().join("labelled")).is_empty(),
+        "a quarantined file delivers nothing"
+    );
+    // The retries backed off: 300 ms, then 600 ms (the cap).
+    let logs = d.logs();
+    assert!(logs.contains("retry_in_secs=0.3"), "{logs}");
+    assert!(logs.contains("retry_in_secs=0.6"), "{logs}");
+    assert!(logs.contains("batch file quarantined after repeated failures"));
+}
+
+#[test]
+fn output_fields_a_spreadsheet_would_run_are_neutralised_and_recoverable() {
+    let texts = [
+        "=HYPERLINK(\"http://evil.example\",\"click\")",
+        "+cmd|' /C calc'!A0",
+        "-2+3 is my rating",
+        "@SUM(A1:A2) wow",
+        "'=already quoted",
+        "'tis a fine day",
+        "plain and happy",
+    ];
+    let mut input = String::from("id,text\n");
+    for (i, t) in texts.iter().enumerate() {
+        input.push_str(&format!("-{i},\"{}\"\n", t.replace('"', "\"\"")));
+    }
+    for neutralize in [true, false] {
+        let d = Daemon::start_with("", &format!("neutralize_formulas = {neutralize}"), "", "");
+        d.drop_file("f.csv", input.as_bytes());
+        d.wait_processed("f.csv", Duration::from_secs(30));
+        let out = read_csv(&d.root().join("outbox/f.csv"));
+        let got: Vec<&str> = out[1..].iter().map(|r| r[1].as_str()).collect();
+        if neutralize {
+            for field in &got {
+                assert!(
+                    !field.starts_with(['=', '+', '-', '@']),
+                    "{field:?} would run as a formula"
+                );
+            }
+            // Plain numbers are left alone: an id of -3 stays a number.
+            assert_eq!(out[4][0], "-3");
+            assert_eq!(got[5], "'tis a fine day");
+            let recovered: Vec<&str> = got
+                .iter()
+                .map(|f| sentimentd_data::recover_formula(f))
+                .collect();
+            assert_eq!(recovered, texts, "the original text is recoverable");
+        } else {
+            assert_eq!(got, texts);
+        }
+    }
+}
+
+#[test]
+fn folders_on_different_filesystems_stop_the_start_with_their_names() {
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs folder in /dev/shm");
+    let processing = shm.path().join("processing");
+    let mut d = Daemon::configure("", "", "", "");
+    let config = std::fs::read_to_string(&d.config).expect("config");
+    let moved = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("processing = ") {
+                format!("processing = \"{}\"", processing.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&d.config, moved).expect("config");
+    d.spawn_no_wait(&[]);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let logs = d.logs();
+    assert!(logs.contains("different filesystem"), "{logs}");
+    assert!(logs.contains(&processing.display().to_string()), "{logs}");
+    assert!(logs.contains("ingest.processing"), "{logs}");
+}
