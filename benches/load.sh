@@ -8,6 +8,10 @@
 #  4. With RETRAIN=1: /predict under the same load while a candidate retrains in the
 #     background (POST /admin/retrain on labelled feedback), then while versions are swapped
 #     (admin promote every 0.5 s): p99 and errors of each phase.
+#  5. With LARGE=1: a BIG_ROWS-row file (default 2,000,000) and a file of just under BIG_MIB
+#     MiB (default 512) through the inbox: rows/s end to end, and the daemon's peak RSS
+#     during each batch (VmHWM, reset before each through /proc/<pid>/clear_refs) and its
+#     RSS before and after.
 #
 # Usage: benches/load.sh            (from the repository root)
 # Env:   DURATION=20s CONNECTIONS=64 THREADS=2 ROWS=100000 PORT=18080 WORKERS=2
@@ -17,6 +21,8 @@
 #        SKIP_BUILD=1     use the release binary already in $CARGO_TARGET_DIR
 #        OBSERVE=false    turn drift observation off ([drift] enabled), to measure its cost
 #        RETRAIN=1        add phase 4
+#        LARGE=1          add phase 5 (BIG_ROWS=2000000 BIG_MIB=512)
+#        PHASES="http inbox"  the phases 1-3 to run (drop one to skip it)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,6 +33,10 @@ DURATION="${DURATION:-20s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 ROWS="${ROWS:-100000}"
+BIG_ROWS="${BIG_ROWS:-2000000}"
+BIG_MIB="${BIG_MIB:-512}"
+PHASES="${PHASES-http inbox}"
+phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 PORT="${PORT:-18080}"
 WORKERS="${WORKERS:-2}"
 VAL="$ROOT/data/datasets/tweeteval/val.csv"
@@ -72,6 +82,7 @@ inbox = "$WORK/inbox"
 outbox = "$WORK/outbox"
 archive = "$WORK/archive"
 rejected = "$WORK/rejected"
+processing = "$WORK/processing"
 journal = "$WORK/journal"
 labelled_dir = "$WORK/labelled"
 settle_ms = 200
@@ -137,6 +148,7 @@ function done(summary, latency, requests)
 end
 EOF
 
+if phase http; then
 echo "== warm-up"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT/predict" >/dev/null
 echo "== wrk -t$THREADS -c$CONNECTIONS -d$DURATION against $WORKERS HTTP worker(s) (rotating $(wc -l < "$WORK/bodies.txt") validation texts)"
@@ -145,7 +157,9 @@ grep '^RESULT' "$WORK/wrk.txt"
 
 echo "== memory after the HTTP load"
 grep -E '^(VmRSS|VmHWM)' "/proc/$DAEMON_PID/status"
+fi
 
+if phase inbox; then
 echo "== inbox throughput: $ROWS rows"
 python3 - "$VAL" "$WORK/big.csv" "$ROWS" <<'EOF'
 import csv, sys
@@ -167,6 +181,53 @@ grep 'batch processed' "$WORK/daemon.log" | tail -1
 
 echo "== memory after the inbox batch"
 grep -E '^(VmRSS|VmHWM)' "/proc/$DAEMON_PID/status"
+fi
+
+rss_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$DAEMON_PID/status"; }
+
+# Drops $1 (a file in $WORK) into the inbox and reports rows/s and the peak RSS of the batch.
+large_batch() {
+    local name="$1" label="$2"
+    local rows bytes before start end
+    rows=$(($(wc -l < "$WORK/$name") - 1))
+    bytes=$(stat -c %s "$WORK/$name")
+    sleep 1
+    before=$(rss_kb VmRSS)
+    # Peak RSS from here on (the HTTP phases raised it before).
+    echo 5 > "/proc/$DAEMON_PID/clear_refs"
+    start=$(date +%s.%N)
+    mv "$WORK/$name" "$WORK/inbox/$name"
+    while [ ! -f "$WORK/archive/$name" ]; do sleep 0.05; done
+    end=$(date +%s.%N)
+    sleep 2
+    python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); n=int(sys.argv[3]); print(f'RESULT {sys.argv[4]} rows={n} bytes={sys.argv[5]} seconds={s:.2f} rows_per_s={n/s:.0f} rss_before_mb={int(sys.argv[6])/1024:.0f} peak_rss_mb={int(sys.argv[7])/1024:.0f} rss_after_mb={int(sys.argv[8])/1024:.0f}')" \
+        "$start" "$end" "$rows" "$label" "$bytes" "$before" "$(rss_kb VmHWM)" "$(rss_kb VmRSS)"
+    grep 'batch processed' "$WORK/daemon.log" | tail -1
+    rm -f "$WORK/archive/$name" "$WORK/outbox/$name"
+}
+
+if [ -n "${LARGE:-}" ]; then
+    echo "== large files through the inbox"
+    # Real texts, cycled; the second file is padded with rows until it reaches BIG_MIB.
+    python3 - "$VAL" "$WORK" "$BIG_ROWS" "$BIG_MIB" <<'EOF'
+import csv, sys
+texts = [r['text'] for r in csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')) if r['text'].strip()]
+work, rows, mib = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def write(name, stop):
+    with open(f"{work}/{name}", 'w', newline='', encoding='utf-8') as f:
+        w = csv.writer(f)
+        w.writerow(['id', 'source', 'text'])
+        i = 0
+        while not stop(i, f):
+            w.writerow([i, 'load', texts[i % len(texts)]])
+            i += 1
+write('rows.csv', lambda i, f: i >= rows)
+# Just under the size (the default max_file_bytes is exactly 512 MiB).
+write('mib.csv', lambda i, f: i % 1000 == 0 and f.tell() >= (mib << 20) - (1 << 20))
+EOF
+    large_batch rows.csv "large_rows"
+    large_batch mib.csv "large_${BIG_MIB}mib"
+fi
 
 if [ -n "${RETRAIN:-}" ]; then
     echo "== /predict while a candidate retrains (wrk -c$CONNECTIONS -d$DURATION)"
