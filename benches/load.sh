@@ -12,6 +12,7 @@
 #     MiB (default 512) through the inbox: rows/s end to end, and the daemon's peak RSS
 #     during each batch (VmHWM, reset before each through /proc/<pid>/clear_refs) and its
 #     RSS before and after.
+#  6. With FLOOD=1: backpressure (see FLOOD below).
 #
 # Usage: benches/load.sh            (from the repository root)
 # Env:   DURATION=20s CONNECTIONS=64 THREADS=2 ROWS=100000 PORT=18080 WORKERS=2
@@ -22,6 +23,9 @@
 #        OBSERVE=false    turn drift observation off ([drift] enabled), to measure its cost
 #        RETRAIN=1        add phase 4
 #        LARGE=1          add phase 5 (BIG_ROWS=2000000 BIG_MIB=512)
+#        FLOOD=1          add phase 6: 1,024-text /predict batches from 32 connections for
+#                         DURATION while one connection polls /health: the flood's status
+#                         counts (200, 429, 5xx) and /health p50/p99
 #        PHASES="http inbox"  the phases 1-3 to run (drop one to skip it)
 set -euo pipefail
 
@@ -260,6 +264,53 @@ EOF
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT/predict" | grep '^RESULT' | sed 's/^RESULT/RESULT during_swaps/'
     wait "$SWAPPER" || true
     echo "swaps: $(grep -c 'promoted by the admin API' "$WORK/daemon.log") across ${#VERSIONS[@]} versions"
+fi
+
+if [ -n "${FLOOD:-}" ]; then
+    echo "== flood: 1,024-text batches from 32 connections, /health polled meanwhile"
+    python3 - "$VAL" "$WORK/flood.json" <<'EOF'
+import csv, json, sys
+texts = [r['text'] for r in csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')) if r['text'].strip()]
+json.dump({"texts": [texts[i % len(texts)] for i in range(1024)]}, open(sys.argv[2], 'w'))
+EOF
+    cat > "$WORK/flood.lua" <<EOF
+local f = io.open("$WORK/flood.json"); local body = f:read("*a"); f:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = body
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) ok = 0; throttled = 0; server_error = 0; other = 0 end
+function response(status, headers, body)
+    if status == 200 then ok = ok + 1
+    elseif status == 429 then throttled = throttled + 1
+    elseif status >= 500 then server_error = server_error + 1
+    else other = other + 1 end
+end
+function done(summary, latency, requests)
+    local t = {ok = 0, throttled = 0, server_error = 0, other = 0}
+    for _, th in ipairs(threads) do
+        for k, _ in pairs(t) do t[k] = t[k] + th:get(k) end
+    end
+    io.write(string.format("RESULT flood requests=%d ok=%d throttled_429=%d server_error_5xx=%d other=%d texts_per_s=%.0f p99_ms=%.1f\n",
+        summary.requests, t.ok, t.throttled, t.server_error, t.other,
+        t.ok * 1024 / (summary.duration / 1e6), latency:percentile(99) / 1000))
+end
+EOF
+    cat > "$WORK/health.lua" <<'EOF'
+function done(summary, latency, requests)
+    io.write(string.format("RESULT health_during_flood requests=%d errors=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f\n",
+        summary.requests,
+        summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+        latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+EOF
+    wrk -t2 -c32 -d"$DURATION" -s "$WORK/flood.lua" "http://127.0.0.1:$PORT/predict" > "$WORK/flood.txt" &
+    FLOODER=$!
+    sleep 1
+    wrk -t1 -c1 -d"$((${DURATION%s} - 2))s" --latency -s "$WORK/health.lua" "http://127.0.0.1:$PORT/health" | grep '^RESULT'
+    wait "$FLOODER" || true
+    grep '^RESULT' "$WORK/flood.txt"
 fi
 
 kill -TERM "$DAEMON_PID"

@@ -143,6 +143,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             )
         })
     };
+    let inference_for_http = inference.clone().recipient();
     let processor = {
         let (cfg, metrics, lifecycle, faults) = (
             cfg.clone(),
@@ -175,15 +176,18 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         })
     };
 
-    let state = web::Data::new(HttpState::new(
-        &cfg,
-        cell.clone(),
-        metrics.clone(),
-        faults,
-        observations,
-        reports,
-        admin,
-    ));
+    let state = web::Data::new(
+        HttpState::new(
+            &cfg,
+            cell.clone(),
+            metrics.clone(),
+            faults,
+            observations,
+            reports,
+            admin,
+        )
+        .with_inference(inference_for_http),
+    );
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .workers(cfg.server.workers)
         .disable_signals()

@@ -833,3 +833,81 @@ fn systemd_notify_ready_watchdog_and_stopping() {
     );
     assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
+
+#[test]
+fn batches_beyond_the_in_flight_limit_get_429_with_retry_after_and_never_a_5xx() {
+    let d = Daemon::start_with(
+        "test_faults = true\nmax_batch_texts = 64\nmax_inflight_texts = 64",
+        "",
+        "",
+        "",
+    );
+    // Each batch holds one slow text (200 ms), so it stays in the inference pool a while;
+    // the limit admits one 64-text batch at a time.
+    let mut texts: Vec<String> = (0..63).map(|i| format!("a fine text number {i}")).collect();
+    texts.push(SLOW_TEXT.to_string());
+    let body = serde_json::json!({ "texts": texts }).to_string();
+    let url = d.url("/predict");
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                let mut r = common::agent()
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .send(body)
+                    .map_err(|e| e.to_string())?;
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let status = r.status().as_u16();
+                let text = r.body_mut().read_to_string().unwrap_or_default();
+                Ok::<_, String>((status, retry_after, text))
+            })
+        })
+        .collect();
+    // Single texts and /health are answered on the workers meanwhile.
+    assert_eq!(d.get("/health").status, 200);
+    assert_eq!(d.predict(r#"{"text": "still answered"}"#).status, 200);
+    let mut ok = 0;
+    let mut throttled = 0;
+    for c in clients {
+        let (status, retry_after, text) = c
+            .join()
+            .unwrap_or_else(|_| Err("client panicked".into()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        match status {
+            200 => {
+                let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+                assert_eq!(v["predictions"].as_array().map(Vec::len), Some(64));
+                ok += 1;
+            }
+            429 => {
+                assert_eq!(retry_after.as_deref(), Some("1"), "{text}");
+                assert!(text.contains("server.max_inflight_texts"), "{text}");
+                throttled += 1;
+            }
+            other => panic!("status {other}: {text}"),
+        }
+    }
+    assert!(ok >= 1, "at least one batch is served");
+    assert!(
+        throttled >= 1,
+        "concurrent batches beyond the limit are throttled"
+    );
+    assert_eq!(
+        d.metric(r#"sentiment_requests_total{outcome="throttled"}"#),
+        f64::from(throttled)
+    );
+    assert_eq!(
+        d.metric(r#"sentiment_requests_total{outcome="server_error"}"#),
+        0.0
+    );
+    // Once the pool is free, the same batch is accepted again.
+    assert_eq!(
+        d.post("/predict", Some("application/json"), &body).status,
+        200
+    );
+}

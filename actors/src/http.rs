@@ -2,10 +2,12 @@
 //! `/metrics`, `/drift`, and the admin API (`/admin/retrain`, `/admin/promote`,
 //! `/admin/rollback`, bearer token from `[admin] token_file`).
 //!
-//! `/predict` is the hot path: the handler reads the serving model from the lock-free
-//! [`ModelCell`] and records metrics with atomic counters, instead of a mailbox round-trip to
-//! the inference pool, which would cost more than scoring one short text. Batch files go
-//! through the inference actors; requests are small enough to score where they land.
+//! `/predict` is the hot path: for one text or a few, the handler reads the serving model from
+//! the lock-free [`ModelCell`] and records metrics with atomic counters, instead of a mailbox
+//! round-trip to the inference pool, which would cost more than scoring one short text.
+//! Larger batches go to the inference pool, off the HTTP workers, so a flood of them cannot
+//! starve `/health` or single texts; at most `server.max_inflight_texts` of their texts are in
+//! flight, and a batch beyond that gets 429 with `Retry-After`.
 //!
 //! Every error is JSON `{"error": "..."}` and bad input never yields a 500.
 
@@ -21,7 +23,9 @@ use std::time::Instant;
 
 use crate::drift_monitor::ReportCell;
 use crate::events::{FeedbackReceived, InternalEvent};
-use crate::messages::{PromoteVersion, Retrain, RetrainTrigger, Rollback, Switched};
+use crate::messages::{
+    InferenceError, PromoteVersion, Retrain, RetrainTrigger, Rollback, ScoreChunk, Switched,
+};
 use crate::metrics::{Metrics, RequestOutcome, Source};
 use crate::model_registry::{ModelCell, ServingModel};
 use crate::observations::ObservationSink;
@@ -49,7 +53,23 @@ pub struct HttpState {
     pub drift_dir: std::path::PathBuf,
     pub labelled_dir: std::path::PathBuf,
     pub admin: Option<AdminApi>,
+    /// The inference pool for larger batches; without it every batch is scored in place.
+    pub inference: Option<actix::Recipient<ScoreChunk>>,
+    pub max_inflight_texts: usize,
+    /// Texts of batches in the inference pool right now.
+    inflight: std::sync::atomic::AtomicUsize,
 }
+
+/// Batches up to this size are scored on the HTTP worker: a mailbox round-trip would cost
+/// more than the scoring.
+pub const INLINE_BATCH_TEXTS: usize = 32;
+
+/// A `/predict` body larger than this (more than one text can be) is refused before it is
+/// parsed while the pool is full.
+const EARLY_THROTTLE_BYTES: usize = 16 << 10;
+
+/// Seconds a throttled client is asked to wait.
+const RETRY_AFTER_SECS: u32 = 1;
 
 impl HttpState {
     pub fn new(
@@ -74,7 +94,30 @@ impl HttpState {
             drift_dir: crate::drift_monitor::DriftMonitor::reports_dir(cfg),
             labelled_dir: cfg.ingest.labelled_dir.clone(),
             admin,
+            inference: None,
+            max_inflight_texts: cfg.server.max_inflight_texts,
+            inflight: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Scores larger batches in `pool`, off the HTTP workers.
+    pub fn with_inference(mut self, pool: actix::Recipient<ScoreChunk>) -> HttpState {
+        self.inference = Some(pool);
+        self
+    }
+}
+
+/// Releases a batch's share of `max_inflight_texts` however its request ends.
+struct Inflight<'a> {
+    state: &'a HttpState,
+    texts: usize,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.state
+            .inflight
+            .fetch_sub(self.texts, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -302,9 +345,13 @@ async fn predict(
     state: web::Data<HttpState>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let response = predict_inner(&req, body, &state);
+    let response = match predict_inner(&req, body, &state) {
+        Work::Done(r) => r,
+        Work::Pool(texts) => score_in_pool(&state, texts).await,
+    };
     let outcome = match response.status().as_u16() {
         200..=399 => RequestOutcome::ok,
+        429 => RequestOutcome::throttled,
         400..=499 => RequestOutcome::client_error,
         _ => RequestOutcome::server_error,
     };
@@ -316,15 +363,35 @@ async fn predict(
     response
 }
 
+/// What `/predict` does with a request: answered on the worker, or a batch for the pool.
+enum Work {
+    Done(HttpResponse),
+    Pool(Vec<String>),
+}
+
+impl From<HttpResponse> for Work {
+    fn from(r: HttpResponse) -> Work {
+        Work::Done(r)
+    }
+}
+
 fn predict_inner(
     req: &HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,
     state: &HttpState,
-) -> HttpResponse {
+) -> Work {
     let body = match json_body(req, body, state.max_body_bytes) {
         Ok(b) => b,
-        Err(r) => return *r,
+        Err(r) => return Work::Done(*r),
     };
+    // A body this large is a batch for the pool; when the pool is full it would be refused
+    // after parsing anyway, and a flood should not cost a parse per refused request.
+    if body.len() > EARLY_THROTTLE_BYTES
+        && state.inference.is_some()
+        && state.inflight.load(std::sync::atomic::Ordering::SeqCst) >= state.max_inflight_texts
+    {
+        return Work::Done(throttled(state, None));
+    }
     // serde would also read a struct from a JSON array by position; only objects are requests.
     if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
         && *first != b'{'
@@ -333,7 +400,8 @@ fn predict_inner(
         return json_error(
             StatusCode::BAD_REQUEST,
             "wrong type in request: expected a JSON object with \"text\" or \"texts\"",
-        );
+        )
+        .into();
     }
     let request: PredictRequest<'_> = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -342,18 +410,18 @@ fn predict_inner(
                 serde_json::error::Category::Data => "wrong type in request",
                 _ => "malformed JSON",
             };
-            return json_error(StatusCode::BAD_REQUEST, format!("{what}: {e}"));
+            return json_error(StatusCode::BAD_REQUEST, format!("{what}: {e}")).into();
         }
     };
     // A guard, not an `Arc` clone: no reference-count traffic shared by all workers.
     let guard = state.cell.load();
     let Some(model) = guard.as_deref() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet");
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet").into();
     };
     match (request.text, request.texts) {
         (Some(text), None) => {
             if let Err(message) = check_text(&text, state.max_text_chars, "text") {
-                return json_error(StatusCode::UNPROCESSABLE_ENTITY, message);
+                return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
             }
             let scored = state.containment.run(|| {
                 state.faults.on_text(&text);
@@ -364,29 +432,32 @@ fn predict_inner(
             match scored {
                 Ok(p) => {
                     state.metrics.prediction(Source::http, p.label);
-                    json_ok(&PredictionBody::new(&p, &model.version))
+                    json_ok(&PredictionBody::new(&p, &model.version)).into()
                 }
                 Err(_) => json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal error while scoring; the error was logged",
-                ),
+                )
+                .into(),
             }
         }
         (None, Some(texts)) => predict_batch(state, model, &texts),
         (Some(_), Some(_)) => json_error(
             StatusCode::BAD_REQUEST,
             "give either \"text\" or \"texts\", not both",
-        ),
+        )
+        .into(),
         (None, None) => json_error(
             StatusCode::BAD_REQUEST,
             "missing field \"text\" (a string), or \"texts\" (an array of strings)",
-        ),
+        )
+        .into(),
     }
 }
 
-fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]) -> HttpResponse {
+fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]) -> Work {
     if texts.is_empty() {
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"texts\" is empty");
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"texts\" is empty").into();
     }
     if texts.len() > state.max_batch_texts {
         return json_error(
@@ -396,12 +467,16 @@ fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]
                 texts.len(),
                 state.max_batch_texts
             ),
-        );
+        )
+        .into();
     }
     for (i, t) in texts.iter().enumerate() {
         if let Err(message) = check_text(t, state.max_text_chars, &format!("texts[{i}]")) {
-            return json_error(StatusCode::UNPROCESSABLE_ENTITY, message);
+            return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
         }
+    }
+    if texts.len() > INLINE_BATCH_TEXTS && state.inference.is_some() {
+        return Work::Pool(texts.iter().map(|t| t.to_string()).collect());
     }
     let refs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
     let scored = state.containment.run(|| {
@@ -414,22 +489,83 @@ fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]
     });
     match scored {
         Ok(predictions) if predictions.len() == refs.len() => {
-            let mut counts = [0u64; 3];
-            for p in &predictions {
-                counts[p.label.index()] += 1;
-            }
-            state.metrics.predictions_by_label(Source::http, counts);
-            json_ok(&BatchBody {
-                predictions: predictions
-                    .iter()
-                    .map(|p| PredictionBody::new(p, &model.version))
-                    .collect(),
-            })
+            batch_answer(state, &predictions, &model.version).into()
         }
-        _ => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error while scoring; the error was logged",
-        ),
+        _ => scoring_failed().into(),
+    }
+}
+
+fn scoring_failed() -> HttpResponse {
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error while scoring; the error was logged",
+    )
+}
+
+fn batch_answer(state: &HttpState, predictions: &[Prediction], version: &str) -> HttpResponse {
+    let mut counts = [0u64; 3];
+    for p in predictions {
+        counts[p.label.index()] += 1;
+    }
+    state.metrics.predictions_by_label(Source::http, counts);
+    json_ok(&BatchBody {
+        predictions: predictions
+            .iter()
+            .map(|p| PredictionBody::new(p, version))
+            .collect(),
+    })
+}
+
+/// 429 with `Retry-After`; `texts`: the batch's size, when it was parsed.
+fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse {
+    let busy = state.inflight.load(std::sync::atomic::Ordering::SeqCst);
+    let this = texts.map_or(String::new(), |n| format!(" and this batch has {n}"));
+    HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
+        .insert_header(ContentType::json())
+        .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
+        .body(
+            serde_json::json!({
+                "error": format!(
+                    "busy: {busy} texts are being scored{this} (limit: server.max_inflight_texts = {}); retry after {RETRY_AFTER_SECS} s",
+                    state.max_inflight_texts
+                )
+            })
+            .to_string(),
+        )
+}
+
+/// Scores a batch in the inference pool, within `max_inflight_texts`.
+async fn score_in_pool(state: &HttpState, texts: Vec<String>) -> HttpResponse {
+    use std::sync::atomic::Ordering;
+    let Some(pool) = state.inference.as_ref() else {
+        return scoring_failed();
+    };
+    let n = texts.len();
+    let before = state.inflight.fetch_add(n, Ordering::SeqCst);
+    let _inflight = Inflight { state, texts: n };
+    if before + n > state.max_inflight_texts {
+        return throttled(state, Some(n));
+    }
+    let texts = Arc::new(texts);
+    let reply = pool
+        .send(ScoreChunk {
+            texts: texts.clone(),
+            start: 0,
+            end: n,
+        })
+        .await;
+    match reply {
+        Ok(Ok(scored)) if scored.results.len() == n => {
+            let predictions: Result<Vec<Prediction>, String> = scored.results.into_iter().collect();
+            match predictions {
+                Ok(p) => batch_answer(state, &p, &scored.model_version),
+                Err(_) => scoring_failed(),
+            }
+        }
+        Ok(Err(InferenceError::NoModel)) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet")
+        }
+        _ => scoring_failed(),
     }
 }
 

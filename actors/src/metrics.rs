@@ -25,6 +25,8 @@ pub enum RequestOutcome {
     ok,
     client_error,
     server_error,
+    /// 429: too much scoring in flight (`server.max_inflight_texts`).
+    throttled,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -143,7 +145,7 @@ pub struct Metrics {
     pub latency: Histogram,
     /// `[source][label index]`, resolved once so the hot path never touches the family lock.
     prediction_counters: [[Counter; 3]; 2],
-    request_counters: [Counter; 3],
+    request_counters: [Counter; 4],
     batches: Family<BatchLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     pub inbox_backlog: Gauge,
@@ -320,6 +322,7 @@ impl Metrics {
             RequestOutcome::ok,
             RequestOutcome::client_error,
             RequestOutcome::server_error,
+            RequestOutcome::throttled,
         ]
         .map(|outcome| requests.get_or_create(&RequestLabels { outcome }).clone());
         // Pre-create so dashboards see zeros rather than missing series.

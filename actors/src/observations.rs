@@ -18,6 +18,9 @@ pub struct Observed {
     pub observation: Observation,
 }
 
+/// Texts with their position in a chunk.
+type Indexed<'a> = Vec<(usize, &'a str)>;
+
 pub struct ObservationSink {
     queue: ArrayQueue<Observed>,
     enabled: bool,
@@ -88,7 +91,11 @@ impl ObservationSink {
         if !self.enabled || texts.is_empty() {
             return classifier.predict_batch(texts);
         }
-        let room = self.queue.capacity().saturating_sub(self.queue.len()).max(1);
+        let room = self
+            .queue
+            .capacity()
+            .saturating_sub(self.queue.len())
+            .max(1);
         // Every `step`-th text is observed.
         let step = texts.len().div_ceil(room);
         if step == 1 {
@@ -103,7 +110,7 @@ impl ObservationSink {
                 })
                 .collect();
         }
-        let (observed, plain): (Vec<(usize, &str)>, Vec<(usize, &str)>) = texts
+        let (observed, plain): (Indexed<'_>, Indexed<'_>) = texts
             .iter()
             .copied()
             .enumerate()
@@ -158,7 +165,11 @@ mod tests {
             .collect();
         let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
         let got = sink.predict_batch(&classifier, &version, &texts);
-        assert_eq!(got, classifier.predict_batch(&texts), "every text scored, in order");
+        assert_eq!(
+            got,
+            classifier.predict_batch(&texts),
+            "every text scored, in order"
+        );
         assert_eq!(sink.recorded(), 10);
         assert_eq!(sink.dropped(), 0);
         let mut drained = Vec::new();

@@ -207,6 +207,9 @@ pub struct ServerConfig {
     pub inference_threads: usize,
     pub max_body_bytes: usize,
     pub max_batch_texts: usize,
+    /// Texts of `/predict` batches being scored by the inference pool at once; a batch that
+    /// would go over gets 429 with `Retry-After`, so a flood cannot queue without bound.
+    pub max_inflight_texts: usize,
     pub shutdown_timeout_secs: u64,
     /// Test-only fault injection (magic texts that panic or crash); never enable in production.
     pub test_faults: bool,
@@ -221,6 +224,7 @@ impl Default for ServerConfig {
             inference_threads: 2,
             max_body_bytes: 1_048_576,
             max_batch_texts: 1024,
+            max_inflight_texts: 8192,
             shutdown_timeout_secs: 10,
             test_faults: false,
         }

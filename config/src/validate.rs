@@ -117,6 +117,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("server.max_body_bytes", s.max_body_bytes, 1, 1 << 30);
     k.range("server.max_batch_texts", s.max_batch_texts, 1, 1_000_000);
     k.range(
+        "server.max_inflight_texts",
+        s.max_inflight_texts,
+        s.max_batch_texts,
+        100_000_000,
+    );
+    k.range(
         "server.shutdown_timeout_secs",
         s.shutdown_timeout_secs,
         1,
