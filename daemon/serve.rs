@@ -53,6 +53,12 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     }));
     let notifier = Arc::new(Notifier::from_env());
     let metrics = Arc::new(Metrics::new());
+    if cfg.server.test_faults && !sentimentd_actors::supervisor::FAULTS_COMPILED {
+        anyhow::bail!(
+            "server.test_faults = true, but this build has no fault hooks (only test builds \
+             with the cargo feature test-faults have them): remove the key"
+        );
+    }
     let faults = Faults::new(cfg.server.test_faults);
     let cell = new_model_cell();
     let lifecycle = Arc::new(Lifecycle::default());

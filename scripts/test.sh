@@ -11,5 +11,15 @@ fi
 export SENTIMENTD_VENV="${SENTIMENTD_VENV:-$HOME/.cache/sentimentd-venv}"
 ./scripts/test-deps.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo nextest run --workspace --locked --no-fail-fast
+# The integration tests inject faults (panics, stalls, crashes) through hooks that exist only
+# with the test-faults feature; lints cover both builds.
+FAULTS=(--features sentimentd/test-faults)
+cargo clippy --workspace --all-targets --locked "${FAULTS[@]}" -- -D warnings
+cargo clippy --workspace --locked -- -D warnings
+# A build without the feature has none of the hooks' code (its magic text is the marker).
+cargo build --locked --bin sentimentd
+if grep -q "__sentimentd_test_fault_panic__" "$CARGO_TARGET_DIR/debug/sentimentd"; then
+    echo "error: the fault hooks are compiled into a build without the test-faults feature" >&2
+    exit 1
+fi
+cargo nextest run --workspace --locked --no-fail-fast "${FAULTS[@]}"

@@ -5,7 +5,8 @@
 //! and turned into an error for that one message; the actor keeps its state and serves the
 //! next message.
 //!
-//! Also home of the test-only fault hooks, which do nothing unless `server.test_faults = true`.
+//! Also home of the test-only fault hooks, compiled only into tests and builds with the
+//! `test-faults` feature, and live only with `server.test_faults = true`.
 
 use crate::metrics::Metrics;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -62,29 +63,45 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Whether this build has the fault hooks: only unit tests and builds with the `test-faults`
+/// cargo feature (which `scripts/test.sh` enables for the integration tests). A release
+/// build has none of their code or magic strings.
+pub const FAULTS_COMPILED: bool = cfg!(any(test, feature = "test-faults"));
+
 /// A text equal to this makes the handler that sees it panic (only with test faults enabled).
+#[cfg(any(test, feature = "test-faults"))]
 pub const FAULT_PANIC_TEXT: &str = "__sentimentd_test_fault_panic__";
 /// A text equal to this makes batch scoring of its chunk sleep 200 ms (test faults only),
 /// so a test can kill the process in the middle of a batch.
+#[cfg(any(test, feature = "test-faults"))]
 pub const FAULT_SLOW_TEXT: &str = "__sentimentd_test_fault_slow__";
 /// With test faults enabled, the batch processor calls `abort()` (as abrupt as `kill -9`)
 /// on reaching the step named by this environment variable.
+#[cfg(any(test, feature = "test-faults"))]
 pub const FAULT_CRASH_ENV: &str = "SENTIMENTD_TEST_CRASH_AT";
 
-/// Test-only fault hooks; every method is a no-op unless `server.test_faults = true`.
+/// Test-only fault hooks; every method is a no-op unless the build has them
+/// ([`FAULTS_COMPILED`]) and `server.test_faults = true`.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     enabled: bool,
+    #[cfg_attr(not(any(test, feature = "test-faults")), allow(dead_code))]
     crash_at: Option<String>,
 }
 
 impl Faults {
+    /// `enabled` is ignored by a build without the hooks; the daemon refuses to start with
+    /// `server.test_faults = true` then, rather than pretend.
     pub fn new(enabled: bool) -> Faults {
+        let enabled = enabled && FAULTS_COMPILED;
+        #[cfg(any(test, feature = "test-faults"))]
         let crash_at = if enabled {
             std::env::var(FAULT_CRASH_ENV).ok()
         } else {
             None
         };
+        #[cfg(not(any(test, feature = "test-faults")))]
+        let crash_at = None;
         if enabled {
             tracing::warn!(
                 crash_at = crash_at.as_deref().unwrap_or(""),
@@ -98,6 +115,7 @@ impl Faults {
         self.enabled
     }
 
+    #[cfg(any(test, feature = "test-faults"))]
     pub fn on_text(&self, text: &str) {
         if self.enabled {
             if text == FAULT_PANIC_TEXT {
@@ -109,12 +127,21 @@ impl Faults {
         }
     }
 
+    #[cfg(not(any(test, feature = "test-faults")))]
+    #[inline(always)]
+    pub fn on_text(&self, _text: &str) {}
+
+    #[cfg(any(test, feature = "test-faults"))]
     pub fn crash_point(&self, step: &str) {
         if self.crash_at.as_deref() == Some(step) {
             tracing::warn!(step, "injected crash");
             std::process::abort();
         }
     }
+
+    #[cfg(not(any(test, feature = "test-faults")))]
+    #[inline(always)]
+    pub fn crash_point(&self, _step: &str) {}
 }
 
 #[cfg(test)]
