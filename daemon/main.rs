@@ -74,9 +74,22 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     cfg.resolve_paths(&cwd);
     cfg.validate()?;
-    init_logging(cli.log.as_deref().unwrap_or(&cfg.logging.level), &cfg)?;
+    let log_reload = init_logging(cli.log.as_deref().unwrap_or(&cfg.logging.level), &cfg)?;
     match cli.command {
-        Command::Serve(a) => serve::serve(&cfg, a),
+        Command::Serve(a) => serve::serve(
+            &cfg,
+            a,
+            serve::ReloadSource {
+                path: cli.config.clone(),
+                cwd,
+                // --log / SENTIMENTD_LOG win over the file, on reload too.
+                log: if cli.log.is_some() {
+                    None
+                } else {
+                    Some(log_reload)
+                },
+            },
+        ),
         Command::Train(a) => commands::train(&cfg, a),
         Command::Eval(a) => commands::eval(&cfg, a),
         Command::Predict(a) => commands::predict(&cfg, a),
@@ -89,7 +102,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn init_logging(filter: &str, cfg: &sentimentd_config::Config) -> anyhow::Result<()> {
+/// Installs the log subscriber; returns how to change its filter later (a config reload).
+fn init_logging(filter: &str, cfg: &sentimentd_config::Config) -> anyhow::Result<serve::LogReload> {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_new(filter).with_context(|| format!("bad log filter {filter:?}"))?;
@@ -99,9 +113,26 @@ fn init_logging(filter: &str, cfg: &sentimentd_config::Config) -> anyhow::Result
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match cfg.logging.format {
-        sentimentd_config::LogFormat::Json => builder.json().init(),
-        sentimentd_config::LogFormat::Text => builder.init(),
+    fn reloader<S: 'static>(
+        handle: tracing_subscriber::reload::Handle<EnvFilter, S>,
+    ) -> serve::LogReload {
+        Box::new(move |filter: &str| {
+            let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
     }
-    Ok(())
+    Ok(match cfg.logging.format {
+        sentimentd_config::LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            reloader(handle)
+        }
+        sentimentd_config::LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            reloader(handle)
+        }
+    })
 }

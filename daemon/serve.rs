@@ -28,22 +28,118 @@ pub struct ServeArgs {
     pub port: Option<u16>,
 }
 
-pub fn serve(cfg: &Config, args: ServeArgs) -> anyhow::Result<()> {
+/// Changes the log filter of the running process.
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Where a SIGHUP re-reads the config from.
+pub struct ReloadSource {
+    /// The `--config` file; none means built-in defaults, which a reload cannot change.
+    pub path: Option<std::path::PathBuf>,
+    /// Relative paths in the file resolve against this, as at start-up.
+    pub cwd: std::path::PathBuf,
+    /// None when `--log` / `SENTIMENTD_LOG` set the filter: they win on reload too.
+    pub log: Option<LogReload>,
+}
+
+pub fn serve(cfg: &Config, args: ServeArgs, reload: ReloadSource) -> anyhow::Result<()> {
     let mut cfg = cfg.clone();
     if let Some(port) = args.port {
         cfg.server.port = port;
     }
     let system = actix::System::new();
-    system.block_on(run(Arc::new(cfg)))
+    system.block_on(run(Arc::new(cfg), args.port, reload))
 }
 
-async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
+/// The actors and state a reload reconfigures.
+struct ReloadTargets {
+    watcher: actix::Addr<FolderWatcher>,
+    processor: actix::Addr<BatchProcessor>,
+    monitor: actix::Addr<DriftMonitor>,
+    trainer: actix::Addr<Trainer>,
+    http: web::Data<HttpState>,
+}
+
+/// SIGHUP: re-reads and validates the file, applies what a running daemon can change, and
+/// says which changed keys wait for a restart. An invalid file changes nothing.
+fn reload(
+    running: &Config,
+    port: Option<u16>,
+    source: &ReloadSource,
+    targets: &ReloadTargets,
+) -> Config {
+    let Some(path) = &source.path else {
+        tracing::warn!(
+            "SIGHUP: the daemon runs on built-in defaults (no --config file); nothing to reload"
+        );
+        return running.clone();
+    };
+    let loaded = Config::load(path).and_then(|mut c| {
+        c.resolve_paths(&source.cwd);
+        if let Some(p) = port {
+            c.server.port = p;
+        }
+        c.validate().map(|()| c)
+    });
+    let reloaded = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "config reload refused; the running settings stay");
+            return running.clone();
+        }
+    };
+    let plan = match sentimentd_config::reload::plan(running, &reloaded) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "config reload failed; the running settings stay");
+            return running.clone();
+        }
+    };
+    if plan.applied.is_empty() && plan.needs_restart.is_empty() {
+        tracing::info!(file = %path.display(), "config reloaded: nothing changed");
+        return running.clone();
+    }
+    if plan.applied.iter().any(|k| k == "logging.level") {
+        match &source.log {
+            Some(set) => {
+                if let Err(e) = set(&plan.effective.logging.level) {
+                    tracing::error!(error = %e, "cannot apply the new logging.level");
+                }
+            }
+            None => tracing::warn!(
+                "logging.level changed, but --log / SENTIMENTD_LOG set the filter and win"
+            ),
+        }
+    }
+    let effective = Arc::new(plan.effective.clone());
+    let message = sentimentd_actors::messages::Reconfigure(effective.clone());
+    targets.watcher.do_send(message.clone());
+    targets.processor.do_send(message.clone());
+    targets.monitor.do_send(message.clone());
+    targets.trainer.do_send(message);
+    targets.http.limits.set(&effective);
+    tracing::info!(
+        file = %path.display(),
+        applied = %plan.applied.join(","),
+        needs_restart = %plan.needs_restart.join(","),
+        "config reloaded"
+    );
+    if !plan.needs_restart.is_empty() {
+        tracing::warn!(
+            keys = %plan.needs_restart.join(","),
+            "changed keys take effect only after a restart; their running values stay"
+        );
+    }
+    plan.effective
+}
+
+async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyhow::Result<()> {
     use actix_rt::signal::unix::{SignalKind, signal};
     // Installed first so a signal during start-up still drains instead of killing the process.
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
 
     // One log line per panic instead of a multi-line backtrace on stderr; the containment
     // that catches it logs which actor it hit.
@@ -114,7 +210,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     };
     let baseliner = {
         let (cfg, metrics) = (cfg.clone(), metrics.clone());
-        let monitor = monitor.recipient();
+        let monitor = monitor.clone().recipient();
         SyncArbiter::start(1, move || {
             Baseliner::new(cfg.clone(), monitor.clone(), metrics.clone())
         })
@@ -167,6 +263,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             )
         })
     };
+    let processor_for_reload = processor.clone();
     let watcher = {
         let inbox = cfg.ingest.inbox.clone();
         let settle = Duration::from_millis(cfg.ingest.settle_ms);
@@ -194,6 +291,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         )
         .with_inference(inference_for_http),
     );
+    let http_state = state.clone();
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .workers(cfg.server.workers)
         .disable_signals()
@@ -233,7 +331,20 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         });
     }
 
-    let signal_name = tokio_select(&mut sigterm, &mut sigint).await;
+    let targets = ReloadTargets {
+        watcher: watcher.clone(),
+        processor: processor_for_reload,
+        monitor,
+        trainer: trainer.clone(),
+        http: http_state,
+    };
+    let mut running = (*cfg).clone();
+    let signal_name = loop {
+        match next_signal(&mut sigterm, &mut sigint, &mut sighup).await {
+            "SIGHUP" => running = reload(&running, port, &source, &targets),
+            other => break other,
+        }
+    };
     let started = Instant::now();
     let bound = Duration::from_secs(cfg.server.shutdown_timeout_secs);
     tracing::info!(
@@ -266,19 +377,23 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
 }
 
 /// Waits for the first of SIGTERM and SIGINT and names it.
-async fn tokio_select(
+async fn next_signal(
     sigterm: &mut actix_rt::signal::unix::Signal,
     sigint: &mut actix_rt::signal::unix::Signal,
+    sighup: &mut actix_rt::signal::unix::Signal,
 ) -> &'static str {
     use std::future::Future;
     use std::task::Poll;
     let mut term = std::pin::pin!(sigterm.recv());
     let mut int = std::pin::pin!(sigint.recv());
+    let mut hup = std::pin::pin!(sighup.recv());
     std::future::poll_fn(move |cx| {
         if term.as_mut().poll(cx).is_ready() {
             Poll::Ready("SIGTERM")
         } else if int.as_mut().poll(cx).is_ready() {
             Poll::Ready("SIGINT")
+        } else if hup.as_mut().poll(cx).is_ready() {
+            Poll::Ready("SIGHUP")
         } else {
             Poll::Pending
         }

@@ -27,7 +27,7 @@ use crate::events::{
 };
 use crate::inference::Inference;
 use crate::journal::{self, Attempt, Journal, JournalEntry};
-use crate::messages::{FileDone, FileOutcome, FileReady};
+use crate::messages::{FileDone, FileOutcome, FileReady, Reconfigure};
 use crate::metrics::Metrics;
 use crate::output_names;
 use crate::supervisor::{Containment, Faults};
@@ -599,6 +599,15 @@ impl Handler<FileReady> for BatchProcessor {
             outcome,
         });
         release_freed_memory();
+    }
+}
+
+impl Handler<Reconfigure> for BatchProcessor {
+    type Result = ();
+
+    /// Between files: the next attempt uses the new settings.
+    fn handle(&mut self, msg: Reconfigure, _ctx: &mut SyncContext<Self>) {
+        self.cfg = msg.0;
     }
 }
 

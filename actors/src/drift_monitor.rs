@@ -245,6 +245,14 @@ impl Actor for DriftMonitor {
     }
 }
 
+impl Handler<crate::messages::Reconfigure> for DriftMonitor {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::messages::Reconfigure, _ctx: &mut Context<Self>) {
+        self.cfg = msg.0;
+    }
+}
+
 impl Handler<BaselineReady> for DriftMonitor {
     type Result = ();
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::messages::{FileDone, FileOutcome, FileReady, FsEvent, StopIntake};
+use crate::messages::{FileDone, FileOutcome, FileReady, FsEvent, Reconfigure, StopIntake};
 use crate::metrics::Metrics;
 use crate::supervisor::Containment;
 
@@ -278,6 +278,14 @@ impl Handler<FileDone> for FolderWatcher {
         if let FileOutcome::Retry { path, after } = msg.outcome {
             self.retry_at.insert(path, Instant::now() + after);
         }
+    }
+}
+
+impl Handler<Reconfigure> for FolderWatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconfigure, _ctx: &mut Context<Self>) {
+        self.set_settle(Duration::from_millis(msg.0.ingest.settle_ms));
     }
 }
 

@@ -19,6 +19,7 @@ use sentimentd_model::Prediction;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::drift_monitor::ReportCell;
@@ -45,8 +46,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub containment: Containment,
     pub faults: Faults,
-    pub max_text_chars: usize,
-    pub max_batch_texts: usize,
+    /// Request limits; a config reload (SIGHUP) changes them in place.
+    pub limits: Limits,
     pub max_body_bytes: usize,
     pub observations: Arc<ObservationSink>,
     pub reports: ReportCell,
@@ -55,9 +56,8 @@ pub struct HttpState {
     pub admin: Option<AdminApi>,
     /// The inference pool for larger batches; without it every batch is scored in place.
     pub inference: Option<actix::Recipient<ScoreChunk>>,
-    pub max_inflight_texts: usize,
     /// Texts of batches in the inference pool right now.
-    inflight: std::sync::atomic::AtomicUsize,
+    inflight: AtomicUsize,
 }
 
 /// Batches up to this size are scored on the HTTP worker: a mailbox round-trip would cost
@@ -86,8 +86,7 @@ impl HttpState {
             containment: Containment::new("http", metrics.clone()),
             metrics,
             faults,
-            max_text_chars: cfg.data.max_text_chars,
-            max_batch_texts: cfg.server.max_batch_texts,
+            limits: Limits::new(cfg),
             max_body_bytes: cfg.server.max_body_bytes,
             observations,
             reports,
@@ -95,8 +94,7 @@ impl HttpState {
             labelled_dir: cfg.ingest.labelled_dir.clone(),
             admin,
             inference: None,
-            max_inflight_texts: cfg.server.max_inflight_texts,
-            inflight: std::sync::atomic::AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
         }
     }
 
@@ -104,6 +102,45 @@ impl HttpState {
     pub fn with_inference(mut self, pool: actix::Recipient<ScoreChunk>) -> HttpState {
         self.inference = Some(pool);
         self
+    }
+}
+
+/// The limits of `/predict` and `/feedback` requests.
+pub struct Limits {
+    max_text_chars: AtomicUsize,
+    max_batch_texts: AtomicUsize,
+    max_inflight_texts: AtomicUsize,
+}
+
+impl Limits {
+    pub fn new(cfg: &sentimentd_config::Config) -> Limits {
+        let limits = Limits {
+            max_text_chars: AtomicUsize::new(0),
+            max_batch_texts: AtomicUsize::new(0),
+            max_inflight_texts: AtomicUsize::new(0),
+        };
+        limits.set(cfg);
+        limits
+    }
+
+    /// Takes the limits of `cfg` (a reloaded config).
+    pub fn set(&self, cfg: &sentimentd_config::Config) {
+        let set = |a: &AtomicUsize, v| a.store(v, Ordering::Relaxed);
+        set(&self.max_text_chars, cfg.data.max_text_chars);
+        set(&self.max_batch_texts, cfg.server.max_batch_texts);
+        set(&self.max_inflight_texts, cfg.server.max_inflight_texts);
+    }
+
+    pub fn max_text_chars(&self) -> usize {
+        self.max_text_chars.load(Ordering::Relaxed)
+    }
+
+    pub fn max_batch_texts(&self) -> usize {
+        self.max_batch_texts.load(Ordering::Relaxed)
+    }
+
+    pub fn max_inflight_texts(&self) -> usize {
+        self.max_inflight_texts.load(Ordering::Relaxed)
     }
 }
 
@@ -115,9 +152,7 @@ struct Inflight<'a> {
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
-        self.state
-            .inflight
-            .fetch_sub(self.texts, std::sync::atomic::Ordering::SeqCst);
+        self.state.inflight.fetch_sub(self.texts, Ordering::SeqCst);
     }
 }
 
@@ -388,7 +423,7 @@ fn predict_inner(
     // after parsing anyway, and a flood should not cost a parse per refused request.
     if body.len() > EARLY_THROTTLE_BYTES
         && state.inference.is_some()
-        && state.inflight.load(std::sync::atomic::Ordering::SeqCst) >= state.max_inflight_texts
+        && state.inflight.load(Ordering::SeqCst) >= state.limits.max_inflight_texts()
     {
         return Work::Done(throttled(state, None));
     }
@@ -420,7 +455,7 @@ fn predict_inner(
     };
     match (request.text, request.texts) {
         (Some(text), None) => {
-            if let Err(message) = check_text(&text, state.max_text_chars, "text") {
+            if let Err(message) = check_text(&text, state.limits.max_text_chars(), "text") {
                 return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
             }
             let scored = state.containment.run(|| {
@@ -459,19 +494,19 @@ fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]
     if texts.is_empty() {
         return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"texts\" is empty").into();
     }
-    if texts.len() > state.max_batch_texts {
+    if texts.len() > state.limits.max_batch_texts() {
         return json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "too many texts: {} (at most {})",
                 texts.len(),
-                state.max_batch_texts
+                state.limits.max_batch_texts()
             ),
         )
         .into();
     }
     for (i, t) in texts.iter().enumerate() {
-        if let Err(message) = check_text(t, state.max_text_chars, &format!("texts[{i}]")) {
+        if let Err(message) = check_text(t, state.limits.max_text_chars(), &format!("texts[{i}]")) {
             return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
         }
     }
@@ -518,7 +553,7 @@ fn batch_answer(state: &HttpState, predictions: &[Prediction], version: &str) ->
 
 /// 429 with `Retry-After`; `texts`: the batch's size, when it was parsed.
 fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse {
-    let busy = state.inflight.load(std::sync::atomic::Ordering::SeqCst);
+    let busy = state.inflight.load(Ordering::SeqCst);
     let this = texts.map_or(String::new(), |n| format!(" and this batch has {n}"));
     HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
         .insert_header(ContentType::json())
@@ -527,7 +562,7 @@ fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse {
             serde_json::json!({
                 "error": format!(
                     "busy: {busy} texts are being scored{this} (limit: server.max_inflight_texts = {}); retry after {RETRY_AFTER_SECS} s",
-                    state.max_inflight_texts
+                    state.limits.max_inflight_texts()
                 )
             })
             .to_string(),
@@ -536,14 +571,13 @@ fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse {
 
 /// Scores a batch in the inference pool, within `max_inflight_texts`.
 async fn score_in_pool(state: &HttpState, texts: Vec<String>) -> HttpResponse {
-    use std::sync::atomic::Ordering;
     let Some(pool) = state.inference.as_ref() else {
         return scoring_failed();
     };
     let n = texts.len();
     let before = state.inflight.fetch_add(n, Ordering::SeqCst);
     let _inflight = Inflight { state, texts: n };
-    if before + n > state.max_inflight_texts {
+    if before + n > state.limits.max_inflight_texts() {
         return throttled(state, Some(n));
     }
     let texts = Arc::new(texts);
@@ -670,13 +704,13 @@ async fn feedback(
     if items.is_empty() {
         return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"items\" is empty");
     }
-    if items.len() > state.max_batch_texts {
+    if items.len() > state.limits.max_batch_texts() {
         return json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "too many items: {} (at most {})",
                 items.len(),
-                state.max_batch_texts
+                state.limits.max_batch_texts()
             ),
         );
     }
@@ -684,7 +718,11 @@ async fn feedback(
     let mut rows = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let what = format!("items[{i}]");
-        if let Err(m) = check_text(&item.text, state.max_text_chars, &format!("{what}.text")) {
+        if let Err(m) = check_text(
+            &item.text,
+            state.limits.max_text_chars(),
+            &format!("{what}.text"),
+        ) {
             return json_error(StatusCode::UNPROCESSABLE_ENTITY, m);
         }
         let label = match &item.label {

@@ -220,3 +220,9 @@ pub enum TrackError {
     #[error(transparent)]
     Panicked(#[from] Panicked),
 }
+
+/// serve -> FolderWatcher, BatchProcessor, DriftMonitor, Trainer: the config after a reload
+/// (SIGHUP), with only the keys a running daemon may change taken from the file.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub Arc<sentimentd_config::Config>);

@@ -527,6 +527,15 @@ impl Actor for Trainer {
     type Context = Context<Self>;
 }
 
+impl Handler<crate::messages::Reconfigure> for Trainer {
+    type Result = ();
+
+    /// A retrain already running keeps the settings it started with.
+    fn handle(&mut self, msg: crate::messages::Reconfigure, _ctx: &mut Context<Self>) {
+        self.cfg = msg.0;
+    }
+}
+
 impl Handler<DriftDetected> for Trainer {
     type Result = ();
 

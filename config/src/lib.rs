@@ -5,6 +5,7 @@
 
 mod error;
 mod locate;
+pub mod reload;
 mod schema;
 mod validate;
 
