@@ -72,7 +72,7 @@ state_dir = "$WORK/state"
 [data]
 train = ["$ROOT/data/datasets/tweeteval/train.csv"]
 val = "$VAL"
-lexicon = "$ROOT/data/lexicons/vader/vader_lexicon.txt"
+
 
 [train]
 on_start = "never"

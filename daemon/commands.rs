@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use sentimentd_config::Config;
 use sentimentd_model::pipeline::{self, TrainJob};
-use sentimentd_model::{Classifier, LexiconClassifier, Metrics, ModelStore, Prediction};
+use sentimentd_model::{Classifier, EvalMetrics, LexiconClassifier, ModelStore, Prediction};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -162,7 +162,9 @@ fn load_model(cfg: &Config, version: Option<&str>) -> anyhow::Result<Arc<dyn Cla
                      (run `sentimentd train`)",
                     store.root().display()
                 );
-                Ok(Arc::new(LexiconClassifier::embedded()))
+                Ok(Arc::new(LexiconClassifier::fallback(
+                    cfg.data.lexicon.as_deref(),
+                )?))
             }
         },
     }
@@ -203,7 +205,7 @@ pub fn eval(cfg: &Config, a: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_eval_outputs(dir: &Path, m: &Metrics, version: &str) -> anyhow::Result<()> {
+fn write_eval_outputs(dir: &Path, m: &EvalMetrics, version: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let json = dir.join("metrics.json");
     std::fs::write(&json, serde_json::to_vec_pretty(m)?)
@@ -385,7 +387,7 @@ pub fn config(cmd: &ConfigCommand, global: Option<&Path>) -> anyhow::Result<()> 
         None => eprintln!("no file given: built-in defaults"),
     }
     print!("{}", cfg.to_toml_string());
-    if cfg.model.kind != sentimentd_config::ModelKind::Fast {
+    if cfg.model.kind != sentimentd_config::TrainableKind::Fast {
         bail!("model.kind = transformer is not available in this build");
     }
     Ok(())

@@ -156,6 +156,11 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         );
     }
     let faults = Faults::new(cfg.server.test_faults);
+    // A configured fallback lexicon that cannot be read stops the start, naming the file.
+    if let Some(path) = &cfg.data.lexicon {
+        sentimentd_model::LexiconClassifier::load(path)
+            .with_context(|| format!("[data] lexicon {}", path.display()))?;
+    }
     let cell = new_model_cell();
     let lifecycle = Arc::new(Lifecycle::default());
 

@@ -79,11 +79,15 @@ fn arbitrary_files_are_accounted_row_by_row_and_never_crash_the_daemon() {
         d.drop_file(&name, &bytes);
         files.push((name, bytes));
     }
-    d.wait_for("every file to be finished", Duration::from_secs(120), || {
-        names(&d.inbox()).is_empty()
-            && names(&d.root().join("processing")).is_empty()
-            && names(&d.root().join("journal")).is_empty()
-    });
+    d.wait_for(
+        "every file to be finished",
+        Duration::from_secs(120),
+        || {
+            names(&d.inbox()).is_empty()
+                && names(&d.root().join("processing")).is_empty()
+                && names(&d.root().join("journal")).is_empty()
+        },
+    );
     let opts = sentimentd_data::ReadOptions {
         max_text_chars: 1000,
         require_label: false,
@@ -107,11 +111,7 @@ fn arbitrary_files_are_accounted_row_by_row_and_never_crash_the_daemon() {
                 let scored = out.len() - 1;
                 let rejected = errors.len() - 1;
                 assert_eq!(scored, batch.rows.len(), "scored rows: {context}");
-                assert_eq!(
-                    rejected,
-                    batch.rejected.len(),
-                    "rejected rows: {context}"
-                );
+                assert_eq!(rejected, batch.rejected.len(), "rejected rows: {context}");
                 let lines: Vec<String> = errors[1..].iter().map(|r| r[0].clone()).collect();
                 let expected: Vec<String> =
                     batch.rejected.iter().map(|r| r.line.to_string()).collect();

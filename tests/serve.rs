@@ -911,3 +911,42 @@ fn batches_beyond_the_in_flight_limit_get_429_with_retry_after_and_never_a_5xx()
         200
     );
 }
+
+#[test]
+fn a_configured_lexicon_drives_the_fallback_and_a_missing_one_stops_the_start() {
+    let bundled = Daemon::start();
+    let word = r#"{"text": "zorblax"}"#;
+    assert_eq!(bundled.predict(word).json()["label"], "neutral");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let lexicon = dir.path().join("brand.txt");
+    std::fs::write(
+        &lexicon,
+        "zorblax\t3.5\t0.5\t[4, 3, 4, 3, 4, 3, 4, 3, 4, 3]\n",
+    )
+    .expect("lexicon");
+    let custom = Daemon::start_with(
+        "",
+        "",
+        "",
+        &format!("[data]\nlexicon = \"{}\"", lexicon.display()),
+    );
+    let v = custom.predict(word).json();
+    assert_eq!(v["label"], "positive", "{v}");
+    assert_eq!(custom.get("/model").json()["kind"], "lexicon");
+
+    let missing = dir.path().join("missing.txt");
+    let mut d = Daemon::configure(
+        "",
+        "",
+        "",
+        &format!("[data]\nlexicon = \"{}\"", missing.display()),
+    );
+    d.spawn_no_wait(&[]);
+    assert!(!d.wait_exit(Duration::from_secs(30)).success());
+    let logs = d.logs();
+    assert!(
+        logs.contains("[data] lexicon") && logs.contains("missing.txt"),
+        "{logs}"
+    );
+}

@@ -112,6 +112,15 @@ impl ModelRegistry {
         }
     }
 
+    /// The lexicon fallback of `[data] lexicon`. The daemon checked the file at start-up; if
+    /// it has become unreadable since, the bundled lexicon answers and the log says why.
+    fn fallback(&self) -> LexiconClassifier {
+        LexiconClassifier::fallback(self.cfg.data.lexicon.as_deref()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load [data] lexicon; the bundled lexicon answers");
+            LexiconClassifier::embedded()
+        })
+    }
+
     fn publish(&self, classifier: Arc<dyn Classifier>, manifest: Option<&Manifest>) {
         self.publish_with(classifier, manifest, Vec::new());
     }
@@ -246,7 +255,7 @@ impl ModelRegistry {
                     store = %self.cfg.paths.model_store.display(),
                     "no trained model in the store; serving the lexicon fallback"
                 );
-                self.publish(Arc::new(LexiconClassifier::embedded()), None);
+                self.publish(Arc::new(self.fallback()), None);
                 true
             }
             Err(e) => {
@@ -257,7 +266,7 @@ impl ModelRegistry {
                     error = %e,
                     "cannot load the current model; serving the lexicon fallback"
                 );
-                self.publish(Arc::new(LexiconClassifier::embedded()), None);
+                self.publish(Arc::new(self.fallback()), None);
                 false
             }
         }

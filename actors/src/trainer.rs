@@ -15,7 +15,7 @@ use sentimentd_data::{Dataset, load_dataset};
 use sentimentd_model::pipeline::{self, TrainJob};
 use sentimentd_model::promotion::Decision;
 use sentimentd_model::train::{EpochReport, TrainObserver};
-use sentimentd_model::{Classifier, Metrics as EvalMetrics, ModelStore};
+use sentimentd_model::{Classifier, EvalMetrics, ModelStore};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;

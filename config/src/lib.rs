@@ -12,8 +12,8 @@ mod validate;
 pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
     AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig, IngestConfig,
-    LogFormat, LoggingConfig, LrDecay, ModelConfig, ModelKind, PathsConfig, RetrainConfig,
-    ServerConfig, TrackingConfig, TrainConfig, TrainOnStart,
+    LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig, RetrainConfig, ServerConfig,
+    TrackingConfig, TrainConfig, TrainOnStart, TrainableKind,
 };
 
 use serde::Deserialize;
@@ -103,7 +103,9 @@ impl Config {
         fix(&mut self.paths.state_dir);
         self.data.train.iter_mut().for_each(fix);
         fix(&mut self.data.val);
-        fix(&mut self.data.lexicon);
+        if let Some(p) = self.data.lexicon.as_mut() {
+            fix(p);
+        }
         self.drift.reference.iter_mut().for_each(fix);
         if let Some(p) = self.admin.token_file.as_mut() {
             fix(p);

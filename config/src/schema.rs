@@ -50,8 +50,10 @@ pub struct DataConfig {
     /// Labelled CSV: the reporting split (metrics in the manifest) and the promotion gate's
     /// base set; never used to select anything.
     pub val: PathBuf,
-    /// VADER-format lexicon for the fallback scorer and the lexicon features.
-    pub lexicon: PathBuf,
+    /// VADER-format lexicon of the lexicon fallback (served while no trained model exists);
+    /// unset, the bundled VADER lexicon. Trained models keep the bundled lexicon's features,
+    /// which are part of the model.
+    pub lexicon: Option<PathBuf>,
     /// Texts longer than this many characters are rejected (CSV row) or answered with 422 (HTTP).
     pub max_text_chars: usize,
 }
@@ -61,16 +63,17 @@ impl Default for DataConfig {
         DataConfig {
             train: vec![PathBuf::from("data/datasets/tweeteval/train.csv")],
             val: PathBuf::from("data/datasets/tweeteval/val.csv"),
-            lexicon: PathBuf::from("data/lexicons/vader/vader_lexicon.txt"),
+            lexicon: None,
             max_text_chars: 1000,
         }
     }
 }
 
-/// Which model family to train and serve.
+/// Which model family `[model] kind` trains. The model crate's `ModelKind` is what can serve,
+/// which also includes the lexicon fallback that is never trained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ModelKind {
+pub enum TrainableKind {
     /// fastText-style classifier trained in burn.
     Fast,
     /// Pretrained encoder; accepted by the schema, rejected by validation until it exists.
@@ -81,7 +84,7 @@ pub enum ModelKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    pub kind: ModelKind,
+    pub kind: TrainableKind,
     pub embedding_dim: usize,
     /// 0 means no hidden layer: mean-pooled embedding straight into the output layer.
     pub hidden_dim: usize,
@@ -103,7 +106,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            kind: ModelKind::Fast,
+            kind: TrainableKind::Fast,
             embedding_dim: 64,
             hidden_dim: 0,
             vocab_size: 15000,

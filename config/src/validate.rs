@@ -1,7 +1,7 @@
 //! Range and consistency rules that serde's types cannot express.
 
 use crate::error::{Location, ValidationIssue};
-use crate::schema::{Config, ModelKind};
+use crate::schema::{Config, TrainableKind};
 use std::fmt::Display;
 use std::path::{Component, Path, PathBuf};
 
@@ -57,11 +57,13 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         k.path(&format!("data.train[{i}]"), p);
     }
     k.path("data.val", &c.data.val);
-    k.path("data.lexicon", &c.data.lexicon);
+    if let Some(p) = &c.data.lexicon {
+        k.path("data.lexicon", p);
+    }
     k.range("data.max_text_chars", c.data.max_text_chars, 1, 1_000_000);
 
     let m = &c.model;
-    if m.kind == ModelKind::Transformer {
+    if m.kind == TrainableKind::Transformer {
         k.fail(
             "model.kind",
             "= \"transformer\" is not available in this build (use \"fast\")".to_string(),

@@ -40,6 +40,15 @@ pub enum ModelKind {
     Lexicon,
 }
 
+impl From<sentimentd_config::TrainableKind> for ModelKind {
+    fn from(k: sentimentd_config::TrainableKind) -> ModelKind {
+        match k {
+            sentimentd_config::TrainableKind::Fast => ModelKind::Fast,
+            sentimentd_config::TrainableKind::Transformer => ModelKind::Transformer,
+        }
+    }
+}
+
 impl ModelKind {
     pub fn as_str(self) -> &'static str {
         match self {

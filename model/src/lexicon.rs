@@ -322,6 +322,14 @@ impl LexiconClassifier {
         })
     }
 
+    /// The fallback scorer: the lexicon at `path` (`[data] lexicon`), or the bundled one.
+    pub fn fallback(path: Option<&Path>) -> Result<Self, LexiconError> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Ok(Self::embedded()),
+        }
+    }
+
     /// Loads a VADER-format lexicon file: `token <TAB> mean valence [<TAB> ...]` per line.
     pub fn load(path: &Path) -> Result<Self, LexiconError> {
         let text = std::fs::read_to_string(path).map_err(|source| LexiconError::Io {

@@ -18,5 +18,5 @@ pub use classifier::{Analysis, Classifier, ModelKind, Prediction};
 pub use error::ModelError;
 pub use fast::FastModel;
 pub use lexicon::{LexiconClassifier, LexiconError};
-pub use metrics::Metrics;
+pub use metrics::EvalMetrics;
 pub use store::{Manifest, ModelStore};

@@ -15,7 +15,7 @@ pub struct ClassMetrics {
 
 /// The evaluation report; its JSON form is what `sentimentd eval --json` prints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
+pub struct EvalMetrics {
     pub accuracy: f64,
     /// Mean of per-class recall: the TweetEval sentiment metric.
     pub macro_recall: f64,
@@ -35,8 +35,8 @@ fn ratio(num: u64, den: u64) -> f64 {
     }
 }
 
-impl Metrics {
-    pub fn from_confusion(cm: [[u64; 3]; 3]) -> Metrics {
+impl EvalMetrics {
+    pub fn from_confusion(cm: [[u64; 3]; 3]) -> EvalMetrics {
         let count: u64 = cm.iter().flatten().sum();
         let correct: u64 = (0..3).map(|i| cm[i][i]).sum();
         let mut per_class = std::collections::BTreeMap::new();
@@ -65,7 +65,7 @@ impl Metrics {
                 },
             );
         }
-        Metrics {
+        EvalMetrics {
             accuracy: ratio(correct, count),
             macro_recall: sum_r / 3.0,
             macro_f1: sum_f1 / 3.0,
@@ -75,12 +75,12 @@ impl Metrics {
         }
     }
 
-    pub fn compute(truth: &[Label], predicted: &[Label]) -> Metrics {
+    pub fn compute(truth: &[Label], predicted: &[Label]) -> EvalMetrics {
         let mut cm = [[0u64; 3]; 3];
         for (t, p) in truth.iter().zip(predicted) {
             cm[t.index()][p.index()] += 1;
         }
-        Metrics::from_confusion(cm)
+        EvalMetrics::from_confusion(cm)
     }
 
     /// Human-readable report: headline metrics, per-class table, confusion matrix.
@@ -140,7 +140,7 @@ mod tests {
         // negative       8   2   0
         // neutral        1   6   3
         // positive       0   4  16
-        let m = Metrics::from_confusion([[8, 2, 0], [1, 6, 3], [0, 4, 16]]);
+        let m = EvalMetrics::from_confusion([[8, 2, 0], [1, 6, 3], [0, 4, 16]]);
         assert_eq!(m.count, 40);
         assert!((m.accuracy - 30.0 / 40.0).abs() < 1e-12);
         // recalls: 8/10, 6/10, 16/20 -> mean 0.7333..
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn compute_counts_pairs_and_handles_empty_classes() {
         use Label::*;
-        let m = Metrics::compute(
+        let m = EvalMetrics::compute(
             &[Negative, Negative, Positive],
             &[Negative, Positive, Positive],
         );

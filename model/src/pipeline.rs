@@ -13,9 +13,9 @@ use crate::classifier::Classifier;
 use crate::error::ModelError;
 use crate::fast::FastModel;
 use crate::features::FeatureConfig;
-use crate::metrics::Metrics;
+use crate::metrics::EvalMetrics;
 use crate::store::{Manifest, ModelStore, NewVersion, SplitInfo};
-use crate::train::{self, Backend, LrDecay, TrainObserver, TrainParams};
+use crate::train::{self, TrainObserver, TrainParams};
 
 impl TrainParams {
     pub fn from_config(cfg: &Config) -> TrainParams {
@@ -39,20 +39,13 @@ impl TrainParams {
             epochs: t.epochs,
             batch_size: t.batch_size,
             learning_rate: t.learning_rate,
-            lr_decay: match t.lr_decay {
-                c::LrDecay::None => LrDecay::None,
-                c::LrDecay::Linear => LrDecay::Linear,
-                c::LrDecay::Cosine => LrDecay::Cosine,
-            },
+            lr_decay: t.lr_decay,
             weight_decay: t.weight_decay,
             dropout: t.dropout,
             patience: t.patience,
             seed: t.seed,
             balanced_class_weights: matches!(t.class_weights, c::ClassWeights::Balanced),
-            backend: match t.backend {
-                c::Backend::Flex => Backend::Flex,
-                c::Backend::Ndarray => Backend::Ndarray,
-            },
+            backend: t.backend,
             threads: t.threads,
         }
     }
@@ -293,12 +286,12 @@ pub fn train_and_store(
 }
 
 /// Scores every text of a labelled dataset and compares with its labels.
-pub fn evaluate(model: &dyn Classifier, data: &Dataset) -> Metrics {
+pub fn evaluate(model: &dyn Classifier, data: &Dataset) -> EvalMetrics {
     let texts: Vec<&str> = data.texts.iter().map(|s| s.as_str()).collect();
     let predicted: Vec<_> = model
         .predict_batch(&texts)
         .into_iter()
         .map(|p| p.label)
         .collect();
-    Metrics::compute(&data.labels, &predicted)
+    EvalMetrics::compute(&data.labels, &predicted)
 }

@@ -8,7 +8,7 @@ use std::sync::Once;
 use sentimentd_data::Label;
 
 use crate::error::ModelError;
-use crate::metrics::Metrics;
+use crate::metrics::EvalMetrics;
 
 /// Bundled so the picture has text on a server without fonts.
 static FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
@@ -24,7 +24,7 @@ fn register_font() {
 
 /// Draws rows (true class) by columns (predicted class), each cell shaded by its share of the
 /// row and labelled with count and row percentage.
-pub fn confusion_png(path: &Path, m: &Metrics, title: &str) -> Result<(), ModelError> {
+pub fn confusion_png(path: &Path, m: &EvalMetrics, title: &str) -> Result<(), ModelError> {
     register_font();
     let err = |e: &dyn std::fmt::Display| ModelError::Plot(format!("{}: {e}", path.display()));
     let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
@@ -108,7 +108,7 @@ mod tests {
     fn writes_a_png() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cm.png");
-        let m = Metrics::from_confusion([[8, 2, 0], [1, 6, 3], [0, 4, 16]]);
+        let m = EvalMetrics::from_confusion([[8, 2, 0], [1, 6, 3], [0, 4, 16]]);
         confusion_png(&path, &m, "test").unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");

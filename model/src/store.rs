@@ -23,7 +23,7 @@ use crate::classifier::{Classifier, ModelKind};
 use crate::error::ModelError;
 use crate::fast::{FastModel, Weights};
 use crate::features::Featurizer;
-use crate::metrics::Metrics;
+use crate::metrics::EvalMetrics;
 use crate::text::TextPipeline;
 use crate::train::{EpochReport, TrainParams};
 
@@ -46,7 +46,7 @@ pub struct Manifest {
     pub params: TrainParams,
     /// Metrics per split: `validation` is the reporting split, which selected nothing;
     /// `selection` picked the epoch and the temperature, so it reads optimistic.
-    pub metrics: BTreeMap<String, Metrics>,
+    pub metrics: BTreeMap<String, EvalMetrics>,
     pub history: Vec<EpochReport>,
     pub best_epoch: usize,
     pub train_seconds: f64,
@@ -84,7 +84,7 @@ pub struct NewVersion<'a> {
     pub params: &'a TrainParams,
     pub data_fingerprint: String,
     pub training_rows: usize,
-    pub metrics: BTreeMap<String, Metrics>,
+    pub metrics: BTreeMap<String, EvalMetrics>,
     pub history: Vec<EpochReport>,
     pub best_epoch: usize,
     pub train_seconds: f64,

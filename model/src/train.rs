@@ -17,24 +17,12 @@ use sentimentd_data::Label;
 use crate::error::ModelError;
 use crate::fast::{CLASSES, Weights};
 use crate::features::{FeatureConfig, Featurizer, LEXICON_FEATURES, Scratch};
-use crate::metrics::Metrics;
+use crate::metrics::EvalMetrics;
 use crate::text::TextPipeline;
 
-/// Which burn CPU backend trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Flex,
-    Ndarray,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LrDecay {
-    None,
-    Linear,
-    Cosine,
-}
+/// Which burn CPU backend trains, and the learning-rate schedule: the config's types, so
+/// `[train]` and a manifest's parameters are one definition.
+pub use sentimentd_config::{Backend, LrDecay};
 
 /// Everything that decides a training run; recorded in the manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -546,7 +534,7 @@ pub struct TrainOutcome {
     pub best_epoch: usize,
     /// The best epoch on the selection split. Selected on it, so optimistic: report a split
     /// that selected nothing instead (see `pipeline::train_and_store`).
-    pub selection_metrics: Metrics,
+    pub selection_metrics: EvalMetrics,
     pub seconds: f64,
 }
 
@@ -624,7 +612,7 @@ pub fn train(
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut order: Vec<usize> = (0..train_x.len()).collect();
     let mut history = Vec::new();
-    let mut best: Option<(Metrics, usize, Weights)> = None;
+    let mut best: Option<(EvalMetrics, usize, Weights)> = None;
     let mut step_global = 0usize;
     for epoch in 1..=params.epochs {
         let epoch_start = Instant::now();
@@ -669,7 +657,7 @@ pub fn train(
         }
         let weights = model.weights(&table, dense)?;
         let sel_pred = argmax_labels(&predict_examples(&weights, &sel_x));
-        let m = Metrics::compute(sel_labels, &sel_pred);
+        let m = EvalMetrics::compute(sel_labels, &sel_pred);
         let improved = best
             .as_ref()
             .is_none_or(|(b, _, _)| m.macro_recall > b.macro_recall);

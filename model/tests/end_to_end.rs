@@ -87,10 +87,10 @@ fn plain_metrics(
     o: &train::TrainOutcome,
     texts: &[String],
     labels: &[Label],
-) -> sentimentd_model::Metrics {
+) -> sentimentd_model::EvalMetrics {
     let examples = train::featurize_all(&o.featurizer, texts, 0);
     let preds = train::argmax_labels(&train::predict_examples(&o.weights, &examples));
-    sentimentd_model::Metrics::compute(labels, &preds)
+    sentimentd_model::EvalMetrics::compute(labels, &preds)
 }
 
 fn store_outcome(
@@ -186,7 +186,7 @@ fn trains_saves_reloads_and_predicts_identically() {
         .iter()
         .map(|t| loaded.predict(t).label)
         .collect();
-    let m = sentimentd_model::Metrics::compute(&s.val_labels, &preds);
+    let m = sentimentd_model::EvalMetrics::compute(&s.val_labels, &preds);
     let manifest = store.manifest(&version).unwrap();
     assert_eq!(
         m.confusion_matrix,
