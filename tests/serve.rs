@@ -487,52 +487,78 @@ fn big_batch(rows: usize, slow_every: usize) -> (Vec<u8>, BTreeSet<String>) {
 }
 
 fn assert_exactly_once(d: &Daemon, name: &str, ids: &BTreeSet<String>) {
-    let out = read_csv(&d.root().join("outbox").join(name));
-    let errors_path = d.root().join("rejected").join(format!("{name}.errors.csv"));
-    let errors = if errors_path.exists() {
-        read_csv(&errors_path)
-    } else {
-        Vec::new()
-    };
-    assert_accounted(&out, &errors, 0, ids);
+    assert_all_exactly_once(d, &[(name, ids)]);
+}
+
+/// Every file's rows are scored or rejected exactly once, its labelled rows stored once, and
+/// nothing is left in the inbox, the processing folder or the journal.
+fn assert_all_exactly_once(d: &Daemon, files: &[(&str, &BTreeSet<String>)]) {
+    let mut expected: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    expected.sort();
+    for (name, ids) in files {
+        let out = read_csv(&d.root().join("outbox").join(name));
+        let errors_path = d.root().join("rejected").join(format!("{name}.errors.csv"));
+        let errors = if errors_path.exists() {
+            read_csv(&errors_path)
+        } else {
+            Vec::new()
+        };
+        assert_accounted(&out, &errors, 0, ids);
+    }
     assert_eq!(
         names(&d.root().join("outbox")),
-        [name],
+        expected,
         "no stray or duplicate outputs"
     );
-    assert_eq!(names(&d.root().join("archive")), [name]);
+    assert_eq!(names(&d.root().join("archive")), expected);
     assert!(names(&d.inbox()).is_empty());
     assert!(names(&d.root().join("journal")).is_empty());
     assert!(names(&d.root().join("processing")).is_empty());
     let stored = names(&d.root().join("labelled"));
     assert_eq!(
         stored.len(),
-        1,
-        "one labelled file for the batch: {stored:?}"
+        files.len(),
+        "one labelled file per batch: {stored:?}"
     );
-    let labelled = read_csv(&d.root().join("labelled").join(&stored[0]));
-    let mut lines = BTreeSet::new();
-    for row in &labelled[1..] {
-        assert!(
-            lines.insert(row[4].clone()),
-            "labelled line {} stored twice",
-            row[4]
+    for (name, ids) in files {
+        let Some(file) = stored
+            .iter()
+            .find(|f| f.contains(&format!("-batch-{name}")))
+        else {
+            panic!("no labelled file for {name}: {stored:?}");
+        };
+        let labelled = read_csv(&d.root().join("labelled").join(file));
+        let mut lines = BTreeSet::new();
+        for row in &labelled[1..] {
+            assert!(
+                lines.insert(row[4].clone()),
+                "{name}: labelled line {} stored twice",
+                row[4]
+            );
+        }
+        assert_eq!(
+            lines.len(),
+            ids.len(),
+            "{name}: every labelled row stored once"
+        );
+        assert_eq!(
+            labelled.iter().filter(|r| r[0] == "text").count(),
+            1,
+            "one header"
         );
     }
-    assert_eq!(lines.len(), ids.len(), "every labelled row stored once");
-    assert_eq!(
-        labelled.iter().filter(|r| r[0] == "text").count(),
-        1,
-        "one header"
-    );
 }
 
 #[test]
 fn kill_9_mid_batch_then_restart_loses_and_duplicates_nothing() {
     let mut d = Daemon::start_with("test_faults = true", "chunk_rows = 50", "", "");
-    // 2,000 rows with a slow row in every chunk of 50: about 8 s of scoring.
+    // 2,000 rows with a slow row in every chunk of 50: about 8 s of scoring; two more files
+    // wait behind it, so several are in flight when the process dies.
     let (content, ids) = big_batch(2000, 50);
+    let (small, small_ids) = big_batch(300, 0);
     d.drop_file("big.csv", &content);
+    d.drop_file("more.csv", &content);
+    d.drop_file("small.csv", &small);
     let journal = d.root().join("journal/big.csv.json");
     d.wait_for("the batch to start", Duration::from_secs(30), || {
         journal.exists()
@@ -545,9 +571,19 @@ fn kill_9_mid_batch_then_restart_loses_and_duplicates_nothing() {
     );
     assert!(!d.inbox().join("big.csv").exists());
     assert!(!d.root().join("outbox/big.csv").exists());
+    assert!(d.inbox().join("more.csv").exists() && d.inbox().join("small.csv").exists());
     d.spawn(&[]);
-    d.wait_processed("big.csv", Duration::from_secs(120));
-    assert_exactly_once(&d, "big.csv", &ids);
+    for name in ["big.csv", "more.csv", "small.csv"] {
+        d.wait_processed(name, Duration::from_secs(120));
+    }
+    assert_all_exactly_once(
+        &d,
+        &[
+            ("big.csv", &ids),
+            ("more.csv", &ids),
+            ("small.csv", &small_ids),
+        ],
+    );
 }
 
 #[test]
@@ -559,6 +595,7 @@ fn crash_at_every_step_then_restart_processes_exactly_once() {
     for step in [
         "after_journal",
         "after_claim",
+        "after_chunk",
         "after_output",
         "after_rejections",
         "after_labelled",

@@ -304,6 +304,7 @@ impl BatchProcessor {
             in_flight: cfg.server.inference_threads + 1,
             max_text_chars: cfg.data.max_text_chars,
             neutralize_formulas: g.neutralize_formulas,
+            faults: &self.faults,
         };
         let dest = Destinations {
             output: g.outbox.join(&entry.output),

@@ -24,6 +24,7 @@ use crate::batch_processor::Lifecycle;
 use crate::inference::Inference;
 use crate::journal::{AtomicFile, JournalEntry};
 use crate::messages::{InferenceError, ScoreChunk, ScoredChunk};
+use crate::supervisor::Faults;
 
 /// The file as a whole cannot be processed; it goes to `rejected/` with this reason.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +170,7 @@ pub struct Stream<'a> {
     pub in_flight: usize,
     pub max_text_chars: usize,
     pub neutralize_formulas: bool,
+    pub faults: &'a Faults,
 }
 
 impl Stream<'_> {
@@ -259,6 +261,7 @@ impl Stream<'_> {
                     &mut out,
                     &mut summary,
                 )?;
+                self.faults.crash_point("after_chunk");
             }
             if last_progress.elapsed() >= Duration::from_secs(10) {
                 last_progress = Instant::now();
