@@ -15,6 +15,7 @@ fn unit_declares_notify_hardening_and_state_paths() {
         "NoNewPrivileges=yes",
         "WatchdogSec=",
         "ExecStart=/usr/local/bin/sentimentd serve --config /etc/sentimentd/sentimentd.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(
             UNIT.lines().any(|l| l.starts_with(line)),
