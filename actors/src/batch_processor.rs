@@ -251,15 +251,15 @@ impl BatchProcessor {
         let cfg = self.cfg.clone();
         let g = &cfg.ingest;
         let claimed = g.processing.join(key);
-        let mut entry = match self.journal()?.get(key).map_err(io_at(&g.journal))? {
-            Some(e) => e,
-            None => {
-                let mut e = output_names::new_entry(g, self.journal()?, key);
-                // The claimed file's name is the entry's key; keep it.
-                e.archived = key.to_string();
-                self.journal()?.put(&e).map_err(io_at(&g.journal))?;
-                e
+        let Some(mut entry) = self.journal()?.get(key).map_err(io_at(&g.journal))? else {
+            // Not claimed by the daemon (no entry): back to the inbox, where it is claimed
+            // like any new file, with names of its own.
+            let back = g.inbox.join(key);
+            if claimed.exists() && !back.exists() {
+                std::fs::rename(&claimed, &back).map_err(io_at(&back))?;
+                tracing::warn!(file = %key, "a file in the processing folder had no journal entry; moved back to the inbox");
             }
+            return Ok(());
         };
         let (file, identity) = match claim::open(&claimed) {
             Ok(opened) => opened,

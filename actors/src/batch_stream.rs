@@ -127,9 +127,19 @@ impl Outputs {
             },
         }
         step("after_rejections");
-        if let (Some(w), Some(path)) = (self.labelled, &d.labelled) {
-            let file = w.finish().map_err(data_at(path))?;
-            file.commit().map_err(io_at(path))?;
+        match (self.labelled, &d.labelled) {
+            (Some(w), Some(path)) => {
+                let file = w.finish().map_err(data_at(path))?;
+                file.commit().map_err(io_at(path))?;
+            }
+            // No labelled row this run: a file an earlier, interrupted run of the same batch
+            // stored must not stay behind.
+            (None, Some(path)) => match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(path)(e)),
+            },
+            _ => {}
         }
         step("after_labelled");
         Ok(())
