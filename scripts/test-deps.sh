@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs from Python: a virtualenv with MLflow, whose server and
-# Python client tests/mlflow.rs runs against. Idempotent: a stamp file inside the venv records
+# Installs what the test suite needs: Debian's prometheus package (tests/monitoring.rs), and
+# a virtualenv with MLflow, whose server and Python client tests/mlflow.rs runs against. Idempotent: a stamp file inside the venv records
 # what was installed, so a second run costs a few milliseconds and touches no network.
 #
 #   SENTIMENTD_VENV   where the venv lives (default: ~/.cache/sentimentd-venv)
@@ -19,6 +19,18 @@ STAMP="$VENV/.sentimentd-test-deps"
 WANT="mlflow==$MLFLOW_VERSION"
 
 log() { echo "test-deps: $*" >&2; }
+
+# Debian's prometheus package: promtool and a real Prometheus for tests/monitoring.rs.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+        log "installing Debian's prometheus package (promtool, prometheus)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        log "promtool and prometheus are missing: install Debian's prometheus package (as root)"
+        exit 1
+    fi
+fi
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" && -x "$VENV/bin/mlflow" ]]; then
     log "$WANT already installed in $VENV"

@@ -203,9 +203,10 @@ fn output_fields_a_spreadsheet_would_run_are_neutralised_and_recoverable() {
         "'tis a fine day",
         "plain and happy",
     ];
-    let mut input = String::from("id,text\n");
+    // A column name can carry a formula too.
+    let mut input = String::from("id,text,@note\n");
     for (i, t) in texts.iter().enumerate() {
-        input.push_str(&format!("-{i},\"{}\"\n", t.replace('"', "\"\"")));
+        input.push_str(&format!("-{i},\"{}\",n\n", t.replace('"', "\"\"")));
     }
     for neutralize in [true, false] {
         let d = Daemon::start_with("", &format!("neutralize_formulas = {neutralize}"), "", "");
@@ -222,6 +223,7 @@ fn output_fields_a_spreadsheet_would_run_are_neutralised_and_recoverable() {
             }
             // Plain numbers are left alone: an id of -3 stays a number.
             assert_eq!(out[4][0], "-3");
+            assert_eq!(out[0][2], "'@note");
             assert_eq!(got[5], "'tis a fine day");
             let recovered: Vec<&str> = got
                 .iter()
@@ -230,6 +232,7 @@ fn output_fields_a_spreadsheet_would_run_are_neutralised_and_recoverable() {
             assert_eq!(recovered, texts, "the original text is recoverable");
         } else {
             assert_eq!(got, texts);
+            assert_eq!(out[0][2], "@note");
         }
     }
 }

@@ -217,9 +217,8 @@ impl Stream<'_> {
             .position(|h| h.trim().eq_ignore_ascii_case("source"));
 
         let scored_file = AtomicFile::create(&dest.output).map_err(io_at(&dest.output))?;
-        let scored = ScoredWriter::new(scored_file, &headers)
-            .map_err(data_at(&dest.output))?
-            .neutralize_formulas(self.neutralize_formulas);
+        let scored = ScoredWriter::with_neutralize(scored_file, &headers, self.neutralize_formulas)
+            .map_err(data_at(&dest.output))?;
         let mut out = Outputs {
             dest,
             scored,

@@ -292,13 +292,28 @@ async fn model(state: web::Data<HttpState>) -> HttpResponse {
     }
 }
 
-async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
-    match state.metrics.render() {
+/// OpenMetrics for clients that ask for it (Prometheus does), the classic text format 0.0.4
+/// otherwise.
+async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (rendered, content_type) = if openmetrics {
+        (
+            state.metrics.render(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            state.metrics.render_classic(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    match rendered {
         Ok(text) => HttpResponse::Ok()
-            .insert_header((
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ))
+            .insert_header((header::CONTENT_TYPE, content_type))
             .body(text),
         Err(_) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,

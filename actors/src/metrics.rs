@@ -140,6 +140,20 @@ struct BuildLabels {
     version: &'static str,
 }
 
+/// Every actor name `Containment` uses, so `sentiment_actor_restarts_total` has a zero series
+/// for each from the start.
+pub const ACTORS: [&str; 9] = [
+    "baseliner",
+    "batch_processor",
+    "drift_monitor",
+    "folder_watcher",
+    "http",
+    "inference",
+    "model_registry",
+    "tracker",
+    "trainer",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub latency: Histogram,
@@ -341,6 +355,16 @@ impl Metrics {
         ] {
             drop(attempts.get_or_create(&AttemptLabels { result }));
         }
+        // Families written only once they have a series: without these, a dashboard panel or
+        // an alert on them would see nothing until the first panic or drift check.
+        for actor in ACTORS {
+            drop(restarts.get_or_create(&ActorLabels { actor }));
+        }
+        for test in sentimentd_data::drift::TESTS {
+            drop(drift_test_score.get_or_create(&DriftTestLabels {
+                test: test.to_string(),
+            }));
+        }
         for outcome in [RowOutcome::scored, RowOutcome::rejected] {
             drop(rows.get_or_create(&RowLabels { outcome }));
         }
@@ -483,10 +507,17 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format.
+    /// The OpenMetrics text format (what Prometheus asks for).
     pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8192);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    /// The classic Prometheus text format 0.0.4, for clients that do not ask for OpenMetrics
+    /// (curl, `promtool check metrics`, older scrapers).
+    pub fn render_classic(&self) -> Result<String, std::fmt::Error> {
+        Ok(openmetrics_to_classic(&self.render()?))
     }
 
     pub fn requests_total(&self) -> u64 {
@@ -499,6 +530,42 @@ impl Metrics {
             .map(Counter::get)
             .sum()
     }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4: a counter family's `HELP` and
+/// `TYPE` name its samples (`x_total`, not `x`), and the OpenMetrics-only `UNIT` and `EOF`
+/// lines go.
+pub fn openmetrics_to_classic(text: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

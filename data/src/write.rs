@@ -102,22 +102,31 @@ pub struct ScoredWriter<W: Write> {
 impl<W: Write> ScoredWriter<W> {
     /// Writes the header at once.
     pub fn new(out: W, input_headers: &[String]) -> Result<Self, DataError> {
+        Self::with_neutralize(out, input_headers, false)
+    }
+
+    /// Like [`ScoredWriter::new`]; with `neutralize`, the input's column names and fields go
+    /// through [`neutralize_formula`].
+    pub fn with_neutralize(
+        out: W,
+        input_headers: &[String],
+        neutralize: bool,
+    ) -> Result<Self, DataError> {
         let mut writer = csv::WriterBuilder::new().flexible(false).from_writer(out);
-        writer
-            .write_record(scored_headers(input_headers))
-            .map_err(csv_error)?;
+        let headers = scored_headers(input_headers);
+        if neutralize {
+            writer
+                .write_record(headers.iter().map(|h| neutralize_formula(h).into_owned()))
+                .map_err(csv_error)?;
+        } else {
+            writer.write_record(&headers).map_err(csv_error)?;
+        }
         Ok(ScoredWriter {
             writer,
             width: input_headers.len(),
             number: String::with_capacity(16),
-            neutralize: false,
+            neutralize,
         })
-    }
-
-    /// Passes the input's fields through [`neutralize_formula`].
-    pub fn neutralize_formulas(mut self, on: bool) -> Self {
-        self.neutralize = on;
-        self
     }
 
     /// `fields` are the row's original fields (as in `Row::fields`). A row with a different
