@@ -549,15 +549,26 @@ impl<R: Read> BatchReader<R> {
     }
 
     /// Continue on the line after the first line of the record at `start`.
-    fn restart_after_first_line(&mut self, start: usize, line: u64) {
-        match memchr::memchr(b'\n', &self.buf[start..]) {
-            Some(n) => {
-                self.core.reset();
-                self.cursor = start + n + 1;
+    /// A first line longer than the window is skipped to its end, reading on as needed.
+    fn restart_after_first_line(&mut self, start: usize, line: u64) -> Result<(), DataError> {
+        self.core.reset();
+        let mut from = start;
+        loop {
+            if let Some(n) = memchr::memchr(b'\n', &self.buf[from..]) {
+                self.cursor = from + n + 1;
                 self.keep = self.cursor;
                 self.keep_line = line + 1;
+                return Ok(());
             }
-            None => self.finished = true,
+            if self.eof {
+                self.finished = true;
+                return Ok(());
+            }
+            // Drop what was searched: it belongs to the rejected line.
+            self.keep = self.buf.len();
+            self.cursor = self.buf.len();
+            self.refill()?;
+            from = self.cursor;
         }
     }
 
@@ -584,7 +595,7 @@ impl<R: Read> BatchReader<R> {
                     },
                     raw: lossy_raw(self.first_line(start)),
                 };
-                self.restart_after_first_line(start, line);
+                self.restart_after_first_line(start, line)?;
                 Ok(Some(Record::Rejected(rejected)))
             }
             Raw::Record {
@@ -605,7 +616,7 @@ impl<R: Read> BatchReader<R> {
                         },
                         raw: lossy_raw(self.first_line(start)),
                     };
-                    self.restart_after_first_line(start, line);
+                    self.restart_after_first_line(start, line)?;
                     return Ok(Some(Record::Rejected(rejected)));
                 }
                 let record = self.classify(line, start, end, nfields);

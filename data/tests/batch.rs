@@ -633,3 +633,32 @@ fn the_limit_stops_reading_at_the_claimed_size() {
         .collect();
     assert_eq!(texts, ["first", "second"]);
 }
+
+#[test]
+fn a_line_longer_than_the_limit_is_rejected_and_the_rows_after_it_are_read() {
+    // One 20 KiB line with an unclosed quote and no line break in reach of the limit.
+    let mut file = b"id,text\n1,\"".to_vec();
+    file.extend(std::iter::repeat_n(b'x', 20_000));
+    file.extend_from_slice(b"\n2,after the long line\n3,and another\n");
+    let stream = StreamOptions {
+        block_bytes: 512,
+        max_record_bytes: 4096,
+        ..StreamOptions::default()
+    };
+    let reader = BatchReader::with_stream(&file[..], "long.csv", opts(100, false), stream);
+    let Ok(reader) = reader else {
+        panic!("reader");
+    };
+    let records: Vec<Record> = reader
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    let summary: Vec<(u64, bool)> = records
+        .iter()
+        .map(|r| match r {
+            Record::Row(r) => (r.line, true),
+            Record::Rejected(r) => (r.line, false),
+        })
+        .collect();
+    assert_eq!(summary, [(2, false), (3, true), (4, true)]);
+}
