@@ -414,7 +414,7 @@ impl BatchProcessor {
     fn refuse(&mut self, path: &Path, input: &str, refusal: &Refusal) -> Result<(), BatchError> {
         let name = {
             let g = self.cfg.ingest.clone();
-            output_names::new_entry(&g, self.journal()?, input).archived
+            output_names::free_name(&g, self.journal()?, input)
         };
         let text = format!(
             "file: {input}\nrefused_at: {}\nreason: {refusal}\nThe entry was moved here unread.\n",

@@ -9,6 +9,23 @@ use crate::journal::{Journal, JournalEntry};
 /// A new journal entry for inbox file `input`, with names no other batch uses: not in the
 /// outbox, archive, rejected or processing folders, and not reserved by another entry.
 pub fn new_entry(g: &IngestConfig, journal: &Journal, input: &str) -> JournalEntry {
+    let name = free_name(g, journal, input);
+    let now = chrono::Utc::now();
+    JournalEntry {
+        input: input.to_string(),
+        output: name.clone(),
+        errors: format!("{name}.errors.csv"),
+        labelled: Some(labelled_name(&name)),
+        archived: name,
+        started_at: now.to_rfc3339(),
+        claimed: None,
+        attempts: Vec::new(),
+    }
+}
+
+/// `input`, or `input` with the first free suffix: a name no output, archived, rejected,
+/// claimed or journalled file has.
+pub fn free_name(g: &IngestConfig, journal: &Journal, input: &str) -> String {
     let (stem, ext) = match input.rsplit_once('.') {
         Some((s, e)) => (s.to_string(), format!(".{e}")),
         None => (input.to_string(), String::new()),
@@ -28,17 +45,7 @@ pub fn new_entry(g: &IngestConfig, journal: &Journal, input: &str) -> JournalEnt
             || g.processing.join(&name).exists()
             || journal.has(&name);
         if !taken {
-            let now = chrono::Utc::now();
-            return JournalEntry {
-                input: input.to_string(),
-                output: name.clone(),
-                errors: format!("{name}.errors.csv"),
-                labelled: Some(labelled_name(&name)),
-                archived: name,
-                started_at: now.to_rfc3339(),
-                claimed: None,
-                attempts: Vec::new(),
-            };
+            return name;
         }
         n += 1;
     }

@@ -200,7 +200,7 @@ pub fn read_batch(path: &Path, opts: &ReadOptions) -> Result<CsvBatch, DataError
         path: path.to_path_buf(),
         source,
     })?;
-    collect(BatchReader::new(file, &path.display().to_string(), *opts)?)
+    BatchReader::new(file, &path.display().to_string(), *opts)?.into_batch()
 }
 
 /// Like [`read_batch`] over bytes already in memory; `name` is used in error messages.
@@ -209,24 +209,7 @@ pub fn read_batch_bytes(
     name: &str,
     opts: &ReadOptions,
 ) -> Result<CsvBatch, DataError> {
-    collect(BatchReader::new(bytes, name, *opts)?)
-}
-
-fn collect<R: Read>(reader: BatchReader<R>) -> Result<CsvBatch, DataError> {
-    let mut batch = CsvBatch {
-        headers: reader.headers().to_vec(),
-        rows: Vec::new(),
-        rejected: Vec::new(),
-        text_col: reader.text_col(),
-        label_col: reader.label_col(),
-    };
-    for record in reader {
-        match record? {
-            Record::Row(r) => batch.rows.push(r),
-            Record::Rejected(r) => batch.rejected.push(r),
-        }
-    }
-    Ok(batch)
+    BatchReader::new(bytes, name, *opts)?.into_batch()
 }
 
 /// How a [`BatchReader`] reads its input.
@@ -418,6 +401,24 @@ impl<R: Read> BatchReader<R> {
 
     pub fn headers(&self) -> &[String] {
         &self.headers
+    }
+
+    /// Reads every remaining record into a [`CsvBatch`] (the whole file in memory).
+    pub fn into_batch(self) -> Result<CsvBatch, DataError> {
+        let mut batch = CsvBatch {
+            headers: self.headers.clone(),
+            rows: Vec::new(),
+            rejected: Vec::new(),
+            text_col: self.text_col,
+            label_col: self.label_col,
+        };
+        for record in self {
+            match record? {
+                Record::Row(r) => batch.rows.push(r),
+                Record::Rejected(r) => batch.rejected.push(r),
+            }
+        }
+        Ok(batch)
     }
 
     pub fn text_col(&self) -> usize {

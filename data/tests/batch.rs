@@ -492,21 +492,26 @@ fn streamed(
         block_bytes,
         ..StreamOptions::default()
     };
-    let reader =
-        BatchReader::with_stream(bytes, "prop.csv", o, stream).map_err(|e| e.to_string())?;
-    let mut batch = sentimentd_data::CsvBatch {
-        headers: reader.headers().to_vec(),
-        text_col: reader.text_col(),
-        label_col: reader.label_col(),
-        ..Default::default()
+    BatchReader::with_stream(bytes, "prop.csv", o, stream)
+        .and_then(BatchReader::into_batch)
+        .map_err(|e| e.to_string())
+}
+
+/// Every record of `file` read with a small window and record limit, in file order.
+fn records_with_limit(file: &[u8], block_bytes: usize, max_record_bytes: usize) -> Vec<Record> {
+    let stream = StreamOptions {
+        block_bytes,
+        max_record_bytes,
+        ..StreamOptions::default()
     };
-    for record in reader {
-        match record.map_err(|e| e.to_string())? {
-            Record::Row(r) => batch.rows.push(r),
-            Record::Rejected(r) => batch.rejected.push(r),
-        }
-    }
-    Ok(batch)
+    let reader = BatchReader::with_stream(file, "long.csv", opts(100, false), stream);
+    let Ok(reader) = reader else {
+        panic!("reader");
+    };
+    reader
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default()
 }
 
 /// Arbitrary bytes biased towards CSV syntax: the streamed reader, with read blocks of a few
@@ -580,19 +585,7 @@ fn a_record_that_never_ends_is_cut_at_the_limit_and_reading_goes_on() {
     for i in 2..2000 {
         file.extend_from_slice(format!("{i},row number {i}\n").as_bytes());
     }
-    let stream = StreamOptions {
-        block_bytes: 1024,
-        max_record_bytes: 4096,
-        ..StreamOptions::default()
-    };
-    let reader = BatchReader::with_stream(&file[..], "long.csv", opts(100, false), stream);
-    let Ok(reader) = reader else {
-        panic!("reader");
-    };
-    let records: Vec<Record> = reader
-        .map(|r| r.map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
+    let records = records_with_limit(&file, 1024, 4096);
     let Some(Record::Rejected(first)) = records.first() else {
         panic!("the broken line is rejected first: {:?}", records.first());
     };
@@ -640,19 +633,7 @@ fn a_line_longer_than_the_limit_is_rejected_and_the_rows_after_it_are_read() {
     let mut file = b"id,text\n1,\"".to_vec();
     file.extend(std::iter::repeat_n(b'x', 20_000));
     file.extend_from_slice(b"\n2,after the long line\n3,and another\n");
-    let stream = StreamOptions {
-        block_bytes: 512,
-        max_record_bytes: 4096,
-        ..StreamOptions::default()
-    };
-    let reader = BatchReader::with_stream(&file[..], "long.csv", opts(100, false), stream);
-    let Ok(reader) = reader else {
-        panic!("reader");
-    };
-    let records: Vec<Record> = reader
-        .map(|r| r.map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
+    let records = records_with_limit(&file, 512, 4096);
     let summary: Vec<(u64, bool)> = records
         .iter()
         .map(|r| match r {
