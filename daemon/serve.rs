@@ -9,6 +9,7 @@ use sentimentd_actors::drift_monitor::{DriftMonitor, new_report_cell};
 use sentimentd_actors::http::{self, AdminApi, HttpState};
 use sentimentd_actors::messages::StopIntake;
 use sentimentd_actors::observations::ObservationSink;
+use sentimentd_actors::reputation::{Reputation, ReputationKeeper};
 use sentimentd_actors::systemd::Notifier;
 use sentimentd_actors::tracker::Tracker;
 use sentimentd_actors::trainer::Trainer;
@@ -162,6 +163,12 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
             .with_context(|| format!("[data] lexicon {}", path.display()))?;
     }
     let cell = new_model_cell();
+    let reputation = Arc::new(Reputation::open(&cfg, metrics.clone()));
+    {
+        let (reputation, metrics) = (reputation.clone(), metrics.clone());
+        let every = Duration::from_secs(cfg.reputation.save_every_secs);
+        ReputationKeeper::new(reputation, every, metrics).start();
+    }
     let lifecycle = Arc::new(Lifecycle::default());
 
     // A configured but unreadable admin token stops the start, before anything runs.
@@ -252,11 +259,12 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     };
     let inference_for_http = inference.clone().recipient();
     let processor = {
-        let (cfg, metrics, lifecycle, faults) = (
+        let (cfg, metrics, lifecycle, faults, reputation) = (
             cfg.clone(),
             metrics.clone(),
             lifecycle.clone(),
             faults.clone(),
+            reputation.clone(),
         );
         SyncArbiter::start(1, move || {
             BatchProcessor::new(
@@ -265,6 +273,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
                 metrics.clone(),
                 lifecycle.clone(),
                 faults.clone(),
+                reputation.clone(),
             )
         })
     };
@@ -293,6 +302,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
             observations,
             reports,
             admin,
+            reputation.clone(),
         )
         .with_inference(inference_for_http),
     );
@@ -371,6 +381,9 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     let _ = server_task.await;
     while lifecycle.busy.load(Ordering::SeqCst) > 0 && started.elapsed() < bound {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(e) = reputation.save() {
+        tracing::warn!(error = %e, "cannot save the reputation state");
     }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),

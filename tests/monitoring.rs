@@ -283,7 +283,7 @@ fn a_real_prometheus_scrapes_the_daemon_and_reads_the_counters_back() {
         ("up{job=\"sentimentd\"}", 1.0),
         ("sum(sentiment_requests_total{job=\"sentimentd\"})", 8.0),
         (
-            "sum(sentiment_predictions_total{job=\"sentimentd\",source=\"http\"})",
+            "sum(sentiment_predictions_total{job=\"sentimentd\",channel=\"http\"})",
             47.0,
         ),
         (

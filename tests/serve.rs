@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, metric_in, names, read_csv};
+use common::{Daemon, metric_in, metric_sum, names, read_csv};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -232,9 +232,10 @@ fn one_predict_increments_exactly_one_request_and_one_label() {
         let per_label: Vec<f64> = labels
             .iter()
             .map(|l| {
-                metric_in(
+                metric_sum(
                     &text,
-                    &format!(r#"sentiment_predictions_total{{label="{l}",source="http"}}"#),
+                    "sentiment_predictions_total",
+                    &[&format!(r#"label="{l}""#), r#"channel="http""#],
                 )
             })
             .collect();
@@ -411,9 +412,10 @@ fn batch_with_good_and_bad_rows_is_accounted_row_by_row() {
     let batch_predictions: f64 = ["negative", "neutral", "positive"]
         .iter()
         .map(|l| {
-            d.metric(&format!(
-                r#"sentiment_predictions_total{{label="{l}",source="batch"}}"#
-            ))
+            d.metric_sum(
+                "sentiment_predictions_total",
+                &[&format!(r#"label="{l}""#), r#"channel="batch""#],
+            )
         })
         .sum();
     assert_eq!(batch_predictions, 4.0);

@@ -28,8 +28,9 @@ use crate::events::{
 use crate::inference::Inference;
 use crate::journal::{self, Attempt, Journal, JournalEntry};
 use crate::messages::{FileDone, FileOutcome, FileReady, Reconfigure};
-use crate::metrics::Metrics;
+use crate::metrics::{Channel, Metrics};
 use crate::output_names;
+use crate::reputation::Reputation;
 use crate::supervisor::{Containment, Faults};
 
 /// Shared between the shutdown sequence and the batch processor.
@@ -53,6 +54,7 @@ pub struct BatchProcessor {
     current: Option<String>,
     /// Failures of inbox files whose claim itself failed (nothing in the journal yet).
     claim_failures: HashMap<PathBuf, usize>,
+    reputation: Arc<Reputation>,
 }
 
 /// Delay before attempt `failures + 1`: `initial`, doubling per failure, at most `max`.
@@ -78,6 +80,7 @@ impl BatchProcessor {
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         faults: Faults,
+        reputation: Arc<Reputation>,
     ) -> BatchProcessor {
         BatchProcessor {
             containment: Containment::new("batch_processor", metrics.clone()),
@@ -89,6 +92,7 @@ impl BatchProcessor {
             journal: None,
             current: None,
             claim_failures: HashMap::new(),
+            reputation,
         }
     }
 
@@ -305,6 +309,7 @@ impl BatchProcessor {
             max_text_chars: cfg.data.max_text_chars,
             neutralize_formulas: g.neutralize_formulas,
             faults: &self.faults,
+            reputation: &self.reputation,
         };
         let dest = Destinations {
             output: g.outbox.join(&entry.output),
@@ -338,6 +343,7 @@ impl BatchProcessor {
         // Counted before the journal entry goes, so whoever sees the batch finished (no entry,
         // input archived) also sees it in the metrics.
         let seconds = started.elapsed().as_secs_f64();
+        self.reputation.apply(Channel::batch, &summary.tally);
         BatchProcessed {
             file: &entry.input,
             output: &entry.output,

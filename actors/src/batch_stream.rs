@@ -9,6 +9,7 @@
 
 use actix::Addr;
 use sentimentd_data::labelled::LabelledWriter;
+use sentimentd_data::reputation::{Tally, bucket_of, parse_time};
 use sentimentd_data::{
     BatchReader, DataError, ReadOptions, Record, RejectedRow, RejectionWriter, Row, ScoredWriter,
     Scores, StreamOptions,
@@ -24,6 +25,7 @@ use crate::batch_processor::Lifecycle;
 use crate::inference::Inference;
 use crate::journal::{AtomicFile, JournalEntry};
 use crate::messages::{InferenceError, ScoreChunk, ScoredChunk};
+use crate::reputation::{Reputation, now_unix};
 use crate::supervisor::Faults;
 
 /// The file as a whole cannot be processed; it goes to `rejected/` with this reason.
@@ -80,6 +82,8 @@ pub struct Streamed {
     pub by_label: [u64; 3],
     /// Version of the model that scored the last chunk (empty if nothing was scored).
     pub model_version: String,
+    /// Scored rows by source and time bucket, for the reputation view once the file is done.
+    pub tally: Tally,
 }
 
 impl Streamed {
@@ -181,6 +185,15 @@ pub struct Stream<'a> {
     pub max_text_chars: usize,
     pub neutralize_formulas: bool,
     pub faults: &'a Faults,
+    pub reputation: &'a Reputation,
+}
+
+/// Where a batch's rows name their source and time.
+#[derive(Clone, Copy)]
+struct Columns<'h> {
+    text: usize,
+    source: Option<usize>,
+    time: Option<(usize, &'h str)>,
 }
 
 impl Stream<'_> {
@@ -211,10 +224,17 @@ impl Stream<'_> {
                 other => FileRejection::Invalid(other.to_string()).into(),
             })?;
         let headers = reader.headers().to_vec();
-        let text_col = reader.text_col();
-        let source_col = headers
-            .iter()
-            .position(|h| h.trim().eq_ignore_ascii_case("source"));
+        let find = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h.trim().eq_ignore_ascii_case(name.trim()))
+        };
+        let rep = self.reputation;
+        let columns = Columns {
+            text: reader.text_col(),
+            source: rep.source_columns.iter().find_map(|c| find(c)),
+            time: find(&rep.time_column).map(|i| (i, headers[i].trim())),
+        };
 
         let scored_file = AtomicFile::create(&dest.output).map_err(io_at(&dest.output))?;
         let scored = ScoredWriter::with_neutralize(scored_file, &headers, self.neutralize_formulas)
@@ -261,15 +281,7 @@ impl Stream<'_> {
                         model_version: Arc::from(""),
                     },
                 };
-                self.write_chunk(
-                    chunk,
-                    scored,
-                    entry,
-                    text_col,
-                    source_col,
-                    &mut out,
-                    &mut summary,
-                )?;
+                self.write_chunk(chunk, scored, entry, columns, &mut out, &mut summary)?;
                 self.faults.crash_point("after_chunk");
             }
             if last_progress.elapsed() >= Duration::from_secs(10) {
@@ -292,17 +304,18 @@ impl Stream<'_> {
         Ok((summary, out))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn write_chunk(
         &self,
         chunk: Chunk,
         scored: ScoredChunk,
         entry: &JournalEntry,
-        text_col: usize,
-        source_col: Option<usize>,
+        columns: Columns<'_>,
         out: &mut Outputs,
         summary: &mut Streamed,
     ) -> Result<(), BatchError> {
+        let text_col = columns.text;
+        let arrival = now_unix();
+        let settings = &self.reputation.settings;
         // Each row carries the version of the model that scored its chunk: a swap in the
         // middle of a file must not mislabel the rows scored before it.
         let version = scored.model_version.clone();
@@ -313,8 +326,36 @@ impl Stream<'_> {
             .zip(chunk.texts.iter())
             .zip(scored.results)
         {
+            let time = match columns.time {
+                Some((col, name)) => {
+                    let raw = row.fields.get(col).map_or("", String::as_str);
+                    match parse_time(raw) {
+                        Some(t) => t,
+                        None if self.reputation.strict_time => {
+                            unscored.push(RejectedRow {
+                                line: row.line,
+                                reason: sentimentd_data::RejectReason::BadTime {
+                                    column: name.to_string(),
+                                    value: raw.chars().take(64).collect(),
+                                },
+                                raw: raw_of(&row.fields, text_col, text),
+                            });
+                            continue;
+                        }
+                        None => arrival,
+                    }
+                }
+                None => arrival,
+            };
+            let source = columns
+                .source
+                .and_then(|c| row.fields.get(c))
+                .map(String::as_str);
             match result {
                 Ok(p) => {
+                    summary
+                        .tally
+                        .add(source, bucket_of(settings, time), p.label);
                     let scores = Scores {
                         label: p.label,
                         score: p.score,
@@ -326,7 +367,7 @@ impl Stream<'_> {
                     summary.scored += 1;
                     summary.by_label[p.label.index()] += 1;
                     if let Some(label) = row.label {
-                        self.write_labelled(out, entry, row, text, label, source_col)?;
+                        self.write_labelled(out, entry, row, text, label, source.unwrap_or(""))?;
                         summary.labelled += 1;
                     }
                 }
@@ -366,7 +407,7 @@ impl Stream<'_> {
         row: &Row,
         text: &str,
         label: sentimentd_data::Label,
-        source_col: Option<usize>,
+        source: &str,
     ) -> Result<(), BatchError> {
         let Some(path) = out.dest.labelled.clone() else {
             return Ok(());
@@ -380,9 +421,6 @@ impl Stream<'_> {
             out.labelled = Some(LabelledWriter::new(file, &name).map_err(data_at(&path))?);
         }
         if let Some(w) = out.labelled.as_mut() {
-            let source = source_col
-                .and_then(|c| row.fields.get(c))
-                .map_or("", String::as_str);
             w.write(
                 text,
                 label,

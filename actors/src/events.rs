@@ -6,7 +6,7 @@ use sentimentd_data::drift::{DriftReport, Verdict};
 
 use crate::messages::RetrainTrigger;
 use crate::metrics::{
-    AttemptResult, BatchOutcome, DriftCheckOutcome, Metrics, RetrainOutcome, RowOutcome, Source,
+    AttemptResult, BatchOutcome, DriftCheckOutcome, Metrics, RetrainOutcome, RowOutcome,
 };
 
 pub trait InternalEvent {
@@ -188,7 +188,6 @@ impl InternalEvent for BatchProcessed<'_> {
         metrics.batch_duration(self.seconds);
         metrics.rows(RowOutcome::scored, self.scored);
         metrics.rows(RowOutcome::rejected, self.rejected);
-        metrics.predictions_by_label(Source::batch, self.by_label);
         metrics.labelled_rows(self.labelled);
         tracing::info!(
             file = self.file,
@@ -305,5 +304,43 @@ impl InternalEvent for BatchInterrupted<'_> {
             file = self.file,
             "batch interrupted by shutdown; it resumes on the next start"
         );
+    }
+}
+
+/// A source's reputation gauges; a log line when its negative-spike alert starts or ends.
+pub struct ReputationAlert<'a> {
+    pub source: &'a str,
+    pub negative_share: f64,
+    pub alert: bool,
+    /// The alert state differs from the previous refresh.
+    pub changed: bool,
+    pub baseline: f64,
+    pub z: f64,
+    /// Texts in the latest bucket.
+    pub texts: u64,
+}
+
+impl InternalEvent for ReputationAlert<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.reputation(self.source, self.negative_share, self.alert);
+        if !self.changed {
+            return;
+        }
+        if self.alert {
+            tracing::warn!(
+                source = self.source,
+                negative_share = self.negative_share,
+                baseline_share = self.baseline,
+                z = self.z,
+                texts = self.texts,
+                "reputation alert: negative spike"
+            );
+        } else {
+            tracing::info!(
+                source = self.source,
+                negative_share = self.negative_share,
+                "reputation alert over"
+            );
+        }
     }
 }

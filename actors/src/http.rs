@@ -27,9 +27,10 @@ use crate::events::{FeedbackReceived, InternalEvent};
 use crate::messages::{
     InferenceError, PromoteVersion, Retrain, RetrainTrigger, Rollback, ScoreChunk, Switched,
 };
-use crate::metrics::{Metrics, RequestOutcome, Source};
+use crate::metrics::{Channel, Metrics, RequestOutcome};
 use crate::model_registry::{ModelCell, ServingModel};
 use crate::observations::ObservationSink;
+use crate::reputation::Reputation;
 use crate::supervisor::{Containment, Faults};
 
 /// Where the admin API sends its requests.
@@ -58,6 +59,7 @@ pub struct HttpState {
     pub inference: Option<actix::Recipient<ScoreChunk>>,
     /// Texts of batches in the inference pool right now.
     inflight: AtomicUsize,
+    pub reputation: Arc<Reputation>,
 }
 
 /// Batches up to this size are scored on the HTTP worker: a mailbox round-trip would cost
@@ -72,6 +74,8 @@ const EARLY_THROTTLE_BYTES: usize = 16 << 10;
 const RETRY_AFTER_SECS: u32 = 1;
 
 impl HttpState {
+    // Every shared view the handlers read is wired here once, by the daemon and the tests.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &sentimentd_config::Config,
         cell: ModelCell,
@@ -80,6 +84,7 @@ impl HttpState {
         observations: Arc<ObservationSink>,
         reports: ReportCell,
         admin: Option<AdminApi>,
+        reputation: Arc<Reputation>,
     ) -> HttpState {
         HttpState {
             cell,
@@ -95,6 +100,7 @@ impl HttpState {
             admin,
             inference: None,
             inflight: AtomicUsize::new(0),
+            reputation,
         }
     }
 
@@ -213,6 +219,11 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
+                web::resource("/reputation")
+                    .route(web::get().to(reputation))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
                 web::resource("/drift/report.html")
                     .route(web::get().to(drift_html))
                     .default_service(web::to(method_not_allowed)),
@@ -328,6 +339,10 @@ struct PredictRequest<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     texts: Option<Vec<Cow<'a, str>>>,
+    /// Who or what the texts are about (a brand, channel, account): the reputation view's
+    /// source. Absent: `unknown`.
+    #[serde(borrow, default)]
+    source: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize)]
@@ -397,7 +412,7 @@ async fn predict(
     let started = Instant::now();
     let response = match predict_inner(&req, body, &state) {
         Work::Done(r) => r,
-        Work::Pool(texts) => score_in_pool(&state, texts).await,
+        Work::Pool(texts, source) => score_in_pool(&state, texts, source.as_deref()).await,
     };
     let outcome = match response.status().as_u16() {
         200..=399 => RequestOutcome::ok,
@@ -416,7 +431,8 @@ async fn predict(
 /// What `/predict` does with a request: answered on the worker, or a batch for the pool.
 enum Work {
     Done(HttpResponse),
-    Pool(Vec<String>),
+    /// The texts and the request's source.
+    Pool(Vec<String>, Option<String>),
 }
 
 impl From<HttpResponse> for Work {
@@ -468,6 +484,7 @@ fn predict_inner(
     let Some(model) = guard.as_deref() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet").into();
     };
+    let source = request.source.as_deref();
     match (request.text, request.texts) {
         (Some(text), None) => {
             if let Err(message) = check_text(&text, state.limits.max_text_chars(), "text") {
@@ -481,7 +498,7 @@ fn predict_inner(
             });
             match scored {
                 Ok(p) => {
-                    state.metrics.prediction(Source::http, p.label);
+                    state.reputation.record(Channel::http, source, [p.label]);
                     json_ok(&PredictionBody::new(&p, &model.version)).into()
                 }
                 Err(_) => json_error(
@@ -491,7 +508,7 @@ fn predict_inner(
                 .into(),
             }
         }
-        (None, Some(texts)) => predict_batch(state, model, &texts),
+        (None, Some(texts)) => predict_batch(state, model, &texts, source),
         (Some(_), Some(_)) => json_error(
             StatusCode::BAD_REQUEST,
             "give either \"text\" or \"texts\", not both",
@@ -505,7 +522,12 @@ fn predict_inner(
     }
 }
 
-fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]) -> Work {
+fn predict_batch(
+    state: &HttpState,
+    model: &ServingModel,
+    texts: &[Cow<'_, str>],
+    source: Option<&str>,
+) -> Work {
     if texts.is_empty() {
         return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"texts\" is empty").into();
     }
@@ -526,7 +548,10 @@ fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]
         }
     }
     if texts.len() > INLINE_BATCH_TEXTS && state.inference.is_some() {
-        return Work::Pool(texts.iter().map(|t| t.to_string()).collect());
+        return Work::Pool(
+            texts.iter().map(|t| t.to_string()).collect(),
+            source.map(str::to_string),
+        );
     }
     let refs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
     let scored = state.containment.run(|| {
@@ -539,7 +564,7 @@ fn predict_batch(state: &HttpState, model: &ServingModel, texts: &[Cow<'_, str>]
     });
     match scored {
         Ok(predictions) if predictions.len() == refs.len() => {
-            batch_answer(state, &predictions, &model.version).into()
+            batch_answer(state, &predictions, &model.version, source).into()
         }
         _ => scoring_failed().into(),
     }
@@ -552,12 +577,15 @@ fn scoring_failed() -> HttpResponse {
     )
 }
 
-fn batch_answer(state: &HttpState, predictions: &[Prediction], version: &str) -> HttpResponse {
-    let mut counts = [0u64; 3];
-    for p in predictions {
-        counts[p.label.index()] += 1;
-    }
-    state.metrics.predictions_by_label(Source::http, counts);
+fn batch_answer(
+    state: &HttpState,
+    predictions: &[Prediction],
+    version: &str,
+    source: Option<&str>,
+) -> HttpResponse {
+    state
+        .reputation
+        .record(Channel::http, source, predictions.iter().map(|p| p.label));
     json_ok(&BatchBody {
         predictions: predictions
             .iter()
@@ -585,7 +613,11 @@ fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse {
 }
 
 /// Scores a batch in the inference pool, within `max_inflight_texts`.
-async fn score_in_pool(state: &HttpState, texts: Vec<String>) -> HttpResponse {
+async fn score_in_pool(
+    state: &HttpState,
+    texts: Vec<String>,
+    source: Option<&str>,
+) -> HttpResponse {
     let Some(pool) = state.inference.as_ref() else {
         return scoring_failed();
     };
@@ -607,7 +639,7 @@ async fn score_in_pool(state: &HttpState, texts: Vec<String>) -> HttpResponse {
         Ok(Ok(scored)) if scored.results.len() == n => {
             let predictions: Result<Vec<Prediction>, String> = scored.results.into_iter().collect();
             match predictions {
-                Ok(p) => batch_answer(state, &p, &scored.model_version),
+                Ok(p) => batch_answer(state, &p, &scored.model_version, source),
                 Err(_) => scoring_failed(),
             }
         }
@@ -808,6 +840,10 @@ async fn drift(state: web::Data<HttpState>) -> HttpResponse {
             "no drift check has run yet (see [drift] check_every_secs and check_every_samples)",
         ),
     }
+}
+
+async fn reputation(state: web::Data<HttpState>) -> HttpResponse {
+    json_ok(&state.reputation.report(crate::reputation::now_unix()))
 }
 
 async fn drift_html(state: web::Data<HttpState>) -> HttpResponse {

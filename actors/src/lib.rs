@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model_registry;
 pub mod observations;
 pub mod output_names;
+pub mod reputation;
 pub mod supervisor;
 pub mod systemd;
 pub mod tracker;

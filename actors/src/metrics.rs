@@ -12,12 +12,21 @@ use prometheus_client::registry::Registry;
 use sentimentd_data::Label;
 use std::sync::atomic::AtomicU64;
 
+/// How a text arrived: `POST /predict` or an inbox file.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Source {
+pub enum Channel {
     http,
     batch,
 }
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::http, Channel::batch];
+}
+
+/// Prediction counters of one tracked source, `[channel][label index]`, resolved once so the
+/// hot path never touches the family lock.
+pub type SourceCounters = [[Counter; 3]; 2];
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -110,7 +119,14 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PredictionLabels {
     label: &'static str,
-    source: Source,
+    channel: Channel,
+    /// A tracked source, `other` or `unknown`: bounded by `[reputation]`.
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,7 +158,7 @@ struct BuildLabels {
 
 /// Every actor name `Containment` uses, so `sentiment_actor_restarts_total` has a zero series
 /// for each from the start.
-pub const ACTORS: [&str; 9] = [
+pub const ACTORS: [&str; 10] = [
     "baseliner",
     "batch_processor",
     "drift_monitor",
@@ -150,6 +166,7 @@ pub const ACTORS: [&str; 9] = [
     "http",
     "inference",
     "model_registry",
+    "reputation",
     "tracker",
     "trainer",
 ];
@@ -157,8 +174,9 @@ pub const ACTORS: [&str; 9] = [
 pub struct Metrics {
     registry: Registry,
     pub latency: Histogram,
-    /// `[source][label index]`, resolved once so the hot path never touches the family lock.
-    prediction_counters: [[Counter; 3]; 2],
+    predictions: Family<PredictionLabels, Counter>,
+    negative_share: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    reputation_alert: Family<SourceLabels, Gauge>,
     request_counters: [Counter; 4],
     batches: Family<BatchLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
@@ -206,8 +224,20 @@ impl Metrics {
         let predictions = Family::<PredictionLabels, Counter>::default();
         registry.register(
             "sentiment_predictions",
-            "Texts classified, by predicted label and source (http or batch)",
+            "Texts classified, by predicted label, channel (http or batch) and source ([reputation])",
             predictions.clone(),
+        );
+        let negative_share = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "sentiment_negative_share",
+            "Share of negative predictions in each source's latest time bucket ([reputation] bucket_secs)",
+            negative_share.clone(),
+        );
+        let reputation_alert = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "sentiment_reputation_alert",
+            "1 while a source's latest bucket is a negative spike against its own history",
+            reputation_alert.clone(),
         );
         let drift_score = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -322,16 +352,6 @@ impl Metrics {
             .set(1);
         registry.register("sentiment_build_info", "Build information (value 1)", build);
 
-        let counter = |source, label: Label| {
-            predictions
-                .get_or_create(&PredictionLabels {
-                    label: label.as_str(),
-                    source,
-                })
-                .clone()
-        };
-        let per_source = |source| Label::ALL.map(|l| counter(source, l));
-        let prediction_counters = [per_source(Source::http), per_source(Source::batch)];
         let request_counters = [
             RequestOutcome::ok,
             RequestOutcome::client_error,
@@ -388,7 +408,9 @@ impl Metrics {
         Metrics {
             registry,
             latency,
-            prediction_counters,
+            predictions,
+            negative_share,
+            reputation_alert,
             request_counters,
             batches,
             attempts,
@@ -455,16 +477,54 @@ impl Metrics {
         self.request_counters[outcome as usize].inc();
     }
 
-    pub fn prediction(&self, source: Source, label: Label) {
-        self.prediction_counters[source as usize][label.index()].inc();
+    /// The prediction counters of `source` (created at zero), and its reputation gauges.
+    pub fn source_counters(&self, source: &str) -> SourceCounters {
+        let labels = SourceLabels {
+            source: source.to_string(),
+        };
+        drop(self.negative_share.get_or_create(&labels));
+        drop(self.reputation_alert.get_or_create(&labels));
+        Channel::ALL.map(|channel| {
+            Label::ALL.map(|label| {
+                self.predictions
+                    .get_or_create(&PredictionLabels {
+                        label: label.as_str(),
+                        channel,
+                        source: source.to_string(),
+                    })
+                    .clone()
+            })
+        })
     }
 
-    pub fn predictions_by_label(&self, source: Source, counts: [u64; 3]) {
-        for (i, n) in counts.into_iter().enumerate() {
-            if n > 0 {
-                self.prediction_counters[source as usize][i].inc_by(n);
+    /// Drops every series of a source that is no longer tracked.
+    pub fn remove_source(&self, source: &str) {
+        let labels = SourceLabels {
+            source: source.to_string(),
+        };
+        self.negative_share.remove(&labels);
+        self.reputation_alert.remove(&labels);
+        for channel in Channel::ALL {
+            for label in Label::ALL {
+                self.predictions.remove(&PredictionLabels {
+                    label: label.as_str(),
+                    channel,
+                    source: source.to_string(),
+                });
             }
         }
+    }
+
+    pub fn reputation(&self, source: &str, negative_share: f64, alert: bool) {
+        let labels = SourceLabels {
+            source: source.to_string(),
+        };
+        self.negative_share
+            .get_or_create(&labels)
+            .set(negative_share);
+        self.reputation_alert
+            .get_or_create(&labels)
+            .set(i64::from(alert));
     }
 
     pub fn batch(&self, outcome: BatchOutcome) {
@@ -523,13 +583,6 @@ impl Metrics {
     pub fn requests_total(&self) -> u64 {
         self.request_counters.iter().map(Counter::get).sum()
     }
-
-    pub fn predictions_total(&self, source: Source) -> u64 {
-        self.prediction_counters[source as usize]
-            .iter()
-            .map(Counter::get)
-            .sum()
-    }
 }
 
 /// Rewrites OpenMetrics text as Prometheus text format 0.0.4: a counter family's `HELP` and
@@ -576,15 +629,18 @@ mod tests {
     fn exposition_has_the_dashboard_names() {
         let m = Metrics::new();
         m.request(RequestOutcome::ok);
-        m.prediction(Source::http, Label::Positive);
+        m.source_counters("acme")[Channel::http as usize][Label::Positive.index()].inc();
+        drop(m.source_counters("unknown"));
         m.latency.observe(0.001);
         m.model_changed("lexicon", "lexicon", true, false);
         m.actor_restart("http");
         let text = m.render().unwrap_or_default();
         for needle in [
             "sentiment_requests_total{outcome=\"ok\"} 1",
-            "sentiment_predictions_total{label=\"positive\",source=\"http\"} 1",
-            "sentiment_predictions_total{label=\"negative\",source=\"batch\"} 0",
+            "sentiment_predictions_total{label=\"positive\",channel=\"http\",source=\"acme\"} 1",
+            "sentiment_predictions_total{label=\"negative\",channel=\"batch\",source=\"unknown\"} 0",
+            "sentiment_negative_share{source=\"acme\"} 0",
+            "sentiment_reputation_alert{source=\"unknown\"} 0",
             "sentiment_request_latency_seconds_count 1",
             "sentiment_drift_score 0",
             "sentiment_model_info{version=\"lexicon\",kind=\"lexicon\",fallback=\"true\"} 1",
@@ -595,7 +651,9 @@ mod tests {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
         assert_eq!(m.requests_total(), 1);
-        assert_eq!(m.predictions_total(Source::http), 1);
+        m.remove_source("acme");
+        let text = m.render().unwrap_or_default();
+        assert!(!text.contains("acme"), "{text}");
     }
 
     #[test]

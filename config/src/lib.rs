@@ -12,9 +12,14 @@ mod validate;
 pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
     AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig, IngestConfig,
-    LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig, RetrainConfig, ServerConfig,
-    TrackingConfig, TrainConfig, TrainOnStart, TrainableKind,
+    LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig, ReputationConfig, RetrainConfig,
+    ServerConfig, TrackingConfig, TrainConfig, TrainOnStart, TrainableKind,
 };
+
+/// Longest source name kept; a longer one is cut to this many characters.
+pub const MAX_SOURCE_CHARS: usize = 100;
+/// Source names the reputation view uses itself: untracked sources and rows without one.
+pub const RESERVED_SOURCES: [&str; 2] = ["other", "unknown"];
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,7 @@ pub struct Config {
     pub gate: GateConfig,
     pub admin: AdminConfig,
     pub tracking: TrackingConfig,
+    pub reputation: ReputationConfig,
 }
 
 /// `[paths]`
@@ -466,6 +467,62 @@ impl Default for TrackingConfig {
             mlflow_uri: None,
             experiment: "sentimentd".to_string(),
             registered_model: "sentimentd".to_string(),
+        }
+    }
+}
+
+/// `[reputation]`: sentiment per source (brand, channel, account) over time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationConfig {
+    /// CSV columns that name a row's source; the first one a batch has is used.
+    pub source_columns: Vec<String>,
+    /// The sources tracked by name. Empty: the `max_sources` busiest ones. Any other source
+    /// is counted as `other`, so metric cardinality stays bounded whatever the input.
+    pub sources: Vec<String>,
+    /// With `sources` empty, how many sources are tracked (the busiest, re-ranked each bucket).
+    pub max_sources: usize,
+    /// Length of a time bucket, in seconds.
+    pub bucket_secs: u64,
+    /// Buckets of history kept per source: the trend `GET /reputation` returns and the
+    /// history the spike detector compares the latest bucket with.
+    pub history_buckets: usize,
+    /// A bucket is a spike when its negative share lies this many standard errors above the
+    /// source's share over the previous `history_buckets` buckets...
+    pub spike_z: f64,
+    /// ...and at least this much above it (absolute share, 0.10 = 10 points)...
+    pub spike_min_increase: f64,
+    /// ...and both the bucket and the history hold at least this many texts.
+    pub spike_min_texts: u64,
+    /// CSV column with each row's time; rows without it (or files without the column) use
+    /// the arrival time. RFC 3339, `YYYY-MM-DD HH:MM:SS`, a date, Unix seconds or
+    /// milliseconds, and Twitter's `Wed Oct 10 20:19:24 +0000 2018` are understood.
+    pub time_column: String,
+    /// Reject rows whose time cannot be read (a row rejection in the report) instead of
+    /// using the arrival time.
+    pub strict_time: bool,
+    /// The state is saved under `<state_dir>/reputation.json` this often, and at shutdown.
+    pub save_every_secs: u64,
+}
+
+impl Default for ReputationConfig {
+    fn default() -> Self {
+        ReputationConfig {
+            source_columns: vec![
+                "source".to_string(),
+                "brand".to_string(),
+                "entity".to_string(),
+            ],
+            sources: Vec::new(),
+            max_sources: 20,
+            bucket_secs: 3600,
+            history_buckets: 24,
+            spike_z: 3.0,
+            spike_min_increase: 0.1,
+            spike_min_texts: 30,
+            time_column: "created_at".to_string(),
+            strict_time: false,
+            save_every_secs: 30,
         }
     }
 }

@@ -218,6 +218,49 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         k.fail("tracking.registered_model", "must not be empty".to_string());
     }
 
+    let rep = &c.reputation;
+    if rep.source_columns.iter().any(|c| c.trim().is_empty()) {
+        k.fail(
+            "reputation.source_columns",
+            "column names must not be empty".to_string(),
+        );
+    }
+    for (i, name) in rep.sources.iter().enumerate() {
+        let key = format!("reputation.sources[{i}]");
+        if name.trim().is_empty() || name.chars().count() > crate::MAX_SOURCE_CHARS {
+            k.fail(
+                &key,
+                format!(
+                    "must be 1 to {} characters, got {name:?}",
+                    crate::MAX_SOURCE_CHARS
+                ),
+            );
+        } else if crate::RESERVED_SOURCES.contains(&name.as_str()) {
+            k.fail(
+                &key,
+                format!("{name:?} is reserved (rows of untracked sources, rows without a source)"),
+            );
+        } else if rep.sources[..i].contains(name) {
+            k.fail(&key, format!("{name:?} is listed twice"));
+        }
+    }
+    k.range("reputation.sources", rep.sources.len(), 0, 1000);
+    k.range("reputation.max_sources", rep.max_sources, 1, 1000);
+    k.range("reputation.bucket_secs", rep.bucket_secs, 60, 86_400 * 31);
+    k.range("reputation.history_buckets", rep.history_buckets, 2, 10_000);
+    k.positive("reputation.spike_z", rep.spike_z);
+    k.range(
+        "reputation.spike_min_increase",
+        rep.spike_min_increase,
+        0.0,
+        1.0,
+    );
+    k.at_least("reputation.spike_min_texts", rep.spike_min_texts, 1);
+    if rep.time_column.trim().is_empty() {
+        k.fail("reputation.time_column", "must not be empty".to_string());
+    }
+    k.range("reputation.save_every_secs", rep.save_every_secs, 1, 86_400);
+
     let g = &c.ingest;
     let folders = [
         ("ingest.inbox", &g.inbox),

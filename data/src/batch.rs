@@ -77,6 +77,11 @@ pub enum RejectReason {
     },
     /// The row parsed but the model could not score it (the caller's reason).
     Unscorable(String),
+    /// The row's time column could not be read, and the operator asked for strict times.
+    BadTime {
+        column: String,
+        value: String,
+    },
 }
 
 impl RejectReason {
@@ -92,6 +97,7 @@ impl RejectReason {
             RejectReason::BrokenQuoting { .. } => "broken_quoting",
             RejectReason::RecordTooLong { .. } => "record_too_long",
             RejectReason::Unscorable(_) => "unscorable",
+            RejectReason::BadTime { .. } => "bad_time",
         }
     }
 }
@@ -135,6 +141,10 @@ impl fmt::Display for RejectReason {
                  never closes); reading went on from the next line"
             ),
             RejectReason::Unscorable(why) => write!(f, "not scored: {why}"),
+            RejectReason::BadTime { column, value } => write!(
+                f,
+                "unreadable time in column `{column}`: {value:?} ([reputation] strict_time)"
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod drift;
 mod error;
 mod label;
 pub mod labelled;
+pub mod reputation;
 mod write;
 
 pub use batch::{

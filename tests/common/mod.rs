@@ -214,6 +214,11 @@ settle_ms = 100
         metric_in(&text, series)
     }
 
+    /// [`metric_sum`] over the daemon's current `/metrics`.
+    pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.get("/metrics").body, name, labels)
+    }
+
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("running").id();
         let ok = Command::new("kill")
@@ -293,6 +298,22 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Sum of every series of `name` whose labels include all of `labels` (`key="value"` each).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (set, value) = rest.split_once("} ")?;
+            let parts: Vec<&str> = set.split(',').collect();
+            labels
+                .iter()
+                .all(|want| parts.contains(want))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 pub fn metric_in(text: &str, series: &str) -> f64 {
