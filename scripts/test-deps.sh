@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs: Debian's prometheus package (tests/monitoring.rs), and
+# Installs what the test suite needs: Debian's prometheus (tests/monitoring.rs) and chromium
+# (tests/status_page.rs) packages, and
 # a virtualenv with MLflow, whose server and Python client tests/mlflow.rs runs against. Idempotent: a stamp file inside the venv records
 # what was installed, so a second run costs a few milliseconds and touches no network.
 #
@@ -20,14 +21,18 @@ WANT="mlflow==$MLFLOW_VERSION"
 
 log() { echo "test-deps: $*" >&2; }
 
-# Debian's prometheus package: promtool and a real Prometheus for tests/monitoring.rs.
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+# Debian's packages: prometheus (promtool and a real Prometheus, tests/monitoring.rs) and
+# chromium (the headless browser of tests/status_page.rs).
+missing=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+if ((${#missing[@]})); then
     if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
-        log "installing Debian's prometheus package (promtool, prometheus)"
+        log "installing Debian packages: ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        log "promtool and prometheus are missing: install Debian's prometheus package (as root)"
+        log "missing Debian packages: ${missing[*]}; install them (as root)"
         exit 1
     fi
 fi

@@ -6,8 +6,28 @@ use sentimentd_data::drift::{DriftReport, Verdict};
 
 use crate::messages::RetrainTrigger;
 use crate::metrics::{
-    AttemptResult, BatchOutcome, DriftCheckOutcome, Metrics, RetrainOutcome, RowOutcome,
+    AttemptResult, BatchOutcome, DriftCheckOutcome, Metrics, RecentBatch, RetrainOutcome,
+    RowOutcome,
 };
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl RecentBatch {
+    /// A file that produced no output.
+    fn unread(file: &str, outcome: BatchOutcome, why: &str) -> RecentBatch {
+        RecentBatch {
+            file: file.to_string(),
+            outcome,
+            rows: 0,
+            scored: 0,
+            rejected: 0,
+            detail: why.to_string(),
+            finished_at: now_rfc3339(),
+        }
+    }
+}
 
 pub trait InternalEvent {
     fn emit(self, metrics: &Metrics);
@@ -183,7 +203,15 @@ pub struct BatchProcessed<'a> {
 
 impl InternalEvent for BatchProcessed<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(BatchOutcome::processed);
+        metrics.batch(RecentBatch {
+            file: self.file.to_string(),
+            outcome: BatchOutcome::processed,
+            rows: self.rows,
+            scored: self.scored,
+            rejected: self.rejected,
+            detail: self.model_version.to_string(),
+            finished_at: now_rfc3339(),
+        });
         metrics.batch_attempt(AttemptResult::finished);
         metrics.batch_duration(self.seconds);
         metrics.rows(RowOutcome::scored, self.scored);
@@ -215,7 +243,11 @@ pub struct BatchRejected<'a> {
 
 impl InternalEvent for BatchRejected<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(BatchOutcome::rejected);
+        metrics.batch(RecentBatch::unread(
+            self.file,
+            BatchOutcome::rejected,
+            self.reason,
+        ));
         metrics.batch_attempt(AttemptResult::finished);
         metrics.batch_duration(self.seconds);
         tracing::warn!(
@@ -236,7 +268,11 @@ pub struct BatchRefused<'a> {
 
 impl InternalEvent for BatchRefused<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(BatchOutcome::refused);
+        metrics.batch(RecentBatch::unread(
+            self.file,
+            BatchOutcome::refused,
+            self.reason,
+        ));
         metrics.batch_attempt(AttemptResult::finished);
         tracing::warn!(
             file = self.file,
@@ -280,7 +316,11 @@ pub struct BatchQuarantined<'a> {
 
 impl InternalEvent for BatchQuarantined<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(BatchOutcome::quarantined);
+        metrics.batch(RecentBatch::unread(
+            self.file,
+            BatchOutcome::quarantined,
+            self.last_error,
+        ));
         metrics.batch_attempt(AttemptResult::failed);
         tracing::error!(
             file = self.file,

@@ -60,6 +60,8 @@ pub struct HttpState {
     /// Texts of batches in the inference pool right now.
     inflight: AtomicUsize,
     pub reputation: Arc<Reputation>,
+    /// The model store, for the status page's promotion history.
+    pub model_store: std::path::PathBuf,
 }
 
 /// Batches up to this size are scored on the HTTP worker: a mailbox round-trip would cost
@@ -101,6 +103,7 @@ impl HttpState {
             inference: None,
             inflight: AtomicUsize::new(0),
             reputation,
+            model_store: cfg.paths.model_store.clone(),
         }
     }
 
@@ -216,6 +219,11 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
             .service(
                 web::resource("/drift")
                     .route(web::get().to(drift))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/")
+                    .route(web::get().to(crate::status_page::page))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(

@@ -19,6 +19,7 @@ pub mod model_registry;
 pub mod observations;
 pub mod output_names;
 pub mod reputation;
+pub mod status_page;
 pub mod supervisor;
 pub mod systemd;
 pub mod tracker;

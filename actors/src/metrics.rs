@@ -38,7 +38,7 @@ pub enum RequestOutcome {
     throttled,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
 #[allow(non_camel_case_types)]
 pub enum BatchOutcome {
     /// Scored; the output is in the outbox (some rows may have been rejected).
@@ -171,8 +171,27 @@ pub const ACTORS: [&str; 10] = [
     "trainer",
 ];
 
+/// A finished inbox file, as the status page lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecentBatch {
+    pub file: String,
+    pub outcome: BatchOutcome,
+    pub rows: u64,
+    pub scored: u64,
+    pub rejected: u64,
+    /// The model version that scored it, or why it was not processed.
+    pub detail: String,
+    /// RFC 3339.
+    pub finished_at: String,
+}
+
+/// Finished batches the status page shows.
+const RECENT_BATCHES: usize = 20;
+
 pub struct Metrics {
     registry: Registry,
+    /// The latest finished batches, newest last; recorded by the same events as the counters.
+    recent_batches: std::sync::Mutex<std::collections::VecDeque<RecentBatch>>,
     pub latency: Histogram,
     predictions: Family<PredictionLabels, Counter>,
     negative_share: Family<SourceLabels, Gauge<f64, AtomicU64>>,
@@ -407,6 +426,7 @@ impl Metrics {
 
         Metrics {
             registry,
+            recent_batches: std::sync::Mutex::new(std::collections::VecDeque::new()),
             latency,
             predictions,
             negative_share,
@@ -527,8 +547,30 @@ impl Metrics {
             .set(i64::from(alert));
     }
 
-    pub fn batch(&self, outcome: BatchOutcome) {
-        self.batches.get_or_create(&BatchLabels { outcome }).inc();
+    /// Counts a file's final outcome and keeps it in the recent list.
+    pub fn batch(&self, batch: RecentBatch) {
+        self.batches
+            .get_or_create(&BatchLabels {
+                outcome: batch.outcome,
+            })
+            .inc();
+        let mut recent = self
+            .recent_batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_BATCHES {
+            recent.pop_front();
+        }
+        recent.push_back(batch);
+    }
+
+    /// The latest finished batches, newest first.
+    pub fn recent_batches(&self) -> Vec<RecentBatch> {
+        let recent = self
+            .recent_batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().cloned().collect()
     }
 
     pub fn batch_attempt(&self, result: AttemptResult) {
