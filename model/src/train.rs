@@ -538,7 +538,7 @@ pub struct TrainOutcome {
     pub seconds: f64,
 }
 
-fn device_for(backend: Backend) -> Device {
+pub(crate) fn device_for(backend: Backend) -> Device {
     match backend {
         Backend::Flex => Device::flex(),
         #[allow(deprecated)] // kept selectable so the two CPU backends can be measured

@@ -1,0 +1,495 @@
+//! A pretrained BERT-family sentence encoder in burn, loaded from local files: `config.json`,
+//! `model.safetensors` (Hugging Face names) and `tokenizer.json`, used as shipped. The layout
+//! is BERT's post-norm one (`LayerNorm(x + sublayer(x))`, not burn-nn's pre-norm
+//! `TransformerEncoder` default), with exact (erf) GELU; the sentence embedding is the mean of
+//! the last layer over the attention mask, L2-normalised, as sentence-transformers computes it
+//! for all-MiniLM-L6-v2. Nothing is ever downloaded: `scripts/fetch-pretrained.sh` puts the
+//! files in place.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+use crate::error::ModelError;
+use crate::train::Backend;
+
+/// The fields of a Hugging Face `config.json` the encoder needs.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    #[serde(default = "bert_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "gelu_name")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub model_type: String,
+}
+
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn gelu_name() -> String {
+    "gelu".to_string()
+}
+
+#[derive(Module, Debug)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The encoder network.
+#[derive(Module, Debug)]
+pub struct Bert {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+}
+
+impl Bert {
+    /// `[batch, hidden]` L2-normalised mean-pooled sentence embeddings.
+    pub fn embed(&self, batch: &[Vec<u32>], device: &Device) -> Tensor<2> {
+        let b = batch.len();
+        let len = batch.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(b * len);
+        let mut mask = Vec::with_capacity(b * len);
+        for seq in batch {
+            for i in 0..len {
+                ids.push(seq.get(i).map_or(0, |&t| t as i64));
+                mask.push(if i < seq.len() { 1.0f32 } else { 0.0 });
+            }
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, len]), device);
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, len]), device);
+        let hidden = self.forward(ids, mask.clone());
+        // Mean over the real tokens.
+        let m3: Tensor<3> = mask.clone().unsqueeze_dim(2);
+        let summed: Tensor<2> = (hidden * m3).sum_dim(1).squeeze_dim(1);
+        let counts: Tensor<2> = mask.sum_dim(1).clamp_min(1e-9);
+        let mean = summed / counts;
+        let norm = mean
+            .clone()
+            .powf_scalar(2.0)
+            .sum_dim(1)
+            .sqrt()
+            .clamp_min(1e-12);
+        mean / norm
+    }
+
+    /// Last hidden states `[batch, len, hidden]`; `mask` is 1 for tokens, 0 for padding.
+    pub fn forward(&self, ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<3> {
+        let [b, len] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..len as i64, &device)
+            .unsqueeze_dim::<2>(0)
+            .repeat_dim(0, b);
+        let types = Tensor::<2, Int>::zeros([b, len], &device);
+        let x = self.word.forward(ids)
+            + self.position.forward(positions)
+            + self.token_type.forward(types);
+        let mut x = self.embedding_norm.forward(x);
+        // Padding gets a large negative score before the softmax: [b, 1, 1, len].
+        let bias: Tensor<4> = ((mask - 1.0) * 1e4).unsqueeze_dim::<3>(1).unsqueeze_dim(1);
+        for layer in &self.layers {
+            x = layer.forward(x, bias.clone(), self.heads);
+        }
+        x
+    }
+}
+
+impl Layer {
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, heads: usize) -> Tensor<3> {
+        let [b, len, hidden] = x.dims();
+        let d = hidden / heads;
+        let split = |t: Tensor<3>| -> Tensor<4> { t.reshape([b, len, heads, d]).swap_dims(1, 2) };
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x.clone()));
+        let scores = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt() + bias;
+        let probs = softmax(scores, 3);
+        let context = probs.matmul(v).swap_dims(1, 2).reshape([b, len, hidden]);
+        let a = self
+            .attention_norm
+            .forward(self.attention_out.forward(context) + x);
+        let h = gelu(self.intermediate.forward(a.clone()));
+        self.output_norm.forward(self.output.forward(h) + a)
+    }
+}
+
+/// The tensors of a safetensors file by Hugging Face name, as f32.
+struct Weights<'a> {
+    file: PathBuf,
+    st: SafeTensors<'a>,
+    device: Device,
+}
+
+impl Weights<'_> {
+    fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let corrupt = |reason: String| ModelError::Corrupt {
+            path: self.file.clone(),
+            reason,
+        };
+        let t = self
+            .st
+            .tensor(name)
+            .map_err(|_| corrupt(format!("tensor `{name}` is missing")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(corrupt(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        if t.shape() != shape {
+            return Err(corrupt(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?} (config.json)",
+                t.shape()
+            )));
+        }
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn t1(&self, name: &str, n: usize) -> Result<Param<Tensor<1>>, ModelError> {
+        let v = self.values(name, &[n])?;
+        Ok(Param::from_tensor(Tensor::from_data(
+            TensorData::new(v, [n]),
+            &self.device,
+        )))
+    }
+
+    fn t2(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<2>, ModelError> {
+        let v = self.values(name, &[rows, cols])?;
+        Ok(Tensor::from_data(
+            TensorData::new(v, [rows, cols]),
+            &self.device,
+        ))
+    }
+
+    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding, ModelError> {
+        Ok(Embedding {
+            weight: Param::from_tensor(self.t2(&format!("{name}.weight"), rows, cols)?),
+        })
+    }
+
+    /// PyTorch stores `[out, in]`; burn's `Linear` multiplies by `[in, out]`.
+    fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear, ModelError> {
+        let w = self.t2(&format!("{name}.weight"), d_out, d_in)?.transpose();
+        Ok(Linear {
+            weight: Param::from_tensor(w),
+            bias: Some(self.t1(&format!("{name}.bias"), d_out)?),
+        })
+    }
+
+    fn norm(&self, name: &str, d: usize, eps: f64) -> Result<LayerNorm, ModelError> {
+        let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
+        norm.gamma = self.t1(&format!("{name}.weight"), d)?;
+        norm.beta = Some(self.t1(&format!("{name}.bias"), d)?);
+        Ok(norm)
+    }
+}
+
+/// The pretrained encoder with its tokenizer.
+pub struct SentenceEncoder {
+    pub config: BertConfig,
+    bert: Bert,
+    tokenizer: tokenizers::Tokenizer,
+    max_seq_len: usize,
+    device: Device,
+    dir: PathBuf,
+}
+
+/// What is missing or wrong in a pretrained-model directory, with the way to fix it.
+fn missing(dir: &Path, what: &str) -> ModelError {
+    ModelError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "{what}; fetch the pretrained encoder with scripts/fetch-pretrained.sh {}",
+            dir.parent()
+                .map_or(String::new(), |p| p.display().to_string())
+        ),
+    }
+}
+
+impl SentenceEncoder {
+    /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`). Texts are cut to
+    /// `max_seq_len` tokens, `[CLS]` and `[SEP]` included.
+    pub fn load(
+        dir: &Path,
+        max_seq_len: usize,
+        backend: Backend,
+    ) -> Result<SentenceEncoder, ModelError> {
+        let device = &crate::train::device_for(backend);
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .map_err(|e| missing(dir, &format!("cannot read {name}: {e}")))
+        };
+        let config: BertConfig =
+            serde_json::from_slice(&read("config.json")?).map_err(|e| ModelError::Corrupt {
+                path: dir.join("config.json"),
+                reason: e.to_string(),
+            })?;
+        if !["", "bert"].contains(&config.model_type.as_str()) || config.hidden_act != "gelu" {
+            return Err(ModelError::Corrupt {
+                path: dir.join("config.json"),
+                reason: format!(
+                    "model_type {:?} with activation {:?}: only BERT encoders with GELU are supported",
+                    config.model_type, config.hidden_act
+                ),
+            });
+        }
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
+            return Err(ModelError::Corrupt {
+                path: dir.join("config.json"),
+                reason: "hidden_size must be a multiple of num_attention_heads".into(),
+            });
+        }
+        let bytes = read("model.safetensors")?;
+        let file = dir.join("model.safetensors");
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Corrupt {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let w = Weights {
+            file,
+            st,
+            device: device.clone(),
+        };
+        let c = &config;
+        let (h, eps) = (c.hidden_size, c.layer_norm_eps);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
+                key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
+                value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
+                attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                intermediate: w.linear(
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    c.intermediate_size,
+                )?,
+                output: w.linear(&format!("{p}.output.dense"), c.intermediate_size, h)?,
+                output_norm: w.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+            });
+        }
+        let bert = Bert {
+            word: w.embedding("embeddings.word_embeddings", c.vocab_size, h)?,
+            position: w.embedding(
+                "embeddings.position_embeddings",
+                c.max_position_embeddings,
+                h,
+            )?,
+            token_type: w.embedding("embeddings.token_type_embeddings", c.type_vocab_size, h)?,
+            embedding_norm: w.norm("embeddings.LayerNorm", h, eps)?,
+            layers,
+            heads: c.num_attention_heads,
+        };
+        let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| missing(dir, &format!("cannot load tokenizer.json: {e}")))?;
+        // Batches are padded here, to their own longest text, not to the file's fixed 128.
+        tokenizer.with_padding(None);
+        let max_seq_len = max_seq_len.clamp(2, c.max_position_embeddings);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_seq_len,
+                ..Default::default()
+            }))
+            .map_err(|e| missing(dir, &format!("tokenizer.json: {e}")))?;
+        Ok(SentenceEncoder {
+            config,
+            bert,
+            tokenizer,
+            max_seq_len,
+            device: device.clone(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    pub fn dim(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Token ids, `[CLS]` and `[SEP]` included, cut to `max_seq_len`.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Training(format!("tokenizing: {e}")))
+    }
+
+    /// Embeddings of already tokenised texts, in order, as one batch.
+    pub fn embed_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dim = self.dim();
+        let flat = self
+            .bert
+            .embed(batch, &self.device)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Training(format!("{e:?}")))?;
+        Ok(flat.chunks_exact(dim).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Embeddings of `texts`, in order. Texts are grouped by token length into batches of at
+    /// most `batch_size`, so little work goes into padding.
+    pub fn embed(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.tokenize(t))
+            .collect::<Result<_, _>>()?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut out = vec![Vec::new(); ids.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            for (&i, e) in chunk.iter().zip(self.embed_ids(&batch)?) {
+                out[i] = e;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the fetched encoder is: `$SENTIMENTD_PRETRAINED` or `~/.cache/sentimentd-pretrained`.
+    fn encoder_dir() -> PathBuf {
+        let root = std::env::var_os("SENTIMENTD_PRETRAINED")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/sentimentd-pretrained")
+            });
+        root.join("all-minilm-l6-v2")
+    }
+
+    fn encoder() -> SentenceEncoder {
+        let dir = encoder_dir();
+        SentenceEncoder::load(&dir, 256, Backend::Flex).unwrap_or_else(|e| {
+            panic!("{e} (scripts/test.sh runs scripts/fetch-pretrained.sh for the tests)")
+        })
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f64 {
+        let dot: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        dot / (na * nb)
+    }
+
+    #[derive(Deserialize)]
+    struct Reference {
+        sentences: Vec<RefSentence>,
+    }
+
+    #[derive(Deserialize)]
+    struct RefSentence {
+        text: String,
+        ids: Vec<u32>,
+        embedding: Vec<f32>,
+    }
+
+    #[test]
+    fn embeddings_match_an_independent_numpy_implementation() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/minilm_reference.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let reference: Reference = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let enc = encoder();
+        let texts: Vec<&str> = reference
+            .sentences
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect();
+        // Batched (padded, sorted by length) and one by one must both match.
+        let batched = enc.embed(&texts, 4).unwrap_or_else(|e| panic!("{e}"));
+        let mut worst = 0.0f64;
+        for (s, got) in reference.sentences.iter().zip(&batched) {
+            assert_eq!(
+                enc.tokenize(&s.text).ok().as_ref(),
+                Some(&s.ids),
+                "{:?}",
+                s.text
+            );
+            let single = enc
+                .embed_ids(std::slice::from_ref(&s.ids))
+                .unwrap_or_else(|e| panic!("{e}"));
+            for e in [got, &single[0]] {
+                let distance = 1.0 - cosine(e, &s.embedding);
+                assert!(distance < 1e-4, "{:?}: cosine distance {distance}", s.text);
+                worst = worst.max(distance);
+                let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-4);
+            }
+        }
+        eprintln!("largest cosine distance to the numpy reference: {worst:e}");
+        let e = |t: &str| {
+            enc.embed(&[t], 1)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .remove(0)
+        };
+        let love = e("I love this product");
+        let like = e("I really like this item");
+        let train = e("The train leaves at noon");
+        assert!(cosine(&love, &like) > cosine(&love, &train) + 0.3);
+    }
+
+    #[test]
+    fn a_missing_encoder_names_the_fetch_script() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let err = SentenceEncoder::load(&dir.path().join("all-minilm-l6-v2"), 128, Backend::Flex)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("scripts/fetch-pretrained.sh"), "{err}");
+    }
+}
