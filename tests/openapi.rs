@@ -254,6 +254,9 @@ fn the_document_lists_every_route_and_every_field_the_daemon_answers_with() {
         (false, "post", "/predict", Some("text/plain"), r#"{"text": "x"}"#, 415),
         (false, "post", "/predict", JSON, "{", 400),
         (false, "post", "/feedback", JSON, r#"{"text": "meh", "label": 1}"#, 200),
+        // JSON (and JSON Schema) do not tell 1.0 from 1.
+        (false, "post", "/feedback", JSON, r#"{"text": "meh", "label": 1.0}"#, 200),
+        (false, "post", "/feedback", JSON, r#"{"text": "meh", "label": 1.5}"#, 422),
         (false, "post", "/feedback", JSON, r#"{"items": []}"#, 422),
         (false, "post", "/admin/retrain", None, "", 401),
         (true, "post", "/admin/retrain", None, "", 409),
@@ -295,6 +298,14 @@ fn the_document_lists_every_route_and_every_field_the_daemon_answers_with() {
             "{method} {path} {status}: fields missing from the schema: {extra:?} in {text}"
         );
     }
+
+    // A method a path does not take: 405 naming the ones it does (RFC 9110).
+    let r = agent().get(d.url("/predict")).call().expect("GET /predict");
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(
+        r.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
 }
 
 /// What schemathesis checks on every answer (`schemathesis run --help` lists them).
@@ -306,6 +317,16 @@ const CHECKS: &[&str] = &[
     "status_code_conformance",
     "content_type_conformance",
     "response_headers_conformance",
+    // The request schemas are exact: what they allow is accepted, what they forbid refused.
+    // (The limits that are configuration, `data.max_text_chars` and `server.max_batch_texts`,
+    // are described, not encoded; the generated data stays far below the defaults.)
+    "positive_data_acceptance",
+    "negative_data_rejection",
+    // The admin API refuses a request without the token.
+    "ignored_auth",
+    // A method a path does not take gets 405 with an `Allow` header naming the ones it does.
+    "unsupported_method",
+    "allow_header_conformance",
 ];
 
 #[test]

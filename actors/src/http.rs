@@ -264,11 +264,16 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     )
 }
 
+/// 405 with the `Allow` header RFC 9110 requires: the path's documented methods.
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    json_error(
+    let mut response = json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {} is not allowed on {}", req.method(), req.path()),
-    )
+    );
+    if let Some(allow) = crate::openapi::allowed_methods(req.path()) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 #[utoipa::path(get, path = "/health", tag = "health",
@@ -813,7 +818,11 @@ async fn feedback(
         }
         let label = match &item.label {
             serde_json::Value::String(s) => Label::parse(s),
-            serde_json::Value::Number(n) => n.as_u64().and_then(|n| Label::from_index(n as usize)),
+            // 1.0 is the integer 1 to JSON (and JSON Schema) as much as 1 is.
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .and_then(|f| Label::from_index(f as usize)),
             _ => None,
         };
         let Some(label) = label else {

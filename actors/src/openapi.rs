@@ -8,7 +8,8 @@
 //! A route registered in `http::configure` and missing here fails `tests/openapi.rs`.
 
 use actix_web::HttpResponse;
-use actix_web::http::header::ContentType;
+use actix_web::http::header::{ContentType, HeaderValue};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Ref, RefOr, Schema, Type};
@@ -55,6 +56,39 @@ pub fn document() -> &'static str {
             .to_json()
             .expect("the OpenAPI document serialises")
     })
+}
+
+/// The methods `path` is documented with, as the `Allow` header of a 405 lists them.
+pub fn allowed_methods(path: &str) -> Option<HeaderValue> {
+    static ALLOWED: OnceLock<HashMap<String, HeaderValue>> = OnceLock::new();
+    ALLOWED
+        .get_or_init(|| {
+            ApiDoc::openapi()
+                .paths
+                .paths
+                .iter()
+                .filter_map(|(path, item)| {
+                    let methods: Vec<&str> = [
+                        (&item.get, "GET"),
+                        (&item.put, "PUT"),
+                        (&item.post, "POST"),
+                        (&item.delete, "DELETE"),
+                        (&item.options, "OPTIONS"),
+                        (&item.head, "HEAD"),
+                        (&item.patch, "PATCH"),
+                        (&item.trace, "TRACE"),
+                    ]
+                    .into_iter()
+                    .filter(|(op, _)| op.is_some())
+                    .map(|(_, name)| name)
+                    .collect();
+                    let value = HeaderValue::from_str(&methods.join(", ")).ok()?;
+                    Some((path.clone(), value))
+                })
+                .collect()
+        })
+        .get(path)
+        .cloned()
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
