@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs: Debian's prometheus (tests/monitoring.rs) and chromium
-# (tests/status_page.rs) packages, and
-# a virtualenv with MLflow, whose server and Python client tests/mlflow.rs runs against. Idempotent: a stamp file inside the venv records
-# what was installed, so a second run costs a few milliseconds and touches no network.
+# (tests/status_page.rs) packages, and a virtualenv with MLflow, whose server and Python client
+# tests/mlflow.rs runs against, and schemathesis, which tests/openapi.rs runs against the
+# daemon's /openapi.json. Idempotent: a stamp file inside the venv records what was installed,
+# so a second run costs a few milliseconds and touches no network.
 #
 #   SENTIMENTD_VENV   where the venv lives (default: ~/.cache/sentimentd-venv)
 #   PYTHON            interpreter to build it from (default: python3; 3.9 or newer)
@@ -13,11 +14,14 @@ set -euo pipefail
 # mlflow and mlflow-skinny/mlflow-tracing are released in lock-step; pin one version all three
 # exist at, so the install never mixes releases. Bumping it re-installs on the next run.
 MLFLOW_VERSION="3.17.2"
+# Schemathesis' CLI (check names, flags) changes between minor releases; tests/openapi.rs is
+# written against this one. Installed in the same pip call as MLflow so the resolver sees both.
+SCHEMATHESIS_VERSION="4.32.5"
 
 VENV="${SENTIMENTD_VENV:-$HOME/.cache/sentimentd-venv}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.sentimentd-test-deps"
-WANT="mlflow==$MLFLOW_VERSION"
+WANT="mlflow==$MLFLOW_VERSION schemathesis==$SCHEMATHESIS_VERSION"
 
 log() { echo "test-deps: $*" >&2; }
 
@@ -37,7 +41,8 @@ if ((${#missing[@]})); then
     fi
 fi
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" && -x "$VENV/bin/mlflow" ]]; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" && -x "$VENV/bin/mlflow"
+      && -x "$VENV/bin/schemathesis" ]]; then
     log "$WANT already installed in $VENV"
     echo "$VENV"
     exit 0
@@ -71,9 +76,15 @@ fi
 rm -f "$STAMP"
 log "installing $WANT into $VENV (first run takes a minute or two)"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "$WANT"
-"$VENV/bin/python" -c "import mlflow, sys; assert mlflow.__version__ == sys.argv[1], mlflow.__version__" \
-    "$MLFLOW_VERSION"
+# shellcheck disable=SC2086 # WANT is a list of requirements
+"$VENV/bin/python" -m pip install --quiet $WANT
+"$VENV/bin/python" -m pip check >&2
+"$VENV/bin/python" - "$MLFLOW_VERSION" "$SCHEMATHESIS_VERSION" <<'PY'
+import sys
+from importlib.metadata import version
+for name, want in zip(("mlflow", "schemathesis"), sys.argv[1:]):
+    assert version(name) == want, f"{name} {version(name)} installed, {want} wanted"
+PY
 echo "$WANT" >"$STAMP"
 log "installed $WANT in $(($(date +%s) - start)) s; venv size $(du -sh "$VENV" | cut -f1)"
 echo "$VENV"

@@ -18,19 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn venv() -> PathBuf {
-    let dir = std::env::var_os("SENTIMENTD_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/sentimentd-venv")
-        });
-    assert!(
-        dir.join("bin/mlflow").is_file() && dir.join("bin/python").is_file(),
-        "no MLflow venv at {} (SENTIMENTD_VENV or ~/.cache/sentimentd-venv): run \
-         scripts/test-deps.sh first",
-        dir.display()
-    );
-    dir
+    common::venv(&["mlflow", "python"])
 }
 
 /// `mlflow server` in its own process group, stopped with the whole group on drop.

@@ -93,13 +93,10 @@ fn metrics_text(d: &Daemon, accept: Option<&str>) -> (String, String) {
         req = req.header("accept", a);
     }
     let mut r = req.call().expect("GET /metrics");
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (content_type, r.body_mut().read_to_string().expect("body"))
+    (
+        common::content_type(&r),
+        r.body_mut().read_to_string().expect("body"),
+    )
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! HTTP ingestion (actix-web): `/predict`, `/feedback`, `/health`, `/ready`, `/model`,
 //! `/metrics`, `/drift`, and the admin API (`/admin/retrain`, `/admin/promote`,
-//! `/admin/rollback`, bearer token from `[admin] token_file`).
+//! `/admin/rollback`, bearer token from `[admin] token_file`). Each handler's
+//! `#[utoipa::path]` documents it in `GET /openapi.json` (see `openapi.rs`).
 //!
 //! `/predict` is the hot path: for one text or a few, the handler reads the serving model from
 //! the lock-free [`ModelCell`] and records metrics with atomic counters, instead of a mailbox
@@ -30,6 +31,7 @@ use crate::messages::{
 use crate::metrics::{Channel, Metrics, RequestOutcome};
 use crate::model_registry::{ModelCell, ServingModel};
 use crate::observations::ObservationSink;
+use crate::openapi::{AdminErrors, ErrorBody, JsonBodyErrors, SwitchResponses};
 use crate::reputation::Reputation;
 use crate::supervisor::{Containment, Faults};
 
@@ -251,6 +253,11 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
                     .route(web::post().to(admin_rollback))
                     .default_service(web::to(method_not_allowed)),
             )
+            .service(
+                web::resource("/openapi.json")
+                    .route(web::get().to(crate::openapi::openapi_json))
+                    .default_service(web::to(method_not_allowed)),
+            )
             .default_service(web::to(not_found));
     }
 }
@@ -276,19 +283,32 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     )
 }
 
+/// 405 with the `Allow` header RFC 9110 requires: the path's documented methods.
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    json_error(
+    let mut response = json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {} is not allowed on {}", req.method(), req.path()),
-    )
+    );
+    if let Some(allow) = crate::openapi::allowed_methods(req.path()) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
+#[utoipa::path(get, path = "/health", tag = "health",
+    description = "Liveness: 200 while the process is alive (also at `/healthz`).",
+    responses((status = 200, description = "Alive", body = crate::openapi::Health)))]
 async fn health() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType::json())
         .body(r#"{"status":"ok"}"#)
 }
 
+#[utoipa::path(get, path = "/ready", tag = "health",
+    description = "Readiness: 200 once a model answers, the lexicon fallback included (also at `/readyz`).",
+    responses(
+        (status = 200, description = "A model serves", body = crate::openapi::Ready),
+        (status = 503, description = "No model is loaded yet", body = crate::openapi::NotReady)))]
 async fn ready(state: web::Data<HttpState>) -> HttpResponse {
     match state.cell.load_full() {
         Some(m) => HttpResponse::Ok().json(serde_json::json!({
@@ -304,6 +324,11 @@ async fn ready(state: web::Data<HttpState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(get, path = "/model", tag = "model",
+    description = "The serving model: version, kind, whether it is the lexicon fallback, metrics per split.",
+    responses(
+        (status = 200, description = "The serving model", body = crate::model_registry::ModelInfo),
+        (status = 503, description = "No model is loaded yet", body = ErrorBody)))]
 async fn model(state: web::Data<HttpState>) -> HttpResponse {
     match state.cell.load_full() {
         Some(m) => HttpResponse::Ok().json(&m.info),
@@ -313,6 +338,13 @@ async fn model(state: web::Data<HttpState>) -> HttpResponse {
 
 /// OpenMetrics for clients that ask for it (Prometheus does), the classic text format 0.0.4
 /// otherwise.
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    description = "Prometheus metrics: OpenMetrics 1.0.0 when `Accept` names `application/openmetrics-text`, the text format 0.0.4 otherwise.",
+    responses(
+        (status = 200, description = "The metrics", content(
+            (String = "text/plain"),
+            (String = "application/openmetrics-text"))),
+        (status = 500, description = "The metrics cannot be encoded", body = ErrorBody)))]
 async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let openmetrics = req
         .headers()
@@ -341,30 +373,47 @@ async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
     }
 }
 
-#[derive(Deserialize)]
-struct PredictRequest<'a> {
+/// The fields of a `/predict` request; `openapi::PredictInput` adds that exactly one of
+/// `text` and `texts` is given.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PredictRequest<'a> {
+    /// One text; null is as if absent.
     #[serde(borrow, default)]
+    #[schema(value_type = Option<crate::openapi::Text>)]
     text: Option<Cow<'a, str>>,
+    /// A batch of at most `server.max_batch_texts` texts, answered in input order; null is as
+    /// if absent.
     #[serde(borrow, default)]
+    #[schema(value_type = Option<Vec<crate::openapi::Text>>, min_items = 1)]
     texts: Option<Vec<Cow<'a, str>>>,
     /// Who or what the texts are about (a brand, channel, account): the reputation view's
-    /// source. Absent: `unknown`.
+    /// source (`GET /reputation`), cut to 100 characters. Absent, null or blank: `unknown`.
     #[serde(borrow, default)]
+    #[schema(value_type = Option<String>)]
     source: Option<Cow<'a, str>>,
 }
 
-#[derive(Serialize)]
+/// Calibrated class probabilities; they sum to 1.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Probabilities {
+    #[schema(minimum = 0, maximum = 1)]
     negative: f32,
+    #[schema(minimum = 0, maximum = 1)]
     neutral: f32,
+    #[schema(minimum = 0, maximum = 1)]
     positive: f32,
 }
 
-#[derive(Serialize)]
-struct PredictionBody<'a> {
+/// The prediction for one text.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PredictionBody<'a> {
+    #[schema(value_type = crate::openapi::LabelName)]
     label: &'static str,
+    /// The probability of `label`.
+    #[schema(minimum = 0, maximum = 1)]
     score: f32,
     probabilities: Probabilities,
+    #[schema(value_type = String)]
     model_version: &'a str,
 }
 
@@ -383,8 +432,9 @@ impl<'a> PredictionBody<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct BatchBody<'a> {
+/// The predictions of a batch, in input order.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchBody<'a> {
     predictions: Vec<PredictionBody<'a>>,
 }
 
@@ -412,6 +462,17 @@ fn content_type_ok(req: &HttpRequest) -> Result<(), String> {
     }
 }
 
+#[utoipa::path(post, path = "/predict", tag = "predict",
+    description = "Scores one text or a batch.",
+    request_body(content = crate::openapi::PredictInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The prediction, or the batch's predictions", body = crate::openapi::PredictResponse),
+        JsonBodyErrors,
+        (status = 422, description = "A blank or too long text, an empty or too large batch", body = ErrorBody),
+        (status = 429, description = "Too many texts of batches are being scored (`server.max_inflight_texts`)", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "Scoring failed; the error was logged", body = ErrorBody),
+        (status = 503, description = "No model is loaded yet", body = ErrorBody)))]
 async fn predict(
     req: HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,
@@ -714,24 +775,40 @@ fn json_body(
     Ok(body)
 }
 
-#[derive(Deserialize)]
+/// One labelled text.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FeedbackItem {
+    #[schema(value_type = crate::openapi::Text)]
     text: String,
+    #[schema(value_type = crate::openapi::FeedbackLabel)]
     label: serde_json::Value,
+    /// Where the text came from (a channel, a brand account).
     #[serde(default)]
     source: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// One labelled text, or `items` (at most `server.max_batch_texts`).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum FeedbackRequest {
-    Many { items: Vec<FeedbackItem> },
+    Many {
+        #[schema(min_items = 1)]
+        items: Vec<FeedbackItem>,
+    },
     One(FeedbackItem),
 }
 
 /// `POST /feedback {"text", "label"[, "source"]}` or `{"items": [...]}`: labelled rows for
 /// retraining. The rows are on disk (one immutable file per request) before the 200.
+#[utoipa::path(post, path = "/feedback", tag = "feedback",
+    description = "Stores labelled texts for retraining; they are on disk before the answer.",
+    request_body(content = FeedbackRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored", body = crate::openapi::FeedbackStored),
+        JsonBodyErrors,
+        (status = 422, description = "A blank or too long text, a label that is not one of the three, an empty or too large `items`", body = ErrorBody),
+        (status = 500, description = "The rows cannot be stored; the error was logged", body = ErrorBody)))]
 async fn feedback(
     req: HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,
@@ -782,7 +859,11 @@ async fn feedback(
         }
         let label = match &item.label {
             serde_json::Value::String(s) => Label::parse(s),
-            serde_json::Value::Number(n) => n.as_u64().and_then(|n| Label::from_index(n as usize)),
+            // 1.0 is the integer 1 to JSON (and JSON Schema) as much as 1 is.
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .and_then(|f| Label::from_index(f as usize)),
             _ => None,
         };
         let Some(label) = label else {
@@ -840,6 +921,11 @@ async fn feedback(
     }
 }
 
+#[utoipa::path(get, path = "/drift", tag = "drift",
+    description = "The latest drift report.",
+    responses(
+        (status = 200, description = "The latest drift report", body = sentimentd_data::drift::DriftReport),
+        (status = 404, description = "No drift check has run yet", body = ErrorBody)))]
 async fn drift(state: web::Data<HttpState>) -> HttpResponse {
     match state.reports.load_full() {
         Some(r) => HttpResponse::Ok().json(&*r),
@@ -850,10 +936,22 @@ async fn drift(state: web::Data<HttpState>) -> HttpResponse {
     }
 }
 
-async fn reputation(state: web::Data<HttpState>) -> HttpResponse {
+#[utoipa::path(get, path = "/reputation", tag = "reputation",
+    description = "Sentiment per source over time: totals, the negative share of each source's \
+                   latest bucket, the trend per time bucket with spike tests, and the alerts. \
+                   Busiest source first.",
+    responses(
+        (status = 200, description = "The per-source summary and trend",
+            body = sentimentd_data::reputation::Report)))]
+pub(crate) async fn reputation(state: web::Data<HttpState>) -> HttpResponse {
     json_ok(&state.reputation.report(crate::reputation::now_unix()))
 }
 
+#[utoipa::path(get, path = "/drift/report.html", tag = "drift",
+    description = "The latest drift report as a self-contained HTML page.",
+    responses(
+        (status = 200, description = "The latest drift report", body = String, content_type = "text/html"),
+        (status = 404, description = "No drift check has run yet", body = ErrorBody)))]
 async fn drift_html(state: web::Data<HttpState>) -> HttpResponse {
     match state.reports.load_full() {
         Some(r) => HttpResponse::Ok()
@@ -903,6 +1001,13 @@ fn switched(r: Result<Result<Switched, String>, actix::MailboxError>) -> HttpRes
     }
 }
 
+#[utoipa::path(post, path = "/admin/retrain", tag = "admin", security(("bearer" = [])),
+    description = "Starts a retrain in the background: a candidate trained on the base data and the labelled rows, promoted only if it passes the gate.",
+    responses(
+        (status = 202, description = "The retrain started", body = crate::openapi::RetrainStarted),
+        AdminErrors,
+        (status = 409, description = "The retrain cannot start (one is running, too few new labelled rows, retraining disabled)", body = ErrorBody),
+        (status = 503, description = "The trainer is unavailable", body = ErrorBody)))]
 async fn admin_retrain(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let api = match admin(&req, &state) {
         Ok(a) => a,
@@ -924,12 +1029,17 @@ async fn admin_retrain(req: HttpRequest, state: web::Data<HttpState>) -> HttpRes
     }
 }
 
-#[derive(Deserialize)]
+/// A version in the model store.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PromoteRequest {
     version: String,
 }
 
+#[utoipa::path(post, path = "/admin/promote", tag = "admin", security(("bearer" = [])),
+    description = "Serves a stored version.",
+    request_body(content = PromoteRequest, content_type = "application/json"),
+    responses(SwitchResponses, AdminErrors, JsonBodyErrors))]
 async fn admin_promote(
     req: HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,
@@ -962,6 +1072,9 @@ async fn admin_promote(
     )
 }
 
+#[utoipa::path(post, path = "/admin/rollback", tag = "admin", security(("bearer" = [])),
+    description = "Puts the previously served version back.",
+    responses(SwitchResponses, AdminErrors))]
 async fn admin_rollback(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let api = match admin(&req, &state) {
         Ok(a) => a,

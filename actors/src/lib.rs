@@ -17,6 +17,7 @@ pub mod messages;
 pub mod metrics;
 pub mod model_registry;
 pub mod observations;
+pub mod openapi;
 pub mod output_names;
 pub mod reputation;
 pub mod status_page;

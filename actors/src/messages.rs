@@ -190,8 +190,9 @@ pub struct Rollback {
 }
 
 /// A change of the serving version.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Switched {
+    #[schema(required = true)]
     pub from: Option<String>,
     pub to: String,
 }

@@ -32,14 +32,23 @@ use crate::trainer::LogObserver;
 const RELOAD_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What `/model` and `/ready` report about the serving model.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     pub version: String,
+    #[schema(value_type = crate::openapi::ModelKindName)]
     pub kind: &'static str,
+    /// The lexicon fallback serves (no trained model).
     pub fallback: bool,
+    /// Null for the fallback.
+    #[schema(required = true, format = DateTime)]
     pub created_at: Option<String>,
+    /// The version this one was retrained from.
+    #[schema(required = true)]
     pub parent: Option<String>,
+    /// Evaluation metrics per split (`selection`, `val`, ...); null for the fallback.
+    #[schema(value_type = Option<Object>, required = true)]
     pub metrics: serde_json::Value,
+    #[schema(format = DateTime)]
     pub loaded_at: String,
 }
 

@@ -30,6 +30,12 @@ struct ModelEvent {
     reason: String,
 }
 
+#[utoipa::path(get, path = "/", tag = "status",
+    description = "The status page: a self-contained HTML document with the serving model, \
+                   readiness, sentiment per source over time, the latest drift check, recent \
+                   batches, and promotions, rollbacks and gate rejections.",
+    responses(
+        (status = 200, description = "The status page", body = String, content_type = "text/html")))]
 pub async fn page(state: web::Data<HttpState>) -> HttpResponse {
     let store = state.model_store.clone();
     let events = web::block(move || model_events(store))

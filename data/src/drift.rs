@@ -321,7 +321,7 @@ fn reservoir(n: usize, k: usize, rng: &mut StdRng) -> Vec<usize> {
     out
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Too few observations in the window to say anything.
@@ -341,7 +341,7 @@ impl Verdict {
 }
 
 /// One statistical test of a check.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TestResult {
     /// One of [`TESTS`].
     pub test: String,
@@ -350,6 +350,7 @@ pub struct TestResult {
     /// The statistic (chi-square statistic, MMD² estimate, distance, KS D).
     pub value: f64,
     /// For the tests with a p-value (chi2, mmd).
+    #[schema(required = true)]
     pub p_value: Option<f64>,
     /// The configured threshold: a distance for distance tests, a p-value for the others.
     pub threshold: f64,
@@ -359,6 +360,7 @@ pub struct TestResult {
     pub score: f64,
     pub fired: bool,
     /// Why the test did not run (it then never fires and scores 0).
+    #[schema(required = true)]
     pub skipped: Option<String>,
 }
 
@@ -421,7 +423,7 @@ pub fn p_score(p: f64, threshold: f64) -> f64 {
 }
 
 /// Shares of one side of a check, for the report's charts.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Distribution {
     /// Predicted-label shares in `Label::ALL` order.
     pub label_shares: [f64; 3],
@@ -435,10 +437,12 @@ pub struct Distribution {
 }
 
 /// The outcome of one drift check, as stored (JSON) and shown (HTML).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DriftReport {
+    #[schema(format = DateTime)]
     pub checked_at: String,
     pub model_version: String,
+    #[schema(format = DateTime)]
     pub baseline_created_at: String,
     pub samples: usize,
     pub min_samples: usize,

@@ -118,7 +118,7 @@ pub struct BookState {
 }
 
 /// Spike test of one bucket against the history before it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Spike {
     /// Negative share of the bucket.
     pub share: f64,
@@ -130,7 +130,7 @@ pub struct Spike {
 }
 
 /// One bucket of a source's trend.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BucketReport {
     /// Bucket start, RFC 3339.
     pub start: String,
@@ -146,7 +146,7 @@ pub struct BucketReport {
 }
 
 /// One source's summary.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SourceReport {
     pub source: String,
     /// Texts counted since the source was tracked, by label.
@@ -163,7 +163,7 @@ pub struct SourceReport {
 }
 
 /// What `GET /reputation` returns.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub bucket_secs: u64,
     pub history_buckets: usize,

@@ -30,6 +30,36 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// The `Content-Type` of an answer ("" without one).
+pub fn content_type<B>(r: &ureq::http::Response<B>) -> String {
+    r.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The Python virtualenv `scripts/test-deps.sh` builds (`SENTIMENTD_VENV`, default
+/// `~/.cache/sentimentd-venv`); a missing one, or one without `tools` under `bin/`, fails
+/// the test with how to fix it, never skips it.
+pub fn venv(tools: &[&str]) -> PathBuf {
+    let dir = std::env::var_os("SENTIMENTD_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/sentimentd-venv")
+        });
+    for tool in tools {
+        assert!(
+            dir.join("bin").join(tool).is_file(),
+            "no {tool} in the venv at {} (SENTIMENTD_VENV or ~/.cache/sentimentd-venv): run \
+             scripts/test-deps.sh first",
+            dir.display()
+        );
+    }
+    dir
+}
+
 /// Response status and body of one request.
 pub struct Reply {
     pub status: u16,
