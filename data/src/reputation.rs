@@ -111,10 +111,24 @@ impl SourceState {
 pub struct BookState {
     pub bucket_secs: u64,
     sources: BTreeMap<String, SourceState>,
-    /// Untracked sources' decayed volume (top-N mode): who may take a slot.
-    candidates: HashMap<String, f64>,
+    /// Untracked sources (top-N mode), who may take a slot: decayed volume and the part of
+    /// it inherited from the candidate it replaced (space-saving's error bound).
+    candidates: HashMap<String, Candidate>,
     /// The bucket the last re-ranking ran in.
     ranked_bucket: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Candidate {
+    count: f64,
+    error: f64,
+}
+
+impl Candidate {
+    /// Volume the candidate certainly had: a flood of one-off names cannot inflate it.
+    fn lower_bound(&self) -> f64 {
+        self.count - self.error
+    }
 }
 
 /// Spike test of one bucket against the history before it.
@@ -291,19 +305,30 @@ impl Book {
         let cap = (self.settings.max_sources * 4).max(64);
         if !self.state.candidates.contains_key(name) && self.state.candidates.len() >= cap {
             // Space-saving: the weakest candidate makes room and the newcomer inherits its
-            // count, so a source that keeps coming back climbs.
+            // count as error, so a source that keeps coming back climbs while a stream of
+            // one-off names stays at the bottom (ranking uses count minus error).
             let weakest = self
                 .state
                 .candidates
                 .iter()
-                .min_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(k, v)| (k.clone(), *v));
-            if let Some((k, v)) = weakest {
+                .min_by(|a, b| a.1.count.total_cmp(&b.1.count))
+                .map(|(k, v)| (k.clone(), v.count));
+            if let Some((k, count)) = weakest {
                 self.state.candidates.remove(&k);
-                self.state.candidates.insert(name.to_string(), v);
+                self.state.candidates.insert(
+                    name.to_string(),
+                    Candidate {
+                        count,
+                        error: count,
+                    },
+                );
             }
         }
-        *self.state.candidates.entry(name.to_string()).or_insert(0.0) += texts as f64;
+        self.state
+            .candidates
+            .entry(name.to_string())
+            .or_default()
+            .count += texts as f64;
         OTHER
     }
 
@@ -347,15 +372,19 @@ impl Book {
             .state
             .candidates
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (k.clone(), v.lower_bound()))
             .collect();
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // A source promoted in this pass has no buckets yet: it is not the next one out.
+        let mut promoted: Vec<String> = Vec::new();
         for (name, volume) in candidates {
             let quietest = self
                 .state
                 .sources
                 .iter()
-                .filter(|(k, _)| k.as_str() != OTHER && k.as_str() != UNKNOWN)
+                .filter(|(k, _)| {
+                    k.as_str() != OTHER && k.as_str() != UNKNOWN && !promoted.contains(k)
+                })
                 .map(|(k, s)| (k.clone(), s.recent_volume(now_bucket, secs)))
                 .min_by(|a, b| a.1.total_cmp(&b.1));
             let Some((quiet, quiet_volume)) = quietest else {
@@ -370,16 +399,26 @@ impl Book {
                 for (b, c) in &old.buckets {
                     add_counts(other.buckets.entry(*b).or_default(), c);
                 }
-                self.state.candidates.insert(quiet.clone(), quiet_volume);
+                self.state.candidates.insert(
+                    quiet.clone(),
+                    Candidate {
+                        count: quiet_volume,
+                        error: 0.0,
+                    },
+                );
             }
             self.state.candidates.remove(&name);
-            self.state.sources.insert(name, SourceState::default());
+            self.state
+                .sources
+                .insert(name.clone(), SourceState::default());
+            promoted.push(name);
             removed.push(quiet);
         }
         self.prune(OTHER);
         self.state.candidates.retain(|_, v| {
-            *v *= 0.5;
-            *v >= 1.0
+            v.count *= 0.5;
+            v.error *= 0.5;
+            v.lower_bound() >= 1.0
         });
         removed
     }
@@ -583,6 +622,16 @@ mod tests {
         assert_eq!(other, Some(51));
         // Re-ranking runs once per bucket.
         assert!(book.rerank(t0 + 3601).is_empty());
+        // Two busy newcomers take both slots in one pass; neither evicts the other.
+        for (name, n) in [("d", 40), ("e", 30)] {
+            let key = book.resolve(Some(name), n).to_string();
+            book.add(&key, t0 + 3600, [n, 0, 0]);
+        }
+        let mut removed = book.rerank(t0 + 7200);
+        removed.sort();
+        assert_eq!(removed, ["a", "c"]);
+        let tracked: Vec<&str> = book.tracked().collect();
+        assert_eq!(tracked, ["d", "e", "other", "unknown"]);
         // Thousands of distinct names never grow the tracked set or the candidates past cap.
         for i in 0..5000 {
             let name = format!("spam{i}");
