@@ -217,6 +217,8 @@ impl Weights<'_> {
 /// The pretrained encoder with its tokenizer.
 pub struct SentenceEncoder {
     pub config: BertConfig,
+    /// SHA-256 of the encoder's files and `max_seq_len`: what an embedding cache is keyed by.
+    fingerprint: String,
     bert: Bert,
     tokenizer: tokenizers::Tokenizer,
     max_seq_len: usize,
@@ -274,6 +276,16 @@ impl SentenceEncoder {
             });
         }
         let bytes = read("model.safetensors")?;
+        let fingerprint = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for name in ["config.json", "tokenizer.json"] {
+                h.update(read(name)?);
+            }
+            h.update(&bytes);
+            h.update((max_seq_len as u64).to_le_bytes());
+            hex::encode(h.finalize())
+        };
         let file = dir.join("model.safetensors");
         let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Corrupt {
             path: file.clone(),
@@ -329,12 +341,68 @@ impl SentenceEncoder {
             .map_err(|e| missing(dir, &format!("tokenizer.json: {e}")))?;
         Ok(SentenceEncoder {
             config,
+            fingerprint,
             bert,
             tokenizer,
             max_seq_len,
             device: device.clone(),
             dir: dir.to_path_buf(),
         })
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Embeddings of `texts`, from `cache_dir` when this encoder already embedded exactly
+    /// these texts, else computed (reporting `(done, total)` after each batch) and stored
+    /// there. The cache file is written whole or not at all.
+    pub fn embed_cached(
+        &self,
+        texts: &[String],
+        cache_dir: &Path,
+        batch_size: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for t in texts {
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        let key = format!(
+            "{}-{}",
+            &self.fingerprint[..16],
+            &hex::encode(h.finalize())[..16]
+        );
+        let path = cache_dir.join(format!("{key}.f32"));
+        let dim = self.dim();
+        if let Ok(bytes) = std::fs::read(&path)
+            && bytes.len() == texts.len() * dim * 4
+        {
+            let flat: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            progress(texts.len(), texts.len());
+            return Ok(flat.chunks_exact(dim).map(<[f32]>::to_vec).collect());
+        }
+        let mut out = Vec::with_capacity(texts.len());
+        // Chunks of a few batches: each is sorted by length inside, and progress moves.
+        for chunk in texts.chunks(batch_size.max(1) * 8) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            out.extend(self.embed(&refs, batch_size)?);
+            progress(out.len(), texts.len());
+        }
+        let mut bytes = Vec::with_capacity(texts.len() * dim * 4);
+        for e in &out {
+            for v in e {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        std::fs::create_dir_all(cache_dir).map_err(ModelError::io(cache_dir))?;
+        crate::store::write_atomic(&path, &bytes)?;
+        Ok(out)
     }
 
     pub fn dir(&self) -> &Path {
