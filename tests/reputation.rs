@@ -52,6 +52,7 @@ fn source_labels(text: &str, name: &str) -> Vec<String> {
 
 #[test]
 fn sentiment_per_source_over_time_with_a_spike_alert_that_survives_a_restart() {
+    common::away_from_hour_boundary();
     let mut d = Daemon::start_with(
         "",
         "",
@@ -194,8 +195,9 @@ fn sources_stay_bounded_whatever_the_input() {
 
 #[test]
 fn strict_times_reject_unreadable_rows_and_lenient_ones_count_at_arrival() {
+    common::away_from_hour_boundary();
     let csv = format!(
-        "text,source,created_at\n\"{POS}\",acme,2020-05-01T10:00:00Z\n\"{NEG}\",acme,not a date\n\"{NEG}\",globex,\n"
+        "text,source,created_at\n\"{POS}\",acme,2020-05-01T10:00:00Z\n\"{NEG}\",acme,not a date\n\"{NEG}\",globex,\n\"{POS}\",acme,2099-01-01T00:00:00Z\n"
     );
     let strict = Daemon::start_with("", "", "", "[reputation]\nstrict_time = true\n");
     strict.drop_file("times.csv", csv.as_bytes());
@@ -207,15 +209,18 @@ fn strict_times_reject_unreadable_rows_and_lenient_ones_count_at_arrival() {
         .iter()
         .map(|r| (r[0].as_str(), r[1].as_str()))
         .collect();
-    assert_eq!(lines.len(), 2, "{errors:?}");
+    assert_eq!(lines.len(), 3, "{errors:?}");
     assert_eq!(lines[0].0, "3");
     assert!(
         lines[0]
             .1
-            .contains("unreadable time in column `created_at`: \"not a date\""),
+            .contains("unreadable or future time in column `created_at`: \"not a date\""),
         "{lines:?}"
     );
     assert_eq!(lines[1].0, "4");
+    // A time in the future (a clock or time-zone error) is not taken either.
+    assert_eq!(lines[2].0, "5");
+    assert!(lines[2].1.contains("2099-01-01"), "{lines:?}");
     let acme = source(&strict.get("/reputation").json(), "acme").clone();
     assert_eq!(acme["total"], 1);
     assert_eq!(acme["trend"][0]["start"], "2020-05-01T10:00:00Z");
@@ -226,7 +231,7 @@ fn strict_times_reject_unreadable_rows_and_lenient_ones_count_at_arrival() {
     lenient.drop_file("times.csv", csv.as_bytes());
     lenient.wait_processed("times.csv", Duration::from_secs(60));
     let out = read_csv(&lenient.root().join("outbox/times.csv"));
-    assert_eq!(out.len(), 4, "{out:?}");
+    assert_eq!(out.len(), 5, "{out:?}");
     assert!(
         !lenient
             .root()
@@ -243,11 +248,12 @@ fn strict_times_reject_unreadable_rows_and_lenient_ones_count_at_arrival() {
     sorted.sort();
     assert_eq!(sorted, ["acme", "other", "unknown"]);
     let acme = source(&report, "acme");
-    assert_eq!(acme["total"], 2);
-    // The row without a readable time counts in the current bucket; the 2020 row is older
-    // than the history kept, so it is in the totals only.
+    assert_eq!(acme["total"], 3);
+    // The rows without a readable (or with a future) time count in the current bucket; the
+    // 2020 row is older than the history kept, so it is in the totals only.
     let trend = acme["trend"].as_array().cloned().unwrap_or_default();
     assert_eq!(trend.len(), 1, "{acme}");
+    assert_eq!(trend[0]["total"], 2);
     assert_eq!(trend[0]["start_unix"], now() - now().rem_euclid(3600));
     assert_eq!(source(&report, "other")["total"], 1);
 }

@@ -70,6 +70,12 @@ fn mentions() -> String {
             ("acme", 30, if k == 11 { 20 } else { 4 }),
             ("globex", 20, 6),
             ("initech", 10, 2),
+            // A hostile name must be shown as text, never run.
+            (
+                "<img src=x onerror=alert(1)><script>alert(2)</script>",
+                2,
+                1,
+            ),
         ] {
             for i in 0..n {
                 let text = if i < neg {
@@ -88,6 +94,7 @@ fn mentions() -> String {
 
 #[test]
 fn the_status_page_renders_in_a_browser_with_data_and_no_console_errors() {
+    common::away_from_hour_boundary();
     let data = tempfile::tempdir().expect("temp dir");
     let train = std::fs::read_to_string(repo().join("data/datasets/tweeteval/train.csv"))
         .expect("bundled data");
@@ -169,6 +176,14 @@ fn the_status_page_renders_in_a_browser_with_data_and_no_console_errors() {
     let (charts, drawn) = (attr("data-charts"), attr("data-charts-drawn"));
     assert!(charts >= Some(3), "a chart per source: {charts:?}");
     assert_eq!(drawn, charts, "every chart drew bars with a size");
+    assert!(
+        !dom.contains("<img src=\"x\""),
+        "a source name became markup"
+    );
+    assert!(
+        dom.contains("&lt;script&gt;alert(2)"),
+        "the hostile name is shown as text"
+    );
 
     let shot = out_dir.join("status.png");
     let _ = std::fs::remove_file(&shot);

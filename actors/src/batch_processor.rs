@@ -344,6 +344,10 @@ impl BatchProcessor {
         // input archived) also sees it in the metrics.
         let seconds = started.elapsed().as_secs_f64();
         self.reputation.apply(Channel::batch, &summary.tally);
+        // Saved at once: a crash after this loses none of the file's counts.
+        if let Err(e) = self.reputation.save() {
+            tracing::warn!(file = %entry.input, error = %e, "cannot save the reputation state; retrying later");
+        }
         BatchProcessed {
             file: &entry.input,
             output: &entry.output,

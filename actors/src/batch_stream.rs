@@ -329,7 +329,10 @@ impl Stream<'_> {
             let time = match columns.time {
                 Some((col, name)) => {
                     let raw = row.fields.get(col).map_or("", String::as_str);
-                    match parse_time(raw) {
+                    // A time past the current bucket is a clock or time-zone error (a local
+                    // time read as UTC); taken as is it would push the source's history out.
+                    let latest = arrival + settings.bucket_secs as i64;
+                    match parse_time(raw).filter(|&t| t <= latest) {
                         Some(t) => t,
                         None if self.reputation.strict_time => {
                             unscored.push(RejectedRow {

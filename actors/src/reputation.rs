@@ -63,14 +63,24 @@ impl Reputation {
                 Book::restore(settings, saved)
             }
             Ok(None) => Book::new(settings),
-            Err(why) => {
+            Err(LoadError::Parse(why)) => {
                 let aside = path.with_extension("json.unreadable");
                 let _ = std::fs::rename(&path, &aside);
                 tracing::warn!(
                     file = %path.display(),
                     moved_to = %aside.display(),
                     error = %why,
-                    "reputation state unreadable; starting a new one"
+                    "reputation state unreadable; set aside, starting a new one"
+                );
+                Book::new(settings)
+            }
+            // Not the content: leave the file for the operator (a permission problem, say);
+            // the next save replaces it if the folder lets it.
+            Err(LoadError::Io(why)) => {
+                tracing::error!(
+                    file = %path.display(),
+                    error = %why,
+                    "cannot read the reputation state; starting a new one"
                 );
                 Book::new(settings)
             }
@@ -218,9 +228,7 @@ impl Reputation {
             inner.dirty = false;
             serde_json::to_vec(inner.book.state()).map_err(|e| e.to_string())?
         };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
+        // `write_atomic` creates the folder; on failure the state stays dirty for the next try.
         write_atomic(&self.path, &json).map_err(|e| {
             self.lock().dirty = true;
             format!("{}: {e}", self.path.display())
@@ -228,13 +236,18 @@ impl Reputation {
     }
 }
 
-fn load(path: &Path) -> Result<Option<BookState>, String> {
+enum LoadError {
+    Io(String),
+    Parse(String),
+}
+
+fn load(path: &Path) -> Result<Option<BookState>, LoadError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| LoadError::Parse(e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(LoadError::Io(e.to_string())),
     }
 }
 

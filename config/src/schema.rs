@@ -484,8 +484,8 @@ pub struct ReputationConfig {
     pub max_sources: usize,
     /// Length of a time bucket, in seconds.
     pub bucket_secs: u64,
-    /// Buckets of history kept per source: the trend `GET /reputation` returns and the
-    /// history the spike detector compares the latest bucket with.
+    /// Buckets of history kept per source besides the latest: the trend `GET /reputation`
+    /// returns and the history the spike detector compares the latest bucket with.
     pub history_buckets: usize,
     /// A bucket is a spike when its negative share lies this many standard errors above the
     /// source's share over the previous `history_buckets` buckets...
@@ -494,8 +494,9 @@ pub struct ReputationConfig {
     pub spike_min_increase: f64,
     /// ...and both the bucket and the history hold at least this many texts.
     pub spike_min_texts: u64,
-    /// CSV column with each row's time; rows without it (or files without the column) use
-    /// the arrival time. RFC 3339, `YYYY-MM-DD HH:MM:SS`, a date, Unix seconds or
+    /// CSV column with each row's time; files without the column use the arrival time, and
+    /// so do rows whose time is empty, unreadable or later than the current bucket (unless
+    /// `strict_time`). RFC 3339, `YYYY-MM-DD HH:MM:SS`, a date, Unix seconds or
     /// milliseconds, and Twitter's `Wed Oct 10 20:19:24 +0000 2018` are understood.
     pub time_column: String,
     /// Reject rows whose time cannot be read (a row rejection in the report) instead of

@@ -247,7 +247,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("reputation.sources", rep.sources.len(), 0, 1000);
     k.range("reputation.max_sources", rep.max_sources, 1, 1000);
     k.range("reputation.bucket_secs", rep.bucket_secs, 60, 86_400 * 31);
-    k.range("reputation.history_buckets", rep.history_buckets, 2, 10_000);
+    k.range("reputation.history_buckets", rep.history_buckets, 2, 1000);
     k.positive("reputation.spike_z", rep.spike_z);
     k.range(
         "reputation.spike_min_increase",

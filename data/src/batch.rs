@@ -143,7 +143,7 @@ impl fmt::Display for RejectReason {
             RejectReason::Unscorable(why) => write!(f, "not scored: {why}"),
             RejectReason::BadTime { column, value } => write!(
                 f,
-                "unreadable time in column `{column}`: {value:?} ([reputation] strict_time)"
+                "unreadable or future time in column `{column}`: {value:?} ([reputation] strict_time)"
             ),
         }
     }

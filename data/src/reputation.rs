@@ -20,6 +20,8 @@ pub type Counts = [u64; 3];
 
 /// Distinct (source, bucket) keys one [`Tally`] keeps; beyond, rows count as [`OTHER`].
 const TALLY_KEYS: usize = 10_000;
+/// A candidate takes a tracked source's slot only with this much more recent volume.
+const SWAP_MARGIN: f64 = 1.25;
 
 /// The book's settings: the `[reputation]` section (validated, so sizes are at least 1).
 pub type Settings = ReputationConfig;
@@ -54,9 +56,13 @@ impl Tally {
         let source = source.and_then(clean_source);
         let key = (source.map(str::to_string), bucket);
         if self.counts.len() >= TALLY_KEYS && !self.counts.contains_key(&key) {
-            self.counts
-                .entry((Some(OTHER.to_string()), bucket))
-                .or_default()[label.index()] += 1;
+            // Past the cap, new names count as other; past twice the cap, new buckets too go
+            // to one key older than any history (totals only): memory stays bounded.
+            let mut other = (Some(OTHER.to_string()), bucket);
+            if self.counts.len() >= 2 * TALLY_KEYS && !self.counts.contains_key(&other) {
+                other.1 = i64::MIN;
+            }
+            self.counts.entry(other).or_default()[label.index()] += 1;
             return;
         }
         self.counts.entry(key).or_default()[label.index()] += 1;
@@ -254,6 +260,10 @@ impl Book {
         }
         if !configured {
             book.state.candidates = saved.candidates;
+            let sources = &book.state.sources;
+            book.state
+                .candidates
+                .retain(|name, _| !sources.contains_key(name));
         }
         book.state.ranked_bucket = saved.ranked_bucket;
         let names: Vec<String> = book.state.sources.keys().cloned().collect();
@@ -292,6 +302,7 @@ impl Book {
         }
         if known || self.state.sources.len() < self.settings.max_sources + 2 {
             if !known {
+                self.state.candidates.remove(name);
                 self.state
                     .sources
                     .insert(name.to_string(), SourceState::default());
@@ -368,6 +379,14 @@ impl Book {
         self.state.ranked_bucket = now_bucket;
         let secs = self.settings.bucket_secs;
         let mut removed = Vec::new();
+        // Decay first, so the bucket that just ended weighs one half on both sides, as it
+        // does in a tracked source's `recent_volume`.
+        let sources = &self.state.sources;
+        self.state.candidates.retain(|name, v| {
+            v.count *= 0.5;
+            v.error *= 0.5;
+            v.lower_bound() >= 0.5 && !sources.contains_key(name)
+        });
         let mut candidates: Vec<(String, f64)> = self
             .state
             .candidates
@@ -390,7 +409,9 @@ impl Book {
             let Some((quiet, quiet_volume)) = quietest else {
                 break;
             };
-            if volume <= quiet_volume {
+            // A margin, so two sources of about the same volume do not trade the slot (and
+            // their history) back and forth.
+            if volume <= SWAP_MARGIN * quiet_volume.max(1.0) {
                 break;
             }
             if let Some(old) = self.state.sources.remove(&quiet) {
@@ -415,11 +436,6 @@ impl Book {
             removed.push(quiet);
         }
         self.prune(OTHER);
-        self.state.candidates.retain(|_, v| {
-            v.count *= 0.5;
-            v.error *= 0.5;
-            v.lower_bound() >= 1.0
-        });
         removed
     }
 
@@ -448,13 +464,20 @@ impl Book {
     fn source_report(&self, name: &str, s: &SourceState, now: i64) -> SourceReport {
         let mut trend = Vec::with_capacity(s.buckets.len());
         let secs = self.settings.bucket_secs as i64;
+        let span = self.settings.history_buckets as i64 * secs;
+        // The history of each bucket as a running sum over a sliding window: linear in the
+        // buckets kept, since this runs under the lock `/predict` records with.
+        let mut window: std::collections::VecDeque<(i64, Counts)> = Default::default();
+        let mut history = [0u64; 3];
         for (&start, counts) in &s.buckets {
-            let mut history = [0; 3];
-            for (_, c) in s
-                .buckets
-                .range(start - self.settings.history_buckets as i64 * secs..start)
-            {
-                add_counts(&mut history, c);
+            while let Some(&(old, c)) = window.front() {
+                if old >= start - span {
+                    break;
+                }
+                for i in 0..3 {
+                    history[i] -= c[i];
+                }
+                window.pop_front();
             }
             let total = sum(counts);
             trend.push(BucketReport {
@@ -467,9 +490,19 @@ impl Book {
                 negative_share: share(counts),
                 spike: self.spike(counts, &history),
             });
+            add_counts(&mut history, counts);
+            window.push_back((start, *counts));
         }
-        let latest = trend.last();
-        let current = bucket_of(&self.settings, now) - secs;
+        // The bucket judged now: the latest one with enough texts for a verdict, if it is the
+        // current or the previous bucket. A new bucket's first texts do not clear an alert
+        // the bucket before raised.
+        let previous = bucket_of(&self.settings, now) - secs;
+        let judged = trend
+            .iter()
+            .rev()
+            .take(2)
+            .find(|b| b.spike.is_some() && b.start_unix >= previous);
+        let latest = judged.or(trend.last());
         SourceReport {
             source: name.to_string(),
             negative: s.total[0],
@@ -477,8 +510,7 @@ impl Book {
             positive: s.total[2],
             total: sum(&s.total),
             negative_share: latest.map_or(0.0, |b| b.negative_share),
-            alert: latest
-                .is_some_and(|b| b.start_unix >= current && b.spike.is_some_and(|s| s.spike)),
+            alert: judged.is_some_and(|b| b.spike.is_some_and(|s| s.spike)),
             trend,
         }
     }
@@ -525,10 +557,16 @@ pub fn parse_time(raw: &str) -> Option<i64> {
         return None;
     }
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        if s.len() == 8
+            && let Ok(d) = NaiveDate::parse_from_str(s, "%Y%m%d")
+        {
+            return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
+        }
         let v: f64 = s.parse().ok()?;
-        // Past 1e11 seconds (year 5138) it can only be milliseconds.
+        // Past 1e11 seconds (year 5138) it can only be milliseconds; before 1e9 (2001) it
+        // is not a social-media post's Unix time but some other number.
         let secs = if v >= 1e11 { v / 1000.0 } else { v };
-        return (secs.is_finite() && secs < 1e13).then_some(secs as i64);
+        return (secs.is_finite() && (1e9..1e13).contains(&secs)).then_some(secs as i64);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp());
@@ -590,7 +628,16 @@ mod tests {
             assert_eq!(parse_time(s), Some(t), "{s}");
         }
         assert_eq!(parse_time("2018-10-10"), Some(1_539_129_600));
-        for bad in ["", "yesterday", "2018-13-45", "10/10/2018", "1.2.3"] {
+        assert_eq!(parse_time("20181010"), Some(1_539_129_600));
+        for bad in [
+            "",
+            "yesterday",
+            "2018-13-45",
+            "10/10/2018",
+            "1.2.3",
+            "42",
+            "20181345",
+        ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
     }

@@ -265,14 +265,18 @@ impl SentenceEncoder {
                 ),
             });
         }
-        if config.num_attention_heads == 0
+        if config.hidden_size == 0
+            || config.max_position_embeddings < 2
+            || config.num_attention_heads == 0
             || !config
                 .hidden_size
                 .is_multiple_of(config.num_attention_heads)
         {
             return Err(ModelError::Corrupt {
                 path: dir.join("config.json"),
-                reason: "hidden_size must be a multiple of num_attention_heads".into(),
+                reason: "hidden_size must be a positive multiple of num_attention_heads, and \
+                         max_position_embeddings at least 2"
+                    .into(),
             });
         }
         let bytes = read("model.safetensors")?;

@@ -17,6 +17,18 @@ pub struct Daemon {
     starts: usize,
 }
 
+/// Tests that compare hourly buckets with the clock start at least two minutes before the
+/// next full hour, so the hour cannot turn while they run.
+pub fn away_from_hour_boundary() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = 3600 - now % 3600;
+    if left < 120 {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
