@@ -11,6 +11,9 @@ pub enum ModelError {
     },
     #[error("model at {path} is corrupt or incomplete: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// A well-formed version this build cannot load (a newer format, another model kind).
+    #[error("model version `{version}` cannot be loaded by this build: {reason}")]
+    Unsupported { version: String, reason: String },
     #[error("model version `{0}` is not in the store")]
     UnknownVersion(String),
     #[error("the model store at {0} has no current model yet (run `sentimentd train`)")]

@@ -32,6 +32,8 @@ pub const WEIGHTS: &str = "weights.safetensors";
 pub const TOKENIZER: &str = "tokenizer.json";
 pub const CONFUSION_PNG: &str = "confusion_matrix.png";
 const FORMAT: u32 = 1;
+/// The model kinds whose versions this build can load from a store.
+const LOADABLE_KINDS: [&str; 1] = ["fast"];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -182,10 +184,32 @@ impl ModelStore {
             path: dir.clone(),
             reason: format!("{MANIFEST}: {e}"),
         })?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
+        let corrupt = |e: serde_json::Error| ModelError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
+        // A version this build cannot read is not damaged: say what it is instead.
+        let unsupported = |reason: String| ModelError::Unsupported {
+            version: version.to_string(),
+            reason,
+        };
+        if let Some(format) = raw.get("format").and_then(serde_json::Value::as_u64)
+            && format > u64::from(FORMAT)
+        {
+            return Err(unsupported(format!(
+                "its manifest format is {format}, written by a newer sentimentd; this build reads format {FORMAT}"
+            )));
+        }
+        if let Some(kind) = raw.get("kind").and_then(serde_json::Value::as_str)
+            && !LOADABLE_KINDS.contains(&kind)
+        {
+            return Err(unsupported(format!(
+                "it is of model kind `{kind}`; this build loads {}",
+                LOADABLE_KINDS.join(", ")
+            )));
+        }
+        let m: Manifest = serde_json::from_value(raw).map_err(corrupt)?;
         if m.format != FORMAT || m.version != version {
             return Err(ModelError::Corrupt {
                 path,

@@ -487,3 +487,49 @@ fn manifest_of_the_old_format_still_loads() {
     store.load(&version).unwrap();
     assert_eq!(store.list().unwrap().len(), 1);
 }
+
+/// A version of a kind or format this build cannot load is named as such, not as corrupt,
+/// and never replaces the current model.
+#[test]
+fn a_version_of_an_unknown_kind_or_newer_format_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.train.epochs = 1;
+    let trained = pipeline::train_and_store(&cfg, &TrainJob::default(), &mut Quiet).unwrap();
+    let store = ModelStore::open(&trained.store_root).unwrap();
+    let good = trained.manifest.version.clone();
+    store.set_current(&good).unwrap();
+    let job = TrainJob {
+        promote: false,
+        ..TrainJob::default()
+    };
+    let other = pipeline::train_and_store(&cfg, &job, &mut Quiet)
+        .unwrap()
+        .manifest
+        .version;
+    let path = store.version_dir(&other).join(MANIFEST);
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (key, value, needle) in [
+        (
+            "kind",
+            serde_json::json!("transformer"),
+            "model kind `transformer`",
+        ),
+        ("kind", serde_json::json!("quantum"), "model kind `quantum`"),
+        ("format", serde_json::json!(2), "newer sentimentd"),
+    ] {
+        let mut json = original.clone();
+        json[key] = value;
+        std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+        let err = store.load(&other).err().unwrap();
+        assert!(matches!(err, ModelError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert!(err.to_string().contains(&other), "{err}");
+        assert!(store.set_current(&other).is_err());
+        assert_eq!(store.current_version().unwrap().as_deref(), Some(&*good));
+    }
+    // Put back, it loads: the check judged the manifest, not the files.
+    std::fs::write(&path, serde_json::to_string(&original).unwrap()).unwrap();
+    store.load(&other).unwrap();
+}
