@@ -24,6 +24,18 @@ pub fn config() -> Config {
     cfg
 }
 
+/// The fetched pretrained encoder: `$SENTIMENTD_PRETRAINED` (else
+/// `~/.cache/sentimentd-pretrained`) + `all-minilm-l6-v2`, as scripts/test.sh fetches it.
+pub fn pretrained_encoder_dir() -> PathBuf {
+    std::env::var_os("SENTIMENTD_PRETRAINED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sentimentd-pretrained")
+        })
+        .join("all-minilm-l6-v2")
+}
+
 /// The bundled validation texts.
 pub fn val_texts(cfg: &Config) -> Vec<String> {
     match sentimentd_data::load_dataset(

@@ -9,27 +9,16 @@ mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use sentimentd_config::Backend;
 use sentimentd_model::encoder::SentenceEncoder;
-
-fn encoder_dir() -> PathBuf {
-    std::env::var_os("SENTIMENTD_PRETRAINED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/sentimentd-pretrained")
-        })
-        .join("all-minilm-l6-v2")
-}
 
 fn bench(c: &mut Criterion) {
     let cfg = common::config();
     let texts = common::val_texts(&cfg);
     let texts: Vec<&str> = texts.iter().take(256).map(String::as_str).collect();
     for (name, backend) in [("flex", Backend::Flex), ("ndarray", Backend::Ndarray)] {
-        let enc = match SentenceEncoder::load(&encoder_dir(), 128, backend) {
+        let enc = match SentenceEncoder::load(&common::pretrained_encoder_dir(), 128, backend) {
             Ok(e) => e,
             Err(e) => panic!("{e}"),
         };

@@ -27,13 +27,7 @@ fn env_f64(name: &str, default: f64) -> f64 {
 
 fn main() {
     let cfg = common::config();
-    let dir = std::env::var_os("SENTIMENTD_PRETRAINED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/sentimentd-pretrained")
-        })
-        .join("all-minilm-l6-v2");
+    let dir = common::pretrained_encoder_dir();
     let enc = SentenceEncoder::load(&dir, 128, Backend::Flex).unwrap_or_else(|e| panic!("{e}"));
     let load = |paths: &[PathBuf]| {
         sentimentd_data::load_dataset(paths, cfg.data.max_text_chars)

@@ -4,18 +4,12 @@
 
 mod common;
 
-use common::{Daemon, read_csv};
+use common::{Daemon, read_csv, unix_now as now};
 use serde_json::Value;
 use std::time::Duration;
 
 const NEG: &str = "I hate this, it is awful and terrible";
 const POS: &str = "I love this, it is wonderful and great";
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 fn rfc3339(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0)

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Daemon;
+use common::{Daemon, unix_now as now};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -52,12 +52,6 @@ fn browse(profile: &Path, url: &str, args: &[&str]) -> (String, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "chromium failed: {stderr}");
     (stdout, stderr)
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Twelve hours of mentions of three brands; acme turns negative in the latest hour.

@@ -232,8 +232,8 @@ impl Stream<'_> {
         let rep = self.reputation;
         let columns = Columns {
             text: reader.text_col(),
-            source: rep.source_columns.iter().find_map(|c| find(c)),
-            time: find(&rep.time_column).map(|i| (i, headers[i].trim())),
+            source: rep.settings.source_columns.iter().find_map(|c| find(c)),
+            time: find(&rep.settings.time_column).map(|i| (i, headers[i].trim())),
         };
 
         let scored_file = AtomicFile::create(&dest.output).map_err(io_at(&dest.output))?;
@@ -334,7 +334,7 @@ impl Stream<'_> {
                     let latest = arrival + settings.bucket_secs as i64;
                     match parse_time(raw).filter(|&t| t <= latest) {
                         Some(t) => t,
-                        None if self.reputation.strict_time => {
+                        None if settings.strict_time => {
                             unscored.push(RejectedRow {
                                 line: row.line,
                                 reason: sentimentd_data::RejectReason::BadTime {

@@ -34,13 +34,8 @@ pub struct Reputation {
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     path: PathBuf,
-    /// Batch columns naming a row's source, in order of preference.
-    pub source_columns: Vec<String>,
-    /// Batch column with each row's time.
-    pub time_column: String,
-    /// Reject rows whose time cannot be read.
-    pub strict_time: bool,
-    /// The settings the book was opened with (they change only with a restart).
+    /// `[reputation]` as the book was opened with it (it changes only with a restart): read
+    /// here without the lock.
     pub settings: Settings,
 }
 
@@ -94,9 +89,6 @@ impl Reputation {
             }),
             metrics,
             path,
-            source_columns: cfg.reputation.source_columns.clone(),
-            time_column: cfg.reputation.time_column.clone(),
-            strict_time: cfg.reputation.strict_time,
             settings: cfg.reputation.clone(),
         };
         {
@@ -156,7 +148,7 @@ impl Reputation {
             counts[l.index()] += 1;
         }
         let mut inner = self.lock();
-        let bucket = bucket_of(inner.book.settings(), now_unix());
+        let bucket = bucket_of(&self.settings, now_unix());
         self.add(&mut inner, channel, source, bucket, counts);
     }
 

@@ -6,7 +6,7 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
-use sentimentd_data::drift::DriftReport;
+use sentimentd_data::drift::{DriftReport, escape_html as esc};
 use sentimentd_data::reputation::{Report, SourceReport};
 use sentimentd_model::ModelStore;
 use std::fmt::Write;
@@ -85,21 +85,6 @@ fn model_events(root: PathBuf) -> Vec<ModelEvent> {
     events.sort_by(|a, b| b.at.cmp(&a.at));
     events.truncate(MODEL_EVENTS);
     events
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = "

@@ -1088,7 +1088,7 @@ pub fn render_html(report: &DriftReport) -> String {
         if report.fired.is_empty() {
             String::new()
         } else {
-            format!("; fired: {}", escape(&report.fired.join(", ")))
+            format!("; fired: {}", escape_html(&report.fired.join(", ")))
         }
     );
     let _ = writeln!(
@@ -1099,9 +1099,9 @@ pub fn render_html(report: &DriftReport) -> String {
          <tr><td>window</td><td class=\"note\">{} observations (minimum {})</td></tr>\n\
          <tr><td>reference</td><td class=\"note\">{} observations</td></tr>\n\
          <tr><td>check took</td><td class=\"note\">{:.3} s</td></tr>\n</table>",
-        escape(&report.model_version),
-        escape(&report.checked_at),
-        escape(&report.baseline_created_at),
+        escape_html(&report.model_version),
+        escape_html(&report.checked_at),
+        escape_html(&report.baseline_created_at),
         report.samples,
         report.min_samples,
         report.reference.count,
@@ -1138,10 +1138,10 @@ pub fn render_html(report: &DriftReport) -> String {
             h,
             "<tr{class}><td>{}</td><td>{}</td><td>{value}</td><td>{p}</td><td>{threshold}</td>\
              <td>{score}</td><td>{}</td><td class=\"note\">{}</td></tr>",
-            escape(&t.test),
-            escape(&t.family),
+            escape_html(&t.test),
+            escape_html(&t.family),
             if t.fired { "yes" } else { "no" },
-            t.skipped.as_deref().map(escape).unwrap_or_default()
+            t.skipped.as_deref().map(escape_html).unwrap_or_default()
         );
     }
     h.push_str("</table>\n<p>Score: 1 at the threshold, above 1 fires.</p>\n");
@@ -1226,7 +1226,8 @@ fn number(x: f64) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
+/// Text made safe for HTML content and attribute values (the drift report, the status page).
+pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {
@@ -1291,7 +1292,7 @@ fn bar_chart(names: &[String], reference: &[f64], current: &[f64]) -> String {
                  height=\"{hgt:.1}\"><title>{} {}: {:.1} %</title></rect>",
                 x0 + BAR * k as f64,
                 base - hgt,
-                escape(name),
+                escape_html(name),
                 if k == 0 { "reference" } else { "current" },
                 100.0 * v
             );
@@ -1301,7 +1302,7 @@ fn bar_chart(names: &[String], reference: &[f64], current: &[f64]) -> String {
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
             x0 + BAR,
             base + 14.0,
-            escape(name)
+            escape_html(name)
         );
     }
     s.push_str("</svg>\n");

@@ -17,13 +17,17 @@ pub struct Daemon {
     starts: usize,
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Tests that compare hourly buckets with the clock start at least two minutes before the
 /// next full hour, so the hour cannot turn while they run.
 pub fn away_from_hour_boundary() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let left = 3600 - now % 3600;
+    let left = (3600 - unix_now() % 3600) as u64;
     if left < 120 {
         std::thread::sleep(Duration::from_secs(left + 1));
     }
