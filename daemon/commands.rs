@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use sentimentd_config::Config;
+use sentimentd_config::{Config, TrainableKind};
 use sentimentd_model::pipeline::{self, TrainJob};
-use sentimentd_model::{Classifier, EvalMetrics, LexiconClassifier, ModelStore, Prediction};
+use sentimentd_model::{
+    Classifier, EvalMetrics, LexiconClassifier, ModelParams, ModelStore, Prediction,
+};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -27,6 +29,10 @@ pub struct TrainArgs {
     /// Store the version without making it current.
     #[arg(long)]
     pub no_promote: bool,
+    /// Model kind to train (default: [model] kind): `fast`, or `transformer` (a pretrained
+    /// encoder from [transformer] pretrained_dir with a trained head).
+    #[arg(long, value_name = "KIND", value_parser = ["fast", "transformer"])]
+    pub kind: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +102,11 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
         val: a.val,
         store: a.out,
         promote: !a.no_promote,
+        kind: match a.kind.as_deref() {
+            Some("transformer") => Some(TrainableKind::Transformer),
+            Some(_) => Some(TrainableKind::Fast),
+            None => None,
+        },
         ..TrainJob::default()
     };
     let started = Instant::now();
@@ -110,6 +121,7 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
         &trained.store_root.join("versions").join(&m.version),
     );
     println!("version      {}", m.version);
+    println!("kind         {}", m.kind.as_str());
     println!("store        {}", trained.store_root.display());
     println!(
         "current      {}",
@@ -123,11 +135,34 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
     if let Some(sel) = m.splits.get("selection") {
         println!("selection    {} rows ({})", sel.rows, sel.source);
     }
-    println!(
-        "best epoch   {} of {} (early stopping on selection macro-recall)",
-        m.best_epoch,
-        m.history.len()
-    );
+    if let ModelParams::Transformer(t) = &m.params {
+        println!(
+            "encoder      {} ({}, max {} tokens)",
+            t.encoder,
+            &t.encoder_fingerprint[..t.encoder_fingerprint.len().min(12)],
+            t.max_seq_len
+        );
+        println!(
+            "head         epoch {} (early stopping on selection macro-recall)",
+            t.head_best_epoch
+        );
+        if let Some(e) = &t.ensemble {
+            println!(
+                "ensemble     transformer {:.2} + fast model {:.2} (fast model epoch {} of {}), \
+                 weight fitted on the selection split",
+                e.weight,
+                1.0 - e.weight,
+                e.fast_best_epoch,
+                m.history.len()
+            );
+        }
+    } else {
+        println!(
+            "best epoch   {} of {} (early stopping on selection macro-recall)",
+            m.best_epoch,
+            m.history.len()
+        );
+    }
     println!("wall time    {:.1}s", started.elapsed().as_secs_f64());
     if let Some(s) = m.metrics.get("selection") {
         println!(
@@ -151,9 +186,9 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
 
 /// The requested version, the current one, or the lexicon fallback when the store is empty.
 fn load_model(cfg: &Config, version: Option<&str>) -> anyhow::Result<Arc<dyn Classifier>> {
-    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let store = ModelStore::for_config(cfg, None)?;
     match version {
-        Some(v) => Ok(Arc::new(store.load(v)?)),
+        Some(v) => Ok(store.load(v)?),
         None => match store.load_current()? {
             Some(m) => Ok(m),
             None => {
@@ -319,7 +354,7 @@ fn predict_csv(
 }
 
 pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
-    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let store = ModelStore::for_config(cfg, None)?;
     match cmd {
         ModelCommand::List => {
             let current = store.current_version()?;
@@ -334,8 +369,8 @@ pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
             // Validation is the reporting split; the selection split's score is beside it
             // because the gap between the two shows how much selecting flattered it.
             println!(
-                "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}  gate",
-                "", "version", "created", "macro-rec", "accuracy", "sel-rec", "rows"
+                "{:<2} {:<28} {:<12} {:<26} {:>10} {:>10} {:>10} {:>9}  gate",
+                "", "version", "kind", "created", "macro-rec", "accuracy", "sel-rec", "rows"
             );
             for m in versions {
                 let v = m.metrics.get("validation");
@@ -345,13 +380,14 @@ pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
                     .decision(&m.version)
                     .map_or(String::new(), |d| d.status);
                 println!(
-                    "{:<2} {:<28} {:<26} {:>10} {:>10} {:>10} {:>9}  {gate}",
+                    "{:<2} {:<28} {:<12} {:<26} {:>10} {:>10} {:>10} {:>9}  {gate}",
                     if current.as_deref() == Some(m.version.as_str()) {
                         "*"
                     } else {
                         ""
                     },
                     m.version,
+                    m.kind.as_str(),
                     m.created_at.chars().take(25).collect::<String>(),
                     v.map_or("-".into(), |x| format!("{:.4}", x.macro_recall)),
                     v.map_or("-".into(), |x| format!("{:.4}", x.accuracy)),
@@ -387,8 +423,14 @@ pub fn config(cmd: &ConfigCommand, global: Option<&Path>) -> anyhow::Result<()> 
         None => eprintln!("no file given: built-in defaults"),
     }
     print!("{}", cfg.to_toml_string());
-    if cfg.model.kind != sentimentd_config::TrainableKind::Fast {
-        bail!("model.kind = transformer is not available in this build");
+    let encoder = cfg.transformer.encoder_dir();
+    if cfg.model.kind == TrainableKind::Transformer && !encoder.join("config.json").is_file() {
+        bail!(
+            "model.kind = \"transformer\" needs the encoder in {}, which has no config.json; \
+             fetch it with scripts/fetch-pretrained.sh {}",
+            encoder.display(),
+            cfg.transformer.pretrained_dir.display()
+        );
     }
     Ok(())
 }

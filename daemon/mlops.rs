@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use sentimentd_config::Config;
 use sentimentd_data::drift::{DriftReport, Verdict};
-use sentimentd_model::{Classifier, ModelStore, baseline};
+use sentimentd_model::{ModelStore, baseline};
 
 /// Exit code of `sentimentd drift` when drift fired.
 pub const EXIT_DRIFT: u8 = 3;
@@ -41,7 +41,7 @@ pub struct DriftArgs {
 }
 
 fn store_and_version(cfg: &Config, version: Option<&str>) -> anyhow::Result<(ModelStore, String)> {
-    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let store = ModelStore::for_config(cfg, None)?;
     let version = match version {
         Some(v) => v.to_string(),
         None => store.current_version()?.with_context(|| {
@@ -62,7 +62,7 @@ pub fn baseline(cfg: &Config, a: BaselineArgs) -> anyhow::Result<()> {
     } else {
         a.data
     };
-    let b = baseline::compute_and_attach(cfg, &store, &model, &reference, &[], None)?;
+    let b = baseline::compute_and_attach(cfg, &store, model.as_ref(), &reference, &[], None)?;
     println!("baseline of {version} from {} texts", b.count);
     for r in &b.reference {
         println!("  reference  {r}");
@@ -92,11 +92,17 @@ pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
                 "note: version {version} has no stored baseline; computing one from the reference \
                  data (store it with `sentimentd baseline`)"
             );
-            baseline::compute(cfg, &model, &baseline::reference_paths(cfg), &[], None)?
+            baseline::compute(
+                cfg,
+                model.as_ref(),
+                &baseline::reference_paths(cfg),
+                &[],
+                None,
+            )?
         }
     };
     let texts = baseline::read_texts(&a.data, cfg.data.max_text_chars)?;
-    let report = baseline::check_texts(cfg, &model, &b, &texts);
+    let report = baseline::check_texts(cfg, model.as_ref(), &b, &texts);
     let mut rec = sentimentd_actors::drift_monitor::drift_record(&report, "drift (cli)");
     rec.params.insert(
         "data".into(),
@@ -160,7 +166,7 @@ fn print_report(r: &DriftReport, version: &str) {
 }
 
 pub fn promote(cfg: &Config, version: &str) -> anyhow::Result<()> {
-    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let store = ModelStore::for_config(cfg, None)?;
     let from = store.current_version()?;
     store.promote(version, "promote", "sentimentd model promote")?;
     println!(
@@ -171,7 +177,7 @@ pub fn promote(cfg: &Config, version: &str) -> anyhow::Result<()> {
 }
 
 pub fn rollback(cfg: &Config) -> anyhow::Result<()> {
-    let store = ModelStore::open(&cfg.paths.model_store)?;
+    let store = ModelStore::for_config(cfg, None)?;
     let Some(target) = store.rollback_target()? else {
         bail!(
             "no earlier version to roll back to in {} (see `sentimentd model list`)",

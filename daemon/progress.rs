@@ -9,6 +9,8 @@ pub struct BarObserver {
     epochs: usize,
     last_recall: Option<f64>,
     loss_ewma: Option<f64>,
+    /// The long step `on_progress` is reporting, and the last tenth printed for it.
+    step: Option<(String, usize)>,
 }
 
 impl BarObserver {
@@ -25,6 +27,7 @@ impl BarObserver {
             epochs: 0,
             last_recall: None,
             loss_ewma: None,
+            step: None,
         }
     }
 
@@ -81,5 +84,43 @@ impl TrainObserver for BarObserver {
 
     fn on_message(&mut self, message: &str) {
         self.say(message.to_string());
+    }
+
+    fn on_progress(&mut self, what: &str, done: usize, total: usize) {
+        if self.step.as_ref().is_none_or(|(w, _)| w != what) {
+            self.step = Some((what.to_string(), 0));
+            self.bar.set_length(total as u64);
+            self.bar.set_position(0);
+            self.bar.reset_elapsed();
+            self.bar.reset_eta();
+            self.bar.set_message(what.to_string());
+        }
+        self.bar.set_position(done as u64);
+        self.bar
+            .set_message(format!("{what} (eta {})", eta(&self.bar)));
+        // Where nothing is drawn (a pipe, the journal), one line per tenth.
+        if self.bar.is_hidden()
+            && let Some((_, shown)) = self.step.as_mut()
+        {
+            let tenth = done * 10 / total.max(1);
+            if tenth > *shown {
+                *shown = tenth;
+                eprintln!(
+                    "{what}: {done}/{total} ({}0%), {:.0}s so far, eta {}",
+                    tenth,
+                    self.bar.elapsed().as_secs_f64(),
+                    eta(&self.bar)
+                );
+            }
+        }
+    }
+}
+
+fn eta(bar: &ProgressBar) -> String {
+    let secs = bar.eta().as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
     }
 }

@@ -5,6 +5,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use clap::Args;
 use sentimentd_actors::baseliner::Baseliner;
+use sentimentd_actors::batcher::Batcher;
 use sentimentd_actors::drift_monitor::{DriftMonitor, new_report_cell};
 use sentimentd_actors::http::{self, AdminApi, HttpState};
 use sentimentd_actors::messages::StopIntake;
@@ -258,6 +259,18 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         })
     };
     let inference_for_http = inference.clone().recipient();
+    let batcher = {
+        let (pool, t) = (inference.clone().recipient(), cfg.transformer.clone());
+        let slots = cfg.server.inference_threads;
+        actix::Supervisor::start(move |_| {
+            Batcher::new(
+                pool,
+                t.max_batch,
+                Duration::from_millis(t.max_wait_ms),
+                slots,
+            )
+        })
+    };
     let processor = {
         let (cfg, metrics, lifecycle, faults, reputation) = (
             cfg.clone(),
@@ -304,7 +317,8 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
             admin,
             reputation.clone(),
         )
-        .with_inference(inference_for_http),
+        .with_inference(inference_for_http)
+        .with_batcher(batcher.recipient()),
     );
     let http_state = state.clone();
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))

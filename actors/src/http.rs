@@ -26,7 +26,8 @@ use std::time::Instant;
 use crate::drift_monitor::ReportCell;
 use crate::events::{FeedbackReceived, InternalEvent};
 use crate::messages::{
-    InferenceError, PromoteVersion, Retrain, RetrainTrigger, Rollback, ScoreChunk, Switched,
+    BatchError, Enqueue, InferenceError, PromoteVersion, Retrain, RetrainTrigger, Rollback,
+    ScoreChunk, ScoredChunk, Switched,
 };
 use crate::metrics::{Channel, Metrics, RequestOutcome};
 use crate::model_registry::{ModelCell, ServingModel};
@@ -59,6 +60,8 @@ pub struct HttpState {
     pub admin: Option<AdminApi>,
     /// The inference pool for larger batches; without it every batch is scored in place.
     pub inference: Option<actix::Recipient<ScoreChunk>>,
+    /// Gathers the texts of concurrent requests into chunks for models that prefer batches.
+    pub batcher: Option<actix::Recipient<Enqueue>>,
     /// Texts of batches in the inference pool right now.
     inflight: AtomicUsize,
     pub reputation: Arc<Reputation>,
@@ -103,6 +106,7 @@ impl HttpState {
             labelled_dir: cfg.ingest.labelled_dir.clone(),
             admin,
             inference: None,
+            batcher: None,
             inflight: AtomicUsize::new(0),
             reputation,
             model_store: cfg.paths.model_store.clone(),
@@ -112,6 +116,13 @@ impl HttpState {
     /// Scores larger batches in `pool`, off the HTTP workers.
     pub fn with_inference(mut self, pool: actix::Recipient<ScoreChunk>) -> HttpState {
         self.inference = Some(pool);
+        self
+    }
+
+    /// Scores the requests of models that prefer batches (the transformer kind) through
+    /// `batcher`, which encodes concurrent requests together.
+    pub fn with_batcher(mut self, batcher: actix::Recipient<Enqueue>) -> HttpState {
+        self.batcher = Some(batcher);
         self
     }
 }
@@ -481,7 +492,11 @@ async fn predict(
     let started = Instant::now();
     let response = match predict_inner(&req, body, &state) {
         Work::Done(r) => r,
-        Work::Pool(texts, source) => score_in_pool(&state, texts, source.as_deref()).await,
+        Work::Pool {
+            texts,
+            source,
+            single,
+        } => score_in_pool(&state, texts, source.as_deref(), single).await,
     };
     let outcome = match response.status().as_u16() {
         200..=399 => RequestOutcome::ok,
@@ -497,11 +512,15 @@ async fn predict(
     response
 }
 
-/// What `/predict` does with a request: answered on the worker, or a batch for the pool.
+/// What `/predict` does with a request: answered on the worker, or texts for the pool.
 enum Work {
     Done(HttpResponse),
-    /// The texts and the request's source.
-    Pool(Vec<String>, Option<String>),
+    Pool {
+        texts: Vec<String>,
+        source: Option<String>,
+        /// A `{"text": ...}` request, answered with one prediction.
+        single: bool,
+    },
 }
 
 impl From<HttpResponse> for Work {
@@ -558,6 +577,13 @@ fn predict_inner(
         (Some(text), None) => {
             if let Err(message) = check_text(&text, state.limits.max_text_chars(), "text") {
                 return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
+            }
+            if state.batcher.is_some() && model.classifier.prefers_batches() {
+                return Work::Pool {
+                    texts: vec![text.into_owned()],
+                    source: source.map(str::to_string),
+                    single: true,
+                };
             }
             let scored = state.containment.run(|| {
                 state.faults.on_text(&text);
@@ -616,11 +642,14 @@ fn predict_batch(
             return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
         }
     }
-    if texts.len() > INLINE_BATCH_TEXTS && state.inference.is_some() {
-        return Work::Pool(
-            texts.iter().map(|t| t.to_string()).collect(),
-            source.map(str::to_string),
-        );
+    let off_worker = (texts.len() > INLINE_BATCH_TEXTS && state.inference.is_some())
+        || (state.batcher.is_some() && model.classifier.prefers_batches());
+    if off_worker {
+        return Work::Pool {
+            texts: texts.iter().map(|t| t.to_string()).collect(),
+            source: source.map(str::to_string),
+            single: false,
+        };
     }
     let refs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
     let scored = state.containment.run(|| {
@@ -681,38 +710,61 @@ fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse {
         )
 }
 
-/// Scores a batch in the inference pool, within `max_inflight_texts`.
+/// Scores texts off the HTTP workers, within `max_inflight_texts`: small requests of a model
+/// that prefers batches through the batcher, larger batches straight in the inference pool.
 async fn score_in_pool(
     state: &HttpState,
     texts: Vec<String>,
     source: Option<&str>,
+    single: bool,
 ) -> HttpResponse {
-    let Some(pool) = state.inference.as_ref() else {
-        return scoring_failed();
-    };
     let n = texts.len();
     let before = state.inflight.fetch_add(n, Ordering::SeqCst);
     let _inflight = Inflight { state, texts: n };
     if before + n > state.limits.max_inflight_texts() {
         return throttled(state, Some(n));
     }
-    let texts = Arc::new(texts);
-    let reply = pool
-        .send(ScoreChunk {
-            texts: texts.clone(),
-            start: 0,
-            end: n,
-        })
-        .await;
+    let batched = state.batcher.as_ref().filter(|_| n <= INLINE_BATCH_TEXTS);
+    let reply: Result<ScoredChunk, BatchError> = match (batched, state.inference.as_ref()) {
+        (Some(batcher), _) => match batcher.send(Enqueue { texts }).await {
+            Ok(r) => r,
+            Err(e) => Err(BatchError::Failed(e.to_string())),
+        },
+        (None, Some(pool)) => {
+            let sent = pool
+                .send(ScoreChunk {
+                    texts: Arc::new(texts),
+                    start: 0,
+                    end: n,
+                })
+                .await;
+            match sent {
+                Ok(Ok(scored)) => Ok(scored),
+                Ok(Err(InferenceError::NoModel)) => Err(BatchError::NoModel),
+                Ok(Err(e)) => Err(BatchError::Failed(e.to_string())),
+                Err(e) => Err(BatchError::Failed(e.to_string())),
+            }
+        }
+        (None, None) => return scoring_failed(),
+    };
     match reply {
-        Ok(Ok(scored)) if scored.results.len() == n => {
+        Ok(scored) if scored.results.len() == n => {
             let predictions: Result<Vec<Prediction>, String> = scored.results.into_iter().collect();
             match predictions {
+                Ok(p) if single => {
+                    state
+                        .reputation
+                        .record(Channel::http, source, p.iter().map(|p| p.label));
+                    match p.first() {
+                        Some(first) => json_ok(&PredictionBody::new(first, &scored.model_version)),
+                        None => scoring_failed(),
+                    }
+                }
                 Ok(p) => batch_answer(state, &p, &scored.model_version, source),
                 Err(_) => scoring_failed(),
             }
         }
-        Ok(Err(InferenceError::NoModel)) => {
+        Err(BatchError::NoModel) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet")
         }
         _ => scoring_failed(),

@@ -6,6 +6,7 @@
 pub mod baseliner;
 pub mod batch_processor;
 pub mod batch_stream;
+pub mod batcher;
 pub mod claim;
 pub mod drift_monitor;
 pub mod events;

@@ -43,6 +43,22 @@ pub enum InferenceError {
     Panicked(#[from] Panicked),
 }
 
+/// HTTP -> Batcher: score these texts together with other requests' texts.
+#[derive(Message)]
+#[rtype(result = "Result<ScoredChunk, BatchError>")]
+pub struct Enqueue {
+    pub texts: Vec<String>,
+}
+
+/// Why a batched request got no predictions; one failure answers every request of a chunk.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("no model is loaded yet")]
+    NoModel,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Trainer thread / admin -> ModelRegistry: serve this model from now on.
 #[derive(Message)]
 #[rtype(result = "()")]

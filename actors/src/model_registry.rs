@@ -180,10 +180,10 @@ impl ModelRegistry {
 
     /// Loads `version` from the store and serves it.
     fn load_and_publish(&self, version: &str) -> Result<(), String> {
-        let store = ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
+        let store = ModelStore::for_config(&self.cfg, None).map_err(|e| e.to_string())?;
         let model = store.load(version).map_err(|e| e.to_string())?;
         let manifest = store.manifest(version).map_err(|e| e.to_string())?;
-        self.publish_with(Arc::new(model), Some(&manifest), Vec::new());
+        self.publish_with(model, Some(&manifest), Vec::new());
         Ok(())
     }
 
@@ -195,14 +195,14 @@ impl ModelRegistry {
         reason: &str,
         extra: Vec<String>,
     ) -> Result<Switched, String> {
-        let store = ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
+        let store = ModelStore::for_config(&self.cfg, None).map_err(|e| e.to_string())?;
         let from = self.serving_version();
         let model = store
             .promote(version, action, reason)
             .map_err(|e| e.to_string())?;
         let manifest = store.manifest(version).map_err(|e| e.to_string())?;
         self.refused = None;
-        self.publish_with(Arc::new(model), Some(&manifest), extra);
+        self.publish_with(model, Some(&manifest), extra);
         Ok(Switched {
             from,
             to: version.to_string(),
@@ -211,7 +211,7 @@ impl ModelRegistry {
 
     /// A `current` switched by another process: verify and swap in, or keep serving.
     fn reload_if_changed(&mut self) {
-        let Ok(store) = ModelStore::open(&self.cfg.paths.model_store) else {
+        let Ok(store) = ModelStore::for_config(&self.cfg, None) else {
             return;
         };
         let current = match store.current_version() {
@@ -245,7 +245,7 @@ impl ModelRegistry {
 
     /// Returns true when there is no usable trained model (so training may be wanted).
     fn load_initial(&self) -> bool {
-        let loaded = ModelStore::open(&self.cfg.paths.model_store).and_then(|store| {
+        let loaded = ModelStore::for_config(&self.cfg, None).and_then(|store| {
             store.remove_stale_temp_dirs();
             let current = store.load_current()?;
             let manifest = match &current {
@@ -304,7 +304,8 @@ impl ModelRegistry {
                         &mut LogObserver,
                     )
                     .map_err(|e| e.to_string())?;
-                    let store = ModelStore::open(&trained.store_root).map_err(|e| e.to_string())?;
+                    let store = ModelStore::for_config(&cfg, Some(&trained.store_root))
+                        .map_err(|e| e.to_string())?;
                     let classifier = store
                         .load_current()
                         .map_err(|e| e.to_string())?
@@ -415,8 +416,7 @@ impl Handler<Rollback> for ModelRegistry {
         let containment = self.containment.clone();
         let switched = containment
             .run(|| -> Result<Switched, String> {
-                let store =
-                    ModelStore::open(&self.cfg.paths.model_store).map_err(|e| e.to_string())?;
+                let store = ModelStore::for_config(&self.cfg, None).map_err(|e| e.to_string())?;
                 let target = store
                     .rollback_target()
                     .map_err(|e| e.to_string())?

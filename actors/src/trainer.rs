@@ -220,7 +220,7 @@ pub fn lower_priority(nice: i32) {
 fn new_labelled_rows(cfg: &Config, state: &RetrainState) -> Result<usize, String> {
     let store = LabelledStore::open(&cfg.ingest.labelled_dir).map_err(|e| e.to_string())?;
     let mut seen: BTreeSet<String> = state.seen_files.iter().cloned().collect();
-    if let Ok(ms) = ModelStore::open(&cfg.paths.model_store)
+    if let Ok(ms) = ModelStore::for_config(cfg, None)
         && let Ok(Some(v)) = ms.current_version()
         && let Ok(m) = ms.manifest(&v)
     {
@@ -329,7 +329,8 @@ impl RetrainRun {
         let trained = pipeline::train_and_store(cfg, &job, &mut LogObserver)
             .map_err(|e| format!("training the candidate: {e}"))?;
         let version = trained.manifest.version.clone();
-        let model_store = ModelStore::open(&trained.store_root).map_err(|e| e.to_string())?;
+        let model_store =
+            ModelStore::for_config(cfg, Some(&trained.store_root)).map_err(|e| e.to_string())?;
         let candidate = model_store
             .load(&version)
             .map_err(|e| format!("loading the candidate {version}: {e}"))?;
@@ -345,10 +346,13 @@ impl RetrainRun {
             (!d.texts.is_empty()).then(|| pipeline::evaluate(m, d))
         };
         let (cand_val, cur_val) = (
-            pipeline::evaluate(&candidate, &val),
+            pipeline::evaluate(candidate.as_ref(), &val),
             pipeline::evaluate(current.as_ref(), &val),
         );
-        let (cand_hold, cur_hold) = (eval(&candidate, &holdout), eval(current.as_ref(), &holdout));
+        let (cand_hold, cur_hold) = (
+            eval(candidate.as_ref(), &holdout),
+            eval(current.as_ref(), &holdout),
+        );
         let verdict = gate(
             cfg,
             &cand_val,
@@ -580,7 +584,15 @@ pub fn training_record(
     if let Some(p) = &manifest.parent {
         rec.tags.insert("parent".into(), p.clone());
     }
-    if let Ok(serde_json::Value::Object(params)) = serde_json::to_value(&manifest.params) {
+    rec.params
+        .insert("kind".into(), manifest.kind.as_str().to_string());
+    // The parameters are tagged by kind (`{"fast": {...}}`): record the kind's own keys.
+    let tagged = serde_json::to_value(&manifest.params).ok();
+    let own = tagged
+        .as_ref()
+        .and_then(|t| t.get(manifest.kind.as_str()))
+        .and_then(serde_json::Value::as_object);
+    if let Some(params) = own.cloned() {
         for (k, v) in params {
             let v = match v {
                 serde_json::Value::String(s) => s,

@@ -106,6 +106,7 @@ impl Config {
         };
         fix(&mut self.paths.model_store);
         fix(&mut self.paths.state_dir);
+        fix(&mut self.transformer.pretrained_dir);
         self.data.train.iter_mut().for_each(fix);
         fix(&mut self.data.val);
         if let Some(p) = self.data.lexicon.as_mut() {

@@ -21,6 +21,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub tracking: TrackingConfig,
     pub reputation: ReputationConfig,
+    pub transformer: TransformerConfig,
 }
 
 /// `[paths]`
@@ -77,7 +78,7 @@ impl Default for DataConfig {
 pub enum TrainableKind {
     /// fastText-style classifier trained in burn.
     Fast,
-    /// Pretrained encoder; accepted by the schema, rejected by validation until it exists.
+    /// A pretrained sentence encoder with a trained head (`[transformer]`).
     Transformer,
 }
 
@@ -525,5 +526,58 @@ impl Default for ReputationConfig {
             strict_time: false,
             save_every_secs: 30,
         }
+    }
+}
+
+/// `[transformer]`: the pretrained-encoder model kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformerConfig {
+    /// Directory of pretrained encoders, one sub-directory each (`scripts/fetch-pretrained.sh`).
+    pub pretrained_dir: PathBuf,
+    /// The encoder: a sub-directory of `pretrained_dir`.
+    pub encoder: String,
+    /// Longest input in tokens, `[CLS]` and `[SEP]` included; longer texts are cut.
+    pub max_seq_len: usize,
+    /// Texts per encoder batch while embedding training and evaluation data.
+    pub embed_batch: usize,
+    /// Most epochs of the classifier head (full-batch; early stopping on the selection split).
+    pub head_epochs: usize,
+    pub head_learning_rate: f64,
+    /// L2 penalty on the head's weights.
+    pub head_l2: f64,
+    /// Epochs without a better selection macro-recall before the head stops.
+    pub head_patience: usize,
+    /// Also train a fast model on the same rows and average the two models' probabilities,
+    /// with the weight fitted on the selection split.
+    pub ensemble: bool,
+    /// Serving: texts of concurrent requests encoded together, at most this many at once.
+    pub max_batch: usize,
+    /// Serving: how long a request may wait for others to join its batch, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        TransformerConfig {
+            pretrained_dir: PathBuf::from("state/pretrained"),
+            encoder: "all-minilm-l6-v2".to_string(),
+            max_seq_len: 128,
+            embed_batch: 32,
+            head_epochs: 400,
+            head_learning_rate: 0.05,
+            head_l2: 1e-4,
+            head_patience: 40,
+            ensemble: true,
+            max_batch: 32,
+            max_wait_ms: 2,
+        }
+    }
+}
+
+impl TransformerConfig {
+    /// The encoder's directory.
+    pub fn encoder_dir(&self) -> PathBuf {
+        self.pretrained_dir.join(&self.encoder)
     }
 }

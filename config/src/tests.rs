@@ -89,7 +89,7 @@ fn unknown_section_is_reported_at_top_level() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        msg.starts_with("/etc/sentimentd/test.toml:2:2: unknown key `sever` in the top level (expected one of: paths, data, model, train, server, ingest, logging, drift, retrain, gate, admin, tracking, reputation)"),
+        msg.starts_with("/etc/sentimentd/test.toml:2:2: unknown key `sever` in the top level (expected one of: paths, data, model, train, server, ingest, logging, drift, retrain, gate, admin, tracking, reputation, transformer)"),
         "{msg}"
     );
 }
@@ -219,13 +219,24 @@ fn char_ngrams_can_be_disabled_and_port_zero_is_allowed() {
 }
 
 #[test]
-fn transformer_is_rejected_by_validation() {
-    let msg = parse("model.kind = \"transformer\"\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(msg.contains("model.kind"), "{msg}");
-    assert!(msg.contains("not available in this build"), "{msg}");
+fn transformer_settings_are_validated_with_their_keys() {
+    let cfg = parse("[model]\nkind = \"transformer\"\n[transformer]\nmax_batch = 4\n");
+    assert!(cfg.is_ok(), "{:?}", cfg.err().map(|e| e.to_string()));
+    let text = "[transformer]\nencoder = \"../x\"\nmax_seq_len = 2\nhead_l2 = -1.0\n";
+    let Err(ConfigError::Invalid { issues }) = parse(text) else {
+        panic!("expected validation errors");
+    };
+    let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    for key in [
+        "transformer.encoder",
+        "transformer.max_seq_len",
+        "transformer.head_l2",
+    ] {
+        assert!(
+            shown.iter().any(|s| s.contains(key)),
+            "{key} missing in {shown:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Range and consistency rules that serde's types cannot express.
 
 use crate::error::{Location, ValidationIssue};
-use crate::schema::{Config, TrainableKind};
+use crate::schema::Config;
 use std::fmt::Display;
 use std::path::{Component, Path, PathBuf};
 
@@ -63,12 +63,29 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("data.max_text_chars", c.data.max_text_chars, 1, 1_000_000);
 
     let m = &c.model;
-    if m.kind == TrainableKind::Transformer {
+    let t = &c.transformer;
+    k.path("transformer.pretrained_dir", &t.pretrained_dir);
+    if t.encoder.is_empty() || t.encoder.starts_with('.') || t.encoder.contains(['/', '\\']) {
         k.fail(
-            "model.kind",
-            "= \"transformer\" is not available in this build (use \"fast\")".to_string(),
+            "transformer.encoder",
+            format!(
+                "must name a directory inside pretrained_dir, got {:?}",
+                t.encoder
+            ),
         );
     }
+    k.range("transformer.max_seq_len", t.max_seq_len, 8, 512);
+    k.range("transformer.embed_batch", t.embed_batch, 1, 1024);
+    k.range("transformer.head_epochs", t.head_epochs, 1, 100_000);
+    k.positive("transformer.head_learning_rate", t.head_learning_rate);
+    if !(t.head_l2.is_finite() && t.head_l2 >= 0.0) {
+        k.fail(
+            "transformer.head_l2",
+            format!("must be >= 0, got {}", t.head_l2),
+        );
+    }
+    k.range("transformer.max_batch", t.max_batch, 1, 1024);
+    k.range("transformer.max_wait_ms", t.max_wait_ms, 0, 1000);
     k.range("model.embedding_dim", m.embedding_dim, 1, 1024);
     k.range("model.hidden_dim", m.hidden_dim, 0, 4096);
     k.range("model.vocab_size", m.vocab_size, 100, 1_000_000);

@@ -81,6 +81,11 @@ pub trait Classifier: Send + Sync {
         self.kind() == ModelKind::Lexicon
     }
     fn predict(&self, text: &str) -> Prediction;
+    /// True for models that score many texts at once much faster than one by one (the
+    /// transformer): the server then gathers concurrent requests into batches.
+    fn prefers_batches(&self) -> bool {
+        false
+    }
     fn predict_batch(&self, texts: &[&str]) -> Vec<Prediction> {
         texts.iter().map(|t| self.predict(t)).collect()
     }

@@ -192,20 +192,7 @@ impl Weights {
             None => 1.0,
         };
         let st = SafeTensors::deserialize(&data).map_err(|e| corrupt(e.to_string()))?;
-        let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-            let t = st
-                .tensor(name)
-                .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
-            if t.dtype() != Dtype::F32 {
-                return Err(corrupt(format!("tensor `{name}` is not f32")));
-            }
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            Ok((t.shape().to_vec(), v))
-        };
+        let get = |name: &str| f32_tensor(&st, name, path);
         let (es, embedding) = get("embedding.weight")?;
         let (os, out_w) = get("output.weight")?;
         let (_, out_b) = get("output.bias")?;
@@ -239,6 +226,30 @@ impl Weights {
         }
         Ok(w)
     }
+}
+
+/// The shape and values of the f32 tensor `name` of a safetensors file read from `path`.
+pub(crate) fn f32_tensor(
+    st: &SafeTensors<'_>,
+    name: &str,
+    path: &Path,
+) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+    let corrupt = |reason: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let t = st
+        .tensor(name)
+        .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+    if t.dtype() != Dtype::F32 {
+        return Err(corrupt(format!("tensor `{name}` is not f32")));
+    }
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((t.shape().to_vec(), v))
 }
 
 #[inline]

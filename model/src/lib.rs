@@ -15,10 +15,12 @@ pub mod promotion;
 pub mod store;
 pub mod text;
 pub mod train;
+pub mod transformer;
 
 pub use classifier::{Analysis, Classifier, ModelKind, Prediction};
 pub use error::ModelError;
 pub use fast::FastModel;
 pub use lexicon::{LexiconClassifier, LexiconError};
 pub use metrics::EvalMetrics;
-pub use store::{Manifest, ModelStore};
+pub use store::{Manifest, ModelParams, ModelStore};
+pub use transformer::TransformerModel;

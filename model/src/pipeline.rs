@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use sentimentd_config::Config;
+use sentimentd_config::{Config, TrainableKind};
 use sentimentd_data::{Dataset, Label, load_dataset};
 
 use crate::classifier::Classifier;
@@ -14,7 +14,7 @@ use crate::error::ModelError;
 use crate::fast::FastModel;
 use crate::features::FeatureConfig;
 use crate::metrics::EvalMetrics;
-use crate::store::{Manifest, ModelStore, NewVersion, SplitInfo};
+use crate::store::{Manifest, ModelStore, NewModel, NewVersion, SplitInfo};
 use crate::train::{self, TrainObserver, TrainParams};
 
 impl TrainParams {
@@ -67,6 +67,8 @@ pub struct TrainJob {
     pub labelled_files: Vec<String>,
     /// Most threads training may use; `None` = `train.threads`, 0 = all cores.
     pub threads: Option<usize>,
+    /// The model kind to train; `None` = `[model] kind`.
+    pub kind: Option<TrainableKind>,
 }
 
 /// The result of [`train_and_store`].
@@ -209,27 +211,52 @@ pub fn train_and_store(
     if let Some(threads) = job.threads {
         params.threads = threads;
     }
-    let outcome = train::train(
-        &params,
-        &train_set.texts,
-        &train_set.labels,
-        &sel_set.texts,
-        &sel_set.labels,
-        observer,
-    )?;
+    let built = match job.kind.unwrap_or(cfg.model.kind) {
+        TrainableKind::Fast => {
+            let outcome = train::train(
+                &params,
+                &train_set.texts,
+                &train_set.labels,
+                &sel_set.texts,
+                &sel_set.labels,
+                observer,
+            )?;
+            let model = FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?;
+            let selection = evaluate(&model, &sel_set);
+            Built::Fast {
+                model,
+                params,
+                history: outcome.history,
+                best_epoch: outcome.best_epoch,
+                seconds: outcome.seconds,
+                selection,
+            }
+        }
+        TrainableKind::Transformer => Built::Transformer(Box::new(crate::transformer::train(
+            cfg,
+            params.threads,
+            &train_set,
+            &sel_set,
+            observer,
+        )?)),
+    };
     // Scored through the serving path, so `sentimentd eval` on the stored version reproduces
     // these figures exactly.
-    let model = FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?;
-    let mut metrics = BTreeMap::new();
-    let validation = evaluate(&model, &val_set);
+    observer.on_message(&format!(
+        "scoring the reporting split {}",
+        val_path.display()
+    ));
+    let validation = evaluate(built.classifier(), &val_set);
+    let selection = built.selection().clone();
     observer.on_message(&format!(
         "reporting split {}: macro-recall {:.4} (selection split: {:.4})",
         val_path.display(),
         validation.macro_recall,
-        outcome.selection_metrics.macro_recall
+        selection.macro_recall
     ));
+    let mut metrics = BTreeMap::new();
     metrics.insert("validation".to_string(), validation);
-    metrics.insert("selection".to_string(), evaluate(&model, &sel_set));
+    metrics.insert("selection".to_string(), selection);
 
     let mut train_source = paths_text(&train_paths);
     if extra_rows > 0 || !job.labelled_files.is_empty() {
@@ -262,17 +289,48 @@ pub fn train_and_store(
         .store
         .clone()
         .unwrap_or_else(|| cfg.paths.model_store.clone());
-    let store = ModelStore::open(&store_root)?;
+    let store = ModelStore::for_config(cfg, Some(&store_root))?;
+    let (model, history, best_epoch, train_seconds) = match &built {
+        Built::Fast {
+            model,
+            params,
+            history,
+            best_epoch,
+            seconds,
+            ..
+        } => (
+            NewModel::Fast {
+                featurizer: &model.featurizer,
+                weights: &model.weights,
+                params,
+            },
+            history.clone(),
+            *best_epoch,
+            *seconds,
+        ),
+        Built::Transformer(t) => (
+            NewModel::Transformer {
+                head: &t.model.head,
+                partner: t
+                    .model
+                    .partner
+                    .as_ref()
+                    .map(|(f, _)| (&f.featurizer, &f.weights)),
+                params: &t.params,
+            },
+            t.history.clone(),
+            t.head_report.best_epoch,
+            t.seconds,
+        ),
+    };
     let manifest = store.save(NewVersion {
-        featurizer: &model.featurizer,
-        weights: &model.weights,
-        params: &params,
+        model,
         data_fingerprint: fingerprint(&[&train_set, &sel_set, &val_set]),
         training_rows: train_set.len(),
         metrics,
-        history: outcome.history,
-        best_epoch: outcome.best_epoch,
-        train_seconds: outcome.seconds,
+        history,
+        best_epoch,
+        train_seconds,
         splits,
         labelled_files: job.labelled_files.clone(),
     })?;
@@ -283,6 +341,37 @@ pub fn train_and_store(
         manifest,
         store_root,
     })
+}
+
+/// A trained candidate of either kind, before it is stored.
+// One per training run, moved once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Built {
+    Fast {
+        model: FastModel,
+        params: TrainParams,
+        history: Vec<crate::train::EpochReport>,
+        best_epoch: usize,
+        seconds: f64,
+        selection: EvalMetrics,
+    },
+    Transformer(Box<crate::transformer::Trained>),
+}
+
+impl Built {
+    fn classifier(&self) -> &dyn Classifier {
+        match self {
+            Built::Fast { model, .. } => model,
+            Built::Transformer(t) => &t.model,
+        }
+    }
+
+    fn selection(&self) -> &EvalMetrics {
+        match self {
+            Built::Fast { selection, .. } => selection,
+            Built::Transformer(t) => &t.selection,
+        }
+    }
 }
 
 /// Scores every text of a labelled dataset and compares with its labels.

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::classifier::Classifier;
 use crate::error::ModelError;
-use crate::fast::FastModel;
 use crate::store::{MANIFEST, ModelStore, write_atomic};
+use std::sync::Arc;
 
 pub const HISTORY: &str = "history.jsonl";
 pub const DECISION: &str = "decision.json";
@@ -92,7 +93,7 @@ impl ModelStore {
         version: &str,
         action: &str,
         reason: &str,
-    ) -> Result<FastModel, ModelError> {
+    ) -> Result<Arc<dyn Classifier>, ModelError> {
         let model = self.load(version)?;
         let dir = self.version_dir(version);
         for entry in std::fs::read_dir(&dir).map_err(ModelError::io(&dir))? {

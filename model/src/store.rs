@@ -23,17 +23,54 @@ use crate::classifier::{Classifier, ModelKind};
 use crate::error::ModelError;
 use crate::fast::{FastModel, Weights};
 use crate::features::Featurizer;
+use crate::head::LinearHead;
 use crate::metrics::EvalMetrics;
 use crate::text::TextPipeline;
 use crate::train::{EpochReport, TrainParams};
+use crate::transformer::{
+    HEAD, TransformerModel, TransformerParams, load_head, save_head, shared_encoder,
+};
+use sentimentd_config::{Backend, Config};
+
+/// The first characters of a fingerprint, enough to tell two apart in a message.
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(12)]
+}
 
 pub const MANIFEST: &str = "manifest.json";
 pub const WEIGHTS: &str = "weights.safetensors";
 pub const TOKENIZER: &str = "tokenizer.json";
 pub const CONFUSION_PNG: &str = "confusion_matrix.png";
-const FORMAT: u32 = 1;
+/// Format 2 tags the parameters with the model kind (`"params": {"fast": {...}}`); format 1
+/// (fast models only, untagged parameters) is read as the same thing.
+const FORMAT: u32 = 2;
 /// The model kinds whose versions this build can load from a store.
-const LOADABLE_KINDS: [&str; 1] = ["fast"];
+const LOADABLE_KINDS: [&str; 2] = ["fast", "transformer"];
+
+/// The parameters of a version, tagged with its kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelParams {
+    Fast(TrainParams),
+    Transformer(TransformerParams),
+}
+
+impl ModelParams {
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            ModelParams::Fast(_) => ModelKind::Fast,
+            ModelParams::Transformer(_) => ModelKind::Transformer,
+        }
+    }
+
+    /// The fast model's parameters: the model's own, or its ensemble partner's.
+    pub fn fast(&self) -> Option<&TrainParams> {
+        match self {
+            ModelParams::Fast(p) => Some(p),
+            ModelParams::Transformer(t) => t.ensemble.as_ref().map(|e| &e.fast),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -45,7 +82,7 @@ pub struct Manifest {
     pub labels: Vec<String>,
     pub data_fingerprint: String,
     pub training_rows: usize,
-    pub params: TrainParams,
+    pub params: ModelParams,
     /// Metrics per split: `validation` is the reporting split, which selected nothing;
     /// `selection` picked the epoch and the temperature, so it reads optimistic.
     pub metrics: BTreeMap<String, EvalMetrics>,
@@ -79,11 +116,24 @@ pub struct SplitInfo {
     pub seed: Option<u64>,
 }
 
+/// The trained parts of a new version, by kind.
+pub enum NewModel<'a> {
+    Fast {
+        featurizer: &'a Featurizer,
+        weights: &'a Weights,
+        params: &'a TrainParams,
+    },
+    Transformer {
+        head: &'a LinearHead,
+        /// The ensemble's fast model.
+        partner: Option<(&'a Featurizer, &'a Weights)>,
+        params: &'a TransformerParams,
+    },
+}
+
 /// What a caller hands over to be stored as a new version.
 pub struct NewVersion<'a> {
-    pub featurizer: &'a Featurizer,
-    pub weights: &'a Weights,
-    pub params: &'a TrainParams,
+    pub model: NewModel<'a>,
     pub data_fingerprint: String,
     pub training_rows: usize,
     pub metrics: BTreeMap<String, EvalMetrics>,
@@ -96,6 +146,10 @@ pub struct NewVersion<'a> {
 
 pub struct ModelStore {
     root: PathBuf,
+    /// Where transformer versions find their encoder, and the backend it runs on.
+    pretrained: Option<(PathBuf, Backend)>,
+    /// Texts per encoder batch of the transformer versions this store loads.
+    embed_batch: usize,
 }
 
 fn sha256_file(path: &Path) -> Result<String, ModelError> {
@@ -129,7 +183,18 @@ impl ModelStore {
         std::fs::create_dir_all(&versions).map_err(ModelError::io(&versions))?;
         Ok(ModelStore {
             root: root.to_path_buf(),
+            pretrained: None,
+            embed_batch: 32,
         })
+    }
+
+    /// Opens the store `root` (default `paths.model_store`) with the config's pretrained
+    /// encoders, so it loads transformer versions too.
+    pub fn for_config(cfg: &Config, root: Option<&Path>) -> Result<ModelStore, ModelError> {
+        let mut store = ModelStore::open(root.unwrap_or(&cfg.paths.model_store))?;
+        store.pretrained = Some((cfg.transformer.pretrained_dir.clone(), cfg.train.backend));
+        store.embed_batch = cfg.transformer.embed_batch;
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -209,7 +274,27 @@ impl ModelStore {
                 LOADABLE_KINDS.join(", ")
             )));
         }
+        let mut raw = raw;
+        if raw.get("format").and_then(serde_json::Value::as_u64) == Some(1)
+            && let Some(obj) = raw.as_object_mut()
+        {
+            // Format 1 stored only fast models, with untagged parameters.
+            if let Some(params) = obj.remove("params") {
+                obj.insert("params".into(), serde_json::json!({ "fast": params }));
+            }
+            obj.insert("format".into(), FORMAT.into());
+        }
         let m: Manifest = serde_json::from_value(raw).map_err(corrupt)?;
+        if m.params.kind() != m.kind {
+            return Err(ModelError::Corrupt {
+                path,
+                reason: format!(
+                    "the manifest is of kind {} with parameters of kind {}",
+                    m.kind.as_str(),
+                    m.params.kind().as_str()
+                ),
+            });
+        }
         if m.format != FORMAT || m.version != version {
             return Err(ModelError::Corrupt {
                 path,
@@ -247,18 +332,16 @@ impl ModelStore {
         Ok(out)
     }
 
-    /// Loads and verifies a version.
-    pub fn load(&self, version: &str) -> Result<FastModel, ModelError> {
-        let m = self.manifest(version)?;
-        let dir = self.version_dir(version);
-        for file in [WEIGHTS, TOKENIZER] {
+    /// Checks the files of a version against the checksums in its manifest.
+    fn verify(&self, m: &Manifest, dir: &Path, files: &[&str]) -> Result<(), ModelError> {
+        for &file in files {
             let expected = m.files.get(file).ok_or_else(|| ModelError::Corrupt {
-                path: dir.clone(),
+                path: dir.to_path_buf(),
                 reason: format!("manifest lists no checksum for {file}"),
             })?;
             let path = dir.join(file);
             let actual = sha256_file(&path).map_err(|e| ModelError::Corrupt {
-                path: dir.clone(),
+                path: dir.to_path_buf(),
                 reason: e.to_string(),
             })?;
             if &actual != expected {
@@ -268,19 +351,80 @@ impl ModelStore {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The fast model in `dir` (a fast version, or a transformer version's partner).
+    fn load_fast(
+        &self,
+        m: &Manifest,
+        dir: &Path,
+        params: &TrainParams,
+    ) -> Result<FastModel, ModelError> {
+        self.verify(m, dir, &[WEIGHTS, TOKENIZER])?;
         let text = TextPipeline::load(&dir.join(TOKENIZER))?;
         let weights = Weights::load(&dir.join(WEIGHTS))?;
-        let featurizer = Featurizer::new(text, m.params.features.clone());
-        FastModel::new(featurizer, weights, version.to_string()).map_err(|e| match e {
-            ModelError::Corrupt { reason, .. } => ModelError::Corrupt { path: dir, reason },
+        let featurizer = Featurizer::new(text, params.features.clone());
+        FastModel::new(featurizer, weights, m.version.clone()).map_err(|e| match e {
+            ModelError::Corrupt { reason, .. } => ModelError::Corrupt {
+                path: dir.to_path_buf(),
+                reason,
+            },
             other => other,
+        })
+    }
+
+    fn load_transformer(
+        &self,
+        m: &Manifest,
+        dir: &Path,
+        t: &TransformerParams,
+    ) -> Result<TransformerModel, ModelError> {
+        let unsupported = |reason: String| ModelError::Unsupported {
+            version: m.version.clone(),
+            reason,
+        };
+        let Some((pretrained, backend)) = &self.pretrained else {
+            return Err(unsupported(
+                "a transformer version needs [transformer] pretrained_dir, and this store was \
+                 opened without a config"
+                    .into(),
+            ));
+        };
+        self.verify(m, dir, &[HEAD])?;
+        let encoder = shared_encoder(&pretrained.join(&t.encoder), t.max_seq_len, *backend)?;
+        if encoder.fingerprint() != t.encoder_fingerprint {
+            return Err(unsupported(format!(
+                "it was trained on encoder {} with fingerprint {}, and {} holds a different one \
+                 ({}); put the encoder it was trained with there, or train a new version",
+                t.encoder,
+                short(&t.encoder_fingerprint),
+                encoder.dir().display(),
+                short(encoder.fingerprint())
+            )));
+        }
+        let head = load_head(&dir.join(HEAD))?;
+        let partner = match &t.ensemble {
+            Some(e) => Some((self.load_fast(m, dir, &e.fast)?, e.weight)),
+            None => None,
+        };
+        TransformerModel::new(encoder, head, partner, self.embed_batch, m.version.clone())
+    }
+
+    /// Loads and verifies a version, of any kind this build loads.
+    pub fn load(&self, version: &str) -> Result<Arc<dyn Classifier>, ModelError> {
+        let m = self.manifest(version)?;
+        let dir = self.version_dir(version);
+        Ok(match &m.params {
+            ModelParams::Fast(p) => Arc::new(self.load_fast(&m, &dir, p)?),
+            ModelParams::Transformer(t) => Arc::new(self.load_transformer(&m, &dir, t)?),
         })
     }
 
     /// Loads the current version, if `current` is set.
     pub fn load_current(&self) -> Result<Option<Arc<dyn Classifier>>, ModelError> {
         match self.current_version()? {
-            Some(v) => Ok(Some(Arc::new(self.load(&v)?))),
+            Some(v) => Ok(Some(self.load(&v)?)),
             None => Ok(None),
         }
     }
@@ -311,8 +455,33 @@ impl ModelStore {
             .tempdir_in(&versions)
             .map_err(ModelError::io(&versions))?;
         let dir = tmp.path();
-        v.weights.save(&dir.join(WEIGHTS))?;
-        v.featurizer.text.save(&dir.join(TOKENIZER))?;
+        let (kind, params, fast) = match v.model {
+            NewModel::Fast {
+                featurizer,
+                weights,
+                params,
+            } => (
+                ModelKind::Fast,
+                ModelParams::Fast(params.clone()),
+                Some((featurizer, weights)),
+            ),
+            NewModel::Transformer {
+                head,
+                partner,
+                params,
+            } => {
+                save_head(head, &dir.join(HEAD))?;
+                (
+                    ModelKind::Transformer,
+                    ModelParams::Transformer(params.clone()),
+                    partner,
+                )
+            }
+        };
+        if let Some((featurizer, weights)) = fast {
+            weights.save(&dir.join(WEIGHTS))?;
+            featurizer.text.save(&dir.join(TOKENIZER))?;
+        }
         if let Some(m) = v.metrics.get("validation")
             && let Err(e) = crate::plot::confusion_png(&dir.join(CONFUSION_PNG), m, &version)
         {
@@ -320,7 +489,7 @@ impl ModelStore {
             tracing::warn!(version = %version, error = %e, "confusion matrix image not written");
         }
         let mut files = BTreeMap::new();
-        for file in [WEIGHTS, TOKENIZER, CONFUSION_PNG] {
+        for file in [WEIGHTS, TOKENIZER, HEAD, CONFUSION_PNG] {
             let path = dir.join(file);
             if path.exists() {
                 files.insert(file.to_string(), sha256_file(&path)?);
@@ -331,14 +500,14 @@ impl ModelStore {
             version: version.clone(),
             parent: self.current_version().ok().flatten(),
             created_at: Utc::now().to_rfc3339(),
-            kind: ModelKind::Fast,
+            kind,
             labels: sentimentd_data::Label::ALL
                 .iter()
                 .map(|l| l.as_str().to_string())
                 .collect(),
             data_fingerprint: v.data_fingerprint,
             training_rows: v.training_rows,
-            params: v.params.clone(),
+            params,
             metrics: v.metrics,
             history: v.history,
             best_epoch: v.best_epoch,

@@ -521,6 +521,8 @@ pub trait TrainObserver {
     fn on_step(&mut self, _epoch: usize, _step: usize, _loss: f64) {}
     fn on_epoch(&mut self, _report: &EpochReport) {}
     fn on_message(&mut self, _message: &str) {}
+    /// Progress of a long step that is not epochs (embedding a dataset): `done` of `total`.
+    fn on_progress(&mut self, _what: &str, _done: usize, _total: usize) {}
 }
 
 /// Observer that ignores everything.

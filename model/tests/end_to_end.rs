@@ -8,7 +8,7 @@ use sentimentd_config::Config;
 use sentimentd_data::{Dataset, Label, load_dataset};
 use sentimentd_model::features::FeatureConfig;
 use sentimentd_model::pipeline::{self, TrainJob};
-use sentimentd_model::store::{MANIFEST, NewVersion, TOKENIZER, WEIGHTS};
+use sentimentd_model::store::{MANIFEST, NewModel, NewVersion, TOKENIZER, WEIGHTS};
 use sentimentd_model::train::{self, Backend, LrDecay, Quiet, TrainParams};
 use sentimentd_model::{Classifier, ModelError, ModelStore};
 
@@ -107,9 +107,11 @@ fn store_outcome(
     );
     store
         .save(NewVersion {
-            featurizer: &o.featurizer,
-            weights: &o.weights,
-            params,
+            model: NewModel::Fast {
+                featurizer: &o.featurizer,
+                weights: &o.weights,
+                params,
+            },
             data_fingerprint: "0123456789abcdef".into(),
             training_rows: 3000,
             metrics,
@@ -411,7 +413,7 @@ fn pipeline_selects_on_a_carved_split_and_reports_on_validation() {
     assert!(val.source.ends_with("val.csv"), "{}", val.source);
     assert_ne!(tr.fingerprint, sel.fingerprint);
     assert_eq!(m.labelled_files, job.labelled_files);
-    assert_eq!(m.params.threads, 1);
+    assert_eq!(m.params.fast().map(|p| p.threads).unwrap(), 1);
 
     // Stratified: the selection split keeps the training data's label mix.
     let all = load_dataset(&cfg.data.train, 1000).unwrap();
@@ -443,7 +445,7 @@ fn pipeline_selects_on_a_carved_split_and_reports_on_validation() {
     let loaded = store.load(&m.version).unwrap();
     let val_set = load_dataset(std::slice::from_ref(&cfg.data.val), 1000).unwrap();
     assert_eq!(
-        pipeline::evaluate(&loaded, &val_set),
+        pipeline::evaluate(loaded.as_ref(), &val_set),
         m.metrics["validation"]
     );
     assert_eq!(m.metrics["validation"].count, 400);
@@ -479,7 +481,7 @@ fn manifest_of_the_old_format_still_loads() {
 
     let m = store.manifest(&version).unwrap();
     assert!(m.splits.is_empty() && m.labelled_files.is_empty());
-    assert_eq!(m.params.threads, 0);
+    assert_eq!(m.params.fast().map(|p| p.threads).unwrap(), 0);
     assert_eq!(
         m.history[0].selection_macro_recall,
         trained.manifest.history[0].selection_macro_recall
@@ -511,13 +513,8 @@ fn a_version_of_an_unknown_kind_or_newer_format_is_a_clear_error() {
     let original: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     for (key, value, needle) in [
-        (
-            "kind",
-            serde_json::json!("transformer"),
-            "model kind `transformer`",
-        ),
         ("kind", serde_json::json!("quantum"), "model kind `quantum`"),
-        ("format", serde_json::json!(2), "newer sentimentd"),
+        ("format", serde_json::json!(3), "newer sentimentd"),
     ] {
         let mut json = original.clone();
         json[key] = value;
@@ -529,6 +526,13 @@ fn a_version_of_an_unknown_kind_or_newer_format_is_a_clear_error() {
         assert!(store.set_current(&other).is_err());
         assert_eq!(store.current_version().unwrap().as_deref(), Some(&*good));
     }
+    // A transformer manifest over a fast model's parameters is damaged, not unsupported.
+    let mut json = original.clone();
+    json["kind"] = serde_json::json!("transformer");
+    std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+    let err = store.load(&other).err().unwrap();
+    assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("parameters of kind fast"), "{err}");
     // Put back, it loads: the check judged the manifest, not the files.
     std::fs::write(&path, serde_json::to_string(&original).unwrap()).unwrap();
     store.load(&other).unwrap();

@@ -9,6 +9,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where `scripts/fetch-pretrained.sh` put the encoders for the tests:
+/// `$SENTIMENTD_PRETRAINED`, else `~/.cache/sentimentd-pretrained` (what `scripts/test.sh` uses).
+pub fn pretrained_root() -> PathBuf {
+    let root = std::env::var_os("SENTIMENTD_PRETRAINED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sentimentd-pretrained")
+        });
+    assert!(
+        root.join("all-minilm-l6-v2/model.safetensors").is_file(),
+        "no encoder in {}: run scripts/fetch-pretrained.sh {} (scripts/test.sh does)",
+        root.display(),
+        root.display()
+    );
+    root
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub port: u16,

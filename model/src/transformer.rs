@@ -1,0 +1,461 @@
+//! The `transformer` model kind: a pretrained sentence encoder (kept outside the model store,
+//! in `[transformer] pretrained_dir`, and pinned by its fingerprint), a classifier head trained
+//! on its embeddings, and optionally a fast model trained on the same rows whose
+//! probabilities are averaged in with a weight fitted on the selection split.
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use sentimentd_config::Backend;
+use sentimentd_data::Label;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use crate::classifier::{Analysis, Classifier, ModelKind, Prediction};
+use crate::encoder::SentenceEncoder;
+use crate::error::ModelError;
+use crate::fast::FastModel;
+use crate::head::{HeadParams, HeadReport, LinearHead};
+use crate::metrics::EvalMetrics;
+use crate::train::{EpochReport, TrainObserver, TrainParams};
+use sentimentd_config::Config;
+use sentimentd_data::Dataset;
+
+/// The head's file in a version directory.
+pub const HEAD: &str = "head.safetensors";
+
+/// What decides a transformer version; recorded in its manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransformerParams {
+    /// The encoder's directory name under `[transformer] pretrained_dir`.
+    pub encoder: String,
+    /// `SentenceEncoder::fingerprint` of the encoder the head was trained on: a version
+    /// refuses to load over any other encoder.
+    pub encoder_fingerprint: String,
+    pub max_seq_len: usize,
+    pub head: HeadParams,
+    pub head_best_epoch: usize,
+    /// The averaged fast model, when there is one.
+    #[serde(default)]
+    pub ensemble: Option<EnsembleParams>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnsembleParams {
+    /// Weight of the transformer's probabilities (the fast model's is `1 - weight`), fitted on
+    /// the selection split.
+    pub weight: f32,
+    pub fast: TrainParams,
+    pub fast_best_epoch: usize,
+}
+
+/// Loaded encoders, shared by every model over the same files: a hot swap between two
+/// versions of this kind holds one encoder in memory, not two.
+type EncoderKey = (PathBuf, usize, Backend);
+type EncoderCache = Mutex<Vec<(EncoderKey, Weak<SentenceEncoder>)>>;
+static ENCODERS: OnceLock<EncoderCache> = OnceLock::new();
+
+/// The encoder in `dir`, loaded once per process while anything holds it.
+pub fn shared_encoder(
+    dir: &Path,
+    max_seq_len: usize,
+    backend: Backend,
+) -> Result<Arc<SentenceEncoder>, ModelError> {
+    let key = (dir.to_path_buf(), max_seq_len, backend);
+    let cache = ENCODERS.get_or_init(|| Mutex::new(Vec::new()));
+    // A poisoned lock only means another thread panicked while loading; the list is intact.
+    let mut list = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    list.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(e) = list
+        .iter()
+        .find(|(k, _)| k == &key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(e);
+    }
+    let encoder = Arc::new(SentenceEncoder::load(dir, max_seq_len, backend)?);
+    list.push((key, Arc::downgrade(&encoder)));
+    Ok(encoder)
+}
+
+/// A servable transformer version.
+pub struct TransformerModel {
+    pub encoder: Arc<SentenceEncoder>,
+    pub head: LinearHead,
+    /// The fast model and the transformer's weight in the average.
+    pub partner: Option<(FastModel, f32)>,
+    batch: usize,
+    version: String,
+}
+
+/// `weight · a + (1 − weight) · b`.
+fn blend(a: [f32; 3], b: [f32; 3], weight: f32) -> [f32; 3] {
+    [0, 1, 2].map(|i| weight * a[i] + (1.0 - weight) * b[i])
+}
+
+impl TransformerModel {
+    pub fn new(
+        encoder: Arc<SentenceEncoder>,
+        head: LinearHead,
+        partner: Option<(FastModel, f32)>,
+        batch: usize,
+        version: String,
+    ) -> Result<TransformerModel, ModelError> {
+        if head.dim != encoder.dim() {
+            return Err(ModelError::Corrupt {
+                path: version.into(),
+                reason: format!(
+                    "the head takes {} features, the encoder gives {}",
+                    head.dim,
+                    encoder.dim()
+                ),
+            });
+        }
+        Ok(TransformerModel {
+            encoder,
+            head,
+            partner,
+            batch: batch.max(1),
+            version,
+        })
+    }
+
+    /// Analyses of texts whose embeddings are already computed (training scores the
+    /// selection split this way, with the embeddings it cached).
+    pub fn analyse_embedded(&self, texts: &[&str], embeddings: Vec<Vec<f32>>) -> Vec<Analysis> {
+        texts
+            .iter()
+            .zip(embeddings)
+            .map(|(text, e)| {
+                let own = self.head.probabilities(&e);
+                let (probabilities, oov_share) = match &self.partner {
+                    Some((fast, weight)) => {
+                        let a = fast.analyse(text);
+                        (blend(own, a.prediction.probabilities, *weight), a.oov_share)
+                    }
+                    None => (own, None),
+                };
+                Analysis {
+                    prediction: Prediction::from_probabilities(probabilities),
+                    embedding: Some(e),
+                    oov_share,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Classifier for TransformerModel {
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn kind(&self) -> ModelKind {
+        ModelKind::Transformer
+    }
+
+    fn predict(&self, text: &str) -> Prediction {
+        self.analyse(text).prediction
+    }
+
+    fn prefers_batches(&self) -> bool {
+        true
+    }
+
+    fn predict_batch(&self, texts: &[&str]) -> Vec<Prediction> {
+        self.analyse_batch(texts)
+            .into_iter()
+            .map(|a| a.prediction)
+            .collect()
+    }
+
+    fn embed(&self, text: &str) -> Option<Vec<f32>> {
+        self.analyse(text).embedding
+    }
+
+    fn analyse(&self, text: &str) -> Analysis {
+        // analyse_batch returns one analysis per text or panics (see there).
+        match self.analyse_batch(&[text]).pop() {
+            Some(a) => a,
+            None => panic!("the encoder returned no embedding"),
+        }
+    }
+
+    fn analyse_batch(&self, texts: &[&str]) -> Vec<Analysis> {
+        match self.encoder.embed(texts, self.batch) {
+            Ok(embeddings) if embeddings.len() == texts.len() => {
+                self.analyse_embedded(texts, embeddings)
+            }
+            // Tokenising a string cannot fail with the shipped WordPiece tokenizer; should it,
+            // the panic is contained by the caller and the rows fail with this reason
+            // instead of getting a made-up prediction.
+            Ok(_) => panic!("the encoder returned the wrong number of embeddings"),
+            Err(e) => panic!("the encoder failed: {e}"),
+        }
+    }
+}
+
+/// Writes the head as safetensors (`head.weight` `[dim, 3]`, `head.bias` `[3]`).
+pub fn save_head(head: &LinearHead, path: &Path) -> Result<(), ModelError> {
+    let corrupt = |e: safetensors::SafeTensorError| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (w, b) = (bytes(&head.weights), bytes(&head.bias));
+    let views = vec![
+        (
+            "head.weight".to_string(),
+            TensorView::new(Dtype::F32, vec![head.dim, 3], &w).map_err(corrupt)?,
+        ),
+        (
+            "head.bias".to_string(),
+            TensorView::new(Dtype::F32, vec![3], &b).map_err(corrupt)?,
+        ),
+    ];
+    let data = safetensors::serialize(views, None).map_err(corrupt)?;
+    std::fs::write(path, data).map_err(ModelError::io(path))
+}
+
+pub fn load_head(path: &Path) -> Result<LinearHead, ModelError> {
+    let data = std::fs::read(path).map_err(ModelError::io(path))?;
+    let corrupt = |reason: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let st = SafeTensors::deserialize(&data).map_err(|e| corrupt(e.to_string()))?;
+    let get = |name: &str| crate::fast::f32_tensor(&st, name, path);
+    let (ws, weights) = get("head.weight")?;
+    let (bs, bias) = get("head.bias")?;
+    let (&[dim, 3], &[3]) = (&ws[..], &bs[..]) else {
+        return Err(corrupt(format!(
+            "head shapes {ws:?} and {bs:?}, expected [dim, 3] and [3]"
+        )));
+    };
+    if weights.iter().chain(&bias).any(|v| !v.is_finite()) {
+        return Err(corrupt("the head has non-finite weights".into()));
+    }
+    Ok(LinearHead {
+        dim,
+        weights,
+        bias: [bias[0], bias[1], bias[2]],
+    })
+}
+
+/// The transformer's weight in the average with the fast model: the one of 0, 0.05, ..., 1
+/// with the best macro-recall on the selection split, ties to the lower log-loss.
+pub fn fit_blend_weight(own: &[[f32; 3]], fast: &[[f32; 3]], labels: &[Label]) -> f32 {
+    let mut best = (1.0f32, -1.0f64, f64::INFINITY);
+    for step in 0..=20 {
+        let w = step as f32 / 20.0;
+        let probs: Vec<[f32; 3]> = own
+            .iter()
+            .zip(fast)
+            .map(|(a, b)| blend(*a, *b, w))
+            .collect();
+        let predicted: Vec<Label> = probs
+            .iter()
+            .map(|p| Prediction::from_probabilities(*p).label)
+            .collect();
+        let recall = EvalMetrics::compute(labels, &predicted).macro_recall;
+        let loss = probs
+            .iter()
+            .zip(labels)
+            .map(|(p, y)| -f64::from(p[y.index()].max(1e-7)).ln())
+            .sum::<f64>()
+            / labels.len().max(1) as f64;
+        if recall > best.1 || (recall == best.1 && loss < best.2) {
+            best = (w, recall, loss);
+        }
+    }
+    best.0
+}
+
+/// A trained transformer candidate.
+pub struct Trained {
+    pub model: TransformerModel,
+    pub params: TransformerParams,
+    /// The whole model on the selection split (optimistic: it chose the epoch and weight).
+    pub selection: EvalMetrics,
+    /// The ensemble partner's epochs.
+    pub history: Vec<EpochReport>,
+    pub head_report: HeadReport,
+    pub seconds: f64,
+}
+
+/// Embedding files kept in the cache; older ones are deleted after a run adds one.
+const CACHE_KEEP: usize = 4;
+
+fn prune_cache(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "f32"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort();
+    let excess = files.len().saturating_sub(CACHE_KEEP);
+    for (_, path) in files.into_iter().take(excess) {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot prune the embedding cache");
+        }
+    }
+}
+
+/// Trains a transformer candidate on `train_set`, choosing the head's epoch and the
+/// ensemble's weight on `sel_set`. Embeddings are cached under `<state_dir>/embeddings`.
+pub fn train(
+    cfg: &Config,
+    threads: usize,
+    train_set: &Dataset,
+    sel_set: &Dataset,
+    observer: &mut dyn TrainObserver,
+) -> Result<Trained, ModelError> {
+    let started = std::time::Instant::now();
+    let t = &cfg.transformer;
+    let encoder = shared_encoder(&t.encoder_dir(), t.max_seq_len, cfg.train.backend)?;
+    let cache = cfg.paths.state_dir.join("embeddings");
+    observer.on_message(&format!(
+        "embedding {} training and {} selection texts with {} (cached in {})",
+        train_set.len(),
+        sel_set.len(),
+        encoder.dir().display(),
+        cache.display()
+    ));
+    let xs = encoder.embed_cached(&train_set.texts, &cache, t.embed_batch, |d, n| {
+        observer.on_progress("embedding training texts", d, n)
+    })?;
+    let sel_x = encoder.embed_cached(&sel_set.texts, &cache, t.embed_batch, |d, n| {
+        observer.on_progress("embedding selection texts", d, n)
+    })?;
+    prune_cache(&cache);
+
+    let hp = HeadParams {
+        epochs: t.head_epochs,
+        learning_rate: t.head_learning_rate,
+        l2: t.head_l2,
+        patience: t.head_patience,
+    };
+    observer.on_message(&format!(
+        "training the head: at most {} epochs, lr {}, L2 {}",
+        hp.epochs, hp.learning_rate, hp.l2
+    ));
+    let (head, head_report) = LinearHead::train(
+        &xs,
+        &train_set.labels,
+        &sel_x,
+        &sel_set.labels,
+        &hp,
+        |e, _| observer.on_progress("training the head", e, hp.epochs),
+    );
+    observer.on_message(&format!(
+        "head: epoch {} of {} run, selection macro-recall {:.4}",
+        head_report.best_epoch, head_report.epochs_run, head_report.selection_macro_recall
+    ));
+
+    let mut history = Vec::new();
+    let (partner, ensemble) = if t.ensemble {
+        let mut fp = TrainParams::from_config(cfg);
+        fp.threads = threads;
+        observer.on_message("training the fast model of the ensemble");
+        let outcome = crate::train::train(
+            &fp,
+            &train_set.texts,
+            &train_set.labels,
+            &sel_set.texts,
+            &sel_set.labels,
+            observer,
+        )?;
+        let fast = FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?;
+        let own: Vec<[f32; 3]> = sel_x.iter().map(|x| head.probabilities(x)).collect();
+        let theirs: Vec<[f32; 3]> = sel_set
+            .texts
+            .iter()
+            .map(|text| fast.probabilities(text))
+            .collect();
+        let weight = fit_blend_weight(&own, &theirs, &sel_set.labels);
+        observer.on_message(&format!(
+            "ensemble: the transformer weighs {weight:.2}, the fast model {:.2} (fitted on the \
+             selection split)",
+            1.0 - weight
+        ));
+        history = outcome.history;
+        let ensemble = EnsembleParams {
+            weight,
+            fast: fp,
+            fast_best_epoch: outcome.best_epoch,
+        };
+        (Some((fast, weight)), Some(ensemble))
+    } else {
+        (None, None)
+    };
+    let params = TransformerParams {
+        encoder: t.encoder.clone(),
+        encoder_fingerprint: encoder.fingerprint().to_string(),
+        max_seq_len: encoder.max_seq_len(),
+        head: hp,
+        head_best_epoch: head_report.best_epoch,
+        ensemble,
+    };
+    let model = TransformerModel::new(encoder, head, partner, t.embed_batch, "candidate".into())?;
+    let texts: Vec<&str> = sel_set.texts.iter().map(String::as_str).collect();
+    let predicted: Vec<Label> = model
+        .analyse_embedded(&texts, sel_x)
+        .into_iter()
+        .map(|a| a.prediction.label)
+        .collect();
+    let selection = EvalMetrics::compute(&sel_set.labels, &predicted);
+    Ok(Trained {
+        model,
+        params,
+        selection,
+        history,
+        head_report,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blend_weight_follows_the_better_model_on_the_selection_split() {
+        let labels = [
+            Label::Negative,
+            Label::Neutral,
+            Label::Positive,
+            Label::Neutral,
+        ];
+        let right = labels.map(|l| {
+            let mut p = [0.1; 3];
+            p[l.index()] = 0.8;
+            p
+        });
+        let wrong = [[0.1, 0.1, 0.8]; 4];
+        assert_eq!(fit_blend_weight(&right, &wrong, &labels), 1.0);
+        assert_eq!(fit_blend_weight(&wrong, &right, &labels), 0.0);
+    }
+
+    #[test]
+    fn a_head_round_trips_and_a_bad_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let head = LinearHead {
+            dim: 2,
+            weights: vec![0.5, -1.0, 2.0, 0.0, 1.5, -0.25],
+            bias: [0.1, 0.2, 0.3],
+        };
+        let path = dir.path().join(HEAD);
+        save_head(&head, &path).expect("save");
+        assert_eq!(load_head(&path).expect("load"), head);
+        std::fs::write(&path, b"not safetensors").expect("write");
+        let err = load_head(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(HEAD), "{err}");
+    }
+}

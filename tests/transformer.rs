@@ -1,0 +1,317 @@
+//! The transformer model kind through the CLI and the daemon: `sentimentd train --kind
+//! transformer` on a slice of the bundled data with the fetched encoder, a store holding both
+//! kinds (and a version written by the format-1 store), `/predict` served by the transformer,
+//! and the clear errors for a missing or different encoder.
+//!
+//! Needs the encoder fetched by `scripts/fetch-pretrained.sh` into `$SENTIMENTD_PRETRAINED`
+//! (or `~/.cache/sentimentd-pretrained`); `scripts/test.sh` does that first.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{Daemon, pretrained_root};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The header and the first `rows` records of a bundled split (TweetEval texts are one line).
+fn head(file: &str, skip: usize, rows: usize, out: &Path) {
+    let text = std::fs::read_to_string(repo().join("data/datasets/tweeteval").join(file))
+        .expect("bundled data");
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let body: Vec<&str> = lines.skip(skip).take(rows).collect();
+    std::fs::write(out, format!("{header}\n{}\n", body.join("\n"))).expect("write slice");
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    /// Small data and a short head run; `pretrained` is the encoders' directory.
+    fn new(pretrained: &Path, extra: &str) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        head("train.csv", 0, 700, &d.join("train.csv"));
+        head("val.csv", 0, 200, &d.join("val.csv"));
+        let config = d.join("sentimentd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[paths]
+model_store = "{d}/models"
+state_dir = "{d}/state"
+
+[data]
+train = ["{d}/train.csv"]
+val = "{d}/val.csv"
+
+[model]
+kind = "transformer"
+embedding_dim = 16
+vocab_size = 2000
+buckets = 4096
+
+[train]
+epochs = 2
+threads = 1
+
+[transformer]
+pretrained_dir = "{p}"
+max_seq_len = 64
+head_epochs = 150
+{extra}
+"#,
+                d = d.display(),
+                p = pretrained.display()
+            ),
+        )
+        .expect("write config");
+        Env { dir, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sentimentd"))
+            .env_remove("SENTIMENTD_CONFIG")
+            .env_remove("SENTIMENTD_LOG")
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run sentimentd")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn current(&self) -> String {
+        std::fs::read_to_string(self.root().join("models/current"))
+            .expect("current")
+            .trim()
+            .to_string()
+    }
+}
+
+fn validation_recall(manifest: &serde_json::Value) -> f64 {
+    manifest["metrics"]["validation"]["macro_recall"]
+        .as_f64()
+        .expect("validation macro-recall")
+}
+
+fn manifest(env: &Env, version: &str) -> serde_json::Value {
+    let path = env
+        .root()
+        .join("models/versions")
+        .join(version)
+        .join("manifest.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("manifest")).expect("json")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
+    let env = Env::new(&pretrained_root(), "");
+    // A store written by the format-1 code (before kinds were tagged) keeps loading, and
+    // predicts exactly what that code predicted.
+    let fixture = repo().join("model/tests/fixtures/store-format1");
+    copy_dir(
+        &fixture.join("versions"),
+        &env.root().join("models/versions"),
+    );
+    std::fs::copy(fixture.join("current"), env.root().join("models/current")).expect("current");
+    let old = env.current();
+    let texts = [
+        "I love this phone",
+        "worst service ever",
+        "the meeting is at noon",
+    ];
+    let mut args = vec!["predict", "--json"];
+    args.extend(texts);
+    let expected: Vec<serde_json::Value> =
+        std::fs::read_to_string(fixture.join("predictions.jsonl"))
+            .expect("fixture predictions")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+    let got: Vec<serde_json::Value> = env
+        .ok(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(got, expected);
+
+    // The transformer: the encoder's embeddings, a head, and the fast model averaged in.
+    let out = env.ok(&["train"]);
+    for part in [
+        "kind         transformer",
+        "encoder      all-minilm-l6-v2",
+        "ensemble     transformer",
+        "weight fitted on the selection split",
+    ] {
+        assert!(out.contains(part), "{part:?} missing in\n{out}");
+    }
+    let version = env.current();
+    assert_ne!(version, old);
+    let m = manifest(&env, &version);
+    assert_eq!(m["format"], 2);
+    assert_eq!(m["kind"], "transformer");
+    let t = &m["params"]["transformer"];
+    assert_eq!(t["encoder"], "all-minilm-l6-v2");
+    assert_eq!(t["max_seq_len"], 64);
+    let weight = t["ensemble"]["weight"].as_f64().expect("ensemble weight");
+    assert!((0.0..=1.0).contains(&weight), "{weight}");
+    for file in ["head.safetensors", "weights.safetensors", "tokenizer.json"] {
+        assert!(m["files"][file].is_string(), "{file} not in {}", m["files"]);
+    }
+    let recall = validation_recall(&m);
+    // 700 training rows: far from the full-data figure, well above chance (1/3).
+    assert!(recall > 0.5, "validation macro-recall {recall}");
+    // Embeddings were cached for the next run on the same data.
+    let cache = env.root().join("state/embeddings");
+    let cached = std::fs::read_dir(&cache).expect("embedding cache").count();
+    assert_eq!(
+        cached,
+        2,
+        "train and selection embeddings in {}",
+        cache.display()
+    );
+
+    // `eval` through the serving path reproduces the stored validation figure.
+    let eval = env.ok(&["eval", "--json"]);
+    let e: serde_json::Value = serde_json::from_str(&eval).expect("eval json");
+    let again = e["macro_recall"].as_f64().expect("macro_recall");
+    assert!((again - recall).abs() < 1e-9, "{again} vs {recall}");
+
+    // A fast version in the same store, by flag; all three list with their kinds.
+    let out = env.ok(&["train", "--kind", "fast", "--no-promote"]);
+    assert!(out.contains("kind         fast"), "{out}");
+    let list = env.ok(&["model", "list"]);
+    assert_eq!(list.matches(" fast ").count(), 2, "{list}");
+    assert_eq!(list.matches(" transformer ").count(), 1, "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with('*') && l.contains(&version) && l.contains(" transformer ")),
+        "{list}"
+    );
+
+    // The daemon serves the transformer, single texts and batches through the batcher.
+    let extra = format!(
+        "[transformer]\npretrained_dir = \"{}\"\nmax_wait_ms = 5\n",
+        pretrained_root().display()
+    );
+    let mut d = Daemon::configure("", "", "", &extra);
+    copy_dir(&env.root().join("models"), &d.root().join("models"));
+    d.spawn(&[]);
+    let r = d.predict(r#"{"text": "I love this phone, best purchase this year"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["model_version"], version.as_str(), "{j}");
+    assert_eq!(j["label"], "positive", "{j}");
+    let r = d.predict(r#"{"texts": ["worst customer service ever, never again", "the meeting is at noon", "I love it"]}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let labels: Vec<String> = r.json()["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|p| p["label"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(labels, ["negative", "neutral", "positive"], "{}", r.body);
+    let ready = d.get("/ready").json();
+    assert_eq!(ready["kind"], "transformer", "{ready}");
+    assert_eq!(ready["model_version"], version.as_str(), "{ready}");
+    // Concurrent single requests are batched and each gets its own answer.
+    let texts = [
+        "I love it",
+        "I hate it",
+        "so happy today",
+        "this is terrible",
+    ];
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                let d = &d;
+                s.spawn(move || {
+                    let r = d.predict(&format!(r#"{{"text": "{t}"}}"#));
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    r.json()["label"].as_str().unwrap_or_default().to_string()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request"))
+            .collect()
+    });
+    assert_eq!(answers, ["positive", "negative", "positive", "negative"]);
+    // The transformer's embeddings feed drift detection.
+    let metrics = d.get("/metrics").body;
+    assert!(metrics.contains("sentiment_predictions_total"), "{metrics}");
+}
+
+#[test]
+fn a_missing_or_different_encoder_is_a_clear_error() {
+    // No encoder at all: training and config check name the fetch script.
+    let empty = tempfile::tempdir().expect("temp dir");
+    let env = Env::new(empty.path(), "");
+    let err = env.fails(&["train"]);
+    assert!(err.contains("scripts/fetch-pretrained.sh"), "{err}");
+    let err = env.fails(&["config", "check"]);
+    assert!(err.contains("scripts/fetch-pretrained.sh"), "{err}");
+
+    // A version refuses to load over an encoder other than the one it was trained on.
+    let real = pretrained_root().join("all-minilm-l6-v2");
+    let own = tempfile::tempdir().expect("temp dir");
+    let enc = own.path().join("all-minilm-l6-v2");
+    std::fs::create_dir_all(&enc).expect("mkdir");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(real.join(f), enc.join(f)).expect("copy encoder");
+    }
+    let env = Env::new(own.path(), "ensemble = false");
+    let out = env.ok(&["train"]);
+    assert!(!out.contains("ensemble "), "{out}");
+    let version = env.current();
+    assert!(env.ok(&["predict", "--json", "good"]).contains(&version));
+    let config = std::fs::read_to_string(enc.join("config.json")).expect("config.json");
+    std::fs::write(enc.join("config.json"), format!("{config}\n")).expect("edit");
+    let err = env.fails(&["predict", "good"]);
+    assert!(err.contains(&version), "{err}");
+    assert!(err.contains("different"), "{err}");
+    assert!(!err.contains("corrupt"), "{err}");
+}
