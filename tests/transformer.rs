@@ -95,6 +95,22 @@ head_epochs = 150
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // Progress and messages go to stderr, results to stdout: both are checked.
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Standard output only, for the commands that print JSON.
+    fn stdout(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -170,7 +186,7 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
             .map(|l| serde_json::from_str(l).expect("json"))
             .collect();
     let got: Vec<serde_json::Value> = env
-        .ok(&args)
+        .stdout(&args)
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
@@ -202,18 +218,19 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
     let recall = validation_recall(&m);
     // 700 training rows: far from the full-data figure, well above chance (1/3).
     assert!(recall > 0.5, "validation macro-recall {recall}");
-    // Embeddings were cached for the next run on the same data.
+    // Embeddings were cached: a second run on the same data computes none.
+    assert!(out.contains("embeddings: 0 texts were cached"), "{out}");
     let cache = env.root().join("state/embeddings");
-    let cached = std::fs::read_dir(&cache).expect("embedding cache").count();
-    assert_eq!(
-        cached,
-        2,
-        "train and selection embeddings in {}",
-        cache.display()
-    );
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .expect("embedding cache")
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(files.len(), 1, "one file per encoder in {}", cache.display());
+    let again = env.ok(&["train", "--no-promote"]);
+    assert!(again.contains(", 0 computed"), "{again}");
 
     // `eval` through the serving path reproduces the stored validation figure.
-    let eval = env.ok(&["eval", "--json"]);
+    let eval = env.stdout(&["eval", "--json"]);
     let e: serde_json::Value = serde_json::from_str(&eval).expect("eval json");
     let again = e["macro_recall"].as_f64().expect("macro_recall");
     assert!((again - recall).abs() < 1e-9, "{again} vs {recall}");
@@ -223,7 +240,7 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
     assert!(out.contains("kind         fast"), "{out}");
     let list = env.ok(&["model", "list"]);
     assert_eq!(list.matches(" fast ").count(), 2, "{list}");
-    assert_eq!(list.matches(" transformer ").count(), 1, "{list}");
+    assert_eq!(list.matches(" transformer ").count(), 2, "{list}");
     assert!(
         list.lines()
             .any(|l| l.starts_with('*') && l.contains(&version) && l.contains(" transformer ")),

@@ -7,6 +7,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sentimentd_config::Backend;
 use sentimentd_data::Label;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -284,16 +285,150 @@ pub struct Trained {
     pub seconds: f64,
 }
 
-/// Embedding files kept in the cache; older ones are deleted after a run adds one.
+/// Cache files kept (one per encoder); the least recently used go first.
 const CACHE_KEEP: usize = 4;
 
+/// Sentence embeddings by text, on disk per encoder (`<fingerprint>.emb`: records of a
+/// 16-byte text hash and the embedding). A retrain embeds only texts it has not seen, and an
+/// interrupted run resumes where it stopped: records are appended as batches finish, and a
+/// torn last record is dropped on open.
+pub struct EmbeddingCache {
+    path: PathBuf,
+    dim: usize,
+    index: HashMap<[u8; 16], usize>,
+    /// Embeddings in file order, `dim` values each.
+    data: Vec<f32>,
+}
+
+fn text_key(text: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+impl EmbeddingCache {
+    pub fn open(dir: &Path, encoder: &SentenceEncoder) -> Result<EmbeddingCache, ModelError> {
+        std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
+        let fp = encoder.fingerprint();
+        let path = dir.join(format!("{}.emb", &fp[..fp.len().min(32)]));
+        EmbeddingCache::read(&path, encoder.dim())
+    }
+
+    fn read(path: &Path, dim: usize) -> Result<EmbeddingCache, ModelError> {
+        let path = path.to_path_buf();
+        let record = 16 + 4 * dim;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ModelError::io(&path)(e)),
+        };
+        let whole = bytes.len() / record * record;
+        if whole != bytes.len() {
+            tracing::warn!(path = %path.display(), "embedding cache ends in a torn record; dropping it");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(ModelError::io(&path))?;
+            f.set_len(whole as u64).map_err(ModelError::io(&path))?;
+        }
+        let mut index = HashMap::new();
+        let mut data = Vec::with_capacity(whole / record * dim);
+        for r in bytes[..whole].chunks_exact(record) {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&r[..16]);
+            index.insert(key, data.len() / dim);
+            data.extend(
+                r[16..]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        Ok(EmbeddingCache {
+            path,
+            dim,
+            index,
+            data,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Embeddings of `texts`, in order: cached ones read, the others computed (`progress`
+    /// gets `(done, to_compute)` after each batch) and appended to the file.
+    pub fn embed(
+        &mut self,
+        encoder: &SentenceEncoder,
+        texts: &[String],
+        batch: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        use std::io::Write;
+        let keys: Vec<[u8; 16]> = texts.iter().map(|t| text_key(t)).collect();
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<usize> = (0..texts.len())
+            .filter(|&i| !self.index.contains_key(&keys[i]) && seen.insert(keys[i]))
+            .collect();
+        if !missing.is_empty() {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(ModelError::io(&self.path))?;
+            let mut done = 0;
+            progress(0, missing.len());
+            for chunk in missing.chunks(batch.max(1) * 8) {
+                let refs: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
+                let embedded = encoder.embed(&refs, batch)?;
+                let mut bytes = Vec::with_capacity(chunk.len() * (16 + 4 * self.dim));
+                for (&i, e) in chunk.iter().zip(&embedded) {
+                    if e.len() != self.dim {
+                        return Err(ModelError::Training(format!(
+                            "the encoder gave {} values, expected {}",
+                            e.len(),
+                            self.dim
+                        )));
+                    }
+                    bytes.extend_from_slice(&keys[i]);
+                    bytes.extend(e.iter().flat_map(|v| v.to_le_bytes()));
+                    self.index.insert(keys[i], self.data.len() / self.dim);
+                    self.data.extend_from_slice(e);
+                }
+                file.write_all(&bytes).map_err(ModelError::io(&self.path))?;
+                done += chunk.len();
+                progress(done, missing.len());
+            }
+            file.sync_all().map_err(ModelError::io(&self.path))?;
+        }
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let at = self.index[k] * self.dim;
+                self.data[at..at + self.dim].to_vec()
+            })
+            .collect())
+    }
+}
+
+/// Deletes all but the `CACHE_KEEP` most recently used cache files.
 fn prune_cache(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "f32"))
+        .filter(|e| e.path().extension().is_some_and(|x| x == "emb"))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     files.sort();
@@ -325,12 +460,21 @@ pub fn train(
         encoder.dir().display(),
         cache.display()
     ));
-    let xs = encoder.embed_cached(&train_set.texts, &cache, t.embed_batch, |d, n| {
+    let mut store = EmbeddingCache::open(&cache, &encoder)?;
+    let cached = store.len();
+    let xs = store.embed(&encoder, &train_set.texts, t.embed_batch, |d, n| {
         observer.on_progress("embedding training texts", d, n)
     })?;
-    let sel_x = encoder.embed_cached(&sel_set.texts, &cache, t.embed_batch, |d, n| {
+    let sel_x = store.embed(&encoder, &sel_set.texts, t.embed_batch, |d, n| {
         observer.on_progress("embedding selection texts", d, n)
     })?;
+    observer.on_message(&format!(
+        "embeddings: {} texts were cached, {} computed ({})",
+        cached,
+        store.len() - cached,
+        store.path().display()
+    ));
+    drop(store);
     prune_cache(&cache);
 
     let hp = HeadParams {
@@ -438,6 +582,28 @@ mod tests {
         let wrong = [[0.1, 0.1, 0.8]; 4];
         assert_eq!(fit_blend_weight(&right, &wrong, &labels), 1.0);
         assert_eq!(fit_blend_weight(&wrong, &right, &labels), 0.0);
+    }
+
+    #[test]
+    fn a_torn_cache_record_is_dropped_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.emb");
+        let dim = 2;
+        let mut bytes = Vec::new();
+        for (text, e) in [("a", [1.0f32, 2.0]), ("b", [3.0, 4.0])] {
+            bytes.extend_from_slice(&text_key(text));
+            bytes.extend(e.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        bytes.extend_from_slice(&[7u8; 9]);
+        std::fs::write(&path, &bytes).expect("write");
+        let cache = EmbeddingCache::read(&path, dim).expect("open");
+        assert_eq!(cache.len(), 2);
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len() as usize,
+            2 * (16 + 4 * dim)
+        );
+        let at = cache.index[&text_key("b")] * dim;
+        assert_eq!(&cache.data[at..at + dim], &[3.0, 4.0]);
     }
 
     #[test]
