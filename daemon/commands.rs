@@ -146,6 +146,19 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
             "head         epoch {} (early stopping on selection macro-recall)",
             t.head_best_epoch
         );
+        if let Some(f) = &t.finetune {
+            let recall = f
+                .history
+                .iter()
+                .find(|e| e.epoch == f.best_epoch)
+                .map_or(f64::NAN, |e| e.selection_macro_recall);
+            println!(
+                "fine-tuned   top {} layers, epoch {} of {} (selection macro-recall {recall:.4})",
+                f.params.layers,
+                f.best_epoch,
+                f.history.len()
+            );
+        }
         if let Some(e) = &t.ensemble {
             println!(
                 "ensemble     transformer {:.2} + fast model {:.2} (fast model epoch {} of {}), \

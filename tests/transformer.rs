@@ -35,10 +35,14 @@ struct Env {
 impl Env {
     /// Small data and a short head run; `pretrained` is the encoders' directory.
     fn new(pretrained: &Path, extra: &str) -> Env {
+        Env::sized(pretrained, extra, 700, 200)
+    }
+
+    fn sized(pretrained: &Path, extra: &str, train: usize, val: usize) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        head("train.csv", 0, 700, &d.join("train.csv"));
-        head("val.csv", 0, 200, &d.join("val.csv"));
+        head("train.csv", 0, train, &d.join("train.csv"));
+        head("val.csv", 0, val, &d.join("val.csv"));
         let config = d.join("sentimentd.toml");
         std::fs::write(
             &config,
@@ -225,7 +229,12 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
         .expect("embedding cache")
         .filter_map(Result::ok)
         .collect();
-    assert_eq!(files.len(), 1, "one file per encoder in {}", cache.display());
+    assert_eq!(
+        files.len(),
+        1,
+        "one file per encoder in {}",
+        cache.display()
+    );
     let again = env.ok(&["train", "--no-promote"]);
     assert!(again.contains(", 0 computed"), "{again}");
 
@@ -331,4 +340,85 @@ fn a_missing_or_different_encoder_is_a_clear_error() {
     assert!(err.contains(&version), "{err}");
     assert!(err.contains("different"), "{err}");
     assert!(!err.contains("corrupt"), "{err}");
+}
+
+/// The files of the current version by name, with their checksums.
+fn current_files(env: &Env) -> serde_json::Value {
+    manifest(env, &env.current())["files"].clone()
+}
+
+#[test]
+fn fine_tuning_killed_mid_epoch_resumes_to_the_result_of_an_uninterrupted_run() {
+    let root = pretrained_root();
+    let tuning = "ensemble = false\nfinetune_layers = 1\nfinetune_epochs = 2\n\
+                  finetune_batch = 16\ncheckpoint_every_steps = 5\n";
+    let whole = Env::sized(&root, tuning, 300, 100);
+    let out = whole.ok(&["train"]);
+    assert!(out.contains("fine-tuned   top 1 layers"), "{out}");
+    assert!(!out.contains("resuming"), "{out}");
+    let expected = current_files(&whole);
+    assert!(
+        expected["encoder_tuned.safetensors"].is_string(),
+        "{expected}"
+    );
+    let m = manifest(&whole, &whole.current());
+    assert_eq!(
+        m["params"]["transformer"]["finetune"]["params"]["layers"],
+        1
+    );
+    // The checkpoints go once the version is stored.
+    let checkpoints = whole.root().join("state/finetune");
+    let left = std::fs::read_dir(&checkpoints).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "{}", checkpoints.display());
+
+    // The same job, killed after a checkpoint in the second epoch, then run again.
+    let cut = Env::sized(&root, tuning, 300, 100);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sentimentd"))
+        .env_remove("SENTIMENTD_CONFIG")
+        .env_remove("SENTIMENTD_LOG")
+        .arg("--config")
+        .arg(&cut.config)
+        .arg("train")
+        .current_dir(cut.root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn train");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.expect("line");
+        let cue = line.starts_with("checkpoint: epoch 2, step 10 ");
+        seen.push(line);
+        if cue {
+            break;
+        }
+    }
+    child.kill().expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "killed, yet: {}", seen.join("\n"));
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("checkpoint: epoch 2, step 10 ")),
+        "{}",
+        seen.join("\n")
+    );
+    assert!(!cut.root().join("models/current").exists());
+    let out = cut.ok(&["train"]);
+    assert!(
+        out.contains("resuming fine-tuning from the checkpoint")
+            && out.contains("epoch 2, step 10"),
+        "{out}"
+    );
+    let got = current_files(&cut);
+    for file in ["encoder_tuned.safetensors", "head.safetensors"] {
+        assert_eq!(got[file], expected[file], "{file} differs after the resume");
+    }
+    assert_eq!(
+        validation_recall(&manifest(&cut, &cut.current())),
+        validation_recall(&m)
+    );
+    // And the tuned version serves: `predict` loads the tuned layers over the pretrained ones.
+    let p = cut.stdout(&["predict", "--json", "I love this so much"]);
+    assert!(p.contains(&cut.current()), "{p}");
 }

@@ -551,6 +551,14 @@ pub struct TransformerConfig {
     /// Also train a fast model on the same rows and average the two models' probabilities,
     /// with the weight fitted on the selection split.
     pub ensemble: bool,
+    /// Fine-tune this many of the encoder's top layers with the head (0 = keep the encoder
+    /// frozen); an offline job with checkpoints.
+    pub finetune_layers: usize,
+    pub finetune_epochs: usize,
+    pub finetune_batch: usize,
+    pub finetune_learning_rate: f64,
+    /// Steps between fine-tuning checkpoints (one is also written at each epoch's end).
+    pub checkpoint_every_steps: usize,
     /// Serving: texts of concurrent requests encoded together, at most this many at once.
     pub max_batch: usize,
     /// Serving: how long a request may wait for others to join its batch, in milliseconds.
@@ -569,6 +577,11 @@ impl Default for TransformerConfig {
             head_l2: 1e-4,
             head_patience: 40,
             ensemble: true,
+            finetune_layers: 0,
+            finetune_epochs: 2,
+            finetune_batch: 32,
+            finetune_learning_rate: 5e-5,
+            checkpoint_every_steps: 200,
             max_batch: 32,
             max_wait_ms: 2,
         }

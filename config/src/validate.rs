@@ -84,6 +84,18 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
             format!("must be >= 0, got {}", t.head_l2),
         );
     }
+    k.range("transformer.finetune_layers", t.finetune_layers, 0, 64);
+    k.range("transformer.finetune_epochs", t.finetune_epochs, 1, 100);
+    k.range("transformer.finetune_batch", t.finetune_batch, 1, 1024);
+    k.positive(
+        "transformer.finetune_learning_rate",
+        t.finetune_learning_rate,
+    );
+    k.at_least(
+        "transformer.checkpoint_every_steps",
+        t.checkpoint_every_steps,
+        1,
+    );
     k.range("transformer.max_batch", t.max_batch, 1, 1024);
     k.range("transformer.max_wait_ms", t.max_wait_ms, 0, 1000);
     k.range("model.embedding_dim", m.embedding_dim, 1, 1024);

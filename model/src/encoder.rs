@@ -48,15 +48,15 @@ fn gelu_name() -> String {
 }
 
 #[derive(Module, Debug)]
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_out: Linear,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
+pub(crate) struct Layer {
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
+    pub(crate) attention_out: Linear,
+    pub(crate) attention_norm: LayerNorm,
+    pub(crate) intermediate: Linear,
+    pub(crate) output: Linear,
+    pub(crate) output_norm: LayerNorm,
 }
 
 /// The encoder network.
@@ -66,8 +66,8 @@ pub struct Bert {
     position: Embedding,
     token_type: Embedding,
     embedding_norm: LayerNorm,
-    layers: Vec<Layer>,
-    heads: usize,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) heads: usize,
 }
 
 impl Bert {
@@ -86,22 +86,16 @@ impl Bert {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, len]), device);
         let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, len]), device);
         let hidden = self.forward(ids, mask.clone());
-        // Mean over the real tokens.
-        let m3: Tensor<3> = mask.clone().unsqueeze_dim(2);
-        let summed: Tensor<2> = (hidden * m3).sum_dim(1).squeeze_dim(1);
-        let counts: Tensor<2> = mask.sum_dim(1).clamp_min(1e-9);
-        let mean = summed / counts;
-        let norm = mean
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        mean / norm
+        pool(hidden, mask)
     }
 
     /// Last hidden states `[batch, len, hidden]`; `mask` is 1 for tokens, 0 for padding.
     pub fn forward(&self, ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<3> {
+        self.hidden(ids, mask, self.layers.len())
+    }
+
+    /// Hidden states after the first `layers` layers (fine-tuning trains the ones above).
+    pub(crate) fn hidden(&self, ids: Tensor<2, Int>, mask: Tensor<2>, layers: usize) -> Tensor<3> {
         let [b, len] = ids.dims();
         let device = ids.device();
         let positions = Tensor::<1, Int>::arange(0..len as i64, &device)
@@ -112,17 +106,36 @@ impl Bert {
             + self.position.forward(positions)
             + self.token_type.forward(types);
         let mut x = self.embedding_norm.forward(x);
-        // Padding gets a large negative score before the softmax: [b, 1, 1, len].
-        let bias: Tensor<4> = ((mask - 1.0) * 1e4).unsqueeze_dim::<3>(1).unsqueeze_dim(1);
-        for layer in &self.layers {
+        let bias = attention_bias(mask);
+        for layer in self.layers.iter().take(layers) {
             x = layer.forward(x, bias.clone(), self.heads);
         }
         x
     }
 }
 
+/// Padding gets a large negative score before the softmax: `[b, 1, 1, len]`.
+pub(crate) fn attention_bias(mask: Tensor<2>) -> Tensor<4> {
+    ((mask - 1.0) * 1e4).unsqueeze_dim::<3>(1).unsqueeze_dim(1)
+}
+
+/// The mean of `hidden` over the real tokens, L2-normalised: the sentence embedding.
+pub(crate) fn pool(hidden: Tensor<3>, mask: Tensor<2>) -> Tensor<2> {
+    let m3: Tensor<3> = mask.clone().unsqueeze_dim(2);
+    let summed: Tensor<2> = (hidden * m3).sum_dim(1).squeeze_dim(1);
+    let counts: Tensor<2> = mask.sum_dim(1).clamp_min(1e-9);
+    let mean = summed / counts;
+    let norm = mean
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
+    mean / norm
+}
+
 impl Layer {
-    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, heads: usize) -> Tensor<3> {
+    pub(crate) fn forward(&self, x: Tensor<3>, bias: Tensor<4>, heads: usize) -> Tensor<3> {
         let [b, len, hidden] = x.dims();
         let d = hidden / heads;
         let split = |t: Tensor<3>| -> Tensor<4> { t.reshape([b, len, heads, d]).swap_dims(1, 2) };
@@ -144,6 +157,8 @@ impl Layer {
 struct Weights<'a> {
     file: PathBuf,
     st: SafeTensors<'a>,
+    /// Fine-tuned tensors, by the same names, that replace the pretrained ones.
+    tuned: Option<SafeTensors<'a>>,
     device: Device,
 }
 
@@ -153,10 +168,14 @@ impl Weights<'_> {
             path: self.file.clone(),
             reason,
         };
-        let t = self
-            .st
-            .tensor(name)
-            .map_err(|_| corrupt(format!("tensor `{name}` is missing")))?;
+        let tuned = self.tuned.as_ref().and_then(|t| t.tensor(name).ok());
+        let t = match tuned {
+            Some(t) => t,
+            None => self
+                .st
+                .tensor(name)
+                .map_err(|_| corrupt(format!("tensor `{name}` is missing")))?,
+        };
         if t.dtype() != Dtype::F32 {
             return Err(corrupt(format!(
                 "tensor `{name}` is {:?}, expected F32",
@@ -219,10 +238,10 @@ pub struct SentenceEncoder {
     pub config: BertConfig,
     /// SHA-256 of the encoder's files and `max_seq_len`: what an embedding cache is keyed by.
     fingerprint: String,
-    bert: Bert,
+    pub(crate) bert: Bert,
     tokenizer: tokenizers::Tokenizer,
     max_seq_len: usize,
-    device: Device,
+    pub(crate) device: Device,
     dir: PathBuf,
 }
 
@@ -245,6 +264,17 @@ impl SentenceEncoder {
         dir: &Path,
         max_seq_len: usize,
         backend: Backend,
+    ) -> Result<SentenceEncoder, ModelError> {
+        SentenceEncoder::load_tuned(dir, max_seq_len, backend, None)
+    }
+
+    /// [`SentenceEncoder::load`] with fine-tuned layers (safetensors bytes, the pretrained
+    /// file's names) in place of the pretrained ones; they count in the fingerprint.
+    pub fn load_tuned(
+        dir: &Path,
+        max_seq_len: usize,
+        backend: Backend,
+        tuned: Option<&[u8]>,
     ) -> Result<SentenceEncoder, ModelError> {
         let device = &crate::train::device_for(backend);
         let read = |name: &str| {
@@ -288,6 +318,10 @@ impl SentenceEncoder {
             }
             h.update(&bytes);
             h.update((max_seq_len as u64).to_le_bytes());
+            if let Some(t) = tuned {
+                h.update(b"tuned");
+                h.update(t);
+            }
             hex::encode(h.finalize())
         };
         let file = dir.join("model.safetensors");
@@ -295,9 +329,17 @@ impl SentenceEncoder {
             path: file.clone(),
             reason: e.to_string(),
         })?;
+        let tuned = tuned
+            .map(SafeTensors::deserialize)
+            .transpose()
+            .map_err(|e| ModelError::Corrupt {
+                path: file.clone(),
+                reason: format!("fine-tuned layers: {e}"),
+            })?;
         let w = Weights {
             file,
             st,
+            tuned,
             device: device.clone(),
         };
         let c = &config;

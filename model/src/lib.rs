@@ -6,6 +6,7 @@ pub mod encoder;
 mod error;
 pub mod fast;
 pub mod features;
+pub mod finetune;
 pub mod head;
 mod lexicon;
 pub mod metrics;

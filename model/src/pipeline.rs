@@ -316,6 +316,7 @@ pub fn train_and_store(
                     .partner
                     .as_ref()
                     .map(|(f, _)| (&f.featurizer, &f.weights)),
+                tuned: t.tuned.as_deref(),
                 params: &t.params,
             },
             t.history.clone(),

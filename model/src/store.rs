@@ -28,7 +28,7 @@ use crate::metrics::EvalMetrics;
 use crate::text::TextPipeline;
 use crate::train::{EpochReport, TrainParams};
 use crate::transformer::{
-    HEAD, TransformerModel, TransformerParams, load_head, save_head, shared_encoder,
+    HEAD, TUNED, TransformerModel, TransformerParams, load_head, save_head, shared_encoder,
 };
 use sentimentd_config::{Backend, Config};
 
@@ -127,6 +127,8 @@ pub enum NewModel<'a> {
         head: &'a LinearHead,
         /// The ensemble's fast model.
         partner: Option<(&'a Featurizer, &'a Weights)>,
+        /// Fine-tuned encoder layers (safetensors bytes).
+        tuned: Option<&'a [u8]>,
         params: &'a TransformerParams,
     },
 }
@@ -392,7 +394,20 @@ impl ModelStore {
             ));
         };
         self.verify(m, dir, &[HEAD])?;
-        let encoder = shared_encoder(&pretrained.join(&t.encoder), t.max_seq_len, *backend)?;
+        let tuned = match &t.finetune {
+            Some(_) => {
+                self.verify(m, dir, &[TUNED])?;
+                let path = dir.join(TUNED);
+                Some(std::fs::read(&path).map_err(ModelError::io(&path))?)
+            }
+            None => None,
+        };
+        let encoder = shared_encoder(
+            &pretrained.join(&t.encoder),
+            t.max_seq_len,
+            *backend,
+            tuned.as_deref(),
+        )?;
         if encoder.fingerprint() != t.encoder_fingerprint {
             return Err(unsupported(format!(
                 "it was trained on encoder {} with fingerprint {}, and {} holds a different one \
@@ -468,9 +483,14 @@ impl ModelStore {
             NewModel::Transformer {
                 head,
                 partner,
+                tuned,
                 params,
             } => {
                 save_head(head, &dir.join(HEAD))?;
+                if let Some(bytes) = tuned {
+                    std::fs::write(dir.join(TUNED), bytes)
+                        .map_err(ModelError::io(dir.join(TUNED)))?;
+                }
                 (
                     ModelKind::Transformer,
                     ModelParams::Transformer(params.clone()),
@@ -489,7 +509,7 @@ impl ModelStore {
             tracing::warn!(version = %version, error = %e, "confusion matrix image not written");
         }
         let mut files = BTreeMap::new();
-        for file in [WEIGHTS, TOKENIZER, HEAD, CONFUSION_PNG] {
+        for file in [WEIGHTS, TOKENIZER, HEAD, TUNED, CONFUSION_PNG] {
             let path = dir.join(file);
             if path.exists() {
                 files.insert(file.to_string(), sha256_file(&path)?);

@@ -15,6 +15,7 @@ use crate::classifier::{Analysis, Classifier, ModelKind, Prediction};
 use crate::encoder::SentenceEncoder;
 use crate::error::ModelError;
 use crate::fast::FastModel;
+use crate::finetune::{FineTuneEpoch, FineTuneParams, fine_tune};
 use crate::head::{HeadParams, HeadReport, LinearHead};
 use crate::metrics::EvalMetrics;
 use crate::train::{EpochReport, TrainObserver, TrainParams};
@@ -23,6 +24,8 @@ use sentimentd_data::Dataset;
 
 /// The head's file in a version directory.
 pub const HEAD: &str = "head.safetensors";
+/// The fine-tuned encoder layers in a version directory.
+pub const TUNED: &str = "encoder_tuned.safetensors";
 
 /// What decides a transformer version; recorded in its manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +41,17 @@ pub struct TransformerParams {
     /// The averaged fast model, when there is one.
     #[serde(default)]
     pub ensemble: Option<EnsembleParams>,
+    /// The fine-tuning run, when the encoder's top layers were trained (they are stored in
+    /// the version as [`TUNED`]).
+    #[serde(default)]
+    pub finetune: Option<FineTuneInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FineTuneInfo {
+    pub params: FineTuneParams,
+    pub best_epoch: usize,
+    pub history: Vec<FineTuneEpoch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,7 +65,8 @@ pub struct EnsembleParams {
 
 /// Loaded encoders, shared by every model over the same files: a hot swap between two
 /// versions of this kind holds one encoder in memory, not two.
-type EncoderKey = (PathBuf, usize, Backend);
+/// Directory, max_seq_len, backend, and the fingerprint of fine-tuned layers if any.
+type EncoderKey = (PathBuf, usize, Backend, Option<String>);
 type EncoderCache = Mutex<Vec<(EncoderKey, Weak<SentenceEncoder>)>>;
 static ENCODERS: OnceLock<EncoderCache> = OnceLock::new();
 
@@ -60,8 +75,13 @@ pub fn shared_encoder(
     dir: &Path,
     max_seq_len: usize,
     backend: Backend,
+    tuned: Option<&[u8]>,
 ) -> Result<Arc<SentenceEncoder>, ModelError> {
-    let key = (dir.to_path_buf(), max_seq_len, backend);
+    let tuned_key = tuned.map(|t| {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(t))
+    });
+    let key = (dir.to_path_buf(), max_seq_len, backend, tuned_key);
     let cache = ENCODERS.get_or_init(|| Mutex::new(Vec::new()));
     // A poisoned lock only means another thread panicked while loading; the list is intact.
     let mut list = cache
@@ -75,7 +95,12 @@ pub fn shared_encoder(
     {
         return Ok(e);
     }
-    let encoder = Arc::new(SentenceEncoder::load(dir, max_seq_len, backend)?);
+    let encoder = Arc::new(SentenceEncoder::load_tuned(
+        dir,
+        max_seq_len,
+        backend,
+        tuned,
+    )?);
     list.push((key, Arc::downgrade(&encoder)));
     Ok(encoder)
 }
@@ -282,6 +307,8 @@ pub struct Trained {
     /// The ensemble partner's epochs.
     pub history: Vec<EpochReport>,
     pub head_report: HeadReport,
+    /// The fine-tuned layers (safetensors bytes), when fine-tuned.
+    pub tuned: Option<Vec<u8>>,
     pub seconds: f64,
 }
 
@@ -451,7 +478,8 @@ pub fn train(
 ) -> Result<Trained, ModelError> {
     let started = std::time::Instant::now();
     let t = &cfg.transformer;
-    let encoder = shared_encoder(&t.encoder_dir(), t.max_seq_len, cfg.train.backend)?;
+    let base = shared_encoder(&t.encoder_dir(), t.max_seq_len, cfg.train.backend, None)?;
+    let encoder = base.clone();
     let cache = cfg.paths.state_dir.join("embeddings");
     observer.on_message(&format!(
         "embedding {} training and {} selection texts with {} (cached in {})",
@@ -500,6 +528,60 @@ pub fn train(
         head_report.best_epoch, head_report.epochs_run, head_report.selection_macro_recall
     ));
 
+    // Fine-tuning replaces the head, the encoder and the selection embeddings.
+    let (head, encoder, sel_x, finetune, tuned) = if t.finetune_layers > 0 {
+        let fp = FineTuneParams {
+            layers: t.finetune_layers,
+            epochs: t.finetune_epochs,
+            batch_size: t.finetune_batch,
+            learning_rate: t.finetune_learning_rate,
+            seed: cfg.train.seed,
+            checkpoint_every: t.checkpoint_every_steps,
+        };
+        let key = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(encoder.fingerprint());
+            h.update(&train_set.fingerprint);
+            h.update(&sel_set.fingerprint);
+            h.update(serde_json::to_vec(&fp).map_err(ModelError::json)?);
+            h.update(serde_json::to_vec(&hp).map_err(ModelError::json)?);
+            hex::encode(h.finalize())
+        };
+        let dir = cfg.paths.state_dir.join("finetune").join(&key[..16]);
+        let ft = fine_tune(
+            &encoder,
+            &head,
+            &fp,
+            (&train_set.texts, &train_set.labels),
+            (&sel_set.texts, &sel_set.labels),
+            &key,
+            &dir,
+            observer,
+        )?;
+        let tuned = shared_encoder(
+            &t.encoder_dir(),
+            t.max_seq_len,
+            cfg.train.backend,
+            Some(&ft.layers),
+        )?;
+        let refs: Vec<&str> = sel_set.texts.iter().map(String::as_str).collect();
+        let sel_tuned = tuned.embed(&refs, t.embed_batch)?;
+        let info = FineTuneInfo {
+            params: fp,
+            best_epoch: ft.best_epoch,
+            history: ft.history,
+        };
+        // The checkpoints served their purpose once the result is in hand.
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the fine-tuning checkpoints");
+        }
+        (ft.head, tuned, sel_tuned, Some(info), Some(ft.layers))
+    } else {
+        (head, encoder, sel_x, None, None)
+    };
+    drop(base);
+
     let mut history = Vec::new();
     let (partner, ensemble) = if t.ensemble {
         let mut fp = TrainParams::from_config(cfg);
@@ -543,6 +625,7 @@ pub fn train(
         head: hp,
         head_best_epoch: head_report.best_epoch,
         ensemble,
+        finetune,
     };
     let model = TransformerModel::new(encoder, head, partner, t.embed_batch, "candidate".into())?;
     let texts: Vec<&str> = sel_set.texts.iter().map(String::as_str).collect();
@@ -558,6 +641,7 @@ pub fn train(
         selection,
         history,
         head_report,
+        tuned,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
