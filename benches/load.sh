@@ -18,7 +18,9 @@
 # Env:   DURATION=20s CONNECTIONS=64 THREADS=2 ROWS=100000 PORT=18080 WORKERS=2
 #        (WORKERS = HTTP workers, default as in the config. With wrk on the same 2-core
 #        machine, WORKERS=1 trades throughput for a shorter tail.)
-#        MODEL_STORE=DIR  reuse a trained model store instead of training one (~60 s)
+#        MODEL_STORE=DIR  reuse a trained model store instead of training one (~60 s); a
+#                         store whose current version is a transformer finds its encoder in
+#                         SENTIMENTD_PRETRAINED (default ~/.cache/sentimentd-pretrained)
 #        SKIP_BUILD=1     use the release binary already in $CARGO_TARGET_DIR
 #        OBSERVE=false    turn drift observation off ([drift] enabled), to measure its cost
 #        RETRAIN=1        add phase 4
@@ -100,6 +102,9 @@ min_new_rows = 1
 
 [admin]
 token_file = "$WORK/token"
+
+[transformer]
+pretrained_dir = "${SENTIMENTD_PRETRAINED:-$HOME/.cache/sentimentd-pretrained}"
 
 [logging]
 level = "warn,sentimentd_actors=info"

@@ -244,6 +244,32 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
     let again = e["macro_recall"].as_f64().expect("macro_recall");
     assert!((again - recall).abs() < 1e-9, "{again} vs {recall}");
 
+    // Drift detection observes the encoder's sentence embeddings: the baseline holds 384
+    // dimensions, and a check runs the embedding tests on them.
+    let val = env.root().join("val.csv").display().to_string();
+    let train = env.root().join("train.csv").display().to_string();
+    env.ok(&["baseline", "--data", &val]);
+    let path = env
+        .root()
+        .join("models/versions")
+        .join(&version)
+        .join("baseline.json");
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("baseline")).expect("json");
+    assert_eq!(b["embedding_mean"].as_array().map(Vec::len), Some(384));
+    let out = env.run(&["drift", "--json", "--data", &train]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("drift json");
+    let embedding: Vec<&serde_json::Value> = report["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .filter(|t| t["family"] == "embedding")
+        .collect();
+    assert!(!embedding.is_empty(), "{report}");
+    for t in embedding {
+        assert!(t["skipped"].is_null(), "{t}");
+    }
+
     // A fast version in the same store, by flag; all three list with their kinds.
     let out = env.ok(&["train", "--kind", "fast", "--no-promote"]);
     assert!(out.contains("kind         fast"), "{out}");
