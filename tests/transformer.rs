@@ -10,6 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{Daemon, pretrained_root};
 
@@ -447,4 +448,123 @@ fn fine_tuning_killed_mid_epoch_resumes_to_the_result_of_an_uninterrupted_run() 
     // And the tuned version serves: `predict` loads the tuned layers over the pretrained ones.
     let p = cut.stdout(&["predict", "--json", "I love this so much"]);
     assert!(p.contains(&cut.current()), "{p}");
+}
+
+/// Labelled rows `skip..skip + rows` of the bundled training split, as `(text, label)`.
+fn labelled(skip: usize, rows: usize) -> Vec<(String, String)> {
+    let path = repo().join("data/datasets/tweeteval/train.csv");
+    let mut r = csv::Reader::from_path(path).expect("bundled data");
+    r.records()
+        .skip(skip)
+        .take(rows)
+        .map(|rec| {
+            let rec = rec.expect("record");
+            (rec[0].to_string(), rec[1].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemon_trains_retrains_and_gates_the_transformer_kind() {
+    const TOKEN: &str = "transformer-admin-token-0123456789";
+    let data = tempfile::tempdir().expect("temp dir");
+    let d0 = data.path();
+    head("train.csv", 0, 400, &d0.join("train.csv"));
+    head("val.csv", 0, 200, &d0.join("val.csv"));
+    std::fs::write(d0.join("token"), format!("{TOKEN}\n")).expect("token");
+    let extra = format!(
+        r#"[data]
+train = ["{d}/train.csv"]
+val = "{d}/val.csv"
+
+[model]
+kind = "transformer"
+embedding_dim = 16
+vocab_size = 2000
+buckets = 4096
+
+[transformer]
+pretrained_dir = "{p}"
+max_seq_len = 64
+head_epochs = 100
+
+[drift]
+enabled = false
+
+[retrain]
+min_new_rows = 50
+threads = 1
+
+[gate]
+max_val_drop = 1.0
+min_holdout_gain = -1.0
+min_val_macro_recall = 0.0
+min_holdout_rows = 5
+
+[admin]
+token_file = "{d}/token"
+"#,
+        d = d0.display(),
+        p = pretrained_root().display()
+    );
+    // No model yet: the daemon trains the configured kind at start.
+    let d = Daemon::start_with("", "", "on_start = \"if-missing\"\nepochs = 2", &extra);
+    d.wait_for("the first transformer", Duration::from_secs(300), || {
+        let m = d.get("/model");
+        m.status == 200 && m.json()["kind"] == "transformer"
+    });
+    let first = d.get("/model").json()["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // Labelled feedback, then a retrain: the candidate is a transformer, judged by the gate.
+    let items: Vec<serde_json::Value> = labelled(400, 120)
+        .into_iter()
+        .map(|(text, label)| serde_json::json!({ "text": text, "label": label }))
+        .collect();
+    let r = d.post(
+        "/feedback",
+        Some("application/json"),
+        &serde_json::json!({ "items": items }).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = common::agent()
+        .post(d.url("/admin/retrain"))
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .send("")
+        .expect("retrain request");
+    assert_eq!(r.status().as_u16(), 202);
+    d.wait_for("the gate's decision", Duration::from_secs(300), || {
+        d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#)
+            + d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#)
+            >= 1.0
+    });
+    assert_eq!(
+        d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#),
+        1.0,
+        "{}",
+        d.logs()
+    );
+    let m = d.get("/model").json();
+    assert_eq!(m["kind"], "transformer", "{m}");
+    let second = m["version"].as_str().unwrap_or_default().to_string();
+    assert_ne!(second, first);
+    let decision: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            d.root()
+                .join("models/versions")
+                .join(&second)
+                .join("decision.json"),
+        )
+        .expect("decision"),
+    )
+    .expect("decision json");
+    assert_eq!(decision["status"], "promoted", "{decision}");
+    assert!(
+        decision["details"]["candidate"]["validation"]["macro_recall"].is_number(),
+        "{decision}"
+    );
+    let r = d.predict(r#"{"text": "what a wonderful day, I love it"}"#);
+    assert_eq!(r.json()["model_version"], second.as_str(), "{}", r.body);
 }
