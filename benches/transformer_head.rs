@@ -17,6 +17,7 @@ use sentimentd_config::Backend;
 use sentimentd_data::Label;
 use sentimentd_model::encoder::SentenceEncoder;
 use sentimentd_model::head::{HeadParams, LinearHead};
+use sentimentd_model::transformer::EmbeddingCache;
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -36,11 +37,12 @@ fn main() {
     let train = load(&cfg.data.train);
     let val = load(std::slice::from_ref(&cfg.data.val));
     let cache = common::root().join("target-bench-store/embeddings");
-    let embed = |name: &str, texts: &[String]| {
+    let mut store = EmbeddingCache::open(&cache, &enc).unwrap_or_else(|e| panic!("{e}"));
+    let mut embed = |name: &str, texts: &[String]| {
         let started = Instant::now();
         let mut last = Instant::now();
-        let e = enc
-            .embed_cached(texts, &cache, 32, |done, total| {
+        let e = store
+            .embed(&enc, texts, 32, |done, total| {
                 if last.elapsed().as_secs() >= 10 || done == total {
                     last = Instant::now();
                     let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);

@@ -262,9 +262,11 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     let batcher = {
         let (pool, t) = (inference.clone().recipient(), cfg.transformer.clone());
         let slots = cfg.server.inference_threads;
+        let metrics = metrics.clone();
         actix::Supervisor::start(move |_| {
             Batcher::new(
                 pool,
+                metrics,
                 t.max_batch,
                 Duration::from_millis(t.max_wait_ms),
                 slots,

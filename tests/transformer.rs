@@ -224,7 +224,7 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
     // 700 training rows: far from the full-data figure, well above chance (1/3).
     assert!(recall > 0.5, "validation macro-recall {recall}");
     // Embeddings were cached: a second run on the same data computes none.
-    assert!(out.contains("embeddings: 0 texts were cached"), "{out}");
+    assert!(out.contains("embeddings: 0 of "), "{out}");
     let cache = env.root().join("state/embeddings");
     let files: Vec<_> = std::fs::read_dir(&cache)
         .expect("embedding cache")
@@ -237,7 +237,10 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
         cache.display()
     );
     let again = env.ok(&["train", "--no-promote"]);
-    assert!(again.contains(", 0 computed"), "{again}");
+    assert!(
+        again.contains(" distinct texts were cached, 0 computed"),
+        "{again}"
+    );
 
     // `eval` through the serving path reproduces the stored validation figure.
     let eval = env.stdout(&["eval", "--json"]);
@@ -285,7 +288,7 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
 
     // The daemon serves the transformer, single texts and batches through the batcher.
     let extra = format!(
-        "[transformer]\npretrained_dir = \"{}\"\nmax_wait_ms = 5\n",
+        "[transformer]\npretrained_dir = \"{}\"\nmax_wait_ms = 200\n",
         pretrained_root().display()
     );
     let mut d = Daemon::configure("", "", "", &extra);
@@ -315,6 +318,7 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
         "so happy today",
         "this is terrible",
     ];
+    let before = common::metric_in(&d.get("/metrics").body, "sentiment_batched_texts_count");
     let answers: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = texts
             .iter()
@@ -333,9 +337,13 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
             .collect()
     });
     assert_eq!(answers, ["positive", "negative", "positive", "negative"]);
-    // The transformer's embeddings feed drift detection.
-    let metrics = d.get("/metrics").body;
-    assert!(metrics.contains("sentiment_predictions_total"), "{metrics}");
+    // Four requests arriving within max_wait_ms of each other went out in fewer chunks.
+    let text = d.get("/metrics").body;
+    let chunks = common::metric_in(&text, "sentiment_batched_texts_count") - before;
+    assert!(
+        (1.0..4.0).contains(&chunks),
+        "{chunks} chunks for 4 requests\n{text}"
+    );
 }
 
 #[test]
@@ -445,6 +453,21 @@ fn fine_tuning_killed_mid_epoch_resumes_to_the_result_of_an_uninterrupted_run() 
         validation_recall(&manifest(&cut, &cut.current())),
         validation_recall(&m)
     );
+    // The epochs' record too, wall times aside.
+    let history = |m: &serde_json::Value| -> Vec<serde_json::Value> {
+        let mut h = m["params"]["transformer"]["finetune"]["history"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for e in &mut h {
+            if let Some(o) = e.as_object_mut() {
+                o.remove("seconds");
+            }
+        }
+        h
+    };
+    assert_eq!(history(&manifest(&cut, &cut.current())), history(&m));
+    assert_eq!(history(&m).len(), 2);
     // And the tuned version serves: `predict` loads the tuned layers over the pretrained ones.
     let p = cut.stdout(&["predict", "--json", "I love this so much"]);
     assert!(p.contains(&cut.current()), "{p}");

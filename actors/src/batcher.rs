@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::messages::{BatchError, Enqueue, InferenceError, ScoreChunk, ScoredChunk};
+use crate::metrics::Metrics;
 
 struct Waiting {
     texts: Vec<String>,
@@ -21,6 +22,7 @@ struct Waiting {
 
 pub struct Batcher {
     pool: Recipient<ScoreChunk>,
+    metrics: Arc<Metrics>,
     max_batch: usize,
     max_wait: Duration,
     /// Chunks the pool may score at once (its thread count).
@@ -36,12 +38,14 @@ pub struct Batcher {
 impl Batcher {
     pub fn new(
         pool: Recipient<ScoreChunk>,
+        metrics: Arc<Metrics>,
         max_batch: usize,
         max_wait: Duration,
         slots: usize,
     ) -> Batcher {
         Batcher {
             pool,
+            metrics,
             max_batch: max_batch.max(1),
             max_wait,
             slots: slots.max(1),
@@ -96,6 +100,7 @@ impl Batcher {
             texts.append(&mut w.texts);
         }
         let n = texts.len();
+        self.metrics.batched_texts.observe(n as f64);
         self.busy += 1;
         let sent = self.pool.send(ScoreChunk {
             texts: Arc::new(texts),

@@ -193,6 +193,8 @@ pub struct Metrics {
     /// The latest finished batches, newest last; recorded by the same events as the counters.
     recent_batches: std::sync::Mutex<std::collections::VecDeque<RecentBatch>>,
     pub latency: Histogram,
+    /// Texts per chunk the batcher sends: how much concurrent requests are batched.
+    pub batched_texts: Histogram,
     predictions: Family<PredictionLabels, Counter>,
     negative_share: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     reputation_alert: Family<SourceLabels, Gauge>,
@@ -239,6 +241,14 @@ impl Metrics {
             "sentiment_request_latency_seconds",
             "Time to answer POST /predict, from parsed request to encoded response",
             latency.clone(),
+        );
+        let batched_texts = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11),
+        );
+        registry.register(
+            "sentiment_batched_texts",
+            "Texts per chunk of /predict requests batched together (models that prefer batches)",
+            batched_texts.clone(),
         );
         let predictions = Family::<PredictionLabels, Counter>::default();
         registry.register(
@@ -428,6 +438,7 @@ impl Metrics {
             registry,
             recent_batches: std::sync::Mutex::new(std::collections::VecDeque::new()),
             latency,
+            batched_texts,
             predictions,
             negative_share,
             reputation_alert,

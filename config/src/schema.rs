@@ -539,7 +539,7 @@ pub struct TransformerConfig {
     pub encoder: String,
     /// Longest input in tokens, `[CLS]` and `[SEP]` included; longer texts are cut.
     pub max_seq_len: usize,
-    /// Texts per encoder batch while embedding training and evaluation data.
+    /// Texts per encoder batch, in training and when scoring.
     pub embed_batch: usize,
     /// Most epochs of the classifier head (full-batch; early stopping on the selection split).
     pub head_epochs: usize,

@@ -331,7 +331,9 @@ impl SentenceEncoder {
                 h.update(read(name)?);
             }
             h.update(&bytes);
-            h.update((max_seq_len as u64).to_le_bytes());
+            // The length actually used, so a version records and finds the same value.
+            let used = max_seq_len.clamp(2, config.max_position_embeddings);
+            h.update((used as u64).to_le_bytes());
             if let Some(t) = tuned {
                 h.update(b"tuned");
                 h.update(t);
@@ -414,57 +416,6 @@ impl SentenceEncoder {
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
-    }
-
-    /// Embeddings of `texts`, from `cache_dir` when this encoder already embedded exactly
-    /// these texts, else computed (reporting `(done, total)` after each batch) and stored
-    /// there. The cache file is written whole or not at all.
-    pub fn embed_cached(
-        &self,
-        texts: &[String],
-        cache_dir: &Path,
-        batch_size: usize,
-        mut progress: impl FnMut(usize, usize),
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for t in texts {
-            h.update((t.len() as u64).to_le_bytes());
-            h.update(t.as_bytes());
-        }
-        let key = format!(
-            "{}-{}",
-            &self.fingerprint[..16],
-            &hex::encode(h.finalize())[..16]
-        );
-        let path = cache_dir.join(format!("{key}.f32"));
-        let dim = self.dim();
-        if let Ok(bytes) = std::fs::read(&path)
-            && bytes.len() == texts.len() * dim * 4
-        {
-            let flat: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            progress(texts.len(), texts.len());
-            return Ok(flat.chunks_exact(dim).map(<[f32]>::to_vec).collect());
-        }
-        let mut out = Vec::with_capacity(texts.len());
-        // Chunks of a few batches: each is sorted by length inside, and progress moves.
-        for chunk in texts.chunks(batch_size.max(1) * 8) {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            out.extend(self.embed(&refs, batch_size)?);
-            progress(out.len(), texts.len());
-        }
-        let mut bytes = Vec::with_capacity(texts.len() * dim * 4);
-        for e in &out {
-            for v in e {
-                bytes.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        std::fs::create_dir_all(cache_dir).map_err(ModelError::io(cache_dir))?;
-        crate::store::write_atomic(&path, &bytes)?;
-        Ok(out)
     }
 
     pub fn dir(&self) -> &Path {

@@ -75,6 +75,9 @@ struct Progress {
     epoch: usize,
     step: usize,
     generation: u64,
+    /// Sum of the losses of this epoch's steps so far (the epoch's mean loss is recorded).
+    #[serde(default, with = "exact")]
+    loss_sum: f64,
     best: Option<Best>,
     history: Vec<FineTuneEpoch>,
 }
@@ -82,8 +85,24 @@ struct Progress {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Best {
     epoch: usize,
+    #[serde(with = "exact")]
     macro_recall: f64,
+    #[serde(with = "exact")]
     log_loss: f64,
+}
+
+/// An f64 stored as its bits: serde_json's decimal form may not read back to the same value,
+/// and a resumed run must compare and sum exactly as an uninterrupted one.
+mod exact {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
 }
 
 /// One epoch of fine-tuning, as the manifest records it.
@@ -295,8 +314,11 @@ impl Checkpoint {
                 .clone()
                 .save_file(self.best(generation))
                 .map_err(|e| fail("best weights", e))?,
+            // A link, not a rename: until the new progress file is in place, the old one
+            // still names generation g and its best file.
             (None, Some(g)) => {
-                std::fs::rename(self.best(g), self.best(generation))
+                std::fs::hard_link(self.best(g), self.best(generation))
+                    .or_else(|_| std::fs::copy(self.best(g), self.best(generation)).map(|_| ()))
                     .map_err(ModelError::io(self.best(g)))?;
             }
             (None, None) => {}
@@ -334,7 +356,13 @@ pub fn fine_tune(
     observer: &mut dyn TrainObserver,
 ) -> Result<FineTuned, ModelError> {
     let total_layers = encoder.bert.layers.len();
-    let k = params.layers.clamp(1, total_layers);
+    if params.layers == 0 || params.layers > total_layers {
+        return Err(ModelError::Training(format!(
+            "[transformer] finetune_layers = {}, but the encoder has {total_layers} layers",
+            params.layers
+        )));
+    }
+    let k = params.layers;
     let upto = total_layers - k;
     let device = encoder.device.clone().autodiff();
     device.seed(params.seed);
@@ -415,6 +443,7 @@ pub fn fine_tune(
                 epoch: 1,
                 step: 0,
                 generation: 0,
+                loss_sum: 0.0,
                 best: None,
                 history: Vec::new(),
             };
@@ -443,7 +472,6 @@ pub fn fine_tune(
         let epoch = progress.epoch;
         let started = Instant::now();
         let batches = epoch_batches(train.0.len(), &frozen.lens, batch, params.seed, epoch);
-        let mut loss_sum = 0.0;
         for (step, rows) in batches.iter().enumerate().skip(progress.step) {
             let (x, mask) = frozen.batch(rows, &device);
             let targets: Vec<i64> = rows.iter().map(|&i| train.1[i].index() as i64).collect();
@@ -455,7 +483,7 @@ pub fn fine_tune(
             let global = (epoch - 1) * steps_per_epoch + step;
             let lr = params.learning_rate * (1.0 - 0.9 * global as f64 / total_steps as f64);
             top = optim.step(lr, top, grads);
-            loss_sum += value;
+            progress.loss_sum += value;
             observer.on_step(epoch, step + 1, value);
             progress.step = step + 1;
             since_checkpoint += 1;
@@ -473,7 +501,7 @@ pub fn fine_tune(
         let (recall, log_loss) = score(&top.valid(), &sel, selection.1, &encoder.device)?;
         let record = FineTuneEpoch {
             epoch,
-            train_loss: loss_sum / steps_per_epoch.max(1) as f64,
+            train_loss: progress.loss_sum / steps_per_epoch.max(1) as f64,
             selection_macro_recall: recall,
             selection_log_loss: log_loss,
             seconds: started.elapsed().as_secs_f64(),
@@ -498,6 +526,7 @@ pub fn fine_tune(
         }
         progress.epoch += 1;
         progress.step = 0;
+        progress.loss_sum = 0.0;
         since_checkpoint = 0;
         checkpoint.write(
             &mut progress,

@@ -335,6 +335,13 @@ pub fn train_and_store(
         splits,
         labelled_files: job.labelled_files.clone(),
     })?;
+    // Stored: the fine-tuning checkpoints have served their purpose.
+    if let Built::Transformer(t) = &built
+        && let Some(dir) = &t.checkpoints
+        && let Err(e) = std::fs::remove_dir_all(dir)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the fine-tuning checkpoints");
+    }
     if job.promote {
         store.set_current(&manifest.version)?;
     }

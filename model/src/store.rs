@@ -33,8 +33,8 @@ use crate::transformer::{
 use sentimentd_config::{Backend, Config};
 
 /// The first characters of a fingerprint, enough to tell two apart in a message.
-fn short(fingerprint: &str) -> &str {
-    &fingerprint[..fingerprint.len().min(12)]
+fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(12).collect()
 }
 
 pub const MANIFEST: &str = "manifest.json";
@@ -393,6 +393,13 @@ impl ModelStore {
                     .into(),
             ));
         };
+        // The name comes from the manifest: it must stay inside pretrained_dir.
+        if t.encoder.is_empty() || t.encoder.starts_with('.') || t.encoder.contains(['/', '\\']) {
+            return Err(ModelError::Corrupt {
+                path: dir.join(MANIFEST),
+                reason: format!("encoder name {:?} is not a directory name", t.encoder),
+            });
+        }
         self.verify(m, dir, &[HEAD])?;
         let tuned = match &t.finetune {
             Some(_) => {

@@ -515,8 +515,9 @@ pub struct EpochReport {
     pub improved: bool,
 }
 
-/// Receives progress; the CLI draws a progress bar, the daemon logs.
-pub trait TrainObserver {
+/// Receives progress; the CLI draws a progress bar, the daemon logs. `Send`, so a run can
+/// move onto its own thread pool.
+pub trait TrainObserver: Send {
     fn on_start(&mut self, _epochs: usize, _steps_per_epoch: usize) {}
     fn on_step(&mut self, _epoch: usize, _step: usize, _loss: f64) {}
     fn on_epoch(&mut self, _report: &EpochReport) {}

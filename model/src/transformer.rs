@@ -309,6 +309,8 @@ pub struct Trained {
     pub head_report: HeadReport,
     /// The fine-tuned layers (safetensors bytes), when fine-tuned.
     pub tuned: Option<Vec<u8>>,
+    /// The fine-tuning checkpoints: to delete once the version is stored, not before.
+    pub checkpoints: Option<PathBuf>,
     pub seconds: f64,
 }
 
@@ -318,13 +320,18 @@ const CACHE_KEEP: usize = 4;
 /// Sentence embeddings by text, on disk per encoder (`<fingerprint>.emb`: records of a
 /// 16-byte text hash and the embedding). A retrain embeds only texts it has not seen, and an
 /// interrupted run resumes where it stopped: records are appended as batches finish, and a
-/// torn last record is dropped on open.
+/// torn last record is dropped on open. The file is locked while open, so a CLI run and a
+/// daemon retrain never append to it at once. It grows with the distinct texts embedded (1.5
+/// KB each for a 384-wide encoder); deleting it only costs the next run the embedding time.
 pub struct EmbeddingCache {
     path: PathBuf,
+    file: std::fs::File,
     dim: usize,
     index: HashMap<[u8; 16], usize>,
     /// Embeddings in file order, `dim` values each.
     data: Vec<f32>,
+    /// Texts this instance embedded (not found in the file).
+    computed: usize,
 }
 
 fn text_key(text: &str) -> [u8; 16] {
@@ -344,22 +351,32 @@ impl EmbeddingCache {
     }
 
     fn read(path: &Path, dim: usize) -> Result<EmbeddingCache, ModelError> {
+        use std::io::{Read, Seek};
         let path = path.to_path_buf();
+        let io = |e: std::io::Error| ModelError::io(&path)(e);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(&io)?;
+        if file.try_lock().is_err() {
+            tracing::info!(path = %path.display(), "waiting for another run to release the embedding cache");
+            file.lock().map_err(&io)?;
+        }
         let record = 16 + 4 * dim;
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(ModelError::io(&path)(e)),
-        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(&io)?;
         let whole = bytes.len() / record * record;
         if whole != bytes.len() {
             tracing::warn!(path = %path.display(), "embedding cache ends in a torn record; dropping it");
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(ModelError::io(&path))?;
-            f.set_len(whole as u64).map_err(ModelError::io(&path))?;
+            file.set_len(whole as u64).map_err(&io)?;
         }
+        file.seek(std::io::SeekFrom::Start(whole as u64))
+            .map_err(&io)?;
+        // Marks the file used, for pruning (reads do not update the time).
+        let _ = file.set_modified(std::time::SystemTime::now());
         let mut index = HashMap::new();
         let mut data = Vec::with_capacity(whole / record * dim);
         for r in bytes[..whole].chunks_exact(record) {
@@ -374,9 +391,11 @@ impl EmbeddingCache {
         }
         Ok(EmbeddingCache {
             path,
+            file,
             dim,
             index,
             data,
+            computed: 0,
         })
     }
 
@@ -390,6 +409,11 @@ impl EmbeddingCache {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Texts this cache had to embed so far.
+    pub fn computed(&self) -> usize {
+        self.computed
     }
 
     /// Embeddings of `texts`, in order: cached ones read, the others computed (`progress`
@@ -408,43 +432,43 @@ impl EmbeddingCache {
             .filter(|&i| !self.index.contains_key(&keys[i]) && seen.insert(keys[i]))
             .collect();
         if !missing.is_empty() {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(ModelError::io(&self.path))?;
             let mut done = 0;
             progress(0, missing.len());
             for chunk in missing.chunks(batch.max(1) * 8) {
                 let refs: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
                 let embedded = encoder.embed(&refs, batch)?;
+                if embedded.len() != chunk.len() || embedded.iter().any(|e| e.len() != self.dim) {
+                    return Err(ModelError::Training(format!(
+                        "the encoder gave {} embeddings for {} texts, or not {} values each",
+                        embedded.len(),
+                        chunk.len(),
+                        self.dim
+                    )));
+                }
                 let mut bytes = Vec::with_capacity(chunk.len() * (16 + 4 * self.dim));
                 for (&i, e) in chunk.iter().zip(&embedded) {
-                    if e.len() != self.dim {
-                        return Err(ModelError::Training(format!(
-                            "the encoder gave {} values, expected {}",
-                            e.len(),
-                            self.dim
-                        )));
-                    }
                     bytes.extend_from_slice(&keys[i]);
                     bytes.extend(e.iter().flat_map(|v| v.to_le_bytes()));
                     self.index.insert(keys[i], self.data.len() / self.dim);
                     self.data.extend_from_slice(e);
                 }
-                file.write_all(&bytes).map_err(ModelError::io(&self.path))?;
+                self.file
+                    .write_all(&bytes)
+                    .map_err(ModelError::io(&self.path))?;
                 done += chunk.len();
+                self.computed += chunk.len();
                 progress(done, missing.len());
             }
-            file.sync_all().map_err(ModelError::io(&self.path))?;
+            self.file.sync_all().map_err(ModelError::io(&self.path))?;
         }
-        Ok(keys
-            .iter()
+        keys.iter()
             .map(|k| {
-                let at = self.index[k] * self.dim;
-                self.data[at..at + self.dim].to_vec()
+                let at = self.index.get(k).copied().ok_or_else(|| {
+                    ModelError::Training("a text is missing from the embedding cache".into())
+                })? * self.dim;
+                Ok(self.data[at..at + self.dim].to_vec())
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -469,7 +493,26 @@ fn prune_cache(dir: &Path) {
 
 /// Trains a transformer candidate on `train_set`, choosing the head's epoch and the
 /// ensemble's weight on `sel_set`. Embeddings are cached under `<state_dir>/embeddings`.
+///
+/// The encoder's parallel work runs on a pool of `threads` threads (0 = all cores) made here,
+/// not on the global pool serving uses: a daemon retrain then keeps to `[retrain] threads`,
+/// and its threads inherit the calling thread's lowered priority.
 pub fn train(
+    cfg: &Config,
+    threads: usize,
+    train_set: &Dataset,
+    sel_set: &Dataset,
+    observer: &mut dyn TrainObserver,
+) -> Result<Trained, ModelError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(crate::train::resolve_threads(threads))
+        .thread_name(|i| format!("train-{i}"))
+        .build()
+        .map_err(|e| ModelError::Training(format!("cannot start the training threads: {e}")))?;
+    pool.install(|| train_on_pool(cfg, threads, train_set, sel_set, observer))
+}
+
+fn train_on_pool(
     cfg: &Config,
     threads: usize,
     train_set: &Dataset,
@@ -489,17 +532,25 @@ pub fn train(
         cache.display()
     ));
     let mut store = EmbeddingCache::open(&cache, &encoder)?;
-    let cached = store.len();
     let xs = store.embed(&encoder, &train_set.texts, t.embed_batch, |d, n| {
         observer.on_progress("embedding training texts", d, n)
     })?;
     let sel_x = store.embed(&encoder, &sel_set.texts, t.embed_batch, |d, n| {
         observer.on_progress("embedding selection texts", d, n)
     })?;
+    let unique = {
+        let all: std::collections::HashSet<&str> = train_set
+            .texts
+            .iter()
+            .chain(&sel_set.texts)
+            .map(String::as_str)
+            .collect();
+        all.len()
+    };
     observer.on_message(&format!(
-        "embeddings: {} texts were cached, {} computed ({})",
-        cached,
-        store.len() - cached,
+        "embeddings: {} of {unique} distinct texts were cached, {} computed ({})",
+        unique - store.computed(),
+        store.computed(),
         store.path().display()
     ));
     drop(store);
@@ -529,6 +580,7 @@ pub fn train(
     ));
 
     // Fine-tuning replaces the head, the encoder and the selection embeddings.
+    let mut checkpoints = None;
     let (head, encoder, sel_x, finetune, tuned) = if t.finetune_layers > 0 {
         let fp = FineTuneParams {
             layers: t.finetune_layers,
@@ -548,7 +600,18 @@ pub fn train(
             h.update(serde_json::to_vec(&hp).map_err(ModelError::json)?);
             hex::encode(h.finalize())
         };
-        let dir = cfg.paths.state_dir.join("finetune").join(&key[..16]);
+        let root = cfg.paths.state_dir.join("finetune");
+        let dir = root.join(&key[..16]);
+        // Only this run's checkpoints are worth keeping: an unfinished run with other data
+        // or settings would never resume.
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.filter_map(Result::ok) {
+                if e.path() != dir && e.path().is_dir() {
+                    tracing::info!(dir = %e.path().display(), "removing the checkpoints of an earlier, unfinished fine-tuning run");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let ft = fine_tune(
             &encoder,
             &head,
@@ -572,10 +635,7 @@ pub fn train(
             best_epoch: ft.best_epoch,
             history: ft.history,
         };
-        // The checkpoints served their purpose once the result is in hand.
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the fine-tuning checkpoints");
-        }
+        checkpoints = Some(dir);
         (ft.head, tuned, sel_tuned, Some(info), Some(ft.layers))
     } else {
         (head, encoder, sel_x, None, None)
@@ -642,6 +702,7 @@ pub fn train(
         history,
         head_report,
         tuned,
+        checkpoints,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -467,7 +467,11 @@ fn manifest_of_the_old_format_still_loads() {
     let obj = json.as_object_mut().unwrap();
     obj.remove("splits");
     obj.remove("labelled_files");
-    obj["params"].as_object_mut().unwrap().remove("threads");
+    // The oldest layout: format 1, untagged fast parameters, without `threads`.
+    let mut params = obj.remove("params").unwrap()["fast"].clone();
+    params.as_object_mut().unwrap().remove("threads");
+    obj.insert("params".into(), params);
+    obj.insert("format".into(), 1.into());
     for e in obj["history"].as_array_mut().unwrap() {
         let e = e.as_object_mut().unwrap();
         let r = e.remove("selection_macro_recall").unwrap();
@@ -477,6 +481,7 @@ fn manifest_of_the_old_format_still_loads() {
     }
     let old = serde_json::to_string_pretty(&json).unwrap();
     assert!(old.contains("val_macro_recall") && !old.contains("splits"));
+    assert!(!old.contains("\"fast\": {") && !old.contains("\"threads\""));
     std::fs::write(&path, old).unwrap();
 
     let m = store.manifest(&version).unwrap();
