@@ -1,15 +1,14 @@
 //! The CLI end to end: train, eval, predict, model list/show, config check, run as the real
 //! binary on a temp directory with a small slice of the bundled data.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sentimentd"));
-    c.env_remove("SENTIMENTD_CONFIG")
-        .env_remove("SENTIMENTD_LOG");
-    c
+    common::sentimentd()
 }
 
 fn repo() -> PathBuf {

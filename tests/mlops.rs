@@ -11,7 +11,6 @@ mod common;
 use common::reviews::{reviews, reviews_csv};
 use common::{Daemon, agent, names, read_csv};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -461,11 +460,10 @@ fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
 }
 
 fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sentimentd"))
+    common::sentimentd()
         .arg("--config")
         .arg(config)
         .args(args)
-        .env_remove("SENTIMENTD_CONFIG")
         .output()
         .expect("run sentimentd")
 }

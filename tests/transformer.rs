@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::{Daemon, pretrained_root};
@@ -28,6 +28,33 @@ fn head(file: &str, skip: usize, rows: usize, out: &Path) {
     std::fs::write(out, format!("{header}\n{}\n", body.join("\n"))).expect("write slice");
 }
 
+/// Writes `(train, val)` rows of the bundled splits into `dir` and returns the `[data]`,
+/// `[model]` and `[transformer]` sections that train the transformer kind on them, with
+/// `tuning` added to `[transformer]`.
+fn small_transformer(dir: &Path, rows: (usize, usize), pretrained: &Path, tuning: &str) -> String {
+    head("train.csv", 0, rows.0, &dir.join("train.csv"));
+    head("val.csv", 0, rows.1, &dir.join("val.csv"));
+    format!(
+        r#"[data]
+train = ["{d}/train.csv"]
+val = "{d}/val.csv"
+
+[model]
+kind = "transformer"
+embedding_dim = 16
+vocab_size = 2000
+buckets = 4096
+
+[transformer]
+pretrained_dir = "{p}"
+max_seq_len = 64
+{tuning}
+"#,
+        d = dir.display(),
+        p = pretrained.display()
+    )
+}
+
 struct Env {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -42,8 +69,12 @@ impl Env {
     fn sized(pretrained: &Path, extra: &str, train: usize, val: usize) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        head("train.csv", 0, train, &d.join("train.csv"));
-        head("val.csv", 0, val, &d.join("val.csv"));
+        let sections = small_transformer(
+            d,
+            (train, val),
+            pretrained,
+            &format!("head_epochs = 150\n{extra}"),
+        );
         let config = d.join("sentimentd.toml");
         std::fs::write(
             &config,
@@ -52,28 +83,13 @@ impl Env {
 model_store = "{d}/models"
 state_dir = "{d}/state"
 
-[data]
-train = ["{d}/train.csv"]
-val = "{d}/val.csv"
-
-[model]
-kind = "transformer"
-embedding_dim = 16
-vocab_size = 2000
-buckets = 4096
-
 [train]
 epochs = 2
 threads = 1
 
-[transformer]
-pretrained_dir = "{p}"
-max_seq_len = 64
-head_epochs = 150
-{extra}
+{sections}
 "#,
                 d = d.display(),
-                p = pretrained.display()
             ),
         )
         .expect("write config");
@@ -81,9 +97,7 @@ head_epochs = 150
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sentimentd"))
-            .env_remove("SENTIMENTD_CONFIG")
-            .env_remove("SENTIMENTD_LOG")
+        common::sentimentd()
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -408,9 +422,7 @@ fn fine_tuning_killed_mid_epoch_resumes_to_the_result_of_an_uninterrupted_run() 
 
     // The same job, killed after a checkpoint in the second epoch, then run again.
     let cut = Env::sized(&root, tuning, 300, 100);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sentimentd"))
-        .env_remove("SENTIMENTD_CONFIG")
-        .env_remove("SENTIMENTD_LOG")
+    let mut child = common::sentimentd()
         .arg("--config")
         .arg(&cut.config)
         .arg("train")
@@ -492,24 +504,10 @@ fn the_daemon_trains_retrains_and_gates_the_transformer_kind() {
     const TOKEN: &str = "transformer-admin-token-0123456789";
     let data = tempfile::tempdir().expect("temp dir");
     let d0 = data.path();
-    head("train.csv", 0, 400, &d0.join("train.csv"));
-    head("val.csv", 0, 200, &d0.join("val.csv"));
     std::fs::write(d0.join("token"), format!("{TOKEN}\n")).expect("token");
+    let sections = small_transformer(d0, (400, 200), &pretrained_root(), "head_epochs = 100");
     let extra = format!(
-        r#"[data]
-train = ["{d}/train.csv"]
-val = "{d}/val.csv"
-
-[model]
-kind = "transformer"
-embedding_dim = 16
-vocab_size = 2000
-buckets = 4096
-
-[transformer]
-pretrained_dir = "{p}"
-max_seq_len = 64
-head_epochs = 100
+        r#"{sections}
 
 [drift]
 enabled = false
@@ -528,7 +526,6 @@ min_holdout_rows = 5
 token_file = "{d}/token"
 "#,
         d = d0.display(),
-        p = pretrained_root().display()
     );
     // No model yet: the daemon trains the configured kind at start.
     let d = Daemon::start_with("", "", "on_start = \"if-missing\"\nepochs = 2", &extra);

@@ -13,7 +13,7 @@ pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
     AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig, IngestConfig,
     LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig, ReputationConfig, RetrainConfig,
-    ServerConfig, TrackingConfig, TrainConfig, TrainOnStart, TrainableKind,
+    ServerConfig, TrackingConfig, TrainConfig, TrainOnStart, TrainableKind, TransformerConfig,
 };
 
 /// Longest source name kept; a longer one is cut to this many characters.

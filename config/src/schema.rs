@@ -589,6 +589,12 @@ impl Default for TransformerConfig {
 }
 
 impl TransformerConfig {
+    /// Whether `name` can name an encoder: a plain directory name, which keeps it inside
+    /// `pretrained_dir` (a manifest's encoder name is held to the same rule).
+    pub fn is_encoder_name(name: &str) -> bool {
+        !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
+    }
+
     /// The encoder's directory.
     pub fn encoder_dir(&self) -> PathBuf {
         self.pretrained_dir.join(&self.encoder)

@@ -65,7 +65,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     let m = &c.model;
     let t = &c.transformer;
     k.path("transformer.pretrained_dir", &t.pretrained_dir);
-    if t.encoder.is_empty() || t.encoder.starts_with('.') || t.encoder.contains(['/', '\\']) {
+    if !crate::schema::TransformerConfig::is_encoder_name(&t.encoder) {
         k.fail(
             "transformer.encoder",
             format!(

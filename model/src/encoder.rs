@@ -79,18 +79,8 @@ pub struct Bert {
 impl Bert {
     /// `[batch, hidden]` L2-normalised mean-pooled sentence embeddings.
     pub fn embed(&self, batch: &[Vec<u32>], device: &Device) -> Tensor<2> {
-        let b = batch.len();
-        let len = batch.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(b * len);
-        let mut mask = Vec::with_capacity(b * len);
-        for seq in batch {
-            for i in 0..len {
-                ids.push(seq.get(i).map_or(0, |&t| t as i64));
-                mask.push(if i < seq.len() { 1.0f32 } else { 0.0 });
-            }
-        }
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, len]), device);
-        let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, len]), device);
+        let seqs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+        let (ids, mask, _) = id_batch(&seqs, device);
         let hidden = self.forward(ids, mask.clone());
         pool(hidden, mask)
     }
@@ -118,6 +108,25 @@ impl Bert {
         }
         x
     }
+}
+
+/// Token ids and mask of a batch, padded to its longest sequence.
+pub(crate) fn id_batch(seqs: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Tensor<2>, usize) {
+    let b = seqs.len();
+    let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+    let mut ids = Vec::with_capacity(b * len);
+    let mut mask = Vec::with_capacity(b * len);
+    for s in seqs {
+        for i in 0..len {
+            ids.push(s.get(i).map_or(0, |&t| i64::from(t)));
+            mask.push(if i < s.len() { 1.0f32 } else { 0.0 });
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(ids, [b, len]), device),
+        Tensor::from_data(TensorData::new(mask, [b, len]), device),
+        len,
+    )
 }
 
 /// Padding gets a large negative score before the softmax: `[b, 1, 1, len]`.

@@ -125,48 +125,29 @@ impl Weights {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let mut tensors: Vec<(&str, Vec<u8>, Vec<usize>)> = vec![
+        let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
             (
                 "embedding.weight",
-                bytes(&self.embedding),
                 vec![self.rows, self.dim],
+                &self.embedding,
             ),
-            (
-                "output.weight",
-                bytes(&self.out_w),
-                vec![self.out_in(), CLASSES],
-            ),
-            ("output.bias", bytes(&self.out_b), vec![CLASSES]),
+            ("output.weight", vec![self.out_in(), CLASSES], &self.out_w),
+            ("output.bias", vec![CLASSES], &self.out_b),
         ];
         if self.hidden > 0 {
             tensors.push((
                 "hidden.weight",
-                bytes(&self.hidden_w),
                 vec![self.input_dim(), self.hidden],
+                &self.hidden_w,
             ));
-            tensors.push(("hidden.bias", bytes(&self.hidden_b), vec![self.hidden]));
+            tensors.push(("hidden.bias", vec![self.hidden], &self.hidden_b));
         }
-        let views = tensors
-            .iter()
-            .map(|(name, data, shape)| {
-                TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map(|v| (name.to_string(), v))
-                    .map_err(|e| ModelError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let meta: HashMap<String, String> = [
             ("dense".to_string(), self.dense.to_string()),
             ("temperature".to_string(), self.temperature.to_string()),
         ]
         .into();
-        let data = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let data = f32_safetensors(&tensors, Some(meta), path)?;
         std::fs::write(path, data).map_err(ModelError::io(path))
     }
 
@@ -226,6 +207,33 @@ impl Weights {
         }
         Ok(w)
     }
+}
+
+/// A safetensors file's bytes holding the f32 tensors `(name, shape, values)`; `path` names
+/// the file in errors.
+pub(crate) fn f32_safetensors(
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    meta: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<Vec<u8>, ModelError> {
+    let corrupt = |e: safetensors::SafeTensorError| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (name.to_string(), v))
+                .map_err(corrupt)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, meta).map_err(corrupt)
 }
 
 /// The shape and values of the f32 tensor `name` of a safetensors file read from `path`.

@@ -16,14 +16,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sentimentd_data::Label;
 
-use crate::encoder::{Layer, SentenceEncoder, attention_bias, pool};
+use crate::encoder::{Layer, SentenceEncoder, attention_bias, id_batch, pool};
 use crate::error::ModelError;
 use crate::head::LinearHead;
 use crate::metrics::EvalMetrics;
@@ -166,25 +165,6 @@ fn frozen_states(
     Ok(Frozen { hidden, lens, dim })
 }
 
-/// Token ids and mask of a batch, padded to its longest sequence.
-fn id_batch(seqs: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Tensor<2>, usize) {
-    let b = seqs.len();
-    let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-    let mut ids = Vec::with_capacity(b * len);
-    let mut mask = Vec::with_capacity(b * len);
-    for s in seqs {
-        for i in 0..len {
-            ids.push(s.get(i).map_or(0, |&t| i64::from(t)));
-            mask.push(if i < s.len() { 1.0f32 } else { 0.0 });
-        }
-    }
-    (
-        Tensor::from_data(TensorData::new(ids, [b, len]), device),
-        Tensor::from_data(TensorData::new(mask, [b, len]), device),
-        len,
-    )
-}
-
 impl Frozen {
     /// The frozen states and mask of texts `rows`, padded to the longest.
     fn batch(&self, rows: &[usize], device: &Device) -> (Tensor<3>, Tensor<2>) {
@@ -252,11 +232,9 @@ fn score(
         }
     }
     for (z, y) in by_row.iter().zip(labels) {
-        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e = z.map(|v| f64::from(v - m).exp());
-        let s: f64 = e.iter().sum();
-        loss -= (e[y.index()] / s).max(1e-12).ln();
-        predicted.push(crate::Prediction::from_probabilities(e.map(|v| (v / s) as f32)).label);
+        let p = crate::head::softmax(z.map(f64::from));
+        loss -= p[y.index()].max(1e-12).ln();
+        predicted.push(crate::Prediction::from_probabilities(p.map(|v| v as f32)).label);
     }
     let recall = EvalMetrics::compute(labels, &predicted).macro_recall;
     Ok((recall, loss / labels.len().max(1) as f64))
@@ -568,12 +546,7 @@ fn export_layers(
     first: usize,
     path_for_errors: &Path,
 ) -> Result<Vec<u8>, ModelError> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let bytes = |v: Vec<f32>| {
-        v.into_iter()
-            .flat_map(f32::to_le_bytes)
-            .collect::<Vec<u8>>()
-    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         let p = format!("encoder.layer.{}", first + i);
         for (name, linear) in [
@@ -586,10 +559,10 @@ fn export_layers(
         ] {
             let w = linear.weight.val().transpose();
             let [o, i_] = w.dims();
-            tensors.push((format!("{p}.{name}.weight"), vec![o, i_], bytes(to_vec(w)?)));
+            tensors.push((format!("{p}.{name}.weight"), vec![o, i_], to_vec(w)?));
             if let Some(b) = &linear.bias {
                 let v = to_vec(b.val())?;
-                tensors.push((format!("{p}.{name}.bias"), vec![v.len()], bytes(v)));
+                tensors.push((format!("{p}.{name}.bias"), vec![v.len()], v));
             }
         }
         for (name, norm) in [
@@ -597,26 +570,16 @@ fn export_layers(
             ("output.LayerNorm", &layer.output_norm),
         ] {
             let g = to_vec(norm.gamma.val())?;
-            tensors.push((format!("{p}.{name}.weight"), vec![g.len()], bytes(g)));
+            tensors.push((format!("{p}.{name}.weight"), vec![g.len()], g));
             if let Some(beta) = &norm.beta {
                 let v = to_vec(beta.val())?;
-                tensors.push((format!("{p}.{name}.bias"), vec![v.len()], bytes(v)));
+                tensors.push((format!("{p}.{name}.bias"), vec![v.len()], v));
             }
         }
     }
-    let views = tensors
+    let refs: Vec<(&str, Vec<usize>, &[f32])> = tensors
         .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| ModelError::Corrupt {
-                    path: path_for_errors.to_path_buf(),
-                    reason: e.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, None).map_err(|e| ModelError::Corrupt {
-        path: path_for_errors.to_path_buf(),
-        reason: e.to_string(),
-    })
+        .map(|(name, shape, v)| (name.as_str(), shape.clone(), v.as_slice()))
+        .collect();
+    crate::fast::f32_safetensors(&refs, None, path_for_errors)
 }

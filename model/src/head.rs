@@ -49,7 +49,7 @@ pub struct HeadReport {
     pub selection_macro_recall: f64,
 }
 
-fn softmax(z: [f64; CLASSES]) -> [f64; CLASSES] {
+pub(crate) fn softmax(z: [f64; CLASSES]) -> [f64; CLASSES] {
     let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let e = z.map(|v| (v - m).exp());
     let s: f64 = e.iter().sum();

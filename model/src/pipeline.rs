@@ -213,31 +213,16 @@ pub fn train_and_store(
     }
     let built = match job.kind.unwrap_or(cfg.model.kind) {
         TrainableKind::Fast => {
-            let outcome = train::train(
-                &params,
-                &train_set.texts,
-                &train_set.labels,
-                &sel_set.texts,
-                &sel_set.labels,
-                observer,
-            )?;
-            let model = FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?;
-            let selection = evaluate(&model, &sel_set);
+            let trained = train_fast(&params, &train_set, &sel_set, observer)?;
+            let selection = evaluate(&trained.model, &sel_set);
             Built::Fast {
-                model,
+                trained,
                 params,
-                history: outcome.history,
-                best_epoch: outcome.best_epoch,
-                seconds: outcome.seconds,
                 selection,
             }
         }
         TrainableKind::Transformer => Built::Transformer(Box::new(crate::transformer::train(
-            cfg,
-            params.threads,
-            &train_set,
-            &sel_set,
-            observer,
+            cfg, &params, &train_set, &sel_set, observer,
         )?)),
     };
     // Scored through the serving path, so `sentimentd eval` on the stored version reproduces
@@ -292,21 +277,16 @@ pub fn train_and_store(
     let store = ModelStore::for_config(cfg, Some(&store_root))?;
     let (model, history, best_epoch, train_seconds) = match &built {
         Built::Fast {
-            model,
-            params,
-            history,
-            best_epoch,
-            seconds,
-            ..
+            trained, params, ..
         } => (
             NewModel::Fast {
-                featurizer: &model.featurizer,
-                weights: &model.weights,
+                featurizer: &trained.model.featurizer,
+                weights: &trained.model.weights,
                 params,
             },
-            history.clone(),
-            *best_epoch,
-            *seconds,
+            trained.history.clone(),
+            trained.best_epoch,
+            trained.seconds,
         ),
         Built::Transformer(t) => (
             NewModel::Transformer {
@@ -351,16 +331,45 @@ pub fn train_and_store(
     })
 }
 
+/// A fast model, ready to serve, with how its training went.
+pub(crate) struct FastTrained {
+    pub model: FastModel,
+    pub history: Vec<crate::train::EpochReport>,
+    pub best_epoch: usize,
+    pub seconds: f64,
+}
+
+/// Trains a fast model on `train_set`, its epoch and temperature chosen on `sel_set`: the
+/// fast kind, and the transformer kind's ensemble partner.
+pub(crate) fn train_fast(
+    params: &TrainParams,
+    train_set: &Dataset,
+    sel_set: &Dataset,
+    observer: &mut dyn TrainObserver,
+) -> Result<FastTrained, ModelError> {
+    let outcome = train::train(
+        params,
+        &train_set.texts,
+        &train_set.labels,
+        &sel_set.texts,
+        &sel_set.labels,
+        observer,
+    )?;
+    Ok(FastTrained {
+        model: FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?,
+        history: outcome.history,
+        best_epoch: outcome.best_epoch,
+        seconds: outcome.seconds,
+    })
+}
+
 /// A trained candidate of either kind, before it is stored.
 // One per training run, moved once: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 enum Built {
     Fast {
-        model: FastModel,
+        trained: FastTrained,
         params: TrainParams,
-        history: Vec<crate::train::EpochReport>,
-        best_epoch: usize,
-        seconds: f64,
         selection: EvalMetrics,
     },
     Transformer(Box<crate::transformer::Trained>),
@@ -369,7 +378,7 @@ enum Built {
 impl Built {
     fn classifier(&self) -> &dyn Classifier {
         match self {
-            Built::Fast { model, .. } => model,
+            Built::Fast { trained, .. } => &trained.model,
             Built::Transformer(t) => &t.model,
         }
     }

@@ -394,7 +394,7 @@ impl ModelStore {
             ));
         };
         // The name comes from the manifest: it must stay inside pretrained_dir.
-        if t.encoder.is_empty() || t.encoder.starts_with('.') || t.encoder.contains(['/', '\\']) {
+        if !sentimentd_config::TransformerConfig::is_encoder_name(&t.encoder) {
             return Err(ModelError::Corrupt {
                 path: dir.join(MANIFEST),
                 reason: format!("encoder name {:?} is not a directory name", t.encoder),

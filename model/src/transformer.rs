@@ -3,7 +3,7 @@
 //! on its embeddings, and optionally a fast model trained on the same rows whose
 //! probabilities are averaged in with a weight fitted on the selection split.
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::SafeTensors;
 use sentimentd_config::Backend;
 use sentimentd_data::Label;
 use serde::{Deserialize, Serialize};
@@ -224,23 +224,11 @@ impl Classifier for TransformerModel {
 
 /// Writes the head as safetensors (`head.weight` `[dim, 3]`, `head.bias` `[3]`).
 pub fn save_head(head: &LinearHead, path: &Path) -> Result<(), ModelError> {
-    let corrupt = |e: safetensors::SafeTensorError| ModelError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let (w, b) = (bytes(&head.weights), bytes(&head.bias));
-    let views = vec![
-        (
-            "head.weight".to_string(),
-            TensorView::new(Dtype::F32, vec![head.dim, 3], &w).map_err(corrupt)?,
-        ),
-        (
-            "head.bias".to_string(),
-            TensorView::new(Dtype::F32, vec![3], &b).map_err(corrupt)?,
-        ),
+    let tensors: [(&str, Vec<usize>, &[f32]); 2] = [
+        ("head.weight", vec![head.dim, 3], &head.weights),
+        ("head.bias", vec![3], &head.bias),
     ];
-    let data = safetensors::serialize(views, None).map_err(corrupt)?;
+    let data = crate::fast::f32_safetensors(&tensors, None, path)?;
     std::fs::write(path, data).map_err(ModelError::io(path))
 }
 
@@ -494,27 +482,28 @@ fn prune_cache(dir: &Path) {
 /// Trains a transformer candidate on `train_set`, choosing the head's epoch and the
 /// ensemble's weight on `sel_set`. Embeddings are cached under `<state_dir>/embeddings`.
 ///
-/// The encoder's parallel work runs on a pool of `threads` threads (0 = all cores) made here,
-/// not on the global pool serving uses: a daemon retrain then keeps to `[retrain] threads`,
-/// and its threads inherit the calling thread's lowered priority.
+/// `fast` trains the ensemble partner, and its `threads` (0 = all cores) size the pool made
+/// here for the encoder's parallel work, instead of the global pool serving uses: a daemon
+/// retrain then keeps to `[retrain] threads`, and its threads inherit the calling thread's
+/// lowered priority.
 pub fn train(
     cfg: &Config,
-    threads: usize,
+    fast: &TrainParams,
     train_set: &Dataset,
     sel_set: &Dataset,
     observer: &mut dyn TrainObserver,
 ) -> Result<Trained, ModelError> {
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(crate::train::resolve_threads(threads))
+        .num_threads(crate::train::resolve_threads(fast.threads))
         .thread_name(|i| format!("train-{i}"))
         .build()
         .map_err(|e| ModelError::Training(format!("cannot start the training threads: {e}")))?;
-    pool.install(|| train_on_pool(cfg, threads, train_set, sel_set, observer))
+    pool.install(|| train_on_pool(cfg, fast, train_set, sel_set, observer))
 }
 
 fn train_on_pool(
     cfg: &Config,
-    threads: usize,
+    fast: &TrainParams,
     train_set: &Dataset,
     sel_set: &Dataset,
     observer: &mut dyn TrainObserver,
@@ -644,23 +633,13 @@ fn train_on_pool(
 
     let mut history = Vec::new();
     let (partner, ensemble) = if t.ensemble {
-        let mut fp = TrainParams::from_config(cfg);
-        fp.threads = threads;
         observer.on_message("training the fast model of the ensemble");
-        let outcome = crate::train::train(
-            &fp,
-            &train_set.texts,
-            &train_set.labels,
-            &sel_set.texts,
-            &sel_set.labels,
-            observer,
-        )?;
-        let fast = FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?;
+        let partner = crate::pipeline::train_fast(fast, train_set, sel_set, observer)?;
         let own: Vec<[f32; 3]> = sel_x.iter().map(|x| head.probabilities(x)).collect();
         let theirs: Vec<[f32; 3]> = sel_set
             .texts
             .iter()
-            .map(|text| fast.probabilities(text))
+            .map(|text| partner.model.probabilities(text))
             .collect();
         let weight = fit_blend_weight(&own, &theirs, &sel_set.labels);
         observer.on_message(&format!(
@@ -668,13 +647,13 @@ fn train_on_pool(
              selection split)",
             1.0 - weight
         ));
-        history = outcome.history;
         let ensemble = EnsembleParams {
             weight,
-            fast: fp,
-            fast_best_epoch: outcome.best_epoch,
+            fast: fast.clone(),
+            fast_best_epoch: partner.best_epoch,
         };
-        (Some((fast, weight)), Some(ensemble))
+        history = partner.history;
+        (Some((partner.model, weight)), Some(ensemble))
     } else {
         (None, None)
     };

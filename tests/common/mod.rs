@@ -9,6 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `sentimentd` binary, with the environment that would override a test's config
+/// (`SENTIMENTD_CONFIG`, `SENTIMENTD_LOG`) removed.
+pub fn sentimentd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sentimentd"));
+    c.env_remove("SENTIMENTD_CONFIG")
+        .env_remove("SENTIMENTD_LOG");
+    c
+}
+
 /// Where `scripts/fetch-pretrained.sh` put the encoders for the tests:
 /// `$SENTIMENTD_PRETRAINED`, else `~/.cache/sentimentd-pretrained` (what `scripts/test.sh` uses).
 pub fn pretrained_root() -> PathBuf {
