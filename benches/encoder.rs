@@ -1,6 +1,7 @@
 //! Throughput of the pretrained sentence encoder (all-MiniLM-L6-v2) on real tweets, batch 1
-//! and batch 32: the serving forward `embed` runs, and the burn network on the flex backend
-//! it replaced for inference. Texts per second is the element throughput criterion reports;
+//! and batch 32: the serving forward `embed` runs, with its dense layers in bf16 (where the
+//! CPU has AVX512-BF16, the default) and in f32, and the burn network on the flex backend it
+//! replaced for inference. Texts per second is the element throughput criterion reports;
 //! the token statistics of the texts are printed first, since the work grows with them.
 //!
 //! `./scripts/fetch-pretrained.sh ~/.cache/sentimentd-pretrained` first, then
@@ -11,7 +12,7 @@ mod common;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
-use sentimentd_config::Backend;
+use sentimentd_config::{Backend, Precision};
 use sentimentd_model::ModelError;
 use sentimentd_model::encoder::SentenceEncoder;
 
@@ -19,10 +20,15 @@ fn bench(c: &mut Criterion) {
     let cfg = common::config();
     let texts = common::val_texts(&cfg);
     let texts: Vec<&str> = texts.iter().take(256).map(String::as_str).collect();
-    let enc = match SentenceEncoder::load(&common::pretrained_encoder_dir(), 128, Backend::Flex) {
-        Ok(e) => e,
-        Err(e) => panic!("{e}"),
+    let load = |precision| {
+        let dir = common::pretrained_encoder_dir();
+        match SentenceEncoder::load_tuned(&dir, 128, Backend::Flex, precision, None) {
+            Ok(e) => e,
+            Err(e) => panic!("{e}"),
+        }
     };
+    let enc = load(Precision::Auto);
+    let f32_enc = load(Precision::F32);
     let mut lens: Vec<usize> = texts
         .iter()
         .map(|t| enc.tokenize(t).map_or(0, |ids| ids.len()))
@@ -38,11 +44,15 @@ fn bench(c: &mut Criterion) {
         lens.last().copied().unwrap_or(0),
     );
     type Embed = fn(&SentenceEncoder, &[&str], usize) -> Result<Vec<Vec<f32>>, ModelError>;
-    let paths: [(&str, Embed); 2] = [
-        ("fast", SentenceEncoder::embed),
-        ("burn-flex", SentenceEncoder::embed_burn),
+    let serving = format!("fast-{}", enc.serving_precision());
+    let mut paths: Vec<(&str, &SentenceEncoder, Embed)> = vec![
+        (&serving, &enc, SentenceEncoder::embed),
+        ("fast-f32", &f32_enc, SentenceEncoder::embed),
+        ("burn-flex", &enc, SentenceEncoder::embed_burn),
     ];
-    for (name, embed) in paths {
+    // Without AVX512-BF16 the serving forward is the f32 one: measured once.
+    paths.dedup_by_key(|p| p.0);
+    for (name, enc, embed) in paths {
         let mut group = c.benchmark_group(format!("encoder/{name}"));
         group.sample_size(10);
         group.throughput(Throughput::Elements(1));
@@ -50,13 +60,11 @@ fn bench(c: &mut Criterion) {
         group.bench_function("batch_1", |b| {
             b.iter(|| {
                 i = (i + 1) % texts.len();
-                black_box(embed(&enc, &texts[i..=i], 1))
+                black_box(embed(enc, &texts[i..=i], 1))
             })
         });
         group.throughput(Throughput::Elements(texts.len() as u64));
-        group.bench_function("batch_32", |b| {
-            b.iter(|| black_box(embed(&enc, &texts, 32)))
-        });
+        group.bench_function("batch_32", |b| b.iter(|| black_box(embed(enc, &texts, 32))));
         group.finish();
     }
 }

@@ -213,7 +213,13 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
 
     // The transformer: the encoder's embeddings, a head, and the fast model averaged in.
     let out = env.ok(&["train"]);
+    let products = if std::is_x86_feature_detected!("avx512bf16") {
+        "(bf16 products;"
+    } else {
+        "(f32 products;"
+    };
     for part in [
+        products,
         "kind         transformer",
         "encoder      all-minilm-l6-v2",
         "ensemble     transformer",
@@ -369,6 +375,9 @@ fn a_missing_or_different_encoder_is_a_clear_error() {
     assert!(err.contains("scripts/fetch-pretrained.sh"), "{err}");
     let err = env.fails(&["config", "check"]);
     assert!(err.contains("scripts/fetch-pretrained.sh"), "{err}");
+    let env = Env::new(empty.path(), "precision = \"f16\"");
+    let err = env.fails(&["config", "check"]);
+    assert!(err.contains("precision") && err.contains("f16"), "{err}");
 
     // A version refuses to load over an encoder other than the one it was trained on.
     let real = pretrained_root().join("all-minilm-l6-v2");
@@ -378,9 +387,12 @@ fn a_missing_or_different_encoder_is_a_clear_error() {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(real.join(f), enc.join(f)).expect("copy encoder");
     }
-    let env = Env::new(own.path(), "ensemble = false");
+    // (And the dense products in f32, as `precision = "f32"` asks, where the default would
+    // use bf16 on a CPU with AVX512-BF16.)
+    let env = Env::new(own.path(), "ensemble = false\nprecision = \"f32\"");
     let out = env.ok(&["train"]);
     assert!(!out.contains("ensemble "), "{out}");
+    assert!(out.contains("(f32 products;"), "{out}");
     let version = env.current();
     assert!(env.ok(&["predict", "--json", "good"]).contains(&version));
     let config = std::fs::read_to_string(enc.join("config.json")).expect("config.json");

@@ -12,8 +12,9 @@ mod validate;
 pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
     AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig, IngestConfig,
-    LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig, ReputationConfig, RetrainConfig,
-    ServerConfig, TrackingConfig, TrainConfig, TrainOnStart, TrainableKind, TransformerConfig,
+    LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig, Precision, ReputationConfig,
+    RetrainConfig, ServerConfig, TrackingConfig, TrainConfig, TrainOnStart, TrainableKind,
+    TransformerConfig,
 };
 
 /// Longest source name kept; a longer one is cut to this many characters.

@@ -147,6 +147,16 @@ pub enum Backend {
     Ndarray,
 }
 
+/// How the encoder's serving forward multiplies its dense layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 products with f32 sums where the CPU has AVX512-BF16, f32 elsewhere.
+    #[default]
+    Auto,
+    F32,
+}
+
 /// `[train]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -563,6 +573,8 @@ pub struct TransformerConfig {
     pub max_batch: usize,
     /// Serving: how long a request may wait for others to join its batch, in milliseconds.
     pub max_wait_ms: u64,
+    /// The dense layers' products when encoding (serving and training embeddings alike).
+    pub precision: Precision,
 }
 
 impl Default for TransformerConfig {
@@ -584,6 +596,7 @@ impl Default for TransformerConfig {
             checkpoint_every_steps: 200,
             max_batch: 32,
             max_wait_ms: 2,
+            precision: Precision::Auto,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! than burn's on CPU; the burn network stays the one to train, and the reference the fast
 //! forward is tested against.
 
+mod bf16;
 mod cpu;
 
 use burn::module::{Module, Param};
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ModelError;
 use crate::train::Backend;
+pub use sentimentd_config::Precision;
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -288,7 +290,7 @@ impl SentenceEncoder {
         max_seq_len: usize,
         backend: Backend,
     ) -> Result<SentenceEncoder, ModelError> {
-        SentenceEncoder::load_tuned(dir, max_seq_len, backend, None)
+        SentenceEncoder::load_tuned(dir, max_seq_len, backend, Precision::Auto, None)
     }
 
     /// [`SentenceEncoder::load`] with fine-tuned layers (safetensors bytes, the pretrained
@@ -297,6 +299,7 @@ impl SentenceEncoder {
         dir: &Path,
         max_seq_len: usize,
         backend: Backend,
+        precision: Precision,
         tuned: Option<&[u8]>,
     ) -> Result<SentenceEncoder, ModelError> {
         let device = &crate::train::device_for(backend);
@@ -387,7 +390,7 @@ impl SentenceEncoder {
                 output_norm: w.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
-        let fast = cpu::CpuBert::load(&w, c)?;
+        let fast = cpu::CpuBert::load(&w, c, precision == Precision::Auto)?;
         let bert = Bert {
             word: w.embedding("embeddings.word_embeddings", c.vocab_size, h)?,
             position: w.embedding(
@@ -437,6 +440,11 @@ impl SentenceEncoder {
 
     pub fn dim(&self) -> usize {
         self.config.hidden_size
+    }
+
+    /// What the serving forward's dense layers multiply in: "bf16" or "f32".
+    pub fn serving_precision(&self) -> &'static str {
+        if self.fast.uses_bf16() { "bf16" } else { "f32" }
     }
 
     /// Token ids, `[CLS]` and `[SEP]` included, cut to `max_seq_len`.
@@ -522,10 +530,24 @@ mod tests {
     }
 
     fn encoder() -> SentenceEncoder {
+        encoder_with(Precision::F32)
+    }
+
+    /// With `Precision::Auto` on a CPU with AVX512-BF16, the dense layers run in bf16; the
+    /// tests then hold that path to the same bars (and say which path they measured).
+    fn encoder_with(precision: Precision) -> SentenceEncoder {
         let dir = encoder_dir();
-        SentenceEncoder::load(&dir, 256, Backend::Flex).unwrap_or_else(|e| {
-            panic!("{e} (scripts/test.sh runs scripts/fetch-pretrained.sh for the tests)")
-        })
+        let enc = SentenceEncoder::load_tuned(&dir, 256, Backend::Flex, precision, None)
+            .unwrap_or_else(|e| {
+                panic!("{e} (scripts/test.sh runs scripts/fetch-pretrained.sh for the tests)")
+            });
+        let want = if precision == Precision::Auto && bf16::available() {
+            "bf16"
+        } else {
+            "f32"
+        };
+        assert_eq!(enc.serving_precision(), want);
+        enc
     }
 
     fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -558,7 +580,12 @@ mod tests {
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let reference: Reference = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
-        let enc = encoder();
+        for precision in [Precision::F32, Precision::Auto] {
+            matches_reference(&reference, &encoder_with(precision));
+        }
+    }
+
+    fn matches_reference(reference: &Reference, enc: &SentenceEncoder) {
         let texts: Vec<&str> = reference
             .sentences
             .iter()
@@ -585,7 +612,10 @@ mod tests {
                 assert!((norm - 1.0).abs() < 1e-4);
             }
         }
-        eprintln!("largest cosine distance to the numpy reference: {worst:e}");
+        eprintln!(
+            "largest cosine distance to the numpy reference ({}): {worst:e}",
+            enc.serving_precision()
+        );
         let e = |t: &str| {
             enc.embed(&[t], 1)
                 .unwrap_or_else(|e| panic!("{e}"))
@@ -599,7 +629,13 @@ mod tests {
 
     #[test]
     fn the_serving_forward_agrees_with_the_burn_network() {
-        let enc = encoder();
+        // f32 products agree with burn to rounding; bf16 ones to the reference bar.
+        for (precision, bar) in [(Precision::F32, 1e-5), (Precision::Auto, 1e-4)] {
+            agrees_with_burn(&encoder_with(precision), bar);
+        }
+    }
+
+    fn agrees_with_burn(enc: &SentenceEncoder, bar: f64) {
         let long = "a rather long sentence about nothing much at all, ".repeat(40);
         let texts = [
             "I love this product",
@@ -626,13 +662,17 @@ mod tests {
             }
             let distance = 1.0 - cosine(f, b);
             assert!(
-                distance < 1e-5,
-                "{} tokens: cosine distance {distance}",
-                seq.len()
+                distance < bar,
+                "{} tokens, {}: cosine distance {distance}",
+                seq.len(),
+                enc.serving_precision()
             );
             worst = worst.max(distance);
         }
-        eprintln!("largest cosine distance between the serving forward and burn: {worst:e}");
+        eprintln!(
+            "largest cosine distance between the serving forward ({}) and burn: {worst:e}",
+            enc.serving_precision()
+        );
         // One by one and in a batch split across threads give the same vectors.
         for (seq, f) in ids.iter().zip(&fast) {
             let single = enc

@@ -30,7 +30,7 @@ use crate::train::{EpochReport, TrainParams};
 use crate::transformer::{
     HEAD, TUNED, TransformerModel, TransformerParams, load_head, save_head, shared_encoder,
 };
-use sentimentd_config::{Backend, Config};
+use sentimentd_config::{Backend, Config, Precision};
 
 /// The first characters of a fingerprint, enough to tell two apart in a message.
 fn short(fingerprint: &str) -> String {
@@ -148,8 +148,9 @@ pub struct NewVersion<'a> {
 
 pub struct ModelStore {
     root: PathBuf,
-    /// Where transformer versions find their encoder, and the backend it runs on.
-    pretrained: Option<(PathBuf, Backend)>,
+    /// Where transformer versions find their encoder, the backend and the precision it runs
+    /// with.
+    pretrained: Option<(PathBuf, Backend, Precision)>,
     /// Texts per encoder batch of the transformer versions this store loads.
     embed_batch: usize,
 }
@@ -194,7 +195,11 @@ impl ModelStore {
     /// encoders, so it loads transformer versions too.
     pub fn for_config(cfg: &Config, root: Option<&Path>) -> Result<ModelStore, ModelError> {
         let mut store = ModelStore::open(root.unwrap_or(&cfg.paths.model_store))?;
-        store.pretrained = Some((cfg.transformer.pretrained_dir.clone(), cfg.train.backend));
+        store.pretrained = Some((
+            cfg.transformer.pretrained_dir.clone(),
+            cfg.train.backend,
+            cfg.transformer.precision,
+        ));
         store.embed_batch = cfg.transformer.embed_batch;
         Ok(store)
     }
@@ -386,7 +391,7 @@ impl ModelStore {
             version: m.version.clone(),
             reason,
         };
-        let Some((pretrained, backend)) = &self.pretrained else {
+        let Some((pretrained, backend, precision)) = &self.pretrained else {
             return Err(unsupported(
                 "a transformer version needs [transformer] pretrained_dir, and this store was \
                  opened without a config"
@@ -413,6 +418,7 @@ impl ModelStore {
             &pretrained.join(&t.encoder),
             t.max_seq_len,
             *backend,
+            *precision,
             tuned.as_deref(),
         )?;
         if encoder.fingerprint() != t.encoder_fingerprint {

@@ -4,7 +4,7 @@
 //! probabilities are averaged in with a weight fitted on the selection split.
 
 use safetensors::tensor::SafeTensors;
-use sentimentd_config::Backend;
+use sentimentd_config::{Backend, Precision};
 use sentimentd_data::Label;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -65,8 +65,8 @@ pub struct EnsembleParams {
 
 /// Loaded encoders, shared by every model over the same files: a hot swap between two
 /// versions of this kind holds one encoder in memory, not two.
-/// Directory, max_seq_len, backend, and the fingerprint of fine-tuned layers if any.
-type EncoderKey = (PathBuf, usize, Backend, Option<String>);
+/// Directory, max_seq_len, backend, precision, and the fingerprint of fine-tuned layers if any.
+type EncoderKey = (PathBuf, usize, Backend, Precision, Option<String>);
 type EncoderCache = Mutex<Vec<(EncoderKey, Weak<SentenceEncoder>)>>;
 static ENCODERS: OnceLock<EncoderCache> = OnceLock::new();
 
@@ -75,13 +75,20 @@ pub fn shared_encoder(
     dir: &Path,
     max_seq_len: usize,
     backend: Backend,
+    precision: Precision,
     tuned: Option<&[u8]>,
 ) -> Result<Arc<SentenceEncoder>, ModelError> {
     let tuned_key = tuned.map(|t| {
         use sha2::{Digest, Sha256};
         hex::encode(Sha256::digest(t))
     });
-    let key = (dir.to_path_buf(), max_seq_len, backend, tuned_key);
+    let key = (
+        dir.to_path_buf(),
+        max_seq_len,
+        backend,
+        precision,
+        tuned_key,
+    );
     let cache = ENCODERS.get_or_init(|| Mutex::new(Vec::new()));
     // A poisoned lock only means another thread panicked while loading; the list is intact.
     let mut list = cache
@@ -99,8 +106,15 @@ pub fn shared_encoder(
         dir,
         max_seq_len,
         backend,
+        precision,
         tuned,
     )?);
+    tracing::info!(
+        dir = %dir.display(),
+        fine_tuned = tuned.is_some(),
+        products = encoder.serving_precision(),
+        "loaded the sentence encoder"
+    );
     list.push((key, Arc::downgrade(&encoder)));
     Ok(encoder)
 }
@@ -510,14 +524,21 @@ fn train_on_pool(
 ) -> Result<Trained, ModelError> {
     let started = std::time::Instant::now();
     let t = &cfg.transformer;
-    let base = shared_encoder(&t.encoder_dir(), t.max_seq_len, cfg.train.backend, None)?;
+    let base = shared_encoder(
+        &t.encoder_dir(),
+        t.max_seq_len,
+        cfg.train.backend,
+        t.precision,
+        None,
+    )?;
     let encoder = base.clone();
     let cache = cfg.paths.state_dir.join("embeddings");
     observer.on_message(&format!(
-        "embedding {} training and {} selection texts with {} (cached in {})",
+        "embedding {} training and {} selection texts with {} ({} products; cached in {})",
         train_set.len(),
         sel_set.len(),
         encoder.dir().display(),
+        encoder.serving_precision(),
         cache.display()
     ));
     let mut store = EmbeddingCache::open(&cache, &encoder)?;
@@ -615,6 +636,7 @@ fn train_on_pool(
             &t.encoder_dir(),
             t.max_seq_len,
             cfg.train.backend,
+            t.precision,
             Some(&ft.layers),
         )?;
         let refs: Vec<&str> = sel_set.texts.iter().map(String::as_str).collect();

@@ -7,16 +7,30 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{BertConfig, Weights};
+use super::{BertConfig, Weights, bf16};
 use crate::error::ModelError;
 
 /// A dense layer in PyTorch's `[out, in]` layout, which the matrix product reads in place.
 /// (Stored `[in, out]` instead, the layout gemm needs not repack, it ran no faster.)
 struct Dense {
+    /// Empty when `packed` holds the weight instead.
     weight: Vec<f32>,
+    /// The weight in bf16, when the CPU has the instructions and bf16 was asked for.
+    packed: Option<bf16::Packed>,
     bias: Vec<f32>,
     d_in: usize,
     d_out: usize,
+}
+
+impl Dense {
+    /// Moves the weight to bf16 if its shape allows; otherwise it stays f32.
+    fn into_bf16(mut self) -> Dense {
+        if let Some(p) = bf16::Packed::new(&self.weight, self.d_out, self.d_in) {
+            self.packed = Some(p);
+            self.weight = Vec::new();
+        }
+        self
+    }
 }
 
 struct Norm {
@@ -45,15 +59,21 @@ pub(super) struct CpuBert {
     max_positions: usize,
     hidden: usize,
     heads: usize,
+    /// Whether the dense layers run in bf16.
+    bf16: bool,
 }
 
 impl CpuBert {
-    pub(super) fn load(w: &Weights<'_>, c: &BertConfig) -> Result<CpuBert, ModelError> {
+    /// With `bf16`, the dense layers' weights are kept and multiplied in bf16 if the CPU has
+    /// AVX512-BF16 (see [`bf16`]); [`CpuBert::uses_bf16`] tells whether it had.
+    pub(super) fn load(w: &Weights<'_>, c: &BertConfig, bf16: bool) -> Result<CpuBert, ModelError> {
+        let bf16 = bf16 && bf16::available();
         let h = c.hidden_size;
         let eps = c.layer_norm_eps as f32;
         let dense = |name: &str, d_in: usize, d_out: usize| -> Result<Dense, ModelError> {
             Ok(Dense {
                 weight: w.values(&format!("{name}.weight"), &[d_out, d_in])?,
+                packed: None,
                 bias: w.values(&format!("{name}.bias"), &[d_out])?,
                 d_in,
                 d_out,
@@ -77,14 +97,21 @@ impl CpuBert {
                 qkv.d_out += h;
             }
             let inter = c.intermediate_size;
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv,
                 attention_out: dense(&format!("{p}.attention.output.dense"), h, h)?,
                 attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
                 intermediate: dense(&format!("{p}.intermediate.dense"), h, inter)?,
                 output: dense(&format!("{p}.output.dense"), inter, h)?,
                 output_norm: norm(&format!("{p}.output.LayerNorm"))?,
-            });
+            };
+            if bf16 {
+                layer.qkv = layer.qkv.into_bf16();
+                layer.attention_out = layer.attention_out.into_bf16();
+                layer.intermediate = layer.intermediate.into_bf16();
+                layer.output = layer.output.into_bf16();
+            }
+            layers.push(layer);
         }
         let mut position = w.values(
             "embeddings.position_embeddings.weight",
@@ -110,7 +137,12 @@ impl CpuBert {
             max_positions: c.max_position_embeddings,
             hidden: h,
             heads: c.num_attention_heads,
+            bf16,
         })
+    }
+
+    pub(super) fn uses_bf16(&self) -> bool {
+        self.bf16
     }
 
     /// L2-normalised mean-pooled embeddings of `batch`, `[batch, hidden]` row-major. An empty
@@ -172,17 +204,18 @@ impl CpuBert {
         let mut context = vec![0.0; n * h];
         let mut a = vec![0.0; n * h];
         let mut hidden = vec![0.0; n * inter];
+        let mut s = Vec::new();
         for layer in &self.layers {
-            dense(&x, &layer.qkv, &mut qkv, par);
+            dense(&x, &layer.qkv, &mut qkv, par, &mut s);
             attention(&qkv, &lens, self.heads, &mut context);
             // The residual goes in first and the product accumulates onto it.
             a.copy_from_slice(&x);
-            dense_add(&context, &layer.attention_out, &mut a, par);
+            dense_add(&context, &layer.attention_out, &mut a, par, &mut s);
             layer_norm(&mut a, &layer.attention_norm);
-            dense(&a, &layer.intermediate, &mut hidden, par);
+            dense(&a, &layer.intermediate, &mut hidden, par, &mut s);
             gelu(&mut hidden);
             x.copy_from_slice(&a);
-            dense_add(&hidden, &layer.output, &mut x, par);
+            dense_add(&hidden, &layer.output, &mut x, par, &mut s);
             layer_norm(&mut x, &layer.output_norm);
         }
         let mut start = 0;
@@ -222,20 +255,30 @@ fn split_by_tokens(batch: &[Vec<u32>], parts: usize) -> Vec<std::ops::Range<usiz
     groups
 }
 
-/// `out = x · Wᵀ + b`.
-fn dense(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
+/// `out = x · Wᵀ + b`; `scratch` is the bf16 path's buffer, reused across layers.
+fn dense(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, scratch: &mut Vec<u32>) {
     for row in out.chunks_exact_mut(d.d_out) {
         row.copy_from_slice(&d.bias);
     }
-    matmul_acc(out, x, &d.weight, d.d_in, d.d_out, par);
+    dense_product(x, d, out, par, scratch);
 }
 
 /// `out += x · Wᵀ + b`.
-fn dense_add(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism) {
+fn dense_add(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, scratch: &mut Vec<u32>) {
     for row in out.chunks_exact_mut(d.d_out) {
         add(row, &d.bias);
     }
-    matmul_acc(out, x, &d.weight, d.d_in, d.d_out, par);
+    dense_product(x, d, out, par, scratch);
+}
+
+fn dense_product(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, scratch: &mut Vec<u32>) {
+    match &d.packed {
+        Some(p) => {
+            debug_assert_eq!(p.outputs(), d.d_out);
+            bf16::matmul_acc(out, x, p, scratch, !matches!(par, Parallelism::None));
+        }
+        None => matmul_acc(out, x, &d.weight, d.d_in, d.d_out, par),
+    }
 }
 
 /// `out[m, n] += a[m, k] · w[n, k]ᵀ`, all row-major: `w` is a PyTorch `[out, in]` weight.
