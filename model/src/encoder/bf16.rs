@@ -8,8 +8,8 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
-    __m512, __m512bh, __m512i, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps, _mm512_loadu_ps,
-    _mm512_loadu_si512, _mm512_set1_epi32, _mm512_storeu_ps, _mm512_storeu_si512,
+    __m512, __m512bh, __m512i, _mm512_add_ps, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps,
+    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_storeu_ps, _mm512_storeu_si512,
 };
 
 use rayon::prelude::*;
@@ -80,19 +80,23 @@ fn pair(lo: f32, hi: f32) -> u32 {
     to_bf16(lo) | (to_bf16(hi) << 16)
 }
 
-/// `out[m, n] += a[m, k] · Wᵀ`. `scratch` holds `a` in bf16 between calls, so the buffer is
-/// allocated once per forward. With `parallel`, rows are split across rayon's threads.
-pub(super) fn matmul_acc(
+/// `out[m, n] = a[m, k] · Wᵀ + bias`, or `out += a · Wᵀ + bias` when `accumulate`: the bias
+/// goes into the sums' first value, saving a pass over `out`. `scratch` holds `a` in bf16
+/// between calls, so the buffer is allocated once per forward. With `parallel`, rows are
+/// split across rayon's threads.
+pub(super) fn dense(
     out: &mut [f32],
     a: &[f32],
     w: &Packed,
+    bias: &[f32],
+    accumulate: bool,
     scratch: &mut Vec<u32>,
     parallel: bool,
 ) {
     let (k, n) = (w.k, w.n);
     let m = a.len() / k;
     assert!(
-        a.len() == m * k && out.len() == m * n,
+        a.len() == m * k && out.len() == m * n && bias.len() == n,
         "matrix shapes disagree: {m}x{k} · {k}x{n} into {} floats",
         out.len()
     );
@@ -116,10 +120,10 @@ pub(super) fn matmul_acc(
         out.par_chunks_mut(rows_per * n)
             .zip(scratch.par_chunks(rows_per * pairs))
             // SAFETY: as above; the chunks hold whole rows of `out` and of the bf16 input.
-            .for_each(|(o, a)| unsafe { block(o, a, w) });
+            .for_each(|(o, a)| unsafe { block(o, a, w, bias, accumulate) });
     } else {
         // SAFETY: as above.
-        unsafe { block(out, scratch, w) };
+        unsafe { block(out, scratch, w, bias, accumulate) };
     }
 }
 
@@ -155,10 +159,10 @@ unsafe fn convert(_: &[f32], _: &mut [u32]) {
     unreachable!("available() is false off x86_64")
 }
 
-/// `out += a · Wᵀ` for whole rows: `a` in bf16 pairs (`k / 2` per row), `out` `n` per row.
+/// [`dense`] for whole rows: `a` in bf16 pairs (`k / 2` per row), `out` `n` per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn block(out: &mut [f32], a: &[u32], w: &Packed) {
+unsafe fn block(out: &mut [f32], a: &[u32], w: &Packed, bias: &[f32], accumulate: bool) {
     let (pairs, n) = (w.k / 2, w.n);
     let m = a.len() / pairs;
     let panels = n / LANES;
@@ -172,6 +176,8 @@ unsafe fn block(out: &mut [f32], a: &[u32], w: &Packed) {
                 a: a[r * pairs..].as_ptr(),
                 w: w.data[p * pairs * LANES..].as_ptr(),
                 out: out[r * n + p * LANES..].as_mut_ptr(),
+                bias: bias[p * LANES..].as_ptr(),
+                accumulate,
                 pairs,
                 n,
             };
@@ -200,17 +206,20 @@ unsafe fn block(out: &mut [f32], a: &[u32], w: &Packed) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block(_: &mut [f32], _: &[u32], _: &Packed) {
+unsafe fn block(_: &mut [f32], _: &[u32], _: &Packed, _: &[f32], _: bool) {
     unreachable!("available() is false off x86_64")
 }
 
 /// One register block: `R` rows from `a` (row stride `pairs` lanes), `P` panels from `w`
-/// (panel stride `pairs * 16` lanes), added into `out` (row stride `n` floats).
+/// (panel stride `pairs * 16` lanes), into `out` (row stride `n` floats), the first sums
+/// taken from `P * 16` floats of `bias` (plus `out` with `accumulate`).
 #[derive(Clone, Copy)]
 struct Tile {
     a: *const u32,
     w: *const u32,
     out: *mut f32,
+    bias: *const f32,
+    accumulate: bool,
     pairs: usize,
     n: usize,
 }
@@ -220,12 +229,17 @@ struct Tile {
 #[inline]
 unsafe fn tile<const R: usize, const P: usize>(t: Tile) {
     // SAFETY (whole body): the caller guarantees R rows of `pairs` lanes at `t.a`, P panels of
-    // `pairs * 16` lanes at `t.w`, and R rows of at least P * 16 floats at `t.out`.
+    // `pairs * 16` lanes at `t.w`, R rows of at least P * 16 floats at `t.out`, and P * 16
+    // floats at `t.bias`.
     unsafe {
         let mut acc = [[std::mem::zeroed::<__m512>(); P]; R];
         for (r, row) in acc.iter_mut().enumerate() {
             for (c, v) in row.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(t.out.add(r * t.n + c * LANES));
+                *v = _mm512_loadu_ps(t.bias.add(c * LANES));
+                if t.accumulate {
+                    let o = _mm512_loadu_ps(t.out.add(r * t.n + c * LANES));
+                    *v = _mm512_add_ps(o, *v);
+                }
             }
         }
         for q in 0..t.pairs {
@@ -271,12 +285,23 @@ mod tests {
                 .collect();
             let packed = Packed::new(&w, n, k).unwrap_or_else(|| panic!("{n}x{k} packs"));
             let start: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.25).collect();
-            for parallel in [false, true] {
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * -0.5).collect();
+            for (parallel, accumulate) in [(false, false), (false, true), (true, true)] {
                 let mut out = start.clone();
-                matmul_acc(&mut out, &a, &packed, &mut Vec::new(), parallel);
+                dense(
+                    &mut out,
+                    &a,
+                    &packed,
+                    &bias,
+                    accumulate,
+                    &mut Vec::new(),
+                    parallel,
+                );
                 for i in 0..m {
                     for j in 0..n {
-                        let want = f64::from(start[i * n + j])
+                        let before = if accumulate { start[i * n + j] } else { 0.0 };
+                        let want = f64::from(before)
+                            + f64::from(bias[j])
                             + (0..k)
                                 .map(|p| bf(a[i * k + p]) * bf(w[j * k + p]))
                                 .sum::<f64>();

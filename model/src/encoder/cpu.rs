@@ -257,28 +257,36 @@ fn split_by_tokens(batch: &[Vec<u32>], parts: usize) -> Vec<std::ops::Range<usiz
 
 /// `out = x · Wᵀ + b`; `scratch` is the bf16 path's buffer, reused across layers.
 fn dense(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, scratch: &mut Vec<u32>) {
-    for row in out.chunks_exact_mut(d.d_out) {
-        row.copy_from_slice(&d.bias);
-    }
-    dense_product(x, d, out, par, scratch);
+    dense_into(x, d, out, false, par, scratch);
 }
 
 /// `out += x · Wᵀ + b`.
 fn dense_add(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, scratch: &mut Vec<u32>) {
-    for row in out.chunks_exact_mut(d.d_out) {
-        add(row, &d.bias);
-    }
-    dense_product(x, d, out, par, scratch);
+    dense_into(x, d, out, true, par, scratch);
 }
 
-fn dense_product(x: &[f32], d: &Dense, out: &mut [f32], par: Parallelism, scratch: &mut Vec<u32>) {
-    match &d.packed {
-        Some(p) => {
-            debug_assert_eq!(p.outputs(), d.d_out);
-            bf16::matmul_acc(out, x, p, scratch, !matches!(par, Parallelism::None));
-        }
-        None => matmul_acc(out, x, &d.weight, d.d_in, d.d_out, par),
+fn dense_into(
+    x: &[f32],
+    d: &Dense,
+    out: &mut [f32],
+    accumulate: bool,
+    par: Parallelism,
+    scratch: &mut Vec<u32>,
+) {
+    if let Some(p) = &d.packed {
+        debug_assert_eq!(p.outputs(), d.d_out);
+        let parallel = !matches!(par, Parallelism::None);
+        bf16::dense(out, x, p, &d.bias, accumulate, scratch, parallel);
+        return;
     }
+    for row in out.chunks_exact_mut(d.d_out) {
+        if accumulate {
+            add(row, &d.bias);
+        } else {
+            row.copy_from_slice(&d.bias);
+        }
+    }
+    matmul_acc(out, x, &d.weight, d.d_in, d.d_out, par);
 }
 
 /// `out[m, n] += a[m, k] · w[n, k]ᵀ`, all row-major: `w` is a PyTorch `[out, in]` weight.
