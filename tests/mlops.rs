@@ -738,6 +738,26 @@ fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
     std::fs::create_dir_all(&stale).expect("stale dir");
     std::fs::write(stale.join("weights.safetensors"), b"partial").expect("partial file");
 
+    // One text labelled 20 times (case and spacing aside) is one new row, as training
+    // counts it: below min_new_rows = 10.
+    let same = (0..20).map(|i| {
+        let text = if i % 2 == 0 {
+            "Same  text AGAIN"
+        } else {
+            "same text again"
+        };
+        serde_json::json!({"text": text, "label": "negative"})
+    });
+    let r = d.post(
+        "/feedback",
+        Some("application/json"),
+        &serde_json::json!({"items": same.collect::<Vec<_>>()}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("only 1 new labelled rows"), "{body}");
+
     let r = d.post(
         "/feedback",
         Some("application/json"),

@@ -11,13 +11,13 @@
 use actix::{Actor, Addr, AsyncContext, Context, Handler};
 use sentimentd_config::Config;
 use sentimentd_data::labelled::{self, LabelledStore};
-use sentimentd_data::{Dataset, load_dataset};
+use sentimentd_data::{Dataset, Label, load_dataset};
 use sentimentd_model::pipeline::{self, TrainJob};
 use sentimentd_model::promotion::Decision;
 use sentimentd_model::train::{EpochReport, TrainObserver};
 use sentimentd_model::{Classifier, EvalMetrics, ModelStore};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -215,8 +215,10 @@ pub fn lower_priority(nice: i32) {
     let _ = nice;
 }
 
-/// Labelled rows in files no retrain has seen yet and that the serving model was not
-/// trained on.
+/// Labelled texts in files no retrain has seen yet and that the serving model was not
+/// trained on, counted as training counts them: once per normalised text, and only if the
+/// seen files do not already hold that text with the same label (a repeat adds nothing; a
+/// relabelled text does).
 fn new_labelled_rows(cfg: &Config, state: &RetrainState) -> Result<usize, String> {
     let store = LabelledStore::open(&cfg.ingest.labelled_dir).map_err(|e| e.to_string())?;
     let mut seen: BTreeSet<String> = state.seen_files.iter().cloned().collect();
@@ -226,13 +228,16 @@ fn new_labelled_rows(cfg: &Config, state: &RetrainState) -> Result<usize, String
     {
         seen.extend(m.labelled_files);
     }
-    let mut n = 0;
-    for name in store.names().map_err(|e| e.to_string())? {
-        if !seen.contains(&name) {
-            n += store.read(&name).map(|f| f.rows.len()).unwrap_or(0);
-        }
-    }
-    Ok(n)
+    let files = store.read_all().map_err(|e| e.to_string())?;
+    let (old, new): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| seen.contains(&f.name));
+    let known: HashSet<(String, Label)> = labelled::deduplicate(&old)
+        .into_iter()
+        .map(|r| (labelled::normalise_text(&r.text), r.label))
+        .collect();
+    Ok(labelled::deduplicate(&new)
+        .into_iter()
+        .filter(|r| !known.contains(&(labelled::normalise_text(&r.text), r.label)))
+        .count())
 }
 
 struct RetrainRun {
