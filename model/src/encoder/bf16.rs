@@ -82,8 +82,8 @@ fn pair(lo: f32, hi: f32) -> u32 {
 
 /// `out[m, n] = a[m, k] · Wᵀ + bias`, or `out += a · Wᵀ + bias` when `accumulate`: the bias
 /// goes into the sums' first value, saving a pass over `out`. `scratch` holds `a` in bf16
-/// between calls, so the buffer is allocated once per forward. With `parallel`, rows are
-/// split across rayon's threads.
+/// between calls, so the buffer is allocated once per forward. With `parallel`, the output
+/// columns are split across rayon's threads.
 pub(super) fn dense(
     out: &mut [f32],
     a: &[f32],
@@ -115,15 +115,42 @@ pub(super) fn dense(
     } else {
         1
     };
-    let rows_per = m.div_ceil(threads.max(1)).max(ROWS);
-    if threads > 1 && m > rows_per {
-        out.par_chunks_mut(rows_per * n)
-            .zip(scratch.par_chunks(rows_per * pairs))
-            // SAFETY: as above; the chunks hold whole rows of `out` and of the bf16 input.
-            .for_each(|(o, a)| unsafe { block(o, a, w, bias, accumulate) });
+    let panels = n / LANES;
+    let out = Out(out.as_mut_ptr());
+    let a = scratch.as_slice();
+    if threads > 1 && panels >= 2 * PANELS {
+        // Columns per thread, not rows: parallel calls are for one tweet or a few (about 30
+        // rows), which split by rows leave each thread ragged register blocks and the whole
+        // weight to read; split by columns each reads its share of the weight.
+        let per = panels.div_ceil(threads).next_multiple_of(PANELS);
+        let shares: Vec<_> = (0..panels)
+            .step_by(per)
+            .map(|p| p..(p + per).min(panels))
+            .collect();
+        // SAFETY: as above; `out` holds m rows of n floats and each thread writes only the
+        // columns of its own panels, so no two threads write the same float.
+        shares
+            .into_par_iter()
+            .for_each(|share| unsafe { block(out.get(), m, a, w, bias, accumulate, share) });
     } else {
         // SAFETY: as above.
-        unsafe { block(out, scratch, w, bias, accumulate) };
+        unsafe { block(out.get(), m, a, w, bias, accumulate, 0..panels) };
+    }
+}
+
+/// The output's address, for threads that write disjoint columns of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: an `Out` is only handed to threads that write disjoint parts of the output, while
+// the `&mut` it came from is not used (see `dense`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Through a method, so closures capture the `Out` (Send), not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -159,30 +186,38 @@ unsafe fn convert(_: &[f32], _: &mut [u32]) {
     unreachable!("available() is false off x86_64")
 }
 
-/// [`dense`] for whole rows: `a` in bf16 pairs (`k / 2` per row), `out` `n` per row.
+/// [`dense`] over the columns of `panels`: `a` is `m` rows of bf16 pairs (`k / 2` each),
+/// `out` `m` rows of `n` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn block(out: &mut [f32], a: &[u32], w: &Packed, bias: &[f32], accumulate: bool) {
+unsafe fn block(
+    out: *mut f32,
+    m: usize,
+    a: &[u32],
+    w: &Packed,
+    bias: &[f32],
+    accumulate: bool,
+    panels: std::ops::Range<usize>,
+) {
     let (pairs, n) = (w.k / 2, w.n);
-    let m = a.len() / pairs;
-    let panels = n / LANES;
-    let mut p = 0;
-    while p < panels {
-        let width = if panels - p >= PANELS { PANELS } else { 1 };
+    let mut p = panels.start;
+    while p < panels.end {
+        let width = if panels.end - p >= PANELS { PANELS } else { 1 };
         let mut r = 0;
         while r < m {
             let rows = (m - r).min(ROWS);
             let args = Tile {
                 a: a[r * pairs..].as_ptr(),
                 w: w.data[p * pairs * LANES..].as_ptr(),
-                out: out[r * n + p * LANES..].as_mut_ptr(),
+                // SAFETY: r < m and p < n / 16, inside the m × n output.
+                out: unsafe { out.add(r * n + p * LANES) },
                 bias: bias[p * LANES..].as_ptr(),
                 accumulate,
                 pairs,
                 n,
             };
-            // SAFETY: the tile covers rows r..r + rows < m and panels p..p + width <= panels,
-            // which `a`, the packed weight and `out` hold in full (see `Tile`).
+            // SAFETY: the tile covers rows r..r + rows <= m and panels p..p + width <= n / 16,
+            // which `a`, the packed weight, `bias` and `out` hold in full (see `Tile`).
             unsafe {
                 match (rows, width) {
                     (6, 4) => tile::<6, 4>(args),
@@ -206,7 +241,15 @@ unsafe fn block(out: &mut [f32], a: &[u32], w: &Packed, bias: &[f32], accumulate
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block(_: &mut [f32], _: &[u32], _: &Packed, _: &[f32], _: bool) {
+unsafe fn block(
+    _: *mut f32,
+    _: usize,
+    _: &[u32],
+    _: &Packed,
+    _: &[f32],
+    _: bool,
+    _: std::ops::Range<usize>,
+) {
     unreachable!("available() is false off x86_64")
 }
 
@@ -276,7 +319,13 @@ mod tests {
             return;
         }
         let bf = |x: f32| f64::from(f32::from_bits(to_bf16(x) << 16));
-        for (m, k, n) in [(1, 2, 16), (7, 34, 48), (13, 384, 80), (30, 64, 1152)] {
+        for (m, k, n) in [
+            (1, 2, 16),
+            (7, 34, 48),
+            (13, 384, 80),
+            (5, 40, 288),
+            (30, 64, 1152),
+        ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
                 .collect();
