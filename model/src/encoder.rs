@@ -21,6 +21,7 @@ use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::error::ModelError;
 use crate::train::Backend;
@@ -179,7 +180,34 @@ struct Weights<'a> {
     device: Device,
 }
 
-impl Weights<'_> {
+impl<'a> Weights<'a> {
+    /// The tensors of `bytes` (the `model.safetensors` of `dir`) with `tuned` over them.
+    fn new(
+        dir: &Path,
+        bytes: &'a [u8],
+        tuned: Option<&'a [u8]>,
+        device: &Device,
+    ) -> Result<Weights<'a>, ModelError> {
+        let file = dir.join("model.safetensors");
+        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Corrupt {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let tuned = tuned
+            .map(SafeTensors::deserialize)
+            .transpose()
+            .map_err(|e| ModelError::Corrupt {
+                path: file.clone(),
+                reason: format!("fine-tuned layers: {e}"),
+            })?;
+        Ok(Weights {
+            file,
+            st,
+            tuned,
+            device: device.clone(),
+        })
+    }
+
     fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let corrupt = |reason: String| ModelError::Corrupt {
             path: self.file.clone(),
@@ -250,13 +278,51 @@ impl Weights<'_> {
     }
 }
 
+/// The burn network over `w`.
+fn build_bert(w: &Weights<'_>, c: &BertConfig) -> Result<Bert, ModelError> {
+    let (h, eps) = (c.hidden_size, c.layer_norm_eps);
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("encoder.layer.{i}");
+        layers.push(Layer {
+            query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
+            key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
+            value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
+            attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+            attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
+            intermediate: w.linear(&format!("{p}.intermediate.dense"), h, c.intermediate_size)?,
+            output: w.linear(&format!("{p}.output.dense"), c.intermediate_size, h)?,
+            output_norm: w.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+        });
+    }
+    Ok(Bert {
+        word: w.embedding("embeddings.word_embeddings", c.vocab_size, h)?,
+        position: w.embedding(
+            "embeddings.position_embeddings",
+            c.max_position_embeddings,
+            h,
+        )?,
+        token_type: w.embedding("embeddings.token_type_embeddings", c.type_vocab_size, h)?,
+        embedding_norm: w.norm("embeddings.LayerNorm", h, eps)?,
+        layers,
+        heads: c.num_attention_heads,
+    })
+}
+
 /// The pretrained encoder with its tokenizer.
 pub struct SentenceEncoder {
     pub config: BertConfig,
     /// SHA-256 of the encoder's files and `max_seq_len`: what an embedding cache is keyed by.
     fingerprint: String,
-    pub(crate) bert: Bert,
-    /// The weights of `bert` again, laid out for the serving forward.
+    /// The burn network, for fine-tuning and as the serving forward's reference: built on
+    /// first use from the files (checked against `model_sha`), so a serving process, which
+    /// never needs it, does not hold the weights twice.
+    bert: OnceLock<Bert>,
+    /// SHA-256 of `model.safetensors` as loaded.
+    model_sha: [u8; 32],
+    /// The fine-tuned layers the encoder was loaded with, for building `bert`.
+    tuned: Option<Vec<u8>>,
+    /// The serving forward.
     fast: cpu::CpuBert,
     tokenizer: tokenizers::Tokenizer,
     max_seq_len: usize,
@@ -352,57 +418,15 @@ impl SentenceEncoder {
             }
             hex::encode(h.finalize())
         };
-        let file = dir.join("model.safetensors");
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Corrupt {
-            path: file.clone(),
-            reason: e.to_string(),
-        })?;
-        let tuned = tuned
-            .map(SafeTensors::deserialize)
-            .transpose()
-            .map_err(|e| ModelError::Corrupt {
-                path: file.clone(),
-                reason: format!("fine-tuned layers: {e}"),
-            })?;
-        let w = Weights {
-            file,
-            st,
-            tuned,
-            device: device.clone(),
+        let w = Weights::new(dir, &bytes, tuned, device)?;
+        // This reads (and checks the name, type and shape of) every tensor the burn network
+        // is built from, so a later `bert()` fails only if the file changes meanwhile.
+        let fast = cpu::CpuBert::load(&w, &config, precision == Precision::Auto)?;
+        let model_sha = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&bytes).into()
         };
         let c = &config;
-        let (h, eps) = (c.hidden_size, c.layer_norm_eps);
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            layers.push(Layer {
-                query: w.linear(&format!("{p}.attention.self.query"), h, h)?,
-                key: w.linear(&format!("{p}.attention.self.key"), h, h)?,
-                value: w.linear(&format!("{p}.attention.self.value"), h, h)?,
-                attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                intermediate: w.linear(
-                    &format!("{p}.intermediate.dense"),
-                    h,
-                    c.intermediate_size,
-                )?,
-                output: w.linear(&format!("{p}.output.dense"), c.intermediate_size, h)?,
-                output_norm: w.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
-            });
-        }
-        let fast = cpu::CpuBert::load(&w, c, precision == Precision::Auto)?;
-        let bert = Bert {
-            word: w.embedding("embeddings.word_embeddings", c.vocab_size, h)?,
-            position: w.embedding(
-                "embeddings.position_embeddings",
-                c.max_position_embeddings,
-                h,
-            )?,
-            token_type: w.embedding("embeddings.token_type_embeddings", c.type_vocab_size, h)?,
-            embedding_norm: w.norm("embeddings.LayerNorm", h, eps)?,
-            layers,
-            heads: c.num_attention_heads,
-        };
         let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| missing(dir, &format!("cannot load tokenizer.json: {e}")))?;
         // Batches are padded here, to their own longest text, not to the file's fixed 128.
@@ -417,7 +441,9 @@ impl SentenceEncoder {
         Ok(SentenceEncoder {
             config,
             fingerprint,
-            bert,
+            bert: OnceLock::new(),
+            model_sha,
+            tuned: tuned.map(<[u8]>::to_vec),
             fast,
             tokenizer,
             max_seq_len,
@@ -428,6 +454,30 @@ impl SentenceEncoder {
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The burn network, built from the files on first use.
+    pub(crate) fn bert(&self) -> Result<&Bert, ModelError> {
+        if let Some(b) = self.bert.get() {
+            return Ok(b);
+        }
+        let file = self.dir.join("model.safetensors");
+        let bytes = std::fs::read(&file).map_err(ModelError::io(&file))?;
+        let sha: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&bytes).into()
+        };
+        if sha != self.model_sha {
+            return Err(ModelError::Corrupt {
+                path: file,
+                reason: "the file changed since the encoder was loaded; restart to load it again"
+                    .into(),
+            });
+        }
+        let w = Weights::new(&self.dir, &bytes, self.tuned.as_deref(), &self.device)?;
+        let bert = build_bert(&w, &self.config)?;
+        // Two threads may build at once; one copy is kept, the other dropped.
+        Ok(self.bert.get_or_init(|| bert))
     }
 
     pub fn dir(&self) -> &Path {
@@ -468,7 +518,7 @@ impl SentenceEncoder {
             return Ok(Vec::new());
         }
         let flat = self
-            .bert
+            .bert()?
             .embed(batch, &self.device)
             .into_data()
             .try_to_vec::<f32>()
@@ -691,6 +741,45 @@ mod tests {
         let too_long = vec![101; enc.config.max_position_embeddings + 1];
         assert!(enc.embed_ids(&[too_long]).is_err());
         assert_eq!(enc.embed_ids(&[]).map(|e| e.len()).ok(), Some(0));
+    }
+
+    #[test]
+    fn the_burn_network_is_built_on_first_use_from_the_file_as_loaded() {
+        let own = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(encoder_dir().join(f), own.path().join(f))
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+        let enc = SentenceEncoder::load_tuned(own.path(), 64, Backend::Flex, Precision::F32, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(enc.bert.get().is_none(), "not built at load");
+        let ids = vec![
+            enc.tokenize("built when needed")
+                .unwrap_or_else(|e| panic!("{e}")),
+        ];
+        let first = enc.embed_ids_burn(&ids).unwrap_or_else(|e| panic!("{e}"));
+        assert!(enc.bert.get().is_some());
+        // Built once: a changed file no longer matters to this encoder...
+        let file = own.path().join("model.safetensors");
+        let mut bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+        bytes.push(0);
+        std::fs::write(&file, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(enc.embed_ids_burn(&ids).ok(), Some(first));
+        // ...but one loaded before the change refuses to build from it.
+        std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap_or_else(|e| panic!("{e}"));
+        let other =
+            SentenceEncoder::load_tuned(own.path(), 64, Backend::Flex, Precision::F32, None)
+                .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let err = other
+            .embed_ids_burn(&ids)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("changed since the encoder was loaded"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn frozen_states(
     for chunk in order.chunks(batch.max(1)) {
         let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
         let (ids_t, mask, len) = id_batch(&seqs, &encoder.device);
-        let out = to_vec(encoder.bert.hidden(ids_t, mask, upto))?;
+        let out = to_vec(encoder.bert()?.hidden(ids_t, mask, upto))?;
         for (row, &i) in chunk.iter().enumerate() {
             let n = ids[i].len();
             let start = row * len * dim;
@@ -333,7 +333,8 @@ pub fn fine_tune(
     checkpoint_dir: &Path,
     observer: &mut dyn TrainObserver,
 ) -> Result<FineTuned, ModelError> {
-    let total_layers = encoder.bert.layers.len();
+    let bert = encoder.bert()?;
+    let total_layers = bert.layers.len();
     if params.layers == 0 || params.layers > total_layers {
         return Err(ModelError::Training(format!(
             "[transformer] finetune_layers = {}, but the encoder has {total_layers} layers",
@@ -365,12 +366,12 @@ pub fn fine_tune(
     );
     let b = Tensor::<1>::from_data(TensorData::new(head.bias.to_vec(), [3]), &encoder.device);
     let fresh = Top {
-        layers: encoder.bert.layers[upto..].to_vec(),
+        layers: bert.layers[upto..].to_vec(),
         head: Linear {
             weight: Param::from_tensor(w),
             bias: Some(Param::from_tensor(b)),
         },
-        heads: encoder.bert.heads,
+        heads: bert.heads,
     }
     .fork(&device)
     .train();
