@@ -258,6 +258,17 @@ fn train_reports_a_bad_data_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.csv") && err.contains("text"), "{err}");
     assert!(!env.dir.path().join("models/current").exists());
+    // A file that is not there: named once, its cause said once.
+    let gone = env.dir.path().join("gone.csv");
+    let out = env.run(&["eval", "--data", gone.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(line.contains("gone.csv"), "{err}");
+    assert_eq!(line.matches("os error 2").count(), 1, "{err}");
 }
 
 #[test]
