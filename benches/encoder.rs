@@ -43,16 +43,20 @@ fn bench(c: &mut Criterion) {
         lens.get(lens.len() * 9 / 10).copied().unwrap_or(0),
         lens.last().copied().unwrap_or(0),
     );
-    type Embed = fn(&SentenceEncoder, &[&str], usize) -> Result<Vec<Vec<f32>>, ModelError>;
+    let burn = match enc.burn() {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    };
+    type Embed<'a> = Box<dyn Fn(&[&str], usize) -> Result<Vec<Vec<f32>>, ModelError> + 'a>;
     let serving = format!("fast-{}", enc.serving_precision());
-    let mut paths: Vec<(&str, &SentenceEncoder, Embed)> = vec![
-        (&serving, &enc, SentenceEncoder::embed),
-        ("fast-f32", &f32_enc, SentenceEncoder::embed),
-        ("burn-flex", &enc, SentenceEncoder::embed_burn),
+    let mut paths: Vec<(&str, Embed)> = vec![
+        (&serving, Box::new(|t, b| enc.embed(t, b))),
+        ("fast-f32", Box::new(|t, b| f32_enc.embed(t, b))),
+        ("burn-flex", Box::new(|t, b| burn.embed(t, b))),
     ];
     // Without AVX512-BF16 the serving forward is the f32 one: measured once.
     paths.dedup_by_key(|p| p.0);
-    for (name, enc, embed) in paths {
+    for (name, embed) in paths {
         let mut group = c.benchmark_group(format!("encoder/{name}"));
         group.sample_size(10);
         group.throughput(Throughput::Elements(1));
@@ -60,11 +64,11 @@ fn bench(c: &mut Criterion) {
         group.bench_function("batch_1", |b| {
             b.iter(|| {
                 i = (i + 1) % texts.len();
-                black_box(embed(enc, &texts[i..=i], 1))
+                black_box(embed(&texts[i..=i], 1))
             })
         });
         group.throughput(Throughput::Elements(texts.len() as u64));
-        group.bench_function("batch_32", |b| b.iter(|| black_box(embed(enc, &texts, 32))));
+        group.bench_function("batch_32", |b| b.iter(|| black_box(embed(&texts, 32))));
         group.finish();
     }
 }

@@ -213,7 +213,11 @@ fn train_a_transformer_beside_fast_and_format1_versions_and_serve_it() {
 
     // The transformer: the encoder's embeddings, a head, and the fast model averaged in.
     let out = env.ok(&["train"]);
-    let products = if std::is_x86_feature_detected!("avx512bf16") {
+    #[cfg(target_arch = "x86_64")]
+    let bf16 = std::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let bf16 = false;
+    let products = if bf16 {
         "(bf16 products;"
     } else {
         "(f32 products;"

@@ -216,9 +216,9 @@ pub fn lower_priority(nice: i32) {
 }
 
 /// Labelled texts in files no retrain has seen yet and that the serving model was not
-/// trained on, counted as training counts them: once per normalised text, and only if the
-/// seen files do not already hold that text with the same label (a repeat adds nothing; a
-/// relabelled text does).
+/// trained on: once per normalised text, as training deduplicates, and only if the seen
+/// files do not already hold that text with the same label (a repeat adds nothing; a
+/// relabelled text does). Rows a run will hold out for the gate are counted too.
 fn new_labelled_rows(cfg: &Config, state: &RetrainState) -> Result<usize, String> {
     let store = LabelledStore::open(&cfg.ingest.labelled_dir).map_err(|e| e.to_string())?;
     let mut seen: BTreeSet<String> = state.seen_files.iter().cloned().collect();

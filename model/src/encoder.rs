@@ -21,7 +21,6 @@ use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use crate::error::ModelError;
 use crate::train::Backend;
@@ -309,19 +308,49 @@ fn build_bert(w: &Weights<'_>, c: &BertConfig) -> Result<Bert, ModelError> {
     })
 }
 
+/// The burn network of an encoder (see [`SentenceEncoder::burn`]).
+pub struct BurnEncoder<'a> {
+    encoder: &'a SentenceEncoder,
+    pub(crate) bert: Bert,
+}
+
+impl BurnEncoder<'_> {
+    /// [`SentenceEncoder::embed_ids`] through the burn network.
+    pub fn embed_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let flat = self
+            .bert
+            .embed(batch, &self.encoder.device)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Training(format!("{e:?}")))?;
+        Ok(flat
+            .chunks_exact(self.encoder.dim())
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// [`SentenceEncoder::embed`] through the burn network.
+    pub fn embed(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.encoder
+            .embed_with(texts, batch_size, |b| self.embed_ids(b))
+    }
+}
+
 /// The pretrained encoder with its tokenizer.
 pub struct SentenceEncoder {
     pub config: BertConfig,
     /// SHA-256 of the encoder's files and `max_seq_len`: what an embedding cache is keyed by.
     fingerprint: String,
-    /// The burn network, for fine-tuning and as the serving forward's reference: built on
-    /// first use from the files (checked against `model_sha`), so a serving process, which
-    /// never needs it, does not hold the weights twice.
-    bert: OnceLock<Bert>,
-    /// SHA-256 of `model.safetensors` as loaded.
+    /// SHA-256 of `model.safetensors` as loaded, which [`SentenceEncoder::burn`] checks the
+    /// file against: the burn network (fine-tuning, the parity tests) is built from the file
+    /// when asked for and never kept here, so a serving process, which does not need it,
+    /// holds the weights once.
     model_sha: [u8; 32],
-    /// The fine-tuned layers the encoder was loaded with, for building `bert`.
-    tuned: Option<Vec<u8>>,
+    /// Whether fine-tuned layers were loaded over the pretrained ones.
+    tuned: bool,
     /// The serving forward.
     fast: cpu::CpuBert,
     tokenizer: tokenizers::Tokenizer,
@@ -441,9 +470,8 @@ impl SentenceEncoder {
         Ok(SentenceEncoder {
             config,
             fingerprint,
-            bert: OnceLock::new(),
             model_sha,
-            tuned: tuned.map(<[u8]>::to_vec),
+            tuned: tuned.is_some(),
             fast,
             tokenizer,
             max_seq_len,
@@ -456,10 +484,18 @@ impl SentenceEncoder {
         &self.fingerprint
     }
 
-    /// The burn network, built from the files on first use.
-    pub(crate) fn bert(&self) -> Result<&Bert, ModelError> {
-        if let Some(b) = self.bert.get() {
-            return Ok(b);
+    /// The burn network of this (pretrained) encoder, built from its files: for fine-tuning
+    /// and as the reference the serving forward is held to. The caller keeps it as long as
+    /// it needs it.
+    pub fn burn(&self) -> Result<BurnEncoder<'_>, ModelError> {
+        if self.tuned {
+            // Nothing needs it, and keeping the tuned layers' bytes for it would cost memory
+            // in every serving process.
+            return Err(ModelError::Training(
+                "the burn network is built for pretrained encoders, and this one has \
+                 fine-tuned layers"
+                    .into(),
+            ));
         }
         let file = self.dir.join("model.safetensors");
         let bytes = std::fs::read(&file).map_err(ModelError::io(&file))?;
@@ -474,10 +510,11 @@ impl SentenceEncoder {
                     .into(),
             });
         }
-        let w = Weights::new(&self.dir, &bytes, self.tuned.as_deref(), &self.device)?;
-        let bert = build_bert(&w, &self.config)?;
-        // Two threads may build at once; one copy is kept, the other dropped.
-        Ok(self.bert.get_or_init(|| bert))
+        let w = Weights::new(&self.dir, &bytes, None, &self.device)?;
+        Ok(BurnEncoder {
+            encoder: self,
+            bert: build_bert(&w, &self.config)?,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -511,34 +548,10 @@ impl SentenceEncoder {
         Ok(flat.chunks_exact(self.dim()).map(<[f32]>::to_vec).collect())
     }
 
-    /// [`Self::embed_ids`] through the burn network: the reference the serving forward is
-    /// held to, and the figure it is measured against.
-    pub fn embed_ids_burn(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let flat = self
-            .bert()?
-            .embed(batch, &self.device)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Training(format!("{e:?}")))?;
-        Ok(flat.chunks_exact(self.dim()).map(<[f32]>::to_vec).collect())
-    }
-
     /// Embeddings of `texts`, in order. Texts are grouped by token length into batches of at
     /// most `batch_size`, so texts of a batch are alike in length.
     pub fn embed(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, ModelError> {
         self.embed_with(texts, batch_size, |b| self.embed_ids(b))
-    }
-
-    /// [`Self::embed`] through the burn network (see [`Self::embed_ids_burn`]).
-    pub fn embed_burn(
-        &self,
-        texts: &[&str],
-        batch_size: usize,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.embed_with(texts, batch_size, |b| self.embed_ids_burn(b))
     }
 
     fn embed_with(
@@ -703,7 +716,10 @@ mod tests {
         // And a sequence with no tokens at all, which only `embed_ids` can be given.
         ids.push(Vec::new());
         let fast = enc.embed_ids(&ids).unwrap_or_else(|e| panic!("{e}"));
-        let burn = enc.embed_ids_burn(&ids).unwrap_or_else(|e| panic!("{e}"));
+        let burn = enc
+            .burn()
+            .and_then(|b| b.embed_ids(&ids))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut worst = 0.0f64;
         for ((f, b), seq) in fast.iter().zip(&burn).zip(&ids) {
             if seq.is_empty() {
@@ -744,38 +760,31 @@ mod tests {
     }
 
     #[test]
-    fn the_burn_network_is_built_on_first_use_from_the_file_as_loaded() {
+    fn the_burn_network_is_built_from_the_file_as_loaded() {
         let own = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         for f in ["config.json", "model.safetensors", "tokenizer.json"] {
             std::fs::copy(encoder_dir().join(f), own.path().join(f))
                 .unwrap_or_else(|e| panic!("{f}: {e}"));
         }
-        let enc = SentenceEncoder::load_tuned(own.path(), 64, Backend::Flex, Precision::F32, None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(enc.bert.get().is_none(), "not built at load");
+        let load = || {
+            SentenceEncoder::load_tuned(own.path(), 64, Backend::Flex, Precision::F32, None)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let enc = load();
         let ids = vec![
             enc.tokenize("built when needed")
                 .unwrap_or_else(|e| panic!("{e}")),
         ];
-        let first = enc.embed_ids_burn(&ids).unwrap_or_else(|e| panic!("{e}"));
-        assert!(enc.bert.get().is_some());
-        // Built once: a changed file no longer matters to this encoder...
+        let burn = enc.burn().unwrap_or_else(|e| panic!("{e}"));
+        let first = burn.embed_ids(&ids).unwrap_or_else(|e| panic!("{e}"));
+        // A network already built does not care that the file changes...
         let file = own.path().join("model.safetensors");
         let mut bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
         bytes.push(0);
         std::fs::write(&file, &bytes).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(enc.embed_ids_burn(&ids).ok(), Some(first));
-        // ...but one loaded before the change refuses to build from it.
-        std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap_or_else(|e| panic!("{e}"));
-        let other =
-            SentenceEncoder::load_tuned(own.path(), 64, Backend::Flex, Precision::F32, None)
-                .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&file, &bytes).unwrap_or_else(|e| panic!("{e}"));
-        let err = other
-            .embed_ids_burn(&ids)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        assert_eq!(burn.embed_ids(&ids).ok(), Some(first));
+        // ...but the encoder refuses to build another from a file it did not load.
+        let err = enc.burn().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             err.contains("changed since the encoder was loaded"),
             "{err}"

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use sentimentd_data::Label;
 
-use crate::encoder::{Layer, SentenceEncoder, attention_bias, id_batch, pool};
+use crate::encoder::{Bert, Layer, SentenceEncoder, attention_bias, id_batch, pool};
 use crate::error::ModelError;
 use crate::head::LinearHead;
 use crate::metrics::EvalMetrics;
@@ -135,6 +135,7 @@ struct Frozen {
 
 fn frozen_states(
     encoder: &SentenceEncoder,
+    bert: &Bert,
     texts: &[String],
     upto: usize,
     batch: usize,
@@ -152,7 +153,7 @@ fn frozen_states(
     for chunk in order.chunks(batch.max(1)) {
         let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
         let (ids_t, mask, len) = id_batch(&seqs, &encoder.device);
-        let out = to_vec(encoder.bert()?.hidden(ids_t, mask, upto))?;
+        let out = to_vec(bert.hidden(ids_t, mask, upto))?;
         for (row, &i) in chunk.iter().enumerate() {
             let n = ids[i].len();
             let start = row * len * dim;
@@ -333,7 +334,9 @@ pub fn fine_tune(
     checkpoint_dir: &Path,
     observer: &mut dyn TrainObserver,
 ) -> Result<FineTuned, ModelError> {
-    let bert = encoder.bert()?;
+    // Built for this run and dropped with it: the encoder is shared with serving.
+    let burn = encoder.burn()?;
+    let bert = &burn.bert;
     let total_layers = bert.layers.len();
     if params.layers == 0 || params.layers > total_layers {
         return Err(ModelError::Training(format!(
@@ -352,10 +355,10 @@ pub fn fine_tune(
         train.0.len(),
         selection.0.len()
     ));
-    let frozen = frozen_states(encoder, train.0, upto, 32, |d, n| {
+    let frozen = frozen_states(encoder, bert, train.0, upto, 32, |d, n| {
         observer.on_progress("frozen layers, training texts", d, n)
     })?;
-    let sel = frozen_states(encoder, selection.0, upto, 32, |d, n| {
+    let sel = frozen_states(encoder, bert, selection.0, upto, 32, |d, n| {
         observer.on_progress("frozen layers, selection texts", d, n)
     })?;
 

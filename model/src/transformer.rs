@@ -348,7 +348,13 @@ impl EmbeddingCache {
     pub fn open(dir: &Path, encoder: &SentenceEncoder) -> Result<EmbeddingCache, ModelError> {
         std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
         let fp = encoder.fingerprint();
-        let path = dir.join(format!("{}.emb", &fp[..fp.len().min(32)]));
+        // Embeddings from bf16 products differ (slightly) from f32 ones: each has its file,
+        // so training reads what serving computes. f32 keeps the name it always had.
+        let products = match encoder.serving_precision() {
+            "f32" => String::new(),
+            p => format!("-{p}"),
+        };
+        let path = dir.join(format!("{}{products}.emb", &fp[..fp.len().min(32)]));
         EmbeddingCache::read(&path, encoder.dim())
     }
 

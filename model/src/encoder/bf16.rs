@@ -45,7 +45,8 @@ impl Packed {
     /// `None` for shapes the kernel does not cover (`k` odd, `n` not a multiple of 16): such
     /// a layer stays f32.
     pub(super) fn new(w: &[f32], n: usize, k: usize) -> Option<Packed> {
-        if !k.is_multiple_of(2) || !n.is_multiple_of(LANES) || w.len() != n * k || n == 0 {
+        if k == 0 || !k.is_multiple_of(2) || !n.is_multiple_of(LANES) || w.len() != n * k || n == 0
+        {
             return None;
         }
         let pairs = k / 2;
@@ -66,11 +67,15 @@ impl Packed {
     }
 }
 
-/// f32 to bf16, rounded to nearest with ties to even as `vcvtne2ps2bf16` rounds.
+/// f32 to bf16 as `vcvtne2ps2bf16` converts: rounded to nearest with ties to even, and
+/// subnormal inputs taken as (signed) zero.
 fn to_bf16(x: f32) -> u32 {
     let b = x.to_bits();
     if x.is_nan() {
         return (b >> 16) | 0x40;
+    }
+    if x.is_subnormal() {
+        return (b >> 16) & 0x8000;
     }
     (b + 0x7fff + ((b >> 16) & 1)) >> 16
 }
@@ -335,7 +340,9 @@ mod tests {
             let packed = Packed::new(&w, n, k).unwrap_or_else(|| panic!("{n}x{k} packs"));
             let start: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.25).collect();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * -0.5).collect();
-            for (parallel, accumulate) in [(false, false), (false, true), (true, true)] {
+            for (parallel, accumulate) in
+                [(false, false), (false, true), (true, false), (true, true)]
+            {
                 let mut out = start.clone();
                 dense(
                     &mut out,
@@ -372,6 +379,8 @@ mod tests {
         assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
         assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
         assert!(f32::from_bits(to_bf16(f32::NAN) << 16).is_nan());
+        assert_eq!(to_bf16(-f32::MIN_POSITIVE / 2.0), 0x8000);
+        assert!(Packed::new(&[], 16, 0).is_none());
         assert!(Packed::new(&[0.0; 15 * 4], 15, 4).is_none());
         assert!(Packed::new(&[0.0; 16 * 3], 16, 3).is_none());
     }

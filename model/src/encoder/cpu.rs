@@ -59,7 +59,7 @@ pub(super) struct CpuBert {
     max_positions: usize,
     hidden: usize,
     heads: usize,
-    /// Whether the dense layers run in bf16.
+    /// Whether (some of) the dense layers run in bf16.
     bf16: bool,
 }
 
@@ -68,6 +68,7 @@ impl CpuBert {
     /// AVX512-BF16 (see [`bf16`]); [`CpuBert::uses_bf16`] tells whether it had.
     pub(super) fn load(w: &Weights<'_>, c: &BertConfig, bf16: bool) -> Result<CpuBert, ModelError> {
         let bf16 = bf16 && bf16::available();
+        let mut packed = false;
         let h = c.hidden_size;
         let eps = c.layer_norm_eps as f32;
         let dense = |name: &str, d_in: usize, d_out: usize| -> Result<Dense, ModelError> {
@@ -110,6 +111,15 @@ impl CpuBert {
                 layer.attention_out = layer.attention_out.into_bf16();
                 layer.intermediate = layer.intermediate.into_bf16();
                 layer.output = layer.output.into_bf16();
+                // What the log and `train` report: bf16 only if some layer could take it.
+                packed |= [
+                    &layer.qkv,
+                    &layer.attention_out,
+                    &layer.intermediate,
+                    &layer.output,
+                ]
+                .iter()
+                .any(|d| d.packed.is_some());
             }
             layers.push(layer);
         }
@@ -137,7 +147,7 @@ impl CpuBert {
             max_positions: c.max_position_embeddings,
             hidden: h,
             heads: c.num_attention_heads,
-            bf16,
+            bf16: packed,
         })
     }
 
