@@ -342,13 +342,11 @@ impl BurnEncoder<'_> {
 /// The pretrained encoder with its tokenizer.
 pub struct SentenceEncoder {
     pub config: BertConfig,
-    /// SHA-256 of the encoder's files and `max_seq_len`: what an embedding cache is keyed by.
+    /// SHA-256 of the encoder's files and `max_seq_len`: what an embedding cache is keyed by,
+    /// and what [`SentenceEncoder::burn`] checks the files against: the burn network
+    /// (fine-tuning, the parity tests) is built from them when asked for and never kept
+    /// here, so a serving process, which does not need it, holds the weights once.
     fingerprint: String,
-    /// SHA-256 of `model.safetensors` as loaded, which [`SentenceEncoder::burn`] checks the
-    /// file against: the burn network (fine-tuning, the parity tests) is built from the file
-    /// when asked for and never kept here, so a serving process, which does not need it,
-    /// holds the weights once.
-    model_sha: [u8; 32],
     /// Whether fine-tuned layers were loaded over the pretrained ones.
     tuned: bool,
     /// The serving forward.
@@ -377,6 +375,32 @@ fn missing(dir: &Path, what: &str) -> ModelError {
     }
 }
 
+fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(dir.join(name)).map_err(|e| missing(dir, &format!("cannot read {name}: {e}")))
+}
+
+/// SHA-256 of the encoder in `dir` (its config and tokenizer, `model` the bytes of its
+/// weights), the `max_seq_len` used and the fine-tuned layers if any.
+fn fingerprint(
+    dir: &Path,
+    model: &[u8],
+    max_seq_len: usize,
+    tuned: Option<&[u8]>,
+) -> Result<String, ModelError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for name in ["config.json", "tokenizer.json"] {
+        h.update(read_file(dir, name)?);
+    }
+    h.update(model);
+    h.update((max_seq_len as u64).to_le_bytes());
+    if let Some(t) = tuned {
+        h.update(b"tuned");
+        h.update(t);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 impl SentenceEncoder {
     /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`). Texts are cut to
     /// `max_seq_len` tokens, `[CLS]` and `[SEP]` included.
@@ -398,10 +422,7 @@ impl SentenceEncoder {
         tuned: Option<&[u8]>,
     ) -> Result<SentenceEncoder, ModelError> {
         let device = &crate::train::device_for(backend);
-        let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .map_err(|e| missing(dir, &format!("cannot read {name}: {e}")))
-        };
+        let read = |name: &str| read_file(dir, name);
         let config: BertConfig =
             serde_json::from_slice(&read("config.json")?).map_err(|e| ModelError::Corrupt {
                 path: dir.join("config.json"),
@@ -431,36 +452,17 @@ impl SentenceEncoder {
             });
         }
         let bytes = read("model.safetensors")?;
-        let fingerprint = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            for name in ["config.json", "tokenizer.json"] {
-                h.update(read(name)?);
-            }
-            h.update(&bytes);
-            // The length actually used, so a version records and finds the same value.
-            let used = max_seq_len.clamp(2, config.max_position_embeddings);
-            h.update((used as u64).to_le_bytes());
-            if let Some(t) = tuned {
-                h.update(b"tuned");
-                h.update(t);
-            }
-            hex::encode(h.finalize())
-        };
+        // The length actually used, so a version records and finds the same value.
+        let max_seq_len = max_seq_len.clamp(2, config.max_position_embeddings);
+        let fingerprint = fingerprint(dir, &bytes, max_seq_len, tuned)?;
         let w = Weights::new(dir, &bytes, tuned, device)?;
         // This reads (and checks the name, type and shape of) every tensor the burn network
         // is built from, so a later `bert()` fails only if the file changes meanwhile.
         let fast = cpu::CpuBert::load(&w, &config, precision == Precision::Auto)?;
-        let model_sha = {
-            use sha2::{Digest, Sha256};
-            Sha256::digest(&bytes).into()
-        };
-        let c = &config;
         let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| missing(dir, &format!("cannot load tokenizer.json: {e}")))?;
         // Batches are padded here, to their own longest text, not to the file's fixed 128.
         tokenizer.with_padding(None);
-        let max_seq_len = max_seq_len.clamp(2, c.max_position_embeddings);
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
                 max_length: max_seq_len,
@@ -470,7 +472,6 @@ impl SentenceEncoder {
         Ok(SentenceEncoder {
             config,
             fingerprint,
-            model_sha,
             tuned: tuned.is_some(),
             fast,
             tokenizer,
@@ -497,16 +498,12 @@ impl SentenceEncoder {
                     .into(),
             ));
         }
-        let file = self.dir.join("model.safetensors");
-        let bytes = std::fs::read(&file).map_err(ModelError::io(&file))?;
-        let sha: [u8; 32] = {
-            use sha2::{Digest, Sha256};
-            Sha256::digest(&bytes).into()
-        };
-        if sha != self.model_sha {
+        let bytes = read_file(&self.dir, "model.safetensors")?;
+        if fingerprint(&self.dir, &bytes, self.max_seq_len, None)? != self.fingerprint {
             return Err(ModelError::Corrupt {
-                path: file,
-                reason: "the file changed since the encoder was loaded; restart to load it again"
+                path: self.dir.clone(),
+                reason: "the encoder's files changed since the encoder was loaded; restart to \
+                         load them again"
                     .into(),
             });
         }

@@ -23,13 +23,13 @@ struct Dense {
 }
 
 impl Dense {
-    /// Moves the weight to bf16 if its shape allows; otherwise it stays f32.
-    fn into_bf16(mut self) -> Dense {
+    /// Moves the weight to bf16 if its shape allows (otherwise it stays f32); whether it did.
+    fn pack_bf16(&mut self) -> bool {
         if let Some(p) = bf16::Packed::new(&self.weight, self.d_out, self.d_in) {
             self.packed = Some(p);
             self.weight = Vec::new();
         }
-        self
+        self.packed.is_some()
     }
 }
 
@@ -107,19 +107,16 @@ impl CpuBert {
                 output_norm: norm(&format!("{p}.output.LayerNorm"))?,
             };
             if bf16 {
-                layer.qkv = layer.qkv.into_bf16();
-                layer.attention_out = layer.attention_out.into_bf16();
-                layer.intermediate = layer.intermediate.into_bf16();
-                layer.output = layer.output.into_bf16();
+                let dense = [
+                    &mut layer.qkv,
+                    &mut layer.attention_out,
+                    &mut layer.intermediate,
+                    &mut layer.output,
+                ];
                 // What the log and `train` report: bf16 only if some layer could take it.
-                packed |= [
-                    &layer.qkv,
-                    &layer.attention_out,
-                    &layer.intermediate,
-                    &layer.output,
-                ]
-                .iter()
-                .any(|d| d.packed.is_some());
+                for d in dense {
+                    packed |= d.pack_bf16();
+                }
             }
             layers.push(layer);
         }
