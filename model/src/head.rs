@@ -93,12 +93,18 @@ impl LinearHead {
 
     /// Mean cross-entropy of the true labels.
     pub fn log_loss(&self, xs: &[Vec<f32>], ys: &[Label]) -> f64 {
-        let total: f64 = xs
-            .iter()
-            .zip(ys)
-            .map(|(x, y)| -softmax(self.logits(x))[y.index()].max(1e-12).ln())
-            .sum();
-        total / xs.len().max(1) as f64
+        self.log_loss_weighted(xs, ys, None)
+    }
+
+    /// Mean cross-entropy of the true labels, each row counted by its weight.
+    pub fn log_loss_weighted(&self, xs: &[Vec<f32>], ys: &[Label], w: Option<&[f32]>) -> f64 {
+        let (mut sum, mut total) = (0.0f64, 0.0f64);
+        for (i, (x, y)) in xs.iter().zip(ys).enumerate() {
+            let w = w.map_or(1.0, |w| f64::from(w[i]));
+            sum += -w * softmax(self.logits(x))[y.index()].max(1e-12).ln();
+            total += w;
+        }
+        sum / total.max(f64::MIN_POSITIVE)
     }
 
     pub fn evaluate(&self, xs: &[Vec<f32>], ys: &[Label]) -> EvalMetrics {
@@ -115,6 +121,24 @@ impl LinearHead {
         ys: &[Label],
         sel_x: &[Vec<f32>],
         sel_y: &[Label],
+        params: &HeadParams,
+        on_epoch: impl FnMut(usize, f64),
+    ) -> (LinearHead, HeadReport) {
+        Self::train_weighted(xs, ys, None, sel_x, sel_y, None, params, on_epoch)
+    }
+
+    /// [`LinearHead::train`] with per-row weights: a training row's loss is scaled by its
+    /// weight (class balance counts rows by weight), and the epoch is kept by the selection
+    /// rows' macro-recall counted by their weights. The standardisation stays unweighted: it
+    /// only conditions the optimisation and is folded back into the weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_weighted(
+        xs: &[Vec<f32>],
+        ys: &[Label],
+        weights: Option<&[f32]>,
+        sel_x: &[Vec<f32>],
+        sel_y: &[Label],
+        sel_weights: Option<&[f32]>,
         params: &HeadParams,
         on_epoch: impl FnMut(usize, f64),
     ) -> (LinearHead, HeadReport) {
@@ -145,7 +169,14 @@ impl LinearHead {
                 .collect()
         };
         let (zs, sel_z) = (standardise(xs), standardise(sel_x));
-        let (mut head, report) = Self::train_raw(&zs, ys, &sel_z, sel_y, params, on_epoch);
+        let (mut head, report) = Self::train_raw(
+            &zs,
+            (ys, weights),
+            &sel_z,
+            (sel_y, sel_weights),
+            params,
+            on_epoch,
+        );
         // logits = b + Σ (x_i - m_i) / s_i · w_ic  =  (b - Σ m_i w_ic / s_i) + Σ x_i (w_ic / s_i)
         for i in 0..dim {
             for c in 0..CLASSES {
@@ -159,25 +190,27 @@ impl LinearHead {
 
     fn train_raw(
         xs: &[Vec<f32>],
-        ys: &[Label],
+        (ys, weights): (&[Label], Option<&[f32]>),
         sel_x: &[Vec<f32>],
-        sel_y: &[Label],
+        (sel_y, sel_weights): (&[Label], Option<&[f32]>),
         params: &HeadParams,
         mut on_epoch: impl FnMut(usize, f64),
     ) -> (LinearHead, HeadReport) {
         let dim = xs.first().map_or(0, Vec::len);
         let mut head = LinearHead::zeros(dim);
-        // Balanced: each class weighs as much in the loss whatever its size.
-        let mut counts = [0usize; CLASSES];
-        for y in ys {
-            counts[y.index()] += 1;
+        let row_weight = |i: usize| weights.map_or(1.0, |w| f64::from(w[i]));
+        // Balanced: each class weighs as much in the loss whatever its size (rows counted by
+        // their weights).
+        let mut counts = [0f64; CLASSES];
+        for (i, y) in ys.iter().enumerate() {
+            counts[y.index()] += row_weight(i);
         }
-        let n = ys.len().max(1) as f64;
+        let n = counts.iter().sum::<f64>().max(f64::MIN_POSITIVE);
         let class_weight = counts.map(|c| {
-            if c == 0 {
+            if c <= 0.0 {
                 0.0
             } else {
-                n / (CLASSES as f64 * c as f64)
+                n / (CLASSES as f64 * c)
             }
         });
         let size = dim * CLASSES + CLASSES;
@@ -189,9 +222,9 @@ impl LinearHead {
         for epoch in 1..=params.epochs {
             epochs_run = epoch;
             let mut grad = vec![0.0f64; size];
-            for (x, y) in xs.iter().zip(ys) {
+            for (i, (x, y)) in xs.iter().zip(ys).enumerate() {
                 let p = softmax(head.logits(x));
-                let w = class_weight[y.index()] / n;
+                let w = class_weight[y.index()] * row_weight(i) / n;
                 for c in 0..CLASSES {
                     let g = w * (p[c] - if c == y.index() { 1.0 } else { 0.0 });
                     if g == 0.0 {
@@ -218,8 +251,9 @@ impl LinearHead {
                     head.bias[i - dim * CLASSES] -= step as f32;
                 }
             }
-            let score = head.evaluate(sel_x, sel_y).macro_recall;
-            let loss = head.log_loss(sel_x, sel_y);
+            let predicted: Vec<Label> = sel_x.iter().map(|x| head.predict(x)).collect();
+            let score = crate::train::weighted_macro_recall(sel_y, &predicted, sel_weights);
+            let loss = head.log_loss_weighted(sel_x, sel_y, sel_weights);
             on_epoch(epoch, score);
             // Ties in macro-recall (common once the classes separate) go to the better
             // calibrated epoch.

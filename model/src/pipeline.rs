@@ -14,8 +14,11 @@ use crate::error::ModelError;
 use crate::fast::FastModel;
 use crate::features::FeatureConfig;
 use crate::metrics::EvalMetrics;
-use crate::store::{Manifest, ModelStore, NewModel, NewVersion, SplitInfo};
-use crate::train::{self, TrainObserver, TrainParams};
+use crate::store::WeightTrial;
+use crate::store::{
+    DataWeighting, Manifest, ModelStore, NewModel, NewVersion, PartWeight, SplitInfo,
+};
+use crate::train::{self, SplitWeights, TrainObserver, TrainParams};
 
 impl TrainParams {
     pub fn from_config(cfg: &Config) -> TrainParams {
@@ -63,6 +66,9 @@ pub struct TrainJob {
     /// Labelled rows appended to the training data before the selection split is carved
     /// (already deduplicated by the caller).
     pub extra: Option<Dataset>,
+    /// How much the rows of `extra` weigh, in the loss and in selection, against the base
+    /// data (`None`: each like a base row). See [`RecentWeighting`].
+    pub extra_weight: Option<RecentWeighting>,
     /// Lineage: the labelled-data files `extra` came from, copied into the manifest.
     pub labelled_files: Vec<String>,
     /// Most threads training may use; `None` = `train.threads`, 0 = all cores.
@@ -112,6 +118,271 @@ pub fn selection_mask(labels: &[Label], share: f64, seed: u64) -> Vec<bool> {
         mask[i] = true;
     }
     mask
+}
+
+/// How a retrain weighs its recent labelled rows against the base data: each weight of
+/// `grid` (one recent row = that many base rows) trains a fast model, and the run keeps the
+/// one with the best macro-recall on the recent part of the selection split whose base part
+/// stays within `tolerance` of the smallest weight's. Only the selection split decides: the
+/// reporting split and the gate's holdout never see the trials.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentWeighting {
+    pub grid: Vec<f64>,
+    pub tolerance: f64,
+}
+
+impl RecentWeighting {
+    /// The valid weights, smallest first, each once; `[1]` when none is valid.
+    pub fn grid(&self) -> Vec<f64> {
+        let mut grid: Vec<f64> = self
+            .grid
+            .iter()
+            .copied()
+            .filter(|w| w.is_finite() && *w > 0.0)
+            .collect();
+        grid.sort_by(f64::total_cmp);
+        grid.dedup();
+        if grid.is_empty() {
+            grid.push(1.0);
+        }
+        grid
+    }
+}
+
+impl Default for RecentWeighting {
+    /// Recent rows weigh like base rows.
+    fn default() -> Self {
+        RecentWeighting {
+            grid: vec![1.0],
+            tolerance: 0.0,
+        }
+    }
+}
+
+/// The training and selection rows of a run, with each row's weight.
+pub struct WeightedSplits {
+    pub train: Dataset,
+    pub selection: Dataset,
+    pub weights: SplitWeights,
+    /// What each part weighed, for the manifest.
+    pub weighting: DataWeighting,
+}
+
+/// Carves the selection split within each part, so it holds base and recent rows in the
+/// proportions training sees (stratified by origin and by label, seeded), and weighs each
+/// recent (`extra`) row as `weight` says, in training and in selection alike.
+///
+/// The base part's carve is the one a run without extra rows makes: a retrain selects on the
+/// same base rows as the model it may replace.
+pub fn weighted_splits(
+    base: Dataset,
+    extra: Option<Dataset>,
+    extra_weight: f64,
+    share: f64,
+    seed: u64,
+) -> WeightedSplits {
+    let extra = extra.unwrap_or_default();
+    let base_mask = selection_mask(&base.labels, share, seed);
+    let (mut train, mut selection) = carve(base, &base_mask);
+    let (base_train, base_sel) = (train.len(), selection.len());
+    let (extra_train, extra_sel) = if extra.is_empty() {
+        (0, 0)
+    } else {
+        // Another stream than the base carve's, so the two parts are not carved alike.
+        let mask = selection_mask(&extra.labels, share, seed ^ 0xEC7A_0000);
+        let (t, s) = carve(extra, &mask);
+        let counts = (t.len(), s.len());
+        train.extend(t);
+        selection.extend(s);
+        counts
+    };
+    let extra_weight = if extra_weight.is_finite() && extra_weight > 0.0 {
+        extra_weight
+    } else {
+        1.0
+    };
+    let w = extra_weight as f32;
+    let weights = |base: usize, extra: usize| {
+        let mut v = vec![1.0f32; base];
+        v.resize(base + extra, w);
+        v
+    };
+    let weights = if extra_train + extra_sel == 0 {
+        SplitWeights::default()
+    } else {
+        SplitWeights {
+            train: Some(weights(base_train, extra_train)),
+            selection: Some(weights(base_sel, extra_sel)),
+        }
+    };
+    let total = base_train as f64 + extra_train as f64 * extra_weight;
+    let part = |name: &str, rows: usize, sel: usize, weight: f64| PartWeight {
+        name: name.to_string(),
+        train_rows: rows,
+        selection_rows: sel,
+        row_weight: weight,
+        share: if total > 0.0 {
+            rows as f64 * weight / total
+        } else {
+            0.0
+        },
+    };
+    let mut parts = vec![part("base", base_train, base_sel, 1.0)];
+    if extra_train + extra_sel > 0 {
+        parts.push(part("recent", extra_train, extra_sel, extra_weight));
+    }
+    WeightedSplits {
+        train,
+        selection,
+        weights,
+        weighting: DataWeighting {
+            parts,
+            ..DataWeighting::default()
+        },
+    }
+}
+
+impl WeightedSplits {
+    /// The same rows with every recent row weighing `w` base rows.
+    pub fn reweigh(&mut self, w: f64) {
+        let Some(p) = self.weighting.parts.iter_mut().find(|p| p.name == "recent") else {
+            return;
+        };
+        p.row_weight = w;
+        let (base_train, base_sel) = match self.weighting.parts.first() {
+            Some(b) => (b.train_rows, b.selection_rows),
+            None => return,
+        };
+        for (v, from) in [
+            (&mut self.weights.train, base_train),
+            (&mut self.weights.selection, base_sel),
+        ] {
+            if let Some(v) = v {
+                v[from..].iter_mut().for_each(|x| *x = w as f32);
+            }
+        }
+        let total: f64 = self
+            .weighting
+            .parts
+            .iter()
+            .map(|p| p.train_rows as f64 * p.row_weight)
+            .sum();
+        for p in &mut self.weighting.parts {
+            p.share = if total > 0.0 {
+                p.train_rows as f64 * p.row_weight / total
+            } else {
+                0.0
+            };
+        }
+    }
+
+    /// The selection split's base rows and recent rows (base rows come first).
+    pub fn selection_parts(&self) -> (Dataset, Dataset) {
+        let b = self
+            .weighting
+            .parts
+            .first()
+            .map_or(self.selection.len(), |p| p.selection_rows)
+            .min(self.selection.len());
+        let part = |from: usize, to: usize| {
+            Dataset::from_examples(
+                self.selection.texts[from..to].to_vec(),
+                self.selection.labels[from..to].to_vec(),
+            )
+        };
+        (part(0, b), part(b, self.selection.len()))
+    }
+}
+
+/// Trains a fast model for each weight of `weighting.grid`, smallest first, on the same rows
+/// and keeps the one [`RecentWeighting`] describes; the walk stops at the first weight whose
+/// base rows lose more than the tolerance. `splits` ends up weighed as the kept model was.
+/// Every trial is recorded in `splits.weighting.trials`.
+pub fn choose_recent_weight(
+    params: &TrainParams,
+    splits: &mut WeightedSplits,
+    weighting: &RecentWeighting,
+    observer: &mut dyn TrainObserver,
+) -> Result<FastTrained, ModelError> {
+    let grid = weighting.grid();
+    let (sel_base, sel_recent) = splits.selection_parts();
+    if grid.len() == 1 || sel_recent.is_empty() || sel_base.is_empty() {
+        // Nothing to choose between, or nothing to judge by: the smallest weight.
+        splits.reweigh(grid[0]);
+        return train_fast(
+            params,
+            &splits.train,
+            &splits.selection,
+            &splits.weights,
+            observer,
+        );
+    }
+    let recall = |m: &FastModel, d: &Dataset| macro_recall_present(m, d);
+    let mut best: Option<(usize, FastTrained)> = None;
+    let mut trials: Vec<WeightTrial> = Vec::new();
+    for &w in &grid {
+        splits.reweigh(w);
+        let trained = train_fast(
+            params,
+            &splits.train,
+            &splits.selection,
+            &splits.weights,
+            &mut crate::train::Quiet,
+        )?;
+        let trial = WeightTrial {
+            row_weight: w,
+            share: splits
+                .weighting
+                .parts
+                .iter()
+                .find(|p| p.name == "recent")
+                .map_or(0.0, |p| p.share),
+            selection_base: recall(&trained.model, &sel_base),
+            selection_recent: recall(&trained.model, &sel_recent),
+            seconds: trained.seconds,
+            chosen: false,
+        };
+        observer.on_message(&format!(
+            "recent rows weighing {w} base rows ({:.1}% of the training weight): selection \
+             macro-recall {:.4} on the base rows, {:.4} on the recent rows",
+            trial.share * 100.0,
+            trial.selection_base,
+            trial.selection_recent
+        ));
+        let floor = trials
+            .first()
+            .map_or(trial.selection_base, |r| r.selection_base)
+            - weighting.tolerance;
+        let better = best
+            .as_ref()
+            .is_none_or(|(i, _)| trial.selection_recent > trials[*i].selection_recent);
+        let i = trials.len();
+        let within = trial.selection_base >= floor;
+        if within && better {
+            best = Some((i, trained));
+        }
+        trials.push(trial);
+        // Larger weights lean further from the base rows (measured: docs/mlops.md), so the
+        // first weight past the tolerance ends the walk and saves the rest of the grid.
+        if !within {
+            break;
+        }
+    }
+    let Some((i, trained)) = best else {
+        // The smallest weight is its own floor, so it always qualifies.
+        return Err(ModelError::Training("no recent-row weight was kept".into()));
+    };
+    trials[i].chosen = true;
+    let w = trials[i].row_weight;
+    observer.on_message(&format!(
+        "kept recent rows weighing {w} base rows: the best selection macro-recall on the \
+         recent rows whose base rows lose at most {} against weight {}",
+        weighting.tolerance, grid[0]
+    ));
+    splits.reweigh(w);
+    splits.weighting.trials = trials;
+    splits.weighting.tolerance = Some(weighting.tolerance);
+    Ok(trained)
 }
 
 /// Splits `data` by `mask` into (training rows, selection rows), keeping file order.
@@ -181,28 +452,25 @@ pub fn train_and_store(
     };
     let val_path = job.val.clone().unwrap_or_else(|| cfg.data.val.clone());
     observer.on_message("loading data");
-    let mut all = load_dataset(&train_paths, cfg.data.max_text_chars)?;
+    let base = load_dataset(&train_paths, cfg.data.max_text_chars)?;
     let extra_rows = job.extra.as_ref().map_or(0, Dataset::len);
-    if let Some(extra) = &job.extra {
-        all.extend(extra.clone());
-    }
     let val_set = load_dataset(std::slice::from_ref(&val_path), cfg.data.max_text_chars)?;
 
     let share = cfg.train.selection_share;
     let seed = cfg.train.seed;
-    let total = all.len();
-    let mask = selection_mask(&all.labels, share, seed);
-    let (train_set, sel_set) = carve(all, &mask);
-    if train_set.is_empty() || sel_set.is_empty() {
+    let total = base.len() + extra_rows;
+    let mut splits = weighted_splits(base, job.extra.clone(), 1.0, share, seed);
+    if splits.train.is_empty() || splits.selection.is_empty() {
         return Err(ModelError::Training(format!(
             "{total} training rows are too few to carve a selection split of {share}"
         )));
     }
     let pct = (share * 1000.0).round() / 10.0;
     observer.on_message(&format!(
-        "selection split: {} of {total} training rows ({pct}%, stratified, seed {seed}); \
-         early stopping and calibration use it; the {} rows of {} only report",
-        sel_set.len(),
+        "selection split: {} of {total} training rows ({pct}%, stratified by origin and label, \
+         seed {seed}); early stopping, calibration and the recent rows' weight use it; the {} \
+         rows of {} only report",
+        splits.selection.len(),
         val_set.len(),
         val_path.display()
     ));
@@ -211,9 +479,50 @@ pub fn train_and_store(
     if let Some(threads) = job.threads {
         params.threads = threads;
     }
-    let built = match job.kind.unwrap_or(cfg.model.kind) {
+    // The recent rows' weight is chosen with fast models, which train in seconds; the
+    // transformer kind's head then trains once with it, and the kept fast model is its
+    // ensemble partner.
+    let weighting_rule = job.extra_weight.clone().unwrap_or_default();
+    let kind = job.kind.unwrap_or(cfg.model.kind);
+    let chosen_fast = if extra_rows > 0
+        && (kind == TrainableKind::Fast
+            || cfg.transformer.ensemble
+            || weighting_rule.grid().len() > 1)
+    {
+        Some(choose_recent_weight(
+            &params,
+            &mut splits,
+            &weighting_rule,
+            observer,
+        )?)
+    } else {
+        // No fast model to train (a transformer without its ensemble partner) and nothing to
+        // choose between: the one weight listed.
+        splits.reweigh(weighting_rule.grid().first().copied().unwrap_or(1.0));
+        None
+    };
+    if let Some(recent) = splits.weighting.parts.iter().find(|p| p.name == "recent") {
+        observer.on_message(&format!(
+            "recent labelled rows: {} train, {} select, each weighing {} base rows: {:.1}% of \
+             the training weight",
+            recent.train_rows,
+            recent.selection_rows,
+            recent.row_weight,
+            recent.share * 100.0
+        ));
+    }
+    let WeightedSplits {
+        train: train_set,
+        selection: sel_set,
+        weights,
+        weighting,
+    } = splits;
+    let built = match kind {
         TrainableKind::Fast => {
-            let trained = train_fast(&params, &train_set, &sel_set, observer)?;
+            let trained = match chosen_fast {
+                Some(t) => t,
+                None => train_fast(&params, &train_set, &sel_set, &weights, observer)?,
+            };
             let selection = evaluate(&trained.model, &sel_set);
             Built::Fast {
                 trained,
@@ -222,7 +531,13 @@ pub fn train_and_store(
             }
         }
         TrainableKind::Transformer => Built::Transformer(Box::new(crate::transformer::train(
-            cfg, &params, &train_set, &sel_set, observer,
+            cfg,
+            &params,
+            &train_set,
+            &sel_set,
+            &weights,
+            chosen_fast,
+            observer,
         )?)),
     };
     // Scored through the serving path, so `sentimentd eval` on the stored version reproduces
@@ -314,6 +629,7 @@ pub fn train_and_store(
         train_seconds,
         splits,
         labelled_files: job.labelled_files.clone(),
+        weighting: Some(weighting),
     })?;
     // Stored: the fine-tuning checkpoints have served their purpose.
     if let Built::Transformer(t) = &built
@@ -332,7 +648,7 @@ pub fn train_and_store(
 }
 
 /// A fast model, ready to serve, with how its training went.
-pub(crate) struct FastTrained {
+pub struct FastTrained {
     pub model: FastModel,
     pub history: Vec<crate::train::EpochReport>,
     pub best_epoch: usize,
@@ -341,18 +657,25 @@ pub(crate) struct FastTrained {
 
 /// Trains a fast model on `train_set`, its epoch and temperature chosen on `sel_set`: the
 /// fast kind, and the transformer kind's ensemble partner.
-pub(crate) fn train_fast(
+pub fn train_fast(
     params: &TrainParams,
     train_set: &Dataset,
     sel_set: &Dataset,
+    weights: &SplitWeights,
     observer: &mut dyn TrainObserver,
 ) -> Result<FastTrained, ModelError> {
-    let outcome = train::train(
+    let outcome = train::train_rows(
         params,
-        &train_set.texts,
-        &train_set.labels,
-        &sel_set.texts,
-        &sel_set.labels,
+        train::Rows {
+            texts: &train_set.texts,
+            labels: &train_set.labels,
+            weights: weights.train.as_deref(),
+        },
+        train::Rows {
+            texts: &sel_set.texts,
+            labels: &sel_set.labels,
+            weights: weights.selection.as_deref(),
+        },
         observer,
     )?;
     Ok(FastTrained {
@@ -391,6 +714,18 @@ impl Built {
     }
 }
 
+/// Macro-recall of `model` on `data` over the classes `data` has rows of (a set without
+/// neutral rows is judged on its two classes; `evaluate` averages all three).
+pub fn macro_recall_present(model: &dyn Classifier, data: &Dataset) -> f64 {
+    let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
+    let predicted: Vec<Label> = model
+        .predict_batch(&texts)
+        .into_iter()
+        .map(|p| p.label)
+        .collect();
+    train::weighted_macro_recall(&data.labels, &predicted, None)
+}
+
 /// Scores every text of a labelled dataset and compares with its labels.
 pub fn evaluate(model: &dyn Classifier, data: &Dataset) -> EvalMetrics {
     let texts: Vec<&str> = data.texts.iter().map(|s| s.as_str()).collect();
@@ -400,4 +735,88 @@ pub fn evaluate(model: &dyn Classifier, data: &Dataset) -> EvalMetrics {
         .map(|p| p.label)
         .collect();
     EvalMetrics::compute(&data.labels, &predicted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(prefix: &str, n: usize) -> Dataset {
+        let words = ["awful", "plain", "lovely"];
+        let (texts, labels) = (0..n)
+            .map(|i| {
+                let l = Label::ALL[i % 3];
+                (format!("{prefix} {} {i}", words[l.index()]), l)
+            })
+            .unzip();
+        Dataset::from_examples(texts, labels)
+    }
+
+    #[test]
+    fn the_selection_split_holds_both_parts_and_the_base_carve_is_unchanged() {
+        let base = data("tweet", 300);
+        let extra = data("review", 90);
+        let alone = weighted_splits(base.clone(), None, 1.0, 0.1, 7);
+        let mut both = weighted_splits(base, Some(extra), 4.0, 0.1, 7);
+        let (sel_base, sel_recent) = both.selection_parts();
+        assert_eq!(sel_base.texts, alone.selection.texts, "same base carve");
+        assert_eq!(sel_recent.len(), 9, "10% of the recent rows, by label");
+        assert!(sel_recent.texts.iter().all(|t| t.starts_with("review")));
+        assert_eq!(alone.weights, SplitWeights::default());
+        let w = both.weights.train.as_deref().unwrap_or_default();
+        assert_eq!(w.len(), both.train.len());
+        assert!(w[..270].iter().all(|&x| x == 1.0) && w[270..].iter().all(|&x| x == 4.0));
+        let parts = &both.weighting.parts;
+        assert_eq!((parts[0].train_rows, parts[1].train_rows), (270, 81));
+        assert!((parts[1].share - 81.0 * 4.0 / (270.0 + 81.0 * 4.0)).abs() < 1e-12);
+        both.reweigh(2.0);
+        let sel = both.weights.selection.as_deref().unwrap_or_default();
+        assert!(sel[30..].iter().all(|&x| x == 2.0) && sel[..30].iter().all(|&x| x == 1.0));
+        assert!((both.weighting.parts.iter().map(|p| p.share).sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    fn tiny_params() -> TrainParams {
+        let mut cfg = Config::default();
+        cfg.model.embedding_dim = 8;
+        cfg.model.vocab_size = 200;
+        cfg.model.buckets = 1024;
+        cfg.train.epochs = 2;
+        cfg.train.threads = 1;
+        TrainParams::from_config(&cfg)
+    }
+
+    #[test]
+    fn the_kept_weight_is_the_best_on_recent_selection_rows_within_the_base_tolerance() {
+        for tolerance in [0.0, 0.02, 1.0] {
+            let mut splits =
+                weighted_splits(data("tweet", 600), Some(data("review", 300)), 1.0, 0.2, 3);
+            let rule = RecentWeighting {
+                grid: vec![8.0, 1.0, 2.0, 8.0, f64::NAN],
+                tolerance,
+            };
+            let kept =
+                choose_recent_weight(&tiny_params(), &mut splits, &rule, &mut crate::train::Quiet);
+            assert!(kept.is_ok(), "{:?}", kept.err());
+            let trials = &splits.weighting.trials;
+            let weights: Vec<f64> = trials.iter().map(|t| t.row_weight).collect();
+            let floor = trials[0].selection_base - tolerance;
+            // Sorted, deduplicated, valid only; the walk stops at the first weight past the
+            // tolerance, and only there.
+            assert_eq!(weights, [1.0, 2.0, 8.0][..weights.len()]);
+            let (last, before) = trials.split_last().expect("one trial at least");
+            assert!(before.iter().all(|t| t.selection_base >= floor));
+            assert!(weights.len() == 3 || last.selection_base < floor);
+            let chosen: Vec<_> = trials.iter().filter(|t| t.chosen).collect();
+            assert_eq!(chosen.len(), 1);
+            let best = trials
+                .iter()
+                .filter(|t| t.selection_base >= floor)
+                .map(|t| t.selection_recent)
+                .fold(f64::NEG_INFINITY, f64::max);
+            assert!(chosen[0].selection_base >= floor);
+            assert_eq!(chosen[0].selection_recent, best);
+            assert_eq!(splits.weighting.parts[1].row_weight, chosen[0].row_weight);
+            assert_eq!(splits.weighting.tolerance, Some(tolerance));
+        }
+    }
 }

@@ -98,6 +98,55 @@ pub struct Manifest {
     /// Lineage: the labelled-data files whose rows were added to the training data.
     #[serde(default)]
     pub labelled_files: Vec<String>,
+    /// How much each part of the training data (base files, recent labelled rows) weighed;
+    /// absent in versions written before rows were weighed.
+    #[serde(default)]
+    pub weighting: Option<DataWeighting>,
+}
+
+/// How much each part of a run's training data weighed, and how the recent rows' weight was
+/// chosen.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataWeighting {
+    pub parts: Vec<PartWeight>,
+    /// Each recent-row weight tried, with its selection-split figures; empty when there was
+    /// nothing to choose.
+    #[serde(default)]
+    pub trials: Vec<WeightTrial>,
+    /// Most selection macro-recall the base rows could lose against the smallest weight.
+    #[serde(default)]
+    pub tolerance: Option<f64>,
+}
+
+/// One recent-row weight tried by a retrain, judged on the selection split only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightTrial {
+    /// One recent row weighs this many base rows.
+    pub row_weight: f64,
+    /// The recent rows' share of the training weight.
+    pub share: f64,
+    /// Macro-recall on the selection split's base rows.
+    pub selection_base: f64,
+    /// Macro-recall on the selection split's recent rows (over the classes they have).
+    pub selection_recent: f64,
+    pub seconds: f64,
+    /// The weight the run kept.
+    pub chosen: bool,
+}
+
+/// One part of the training data: `base` (the configured training files) or `recent` (the
+/// labelled rows that arrived since).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartWeight {
+    pub name: String,
+    /// Rows that trained the weights.
+    pub train_rows: usize,
+    /// Rows carved into the selection split.
+    pub selection_rows: usize,
+    /// Weight of one row against one base row, in the loss and in selection.
+    pub row_weight: f64,
+    /// Share of the whole training weight (rows times row weight).
+    pub share: f64,
 }
 
 /// Where one split's rows came from, exactly enough to tell two runs' data apart.
@@ -144,6 +193,7 @@ pub struct NewVersion<'a> {
     pub train_seconds: f64,
     pub splits: BTreeMap<String, SplitInfo>,
     pub labelled_files: Vec<String>,
+    pub weighting: Option<DataWeighting>,
 }
 
 pub struct ModelStore {
@@ -548,6 +598,7 @@ impl ModelStore {
             files,
             splits: v.splits,
             labelled_files: v.labelled_files,
+            weighting: v.weighting,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(ModelError::json)?;
         std::fs::write(dir.join(MANIFEST), json).map_err(ModelError::io(dir.join(MANIFEST)))?;

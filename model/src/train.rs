@@ -1,7 +1,6 @@
 //! Training the fast model with burn-autodiff on a pure-Rust CPU backend.
 
 use burn::module::{Module, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use burn::tensor::activation::relu;
@@ -426,17 +425,49 @@ fn example_logits(weights: &Weights, examples: &[Example]) -> Vec<[f32; 3]> {
         .collect()
 }
 
-/// Mean negative log-likelihood of `labels` under logits divided by `t`.
-fn log_loss(logits: &[[f32; 3]], labels: &[Label], t: f32) -> f64 {
-    let sum: f64 = logits
-        .iter()
-        .zip(labels)
-        .map(|(l, y)| {
-            let p = crate::fast::softmax(l.map(|x| x / t))[y.index()];
-            -(p.max(1e-12) as f64).ln()
-        })
-        .sum();
-    sum / logits.len().max(1) as f64
+/// Mean negative log-likelihood of `labels` under logits divided by `t`, each row counted by
+/// its weight.
+fn log_loss(logits: &[[f32; 3]], labels: &[Label], weights: Option<&[f32]>, t: f32) -> f64 {
+    let (mut sum, mut total) = (0.0f64, 0.0f64);
+    for (i, (l, y)) in logits.iter().zip(labels).enumerate() {
+        let w = weights.map_or(1.0, |w| f64::from(w[i]));
+        let p = crate::fast::softmax(l.map(|x| x / t))[y.index()];
+        sum += -w * (p.max(1e-12) as f64).ln();
+        total += w;
+    }
+    sum / total.max(f64::MIN_POSITIVE)
+}
+
+/// Weighted cross-entropy of logits `[B, 3]`: `-Σ w_i log p_i(y_i) / Σ w_i`, the form of burn's
+/// class-weighted `CrossEntropyLoss`, with a weight per row instead of per class.
+fn weighted_cross_entropy(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    weights: Tensor<1>,
+) -> Tensor<1> {
+    let [b] = targets.dims();
+    let picked = burn::tensor::activation::log_softmax(logits, 1)
+        .gather(1, targets.reshape([b, 1]))
+        .reshape([b]);
+    (picked * weights.clone()).sum().neg() / weights.sum()
+}
+
+/// Macro-recall with each row counted by its weight (`None`: once), over the classes that have
+/// rows: the score early stopping and the ensemble weight are chosen by.
+pub fn weighted_macro_recall(truth: &[Label], predicted: &[Label], weights: Option<&[f32]>) -> f64 {
+    let (mut hit, mut support) = ([0f64; 3], [0f64; 3]);
+    for (i, (t, p)) in truth.iter().zip(predicted).enumerate() {
+        let w = weights.map_or(1.0, |w| f64::from(w[i]));
+        support[t.index()] += w;
+        if t == p {
+            hit[t.index()] += w;
+        }
+    }
+    let present: Vec<usize> = (0..3).filter(|&c| support[c] > 0.0).collect();
+    if present.is_empty() {
+        return 0.0;
+    }
+    present.iter().map(|&c| hit[c] / support[c]).sum::<f64>() / present.len() as f64
 }
 
 /// Temperature scaling (Guo et al. 2017): the one scalar that minimises log-loss on held-out
@@ -448,8 +479,18 @@ pub fn fit_temperature(
     examples: &[Example],
     labels: &[Label],
 ) -> (f32, f64, f64) {
+    fit_temperature_weighted(weights, examples, labels, None)
+}
+
+/// [`fit_temperature`] with each held-out row counted by its weight.
+pub fn fit_temperature_weighted(
+    weights: &Weights,
+    examples: &[Example],
+    labels: &[Label],
+    row_weights: Option<&[f32]>,
+) -> (f32, f64, f64) {
     let logits = example_logits(weights, examples);
-    let f = |log_t: f64| log_loss(&logits, labels, log_t.exp() as f32);
+    let f = |log_t: f64| log_loss(&logits, labels, row_weights, log_t.exp() as f32);
     let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
     let g = (5f64.sqrt() - 1.0) / 2.0;
     for _ in 0..60 {
@@ -560,17 +601,106 @@ pub fn train(
     sel_labels: &[Label],
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, ModelError> {
+    train_rows(
+        params,
+        Rows::new(train_texts, train_labels),
+        Rows::new(sel_texts, sel_labels),
+        observer,
+    )
+}
+
+/// Each row's weight in the training and the selection split (`None`: 1 each).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SplitWeights {
+    pub train: Option<Vec<f32>>,
+    pub selection: Option<Vec<f32>>,
+}
+
+/// Rows of one split: texts, labels, and how much each row counts in the loss (training
+/// rows) or in the score that selects (selection rows). `weights: None` counts every row once.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub texts: &'a [String],
+    pub labels: &'a [Label],
+    pub weights: Option<&'a [f32]>,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(texts: &'a [String], labels: &'a [Label]) -> Rows<'a> {
+        Rows {
+            texts,
+            labels,
+            weights: None,
+        }
+    }
+
+    pub fn weighted(texts: &'a [String], labels: &'a [Label], weights: &'a [f32]) -> Rows<'a> {
+        Rows {
+            texts,
+            labels,
+            weights: Some(weights),
+        }
+    }
+
+    fn check(&self, what: &str) -> Result<(), ModelError> {
+        if self.texts.len() != self.labels.len()
+            || self.weights.is_some_and(|w| w.len() != self.texts.len())
+        {
+            return Err(ModelError::Training(format!(
+                "{what}: texts, labels and weights differ in length"
+            )));
+        }
+        if let Some(w) = self.weights
+            && let Some(bad) = w.iter().find(|w| !(w.is_finite() && **w >= 0.0))
+        {
+            return Err(ModelError::Training(format!(
+                "{what}: a row weight is {bad}; weights must be finite and not negative"
+            )));
+        }
+        Ok(())
+    }
+
+    fn weight(&self, i: usize) -> f32 {
+        self.weights.map_or(1.0, |w| w[i])
+    }
+}
+
+/// Class weights that make each class weigh the same in the loss, counting each row by its
+/// weight: `total / (3 * class total)`, 0 for a class without rows.
+pub fn balanced_class_weights(rows: &Rows) -> [f32; 3] {
+    let mut totals = [0f64; 3];
+    for (i, l) in rows.labels.iter().enumerate() {
+        totals[l.index()] += f64::from(rows.weight(i));
+    }
+    let n: f64 = totals.iter().sum();
+    totals.map(|c| {
+        if c <= 0.0 {
+            0.0
+        } else {
+            (n / (3.0 * c)) as f32
+        }
+    })
+}
+
+/// Like [`train`], with per-row weights: a training row's loss is scaled by its weight (and
+/// its class's weight), and the epoch kept and the temperature are chosen on the selection
+/// rows counted by their weights.
+pub fn train_rows(
+    params: &TrainParams,
+    train: Rows,
+    sel: Rows,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome, ModelError> {
+    let (train_texts, train_labels) = (train.texts, train.labels);
+    let (sel_texts, sel_labels) = (sel.texts, sel.labels);
     let started = Instant::now();
     if train_texts.is_empty() || sel_texts.is_empty() {
         return Err(ModelError::Training(
             "training and selection data must both have rows".into(),
         ));
     }
-    if train_texts.len() != train_labels.len() || sel_texts.len() != sel_labels.len() {
-        return Err(ModelError::Training(
-            "texts and labels differ in length".into(),
-        ));
-    }
+    train.check("training rows")?;
+    sel.check("selection rows")?;
     observer.on_message("learning the WordPiece vocabulary");
     let text = TextPipeline::train(train_texts, params.vocab_size, params.min_token_frequency)?;
     let featurizer = Featurizer::new(text, params.features.clone());
@@ -590,22 +720,16 @@ pub fn train(
     }
     let mut optim = adam.init();
 
-    let mut counts = [0usize; 3];
-    for l in train_labels {
-        counts[l.index()] += 1;
-    }
     let class_weights = if params.balanced_class_weights {
-        let n = train_labels.len() as f32;
-        counts
-            .iter()
-            .map(|&c| if c == 0 { 0.0 } else { n / (3.0 * c as f32) })
-            .collect()
+        balanced_class_weights(&train)
     } else {
-        vec![1.0; 3]
+        [1.0; 3]
     };
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_weights(Some(class_weights))
-        .init(&device);
+    // Each row's weight in the loss: its class's times its own. Computed once; a mini-batch
+    // gathers its rows' weights.
+    let row_weights: Vec<f32> = (0..train_labels.len())
+        .map(|i| class_weights[train_labels[i].index()] * train.weight(i))
+        .collect();
 
     let batch_size = params.batch_size.max(1);
     let steps_per_epoch = train_x.len().div_ceil(batch_size);
@@ -615,7 +739,7 @@ pub fn train(
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut order: Vec<usize> = (0..train_x.len()).collect();
     let mut history = Vec::new();
-    let mut best: Option<(EvalMetrics, usize, Weights)> = None;
+    let mut best: Option<(EvalMetrics, f64, usize, Weights)> = None;
     let mut step_global = 0usize;
     for epoch in 1..=params.epochs {
         let epoch_start = Instant::now();
@@ -631,8 +755,10 @@ pub fn train(
                 .collect();
             let targets =
                 Tensor::<1, Int>::from_data(TensorData::new(targets, [idx.len()]), &device);
+            let weights: Vec<f32> = idx.iter().map(|&i| row_weights[i]).collect();
+            let weights = Tensor::<1>::from_data(TensorData::new(weights, [idx.len()]), &device);
             let logits = model.forward(sub.clone(), &batch);
-            let loss = loss_fn.forward(logits, targets);
+            let loss = weighted_cross_entropy(logits, targets, weights);
             let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
             let mut grads = loss.backward();
             let sub_grad = sub
@@ -661,13 +787,12 @@ pub fn train(
         let weights = model.weights(&table, dense)?;
         let sel_pred = argmax_labels(&predict_examples(&weights, &sel_x));
         let m = EvalMetrics::compute(sel_labels, &sel_pred);
-        let improved = best
-            .as_ref()
-            .is_none_or(|(b, _, _)| m.macro_recall > b.macro_recall);
+        let score = weighted_macro_recall(sel_labels, &sel_pred, sel.weights);
+        let improved = best.as_ref().is_none_or(|(_, b, _, _)| score > *b);
         let report = EpochReport {
             epoch,
             train_loss: loss_sum / steps_per_epoch.max(1) as f64,
-            selection_macro_recall: m.macro_recall,
+            selection_macro_recall: score,
             selection_accuracy: m.accuracy,
             seconds: epoch_start.elapsed().as_secs_f64(),
             improved,
@@ -675,8 +800,8 @@ pub fn train(
         observer.on_epoch(&report);
         history.push(report);
         if improved {
-            best = Some((m, epoch, weights));
-        } else if let Some((_, best_epoch, _)) = &best
+            best = Some((m, score, epoch, weights));
+        } else if let Some((_, _, best_epoch, _)) = &best
             && params.patience > 0
             && epoch - best_epoch >= params.patience
         {
@@ -688,9 +813,9 @@ pub fn train(
         }
     }
     // Temperature scaling keeps every label, so the best epoch's metrics stand.
-    let (selection_metrics, best_epoch, mut weights) =
+    let (selection_metrics, _, best_epoch, mut weights) =
         best.ok_or_else(|| ModelError::Training("no epoch was run (epochs = 0?)".into()))?;
-    let (t, before, after) = fit_temperature(&weights, &sel_x, sel_labels);
+    let (t, before, after) = fit_temperature_weighted(&weights, &sel_x, sel_labels, sel.weights);
     weights.temperature = t;
     observer.on_message(&format!(
         "calibrated temperature {t:.3} on the selection split: log-loss {before:.4} -> {after:.4}"

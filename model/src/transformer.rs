@@ -18,7 +18,7 @@ use crate::fast::FastModel;
 use crate::finetune::{FineTuneEpoch, FineTuneParams, fine_tune};
 use crate::head::{HeadParams, HeadReport, LinearHead};
 use crate::metrics::EvalMetrics;
-use crate::train::{EpochReport, TrainObserver, TrainParams};
+use crate::train::{EpochReport, SplitWeights, TrainObserver, TrainParams};
 use sentimentd_config::Config;
 use sentimentd_data::Dataset;
 
@@ -274,6 +274,19 @@ pub fn load_head(path: &Path) -> Result<LinearHead, ModelError> {
 /// The transformer's weight in the average with the fast model: the one of 0, 0.05, ..., 1
 /// with the best macro-recall on the selection split, ties to the lower log-loss.
 pub fn fit_blend_weight(own: &[[f32; 3]], fast: &[[f32; 3]], labels: &[Label]) -> f32 {
+    fit_blend_weight_weighted(own, fast, labels, None)
+}
+
+/// [`fit_blend_weight`] with each selection row counted by its weight.
+pub fn fit_blend_weight_weighted(
+    own: &[[f32; 3]],
+    fast: &[[f32; 3]],
+    labels: &[Label],
+    weights: Option<&[f32]>,
+) -> f32 {
+    let total: f64 = weights.map_or(labels.len() as f64, |w| {
+        w.iter().map(|&v| f64::from(v)).sum()
+    });
     let mut best = (1.0f32, -1.0f64, f64::INFINITY);
     for step in 0..=20 {
         let w = step as f32 / 20.0;
@@ -286,13 +299,17 @@ pub fn fit_blend_weight(own: &[[f32; 3]], fast: &[[f32; 3]], labels: &[Label]) -
             .iter()
             .map(|p| Prediction::from_probabilities(*p).label)
             .collect();
-        let recall = EvalMetrics::compute(labels, &predicted).macro_recall;
+        let recall = crate::train::weighted_macro_recall(labels, &predicted, weights);
         let loss = probs
             .iter()
             .zip(labels)
-            .map(|(p, y)| -f64::from(p[y.index()].max(1e-7)).ln())
+            .enumerate()
+            .map(|(i, (p, y))| {
+                let w = weights.map_or(1.0, |w| f64::from(w[i]));
+                -w * f64::from(p[y.index()].max(1e-7)).ln()
+            })
             .sum::<f64>()
-            / labels.len().max(1) as f64;
+            / total.max(f64::MIN_POSITIVE);
         if recall > best.1 || (recall == best.1 && loss < best.2) {
             best = (w, recall, loss);
         }
@@ -511,6 +528,8 @@ pub fn train(
     fast: &TrainParams,
     train_set: &Dataset,
     sel_set: &Dataset,
+    weights: &SplitWeights,
+    partner: Option<crate::pipeline::FastTrained>,
     observer: &mut dyn TrainObserver,
 ) -> Result<Trained, ModelError> {
     let pool = rayon::ThreadPoolBuilder::new()
@@ -518,7 +537,7 @@ pub fn train(
         .thread_name(|i| format!("train-{i}"))
         .build()
         .map_err(|e| ModelError::Training(format!("cannot start the training threads: {e}")))?;
-    pool.install(|| train_on_pool(cfg, fast, train_set, sel_set, observer))
+    pool.install(|| train_on_pool(cfg, fast, train_set, sel_set, weights, partner, observer))
 }
 
 fn train_on_pool(
@@ -526,6 +545,8 @@ fn train_on_pool(
     fast: &TrainParams,
     train_set: &Dataset,
     sel_set: &Dataset,
+    weights: &SplitWeights,
+    partner: Option<crate::pipeline::FastTrained>,
     observer: &mut dyn TrainObserver,
 ) -> Result<Trained, ModelError> {
     let started = std::time::Instant::now();
@@ -582,11 +603,13 @@ fn train_on_pool(
         "training the head: at most {} epochs, lr {}, L2 {}",
         hp.epochs, hp.learning_rate, hp.l2
     ));
-    let (head, head_report) = LinearHead::train(
+    let (head, head_report) = LinearHead::train_weighted(
         &xs,
         &train_set.labels,
+        weights.train.as_deref(),
         &sel_x,
         &sel_set.labels,
+        weights.selection.as_deref(),
         &hp,
         |e, _| observer.on_progress("training the head", e, hp.epochs),
     );
@@ -661,15 +684,22 @@ fn train_on_pool(
 
     let mut history = Vec::new();
     let (partner, ensemble) = if t.ensemble {
-        observer.on_message("training the fast model of the ensemble");
-        let partner = crate::pipeline::train_fast(fast, train_set, sel_set, observer)?;
+        let partner = match partner {
+            // Trained on these rows with these weights already (see `choose_recent_weight`).
+            Some(p) => p,
+            None => {
+                observer.on_message("training the fast model of the ensemble");
+                crate::pipeline::train_fast(fast, train_set, sel_set, weights, observer)?
+            }
+        };
         let own: Vec<[f32; 3]> = sel_x.iter().map(|x| head.probabilities(x)).collect();
         let theirs: Vec<[f32; 3]> = sel_set
             .texts
             .iter()
             .map(|text| partner.model.probabilities(text))
             .collect();
-        let weight = fit_blend_weight(&own, &theirs, &sel_set.labels);
+        let weight =
+            fit_blend_weight_weighted(&own, &theirs, &sel_set.labels, weights.selection.as_deref());
         observer.on_message(&format!(
             "ensemble: the transformer weighs {weight:.2}, the fast model {:.2} (fitted on the \
              selection split)",

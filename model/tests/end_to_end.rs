@@ -120,6 +120,7 @@ fn store_outcome(
             train_seconds: o.seconds,
             splits: BTreeMap::new(),
             labelled_files: Vec::new(),
+            weighting: None,
         })
         .unwrap()
         .version
