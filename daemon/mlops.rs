@@ -238,9 +238,16 @@ pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
                 summary.push(format!("{key}={v}"));
             }
         }
+        if let Some(w) = r.params.get("recent_row_weight") {
+            summary.push(format!("recent_row_weight={w}"));
+        }
         for key in [
             "val_macro_recall",
             "candidate_val_macro_recall",
+            "serving_val_macro_recall",
+            "candidate_holdout_macro_recall",
+            "serving_holdout_macro_recall",
+            "recent_weight_share",
             "drift_score",
         ] {
             if let Some(v) = r.metrics.get(key) {

@@ -382,6 +382,172 @@ fn drift_on_labelled_batches_retrains_passes_the_gate_and_promotes() {
     assert_eq!(d.metric("sentiment_model_rollbacks_total"), 1.0);
 }
 
+/// Rows `skip..skip+rows` of the bundled SST-2 phrases (movie reviews) of five words or more,
+/// in file order, as a labelled CSV; with `swap`, negative and positive swapped.
+fn sst2_csv(skip: usize, rows: usize, swap: bool) -> String {
+    let mut r = csv::Reader::from_path(repo().join("data/datasets/sst2/train.csv")).expect("sst2");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["text", "label"]).expect("header");
+    for rec in r
+        .records()
+        .map(|rec| rec.expect("record"))
+        .filter(|rec| rec[0].split_whitespace().count() >= 5)
+        .skip(skip)
+        .take(rows)
+    {
+        let label = match (&rec[1], swap) {
+            ("negative", true) => "positive",
+            ("positive", true) => "negative",
+            (l, _) => l,
+        };
+        w.write_record([&rec[0], label]).expect("row");
+    }
+    String::from_utf8(w.into_inner().expect("csv")).expect("utf-8")
+}
+
+/// `sentimentd eval --json` macro-recall of `version` on `data`.
+fn eval_recall(config: &Path, version: &str, data: &Path) -> f64 {
+    let out = cli(
+        config,
+        &[
+            "eval",
+            "--model",
+            version,
+            "--data",
+            &data.to_string_lossy(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval json");
+    m["macro_recall"].as_f64().expect("macro_recall")
+}
+
+#[test]
+fn a_retrain_learns_a_drifted_domain_and_shows_what_each_part_weighed() {
+    let data = Data::new();
+    // As in the test above, the reporting-split rule allows 0.03 for this 4,000-tweet model;
+    // the recent weights and their tolerance are the defaults.
+    let d = trained_daemon(
+        &data,
+        "check_every_secs = 1",
+        "min_new_rows = 800",
+        "max_val_drop = 0.03",
+    );
+    let before = model_version(&d);
+    // Labelled movie-review phrases, a real domain the tweets do not cover.
+    for i in 0..3 {
+        let name = format!("sst2-{i}.csv");
+        d.drop_file(&name, sst2_csv(i * 300, 300, false).as_bytes());
+        d.wait_processed(&name, Duration::from_secs(60));
+    }
+    d.wait_for(
+        "drift, a retrain and a promotion",
+        Duration::from_secs(240),
+        || d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#) >= 1.0,
+    );
+    let after = model_version(&d);
+    assert_ne!(after, before);
+
+    // /model: what each part of the serving version's data weighed, how the weight was
+    // chosen, and the candidate with the gate's reasons.
+    let model = d.get("/model").json();
+    let parts = model["weighting"]["parts"].as_array().expect("parts");
+    assert_eq!(parts.len(), 2, "{model:#}");
+    assert_eq!(parts[0]["name"], "base");
+    assert_eq!(parts[1]["name"], "recent");
+    // 900 rows less the 20% holdout, less the 10% selection carve.
+    assert_eq!(parts[1]["train_rows"].as_u64(), Some(648), "{model:#}");
+    let weight = parts[1]["row_weight"].as_f64().expect("row_weight");
+    let trials = model["weighting"]["trials"].as_array().expect("trials");
+    assert!(!trials.is_empty(), "{model:#}");
+    let kept: Vec<_> = trials.iter().filter(|t| t["chosen"] == true).collect();
+    assert_eq!(kept.len(), 1, "{model:#}");
+    assert_eq!(kept[0]["row_weight"].as_f64(), Some(weight));
+    let candidate = &model["candidates"][0];
+    assert_eq!(candidate["version"], after.as_str(), "{model:#}");
+    assert_eq!(candidate["status"], "promoted");
+    assert_eq!(candidate["against"], before.as_str());
+    assert!(
+        candidate["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("PASS recent-holdout")),
+        "{candidate:#}"
+    );
+    assert_eq!(candidate["weighting"], model["weighting"]);
+    assert!(candidate["gate_sets"]["recent_holdout"]["candidate"].is_number());
+
+    // The new version learned the domain: on SST-2 dev, sentences no dropped row comes from,
+    // it beats the version it replaced, and it kept its tweets.
+    let dev = repo().join("data/datasets/sst2/dev.csv");
+    let (old_dev, new_dev) = (
+        eval_recall(&d.config, &before, &dev),
+        eval_recall(&d.config, &after, &dev),
+    );
+    assert!(
+        new_dev >= old_dev + 0.05,
+        "SST-2 dev {old_dev} -> {new_dev}"
+    );
+    let (old_val, new_val) = (
+        eval_recall(&d.config, &before, &val_csv()),
+        eval_recall(&d.config, &after, &val_csv()),
+    );
+    assert!(
+        new_val >= old_val - 0.03,
+        "reporting split {old_val} -> {new_val}"
+    );
+
+    // `sentimentd runs` says it too.
+    let out = cli(&d.config, &["runs"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("decision=promoted")
+            && l.contains(&format!("recent_row_weight={weight:.3}"))
+            && l.contains("recent_weight_share=")),
+        "{text}"
+    );
+}
+
+/// Asks for a retrain through the admin API and waits for the gate, which must reject.
+fn retrain_and_expect_rejection(d: &Daemon) {
+    let (status, body) = admin_post(d, "/admin/retrain", Some(TOKEN), "");
+    assert_eq!(status, 202, "{body}");
+    d.wait_for("the gate's decision", Duration::from_secs(180), || {
+        d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#)
+            + d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#)
+            >= 1.0
+    });
+    assert_eq!(
+        d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#),
+        1.0,
+        "{}",
+        d.logs()
+    );
+}
+
+#[test]
+fn swapped_labels_of_a_new_domain_are_refused_by_the_gate() {
+    let data = Data::new();
+    // Default gate rules. Swapped labels of a domain the tweets do not cover leave the
+    // reporting split nearly untouched and the holdout is swapped too, so only the
+    // label-agreement rule can tell.
+    let d = trained_daemon(&data, "enabled = false", "min_new_rows = 300", "");
+    let before = model_version(&d);
+    d.drop_file("poison.csv", sst2_csv(0, 900, true).as_bytes());
+    d.wait_processed("poison.csv", Duration::from_secs(60));
+    retrain_and_expect_rejection(&d);
+    assert_eq!(model_version(&d), before, "still serving the old model");
+    let model = d.get("/model").json();
+    let candidate = &model["candidates"][0];
+    assert_eq!(candidate["status"], "rejected", "{model:#}");
+    let reason = candidate["reason"].as_str().expect("reason");
+    assert!(reason.contains("FAIL recent labels agree"), "{reason}");
+}
+
 #[test]
 fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
     let data = Data::new();
@@ -408,18 +574,7 @@ fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
     }
     d.drop_file("wrong.csv", wrong.as_bytes());
     d.wait_processed("wrong.csv", Duration::from_secs(60));
-    let (status, body) = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
-    assert_eq!(status, 202, "{body}");
-    d.wait_for("the gate's decision", Duration::from_secs(180), || {
-        d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#) >= 1.0
-            || d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#) >= 1.0
-    });
-    assert_eq!(
-        d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#),
-        1.0,
-        "{}",
-        d.logs()
-    );
+    retrain_and_expect_rejection(&d);
     assert_eq!(model_version(&d), before, "still serving the old model");
     let store = d.root().join("models");
     assert_eq!(

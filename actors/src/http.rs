@@ -336,15 +336,21 @@ async fn ready(state: web::Data<HttpState>) -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/model", tag = "model",
-    description = "The serving model: version, kind, whether it is the lexicon fallback, metrics per split.",
+    description = "The serving model: version, kind, whether it is the lexicon fallback, metrics per split, what each part of its training data weighed, and the newest retrain candidates with the gate's decision.",
     responses(
         (status = 200, description = "The serving model", body = crate::model_registry::ModelInfo),
         (status = 503, description = "No model is loaded yet", body = ErrorBody)))]
 async fn model(state: web::Data<HttpState>) -> HttpResponse {
-    match state.cell.load_full() {
-        Some(m) => HttpResponse::Ok().json(&m.info),
-        None => json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet"),
-    }
+    let Some(m) = state.cell.load_full() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet");
+    };
+    let store = state.model_store.clone();
+    let candidates = web::block(move || crate::model_registry::recent_candidates(&store, 5))
+        .await
+        .unwrap_or_default();
+    let mut info = m.info.clone();
+    info.candidates = candidates;
+    HttpResponse::Ok().json(&info)
 }
 
 /// OpenMetrics for clients that ask for it (Prometheus does), the classic text format 0.0.4

@@ -202,6 +202,8 @@ pub struct Metrics {
     batches: Family<BatchLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     pub inbox_backlog: Gauge,
+    /// 1 while a retrain runs in the background.
+    pub retrain_running: Gauge,
     batch_duration: Histogram,
     rows: Family<RowLabels, Counter>,
     labelled_rows: Counter,
@@ -328,6 +330,12 @@ impl Metrics {
             "Attempts at inbox files, by result (a file that fails is attempted again)",
             attempts.clone(),
         );
+        let retrain_running = Gauge::default();
+        registry.register(
+            "sentiment_retrain_running",
+            "1 while a retrain runs in the background, else 0",
+            retrain_running.clone(),
+        );
         let inbox_backlog = Gauge::default();
         registry.register(
             "sentiment_inbox_backlog_files",
@@ -446,6 +454,7 @@ impl Metrics {
             batches,
             attempts,
             inbox_backlog,
+            retrain_running,
             batch_duration,
             rows,
             labelled_rows,

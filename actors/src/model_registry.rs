@@ -50,6 +50,83 @@ pub struct ModelInfo {
     pub metrics: serde_json::Value,
     #[schema(format = DateTime)]
     pub loaded_at: String,
+    /// What each part of the training data weighed (`parts`: `base` and, for a retrain,
+    /// `recent`: rows, row weight, share of the training weight); null for the fallback and
+    /// versions trained before rows were weighed.
+    #[schema(value_type = Option<Object>, required = true)]
+    pub weighting: Option<serde_json::Value>,
+    /// The newest retrain candidates, newest first: what they weighed and why the gate
+    /// promoted or rejected them. Filled in by `GET /model`.
+    pub candidates: Vec<CandidateSummary>,
+}
+
+/// One retrain candidate and the gate's decision on it.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CandidateSummary {
+    pub version: String,
+    #[schema(format = DateTime)]
+    pub decided_at: String,
+    /// `promoted`, `rejected` or `promotion_failed`.
+    pub status: String,
+    /// Every gate rule with PASS or FAIL, joined by `; `.
+    pub reason: String,
+    /// The serving version it was compared with.
+    #[schema(required = true)]
+    pub against: Option<String>,
+    /// As `ModelInfo.weighting`, for this candidate.
+    #[schema(value_type = Option<Object>, required = true)]
+    pub weighting: Option<serde_json::Value>,
+    /// Candidate and serving macro-recall on the gate sets (`validation`, `recent_holdout`).
+    #[schema(value_type = Object)]
+    pub gate_sets: serde_json::Value,
+}
+
+/// The newest `limit` candidates with a gate decision in the store at `root`, newest first.
+pub fn recent_candidates(root: &std::path::Path, limit: usize) -> Vec<CandidateSummary> {
+    let Ok(store) = ModelStore::open(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<CandidateSummary> = store
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            let d = store.decision(&m.version)?;
+            let recall = |who: &str, set: &str| {
+                d.details
+                    .get(who)
+                    .and_then(|w| w.get(set))
+                    .and_then(|s| s.get("macro_recall"))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            let gate_sets = serde_json::json!({
+                "validation": {
+                    "candidate": recall("candidate", "validation"),
+                    "serving": recall("serving", "validation"),
+                },
+                "recent_holdout": {
+                    "candidate": recall("candidate", "recent_holdout"),
+                    "serving": recall("serving", "recent_holdout"),
+                },
+            });
+            Some(CandidateSummary {
+                version: d.version,
+                decided_at: d.decided_at,
+                status: d.status,
+                reason: d.reason,
+                against: d.against,
+                weighting: m
+                    .weighting
+                    .as_ref()
+                    .and_then(|w| serde_json::to_value(w).ok()),
+                gate_sets,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));
+    out.truncate(limit);
+    out
 }
 
 pub struct ServingModel {
@@ -72,6 +149,10 @@ impl ServingModel {
                 .and_then(|m| serde_json::to_value(&m.metrics).ok())
                 .unwrap_or(serde_json::Value::Null),
             loaded_at: chrono::Utc::now().to_rfc3339(),
+            weighting: manifest
+                .and_then(|m| m.weighting.as_ref())
+                .and_then(|w| serde_json::to_value(w).ok()),
+            candidates: Vec::new(),
         };
         ServingModel {
             classifier,

@@ -12,7 +12,7 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler};
 use sentimentd_config::Config;
 use sentimentd_data::labelled::{self, LabelledStore};
 use sentimentd_data::{Dataset, Label, load_dataset};
-use sentimentd_model::pipeline::{self, TrainJob};
+use sentimentd_model::pipeline::{self, RecentWeighting, TrainJob};
 use sentimentd_model::promotion::Decision;
 use sentimentd_model::train::{EpochReport, TrainObserver};
 use sentimentd_model::{Classifier, EvalMetrics, ModelStore};
@@ -154,6 +154,7 @@ impl Trainer {
             return Err(reason);
         }
         self.running = true;
+        self.metrics.retrain_running.set(1);
         let job = RetrainRun {
             cfg: self.cfg.clone(),
             cell: self.cell.clone(),
@@ -194,6 +195,7 @@ impl Trainer {
             }
             Err(e) => {
                 self.running = false;
+                self.metrics.retrain_running.set(0);
                 Err(format!("cannot start the retrain thread: {e}"))
             }
         }
@@ -327,6 +329,10 @@ impl RetrainRun {
         let job = TrainJob {
             promote: false,
             extra: Some(extra.clone()),
+            extra_weight: Some(RecentWeighting {
+                grid: cfg.retrain.recent_weights.clone(),
+                tolerance: cfg.retrain.recent_weight_tolerance,
+            }),
             labelled_files: train_files,
             threads: Some(cfg.retrain.threads),
             ..TrainJob::default()
@@ -373,6 +379,7 @@ impl RetrainRun {
             "candidate": { "validation": &cand_val, "recent_holdout": &cand_hold },
             "serving": { "version": current.version(), "validation": &cur_val, "recent_holdout": &cur_hold },
             "holdout_rows": holdout.texts.len(),
+            "weighting": &trained.manifest.weighting,
             "train_seconds": started.elapsed().as_secs_f64(),
         });
         let mut reason = verdict.reasons.join("; ");
@@ -421,6 +428,22 @@ impl RetrainRun {
             .insert("labelled_rows".into(), rows.len().to_string());
         rec.params
             .insert("holdout_rows".into(), holdout.texts.len().to_string());
+        if let Some(w) = &trained.manifest.weighting {
+            for p in &w.parts {
+                rec.params
+                    .insert(format!("{}_train_rows", p.name), p.train_rows.to_string());
+                rec.params.insert(
+                    format!("{}_selection_rows", p.name),
+                    p.selection_rows.to_string(),
+                );
+                rec.params.insert(
+                    format!("{}_row_weight", p.name),
+                    format!("{:.3}", p.row_weight),
+                );
+                rec.metrics
+                    .insert(format!("{}_weight_share", p.name), p.share);
+            }
+        }
         for (k, v) in [
             ("candidate_val_macro_recall", Some(cand_val.macro_recall)),
             ("serving_val_macro_recall", Some(cur_val.macro_recall)),
@@ -437,6 +460,15 @@ impl RetrainRun {
                 rec.metrics.insert(k.into(), v);
             }
         }
+        if let Some(m) = &cur_hold {
+            let (agree, n) = polar_agreement(m);
+            rec.metrics.insert("holdout_label_agreement".into(), agree);
+            rec.params
+                .insert("holdout_polar_rows".into(), n.to_string());
+        }
+        // The whole run (weight trials, training, both models scored), not just the kept fit.
+        rec.metrics
+            .insert("retrain_seconds".into(), started.elapsed().as_secs_f64());
         rec.artifacts
             .push(dir.join(sentimentd_model::promotion::DECISION));
         let run_id = rec.run_id.clone();
@@ -529,7 +561,42 @@ fn gate(
             ),
         ),
     }
+    if g.min_label_agreement > 0.0 {
+        match cur_hold.map(polar_agreement) {
+            Some((agree, n)) if n >= MIN_POLAR_ROWS => rule(
+                agree >= g.min_label_agreement,
+                format!(
+                    "recent labels agree with the serving model's negative/positive \
+                     predictions on {:.1}% of {n} rows (at least {:.1}%)",
+                    agree * 100.0,
+                    g.min_label_agreement * 100.0
+                ),
+            ),
+            Some((_, n)) => rule(
+                true,
+                format!(
+                    "label agreement not judged: {n} recent rows with a negative/positive \
+                     label and prediction, fewer than {MIN_POLAR_ROWS}"
+                ),
+            ),
+            None => {}
+        }
+    }
     GateVerdict { passed, reasons }
+}
+
+/// Fewest holdout rows with a negative/positive label and prediction for the label-agreement
+/// rule to judge.
+const MIN_POLAR_ROWS: u64 = 20;
+
+/// Of the rows whose label and prediction are both negative or positive, the share where they
+/// agree, and how many such rows there are.
+fn polar_agreement(m: &EvalMetrics) -> (f64, u64) {
+    let cm = &m.confusion_matrix;
+    let (neg, pos) = (Label::Negative.index(), Label::Positive.index());
+    let agree = cm[neg][neg] + cm[pos][pos];
+    let n = agree + cm[neg][pos] + cm[pos][neg];
+    (if n == 0 { 0.0 } else { agree as f64 / n as f64 }, n)
 }
 
 impl Actor for Trainer {
@@ -571,6 +638,7 @@ impl Handler<RetrainFinished> for Trainer {
 
     fn handle(&mut self, msg: RetrainFinished, _ctx: &mut Context<Self>) {
         self.running = false;
+        self.metrics.retrain_running.set(0);
         tracing::info!(outcome = msg.outcome, "retrain finished");
     }
 }

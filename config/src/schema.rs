@@ -405,6 +405,12 @@ pub struct RetrainConfig {
     pub min_new_rows: usize,
     /// Share of the newest labelled rows held out (time-ordered) as the recent gate set.
     pub holdout_share: f64,
+    /// Weights tried for a labelled row that arrived since the base data (one such row =
+    /// that many base rows); the run keeps the one chosen on the selection split.
+    pub recent_weights: Vec<f64>,
+    /// Most selection macro-recall the base rows may lose, against the smallest weight, for a
+    /// larger weight to be kept.
+    pub recent_weight_tolerance: f64,
     /// Threads a background retrain may use (it never takes every core from serving).
     pub threads: usize,
     /// Linux nice value of the training thread (0..=19): serving wins the CPU when both want it.
@@ -419,6 +425,8 @@ impl Default for RetrainConfig {
             cooldown_secs: 3600,
             min_new_rows: 200,
             holdout_share: 0.2,
+            recent_weights: vec![1.0, 2.0, 4.0, 8.0, 16.0],
+            recent_weight_tolerance: 0.005,
             threads: 1,
             nice: 10,
         }
@@ -437,6 +445,10 @@ pub struct GateConfig {
     pub min_val_macro_recall: f64,
     /// Fewest rows the recent holdout needs for its comparison to count.
     pub min_holdout_rows: usize,
+    /// Least share of the recent holdout's negative/positive labels that agree with the
+    /// serving model's negative/positive predictions: labels that contradict what the model
+    /// knows more often than they confirm it (swapped labels) are refused.
+    pub min_label_agreement: f64,
 }
 
 impl Default for GateConfig {
@@ -446,6 +458,7 @@ impl Default for GateConfig {
             min_holdout_gain: 0.02,
             min_val_macro_recall: 0.5,
             min_holdout_rows: 50,
+            min_label_agreement: 0.5,
         }
     }
 }

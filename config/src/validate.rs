@@ -214,6 +214,27 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     let r = &c.retrain;
     k.range("retrain.cooldown_secs", r.cooldown_secs, 0, 86_400 * 365);
     k.range("retrain.holdout_share", r.holdout_share, 0.0, 0.9);
+    if r.recent_weights.is_empty() {
+        k.fail(
+            "retrain.recent_weights",
+            "must list at least one weight".into(),
+        );
+    }
+    for w in &r.recent_weights {
+        if !(w.is_finite() && *w > 0.0 && *w <= 1000.0) {
+            k.fail(
+                "retrain.recent_weights",
+                format!("each weight must be above 0 and at most 1000, got {w}"),
+            );
+            break;
+        }
+    }
+    k.range(
+        "retrain.recent_weight_tolerance",
+        r.recent_weight_tolerance,
+        0.0,
+        1.0,
+    );
     k.range("retrain.threads", r.threads, 1, 1024);
     k.range("retrain.nice", r.nice, 0, 19);
     k.range("train.selection_share", c.train.selection_share, 0.01, 0.5);
@@ -228,6 +249,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         1.0,
     );
     k.at_least("gate.min_holdout_rows", gate.min_holdout_rows, 1);
+    k.range(
+        "gate.min_label_agreement",
+        gate.min_label_agreement,
+        0.0,
+        1.0,
+    );
 
     if let Some(p) = &c.admin.token_file {
         k.path("admin.token_file", p);
