@@ -44,8 +44,9 @@ enum Variant {
     WeightUnweightedSelection(f64),
     /// No base rows but a replay sample `k` times the recent rows' count, weight 1.
     Replay(f64),
-    /// The retrain's rule: weights 1, 2, 4, ..., 32 tried, the one kept with the best recent
-    /// selection macro-recall whose base selection macro-recall is within `t` of weight 1's.
+    /// The retrain's rule: the weights of `GRID` (default 1,2,4,8,16) tried, the one kept with
+    /// the best recent selection macro-recall whose base selection macro-recall is within `t`
+    /// of the smallest weight's.
     Auto(f64),
 }
 
@@ -251,7 +252,10 @@ fn main() {
                         let mut s =
                             weighted_splits(base.clone(), Some(extra.clone()), 1.0, share, seed);
                         let rule = RecentWeighting {
-                            grid: vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
+                            grid: env_list("GRID", "1,2,4,8,16")
+                                .iter()
+                                .filter_map(|g| g.parse().ok())
+                                .collect(),
                             tolerance: *t,
                         };
                         let m = match choose_recent_weight(&params, &mut s, &rule, &mut Quiet) {

@@ -268,7 +268,18 @@ impl RetrainRun {
 
     /// The whole run; returns the outcome name for the log and the metrics.
     fn run(&self) -> &'static str {
-        match self.try_run() {
+        // Everything the run computes in parallel (embedding new texts, scoring both models on
+        // the gate sets) stays on a pool of `[retrain] threads` threads started here, so they
+        // inherit this thread's lowered priority; rayon's global pool is serving's.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.cfg.retrain.threads.max(1))
+            .thread_name(|i| format!("retrain-{i}"))
+            .build();
+        let result = match pool {
+            Ok(pool) => pool.install(|| self.try_run()),
+            Err(e) => Err(format!("cannot start the retrain threads: {e}")),
+        };
+        match result {
             Ok(outcome) => outcome,
             Err(error) => {
                 RetrainFailed {
@@ -356,10 +367,23 @@ impl RetrainRun {
         let eval = |m: &dyn Classifier, d: &Dataset| -> Option<EvalMetrics> {
             (!d.texts.is_empty()).then(|| pipeline::evaluate(m, d))
         };
-        let (cand_val, cur_val) = (
-            pipeline::evaluate(candidate.as_ref(), &val),
-            pipeline::evaluate(current.as_ref(), &val),
-        );
+        // A version's manifest holds its reporting-split figures, scored through the serving
+        // path on the split whose fingerprint it records: when that is this split, the figure
+        // is the one scoring again would give, and the gate skips the second pass (with the
+        // transformer kind, a pass over 2,000 texts is seconds on one thread).
+        let stored_val = |version: &str| -> Option<EvalMetrics> {
+            let m = model_store.manifest(version).ok()?;
+            let split = m.splits.get("validation")?;
+            (split.fingerprint == val.fingerprint)
+                .then(|| m.metrics.get("validation").cloned())
+                .flatten()
+        };
+        let cand_val =
+            stored_val(&version).unwrap_or_else(|| pipeline::evaluate(candidate.as_ref(), &val));
+        let cur_val = (!current.is_fallback())
+            .then(|| stored_val(current.version()))
+            .flatten()
+            .unwrap_or_else(|| pipeline::evaluate(current.as_ref(), &val));
         let (cand_hold, cur_hold) = (
             eval(candidate.as_ref(), &holdout),
             eval(current.as_ref(), &holdout),

@@ -425,7 +425,7 @@ impl Default for RetrainConfig {
             cooldown_secs: 3600,
             min_new_rows: 200,
             holdout_share: 0.2,
-            recent_weights: vec![1.0, 2.0, 4.0, 8.0, 16.0],
+            recent_weights: vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
             recent_weight_tolerance: 0.005,
             threads: 1,
             nice: 10,
