@@ -111,6 +111,7 @@ level = "warn,sentimentd_actors=info"
 EOF
 
 echo "load-test-admin-token-0123456789" > "$WORK/token"
+chmod 600 "$WORK/token"
 TOKEN_HDR="Authorization: Bearer load-test-admin-token-0123456789"
 
 if [ -z "${MODEL_STORE:-}" ]; then

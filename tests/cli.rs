@@ -287,6 +287,25 @@ fn config_check_names_file_line_and_key() {
     assert!(err.contains("bad.toml:3"), "{err}");
     assert!(err.contains("prot"), "{err}");
 
+    // The labelled store in a folder the batch pipeline moves files through is refused,
+    // whichever folder it is.
+    for folder in ["processing", "outbox", "archive", "rejected", "inbox"] {
+        std::fs::write(
+            &bad,
+            format!(
+                "[ingest]\n{folder} = \"/srv/s/{folder}\"\nlabelled_dir = \"/srv/s/{folder}/labelled\"\n"
+            ),
+        )
+        .unwrap();
+        let out = env.run(&["config", "check", bad.to_str().unwrap()]);
+        assert!(!out.status.success(), "{folder}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("ingest.labelled_dir") && err.contains(&format!("ingest.{folder}")),
+            "{err}"
+        );
+    }
+
     std::fs::write(&bad, "[train]\nlearning_rate = -1\n").unwrap();
     let out = env.run(&["config", "check", bad.to_str().unwrap()]);
     assert!(!out.status.success());

@@ -55,7 +55,7 @@ impl Data {
             slice("train.csv", 0, 4000).join("\n") + "\n",
         )
         .expect("train slice");
-        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
+        common::write_secret(&dir.path().join("token"), &format!("{TOKEN}\n"));
         Data { dir }
     }
 
@@ -281,6 +281,19 @@ fn admin_api_needs_the_token_and_is_absent_without_one() {
     let (status, body) = admin_post(&d, "/admin/rollback", Some(TOKEN), "");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("no earlier version"), "{body}");
+    // The scheme's name is case-insensitive (RFC 9110); another scheme is refused.
+    for (header, want) in [
+        (format!("bearer {TOKEN}"), 409),
+        (format!("BEARER  {TOKEN}"), 409),
+        (format!("Basic {TOKEN}"), 401),
+    ] {
+        let r = agent()
+            .post(d.url("/admin/rollback"))
+            .header("authorization", &header)
+            .send("")
+            .expect("admin request");
+        assert_eq!(r.status().as_u16(), want, "{header}");
+    }
     let (status, body) = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("new labelled rows"), "{body}");
@@ -290,6 +303,23 @@ fn admin_api_needs_the_token_and_is_absent_without_one() {
     );
     let (status, body) = admin_post(&d, "/admin/promote", Some(TOKEN), r#"{"version": "../x"}"#);
     assert_eq!(status, 409, "{body}");
+}
+
+#[test]
+fn a_token_file_others_can_read_stops_the_start_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = Data::new();
+    let token = data.dir.path().join("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut d = Daemon::configure("", "", "", &data.sections("enabled = false", "", "", true));
+    d.spawn_no_wait(&[]);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let logs = d.logs();
+    assert!(
+        logs.contains("token_file") && logs.contains("0644") && logs.contains("chmod 600"),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -551,8 +581,15 @@ fn swapped_labels_of_a_new_domain_are_refused_by_the_gate() {
 #[test]
 fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
     let data = Data::new();
-    // Default gate rules.
-    let d = trained_daemon(&data, "enabled = false", "min_new_rows = 300", "");
+    // The reporting-split rule on its own: recent rows weigh like base rows (no weight is
+    // searched, which with the default list keeps such rows light enough to do no harm) and
+    // the label-agreement rule is off; the other rules are the defaults.
+    let d = trained_daemon(
+        &data,
+        "enabled = false",
+        "min_new_rows = 300\nrecent_weights = [1.0]",
+        "min_label_agreement = 0.0",
+    );
     let before = model_version(&d);
     // 2,000 tweets the model has not seen, every label rotated (negative -> neutral ->
     // positive -> negative).

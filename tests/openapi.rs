@@ -55,7 +55,7 @@ threads = 1
         ),
     );
     let token = d.root().join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
+    common::write_secret(&token, &format!("{TOKEN}\n"));
     let mut config = std::fs::read_to_string(&d.config).expect("config");
     config.push_str(&format!(
         "\n[admin]\ntoken_file = \"{}\"\n",

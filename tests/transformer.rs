@@ -520,7 +520,7 @@ fn the_daemon_trains_retrains_and_gates_the_transformer_kind() {
     const TOKEN: &str = "transformer-admin-token-0123456789";
     let data = tempfile::tempdir().expect("temp dir");
     let d0 = data.path();
-    std::fs::write(d0.join("token"), format!("{TOKEN}\n")).expect("token");
+    common::write_secret(&d0.join("token"), &format!("{TOKEN}\n"));
     let sections = small_transformer(d0, (400, 200), &pretrained_root(), "head_epochs = 100");
     let extra = format!(
         r#"{sections}

@@ -181,6 +181,21 @@ impl Drop for Inflight<'_> {
 /// Reads the admin token: the first line of the file, trimmed. A configured file that cannot
 /// be read, or holds no token, stops the start-up with a message naming the file.
 pub fn read_admin_token(path: &std::path::Path) -> Result<String, String> {
+    // Like ssh with a private key: a secret others can read is no secret.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("[admin] token_file {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "[admin] token_file {}: group or others may access it (mode {mode:04o}); \
+                 make it readable by the service user only (chmod 600)",
+                path.display()
+            ));
+        }
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("[admin] token_file {}: {e}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_string();
@@ -1032,8 +1047,10 @@ fn admin<'a>(req: &HttpRequest, state: &'a HttpState) -> Result<&'a AdminApi, Bo
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        // RFC 9110: the scheme name is case-insensitive.
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     use subtle::ConstantTimeEq;
     if bool::from(given.as_bytes().ct_eq(api.token.as_bytes())) {
         Ok(api)

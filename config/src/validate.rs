@@ -357,13 +357,19 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
             );
         }
     }
-    if lexical(&g.labelled_dir).starts_with(&normalised[0]) {
+    // The labelled store inside a folder the batch pipeline moves files in and out of would
+    // have its files claimed, archived or cleared as batches (at start the processing folder
+    // is recovered into the inbox).
+    let labelled = lexical(&g.labelled_dir);
+    if let Some((key, path)) = folders
+        .iter()
+        .zip(&normalised)
+        .find(|(_, n)| labelled.starts_with(n))
+        .map(|((key, path), _)| (key, path))
+    {
         k.fail(
             "ingest.labelled_dir",
-            format!(
-                "must not be inside ingest.inbox ({})",
-                folders[0].1.display()
-            ),
+            format!("must not be {key} ({}) or inside it", path.display()),
         );
     }
     k.range("ingest.settle_ms", g.settle_ms, 0, 600_000);

@@ -36,6 +36,13 @@ pub fn pretrained_root() -> PathBuf {
     root
 }
 
+/// Writes a file only its owner may read, as the admin token file must be.
+pub fn write_secret(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).expect("secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub port: u16,
