@@ -347,7 +347,7 @@ def retrain_running(port) -> bool:
     for line in body.decode(errors="replace").splitlines():
         if line.startswith("sentiment_retrain_running "):
             return float(line.split()[-1]) > 0
-    return True
+    return False
 
 
 def read_runs(state):

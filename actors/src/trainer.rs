@@ -50,7 +50,14 @@ pub struct Trainer {
     metrics: Arc<Metrics>,
     containment: Containment,
     running: bool,
+    serving_val: ServingValCache,
 }
+
+/// The serving model's reporting-split figures, scored once by this process for each
+/// (version, split fingerprint): later retrains against the same model reuse them. Kept in
+/// memory, not read from the version's manifest, because a figure stored by another process
+/// may have been scored with other settings (precision, backend).
+type ServingValCache = Arc<std::sync::Mutex<Option<(String, String, EvalMetrics)>>>;
 
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -76,6 +83,7 @@ impl Trainer {
             tracker: tracker.map(|t| t.recipient()),
             metrics,
             running: false,
+            serving_val: ServingValCache::default(),
         }
     }
 
@@ -163,6 +171,7 @@ impl Trainer {
             champion: self.champion.clone(),
             metrics: self.metrics.clone(),
             trigger,
+            serving_val: self.serving_val.clone(),
         };
         let me = ctx.address();
         let containment = Containment::new("trainer", self.metrics.clone());
@@ -250,6 +259,7 @@ struct RetrainRun {
     champion: Option<actix::Recipient<RegisterChampion>>,
     metrics: Arc<Metrics>,
     trigger: RetrainTrigger,
+    serving_val: ServingValCache,
 }
 
 /// Outcome of the gate, with every rule's verdict.
@@ -367,23 +377,40 @@ impl RetrainRun {
         let eval = |m: &dyn Classifier, d: &Dataset| -> Option<EvalMetrics> {
             (!d.texts.is_empty()).then(|| pipeline::evaluate(m, d))
         };
-        // A version's manifest holds its reporting-split figures, scored through the serving
-        // path on the split whose fingerprint it records: when that is this split, the figure
-        // is the one scoring again would give, and the gate skips the second pass (with the
-        // transformer kind, a pass over 2,000 texts is seconds on one thread).
-        let stored_val = |version: &str| -> Option<EvalMetrics> {
-            let m = model_store.manifest(version).ok()?;
-            let split = m.splits.get("validation")?;
-            (split.fingerprint == val.fingerprint)
-                .then(|| m.metrics.get("validation").cloned())
-                .flatten()
+        // The candidate was scored on this split through the serving path by this run, with
+        // these settings (its manifest's figure); the serving model once per version by this
+        // process. With the transformer kind each pass over 2,000 texts is seconds.
+        let cand_val = model_store
+            .manifest(&version)
+            .ok()
+            .filter(|m| {
+                m.splits
+                    .get("validation")
+                    .is_some_and(|s| s.fingerprint == val.fingerprint)
+            })
+            .and_then(|m| m.metrics.get("validation").cloned())
+            .unwrap_or_else(|| pipeline::evaluate(candidate.as_ref(), &val));
+        let cached = self
+            .serving_val
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|(v, f, _)| v == current.version() && *f == val.fingerprint)
+            .map(|(_, _, m)| m);
+        let cur_val = match cached {
+            Some(m) => m,
+            None => {
+                let m = pipeline::evaluate(current.as_ref(), &val);
+                if let Ok(mut c) = self.serving_val.lock() {
+                    *c = Some((
+                        current.version().to_string(),
+                        val.fingerprint.clone(),
+                        m.clone(),
+                    ));
+                }
+                m
+            }
         };
-        let cand_val =
-            stored_val(&version).unwrap_or_else(|| pipeline::evaluate(candidate.as_ref(), &val));
-        let cur_val = (!current.is_fallback())
-            .then(|| stored_val(current.version()))
-            .flatten()
-            .unwrap_or_else(|| pipeline::evaluate(current.as_ref(), &val));
         let (cand_hold, cur_hold) = (
             eval(candidate.as_ref(), &holdout),
             eval(current.as_ref(), &holdout),

@@ -198,6 +198,9 @@ impl LinearHead {
     ) -> (LinearHead, HeadReport) {
         let dim = xs.first().map_or(0, Vec::len);
         let mut head = LinearHead::zeros(dim);
+        // Weights that do not match the rows one for one are not weights of these rows.
+        let weights = weights.filter(|w| w.len() == ys.len());
+        let sel_weights = sel_weights.filter(|w| w.len() == sel_y.len());
         let row_weight = |i: usize| weights.map_or(1.0, |w| f64::from(w[i]));
         // Balanced: each class weighs as much in the loss whatever its size (rows counted by
         // their weights).

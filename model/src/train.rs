@@ -651,10 +651,10 @@ impl<'a> Rows<'a> {
             )));
         }
         if let Some(w) = self.weights
-            && let Some(bad) = w.iter().find(|w| !(w.is_finite() && **w >= 0.0))
+            && let Some(bad) = w.iter().find(|w| !(w.is_finite() && **w > 0.0))
         {
             return Err(ModelError::Training(format!(
-                "{what}: a row weight is {bad}; weights must be finite and not negative"
+                "{what}: a row weight is {bad}; weights must be finite and above 0"
             )));
         }
         Ok(())

@@ -637,6 +637,10 @@ fn train_on_pool(
             h.update(&sel_set.fingerprint);
             h.update(serde_json::to_vec(&fp).map_err(ModelError::json)?);
             h.update(serde_json::to_vec(&hp).map_err(ModelError::json)?);
+            // The starting head was trained with these row weights.
+            for w in weights.train.iter().chain(&weights.selection) {
+                w.iter().for_each(|x| h.update(x.to_le_bytes()));
+            }
             hex::encode(h.finalize())
         };
         let root = cfg.paths.state_dir.join("finetune");
