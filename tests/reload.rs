@@ -16,6 +16,15 @@ fn rewrite(d: &Daemon, edit: impl Fn(&str) -> String) {
     std::fs::write(&d.config, edit(&text)).expect("config");
 }
 
+/// The newest log line that contains `needle`, or "".
+fn last_line(logs: &str, needle: &str) -> String {
+    logs.lines()
+        .rev()
+        .find(|l| l.contains(needle))
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn reload_and_wait(d: &Daemon, expect: &str) {
     let before = d.logs().matches(expect).count();
     d.signal("HUP");
@@ -41,11 +50,7 @@ fn sighup_applies_live_keys_names_the_rest_and_refuses_an_invalid_file() {
     });
     reload_and_wait(&d, "config reloaded");
     let logs = d.logs();
-    let line = logs
-        .lines()
-        .rev()
-        .find(|l| l.contains("config reloaded"))
-        .unwrap_or_default();
+    let line = last_line(&logs, "config reloaded");
     assert!(line.contains("server.max_batch_texts"), "{line}");
     assert!(line.contains("ingest.neutralize_formulas"), "{line}");
     assert!(
@@ -72,14 +77,28 @@ fn sighup_applies_live_keys_names_the_rest_and_refuses_an_invalid_file() {
     });
     reload_and_wait(&d, "config reload refused");
     let logs = d.logs();
-    let refused = logs
-        .lines()
-        .rev()
-        .find(|l| l.contains("config reload refused"))
-        .unwrap_or_default();
+    let refused = last_line(&logs, "config reload refused");
     assert!(refused.contains("max_batch_textz"), "{refused}");
     assert!(refused.contains("sentimentd.toml:"), "{refused}");
     assert_eq!(post(250).status, 422, "the running limit (200) stays");
     assert_eq!(post(150).status, 200);
+    assert_eq!(d.get("/health").status, 200, "still serving");
+}
+
+#[test]
+fn a_reload_whose_live_keys_break_a_rule_with_the_running_ones_is_refused() {
+    // drift.window needs a restart and drift.min_samples is live: the file alone is valid,
+    // but applying it would run min_samples 5000 against the running window of 1000.
+    let d = Daemon::start_with("", "", "", "[drift]\nwindow = 1000\nmin_samples = 500\n");
+    rewrite(&d, |t| {
+        t.replace("window = 1000", "window = 20000")
+            .replace("min_samples = 500", "min_samples = 5000")
+    });
+    reload_and_wait(&d, "config reload failed");
+    let logs = d.logs();
+    let refused = last_line(&logs, "config reload failed");
+    assert!(refused.contains("drift.min_samples"), "{refused}");
+    assert!(refused.contains("drift.window"), "{refused}");
+    assert!(!logs.contains("config reloaded"), "{logs}");
     assert_eq!(d.get("/health").status, 200, "still serving");
 }

@@ -92,6 +92,15 @@ pub fn plan(running: &Config, reloaded: &Config) -> Result<ReloadPlan, String> {
     let effective: Config = toml::Value::Table(effective)
         .try_into()
         .map_err(|e| format!("cannot rebuild the config: {e}"))?;
+    // The file was valid alone, but the running values of the keys that wait for a restart
+    // stay: the mix must keep every rule too (drift.min_samples <= drift.window, ...).
+    effective.validate().map_err(|e| {
+        format!(
+            "the file's live keys with the running values of the keys that need a restart \
+             ({}) break a rule: {e}",
+            needs_restart.join(", ")
+        )
+    })?;
     Ok(ReloadPlan {
         applied,
         needs_restart,
