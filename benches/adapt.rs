@@ -315,11 +315,7 @@ fn sel_parts(s: &WeightedSplits) -> Option<(Dataset, Dataset)> {
 }
 
 fn recent(s: &WeightedSplits) -> f64 {
-    s.weighting
-        .parts
-        .iter()
-        .find(|p| p.name == "recent")
-        .map_or(0.0, |p| p.share)
+    s.weighting.recent().map_or(0.0, |p| p.share)
 }
 
 fn train(params: &TrainParams, s: WeightedSplits) -> Box<dyn Classifier> {

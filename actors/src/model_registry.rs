@@ -87,11 +87,9 @@ pub fn recent_candidates(root: &std::path::Path, limit: usize) -> Vec<CandidateS
         return Vec::new();
     };
     let mut out: Vec<CandidateSummary> = store
-        .list()
-        .unwrap_or_default()
+        .decisions()
         .into_iter()
-        .filter_map(|m| {
-            let d = store.decision(&m.version)?;
+        .map(|(m, d)| {
             let recall = |who: &str, set: &str| {
                 d.details
                     .get(who)
@@ -110,7 +108,7 @@ pub fn recent_candidates(root: &std::path::Path, limit: usize) -> Vec<CandidateS
                     "serving": recall("serving", "recent_holdout"),
                 },
             });
-            Some(CandidateSummary {
+            CandidateSummary {
                 version: d.version,
                 decided_at: d.decided_at,
                 status: d.status,
@@ -121,7 +119,7 @@ pub fn recent_candidates(root: &std::path::Path, limit: usize) -> Vec<CandidateS
                     .as_ref()
                     .and_then(|w| serde_json::to_value(w).ok()),
                 gate_sets,
-            })
+            }
         })
         .collect();
     out.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));

@@ -69,10 +69,8 @@ fn model_events(root: PathBuf) -> Vec<ModelEvent> {
             reason: h.reason,
         })
         .collect();
-    for m in store.list().unwrap_or_default() {
-        if let Some(d) = store.decision(&m.version)
-            && d.status != "promoted"
-        {
+    for (_, d) in store.decisions() {
+        if d.status != "promoted" {
             events.push(ModelEvent {
                 at: d.decided_at,
                 action: format!("gate: {}", d.status),

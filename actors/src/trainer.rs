@@ -380,15 +380,12 @@ impl RetrainRun {
         // The candidate was scored on this split through the serving path by this run, with
         // these settings (its manifest's figure); the serving model once per version by this
         // process. With the transformer kind each pass over 2,000 texts is seconds.
-        let cand_val = model_store
-            .manifest(&version)
-            .ok()
-            .filter(|m| {
-                m.splits
-                    .get("validation")
-                    .is_some_and(|s| s.fingerprint == val.fingerprint)
-            })
-            .and_then(|m| m.metrics.get("validation").cloned())
+        let m = &trained.manifest;
+        let cand_val = m
+            .splits
+            .get("validation")
+            .filter(|s| s.fingerprint == val.fingerprint)
+            .and_then(|_| m.metrics.get("validation").cloned())
             .unwrap_or_else(|| pipeline::evaluate(candidate.as_ref(), &val));
         let cached = self
             .serving_val

@@ -98,13 +98,11 @@ impl LinearHead {
 
     /// Mean cross-entropy of the true labels, each row counted by its weight.
     pub fn log_loss_weighted(&self, xs: &[Vec<f32>], ys: &[Label], w: Option<&[f32]>) -> f64 {
-        let (mut sum, mut total) = (0.0f64, 0.0f64);
-        for (i, (x, y)) in xs.iter().zip(ys).enumerate() {
-            let w = w.map_or(1.0, |w| f64::from(w[i]));
-            sum += -w * softmax(self.logits(x))[y.index()].max(1e-12).ln();
-            total += w;
-        }
-        sum / total.max(f64::MIN_POSITIVE)
+        let nll = xs
+            .iter()
+            .zip(ys)
+            .map(|(x, y)| -softmax(self.logits(x))[y.index()].max(1e-12).ln());
+        crate::train::weighted_mean(nll, w)
     }
 
     pub fn evaluate(&self, xs: &[Vec<f32>], ys: &[Label]) -> EvalMetrics {
@@ -204,18 +202,11 @@ impl LinearHead {
         let row_weight = |i: usize| weights.map_or(1.0, |w| f64::from(w[i]));
         // Balanced: each class weighs as much in the loss whatever its size (rows counted by
         // their weights).
-        let mut counts = [0f64; CLASSES];
-        for (i, y) in ys.iter().enumerate() {
-            counts[y.index()] += row_weight(i);
-        }
-        let n = counts.iter().sum::<f64>().max(f64::MIN_POSITIVE);
-        let class_weight = counts.map(|c| {
-            if c <= 0.0 {
-                0.0
-            } else {
-                n / (CLASSES as f64 * c)
-            }
-        });
+        let class_weight = crate::train::balanced_class_weights(ys, weights);
+        let n = (0..ys.len())
+            .map(row_weight)
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
         let size = dim * CLASSES + CLASSES;
         let (mut m, mut v) = (vec![0.0f64; size], vec![0.0f64; size]);
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);

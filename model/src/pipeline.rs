@@ -14,9 +14,9 @@ use crate::error::ModelError;
 use crate::fast::FastModel;
 use crate::features::FeatureConfig;
 use crate::metrics::EvalMetrics;
-use crate::store::WeightTrial;
 use crate::store::{
-    DataWeighting, Manifest, ModelStore, NewModel, NewVersion, PartWeight, SplitInfo,
+    DataWeighting, Manifest, ModelStore, NewModel, NewVersion, PartWeight, RECENT, SplitInfo,
+    WeightTrial,
 };
 use crate::train::{self, SplitWeights, TrainObserver, TrainParams};
 
@@ -196,42 +196,27 @@ pub fn weighted_splits(
         selection.extend(s);
         counts
     };
-    let extra_weight = if extra_weight.is_finite() && extra_weight > 0.0 {
-        extra_weight
-    } else {
-        1.0
-    };
-    let w = extra_weight as f32;
-    let weights = |base: usize, extra: usize| {
-        let mut v = vec![1.0f32; base];
-        v.resize(base + extra, w);
-        v
-    };
+    // Every row at 1 for now; `reweigh` below sets the recent rows' weight.
     let weights = if extra_train + extra_sel == 0 {
         SplitWeights::default()
     } else {
         SplitWeights {
-            train: Some(weights(base_train, extra_train)),
-            selection: Some(weights(base_sel, extra_sel)),
+            train: Some(vec![1.0; base_train + extra_train]),
+            selection: Some(vec![1.0; base_sel + extra_sel]),
         }
     };
-    let total = base_train as f64 + extra_train as f64 * extra_weight;
-    let part = |name: &str, rows: usize, sel: usize, weight: f64| PartWeight {
+    let part = |name: &str, rows: usize, sel: usize| PartWeight {
         name: name.to_string(),
         train_rows: rows,
         selection_rows: sel,
-        row_weight: weight,
-        share: if total > 0.0 {
-            rows as f64 * weight / total
-        } else {
-            0.0
-        },
+        row_weight: 1.0,
+        share: 0.0,
     };
-    let mut parts = vec![part("base", base_train, base_sel, 1.0)];
+    let mut parts = vec![part("base", base_train, base_sel)];
     if extra_train + extra_sel > 0 {
-        parts.push(part("recent", extra_train, extra_sel, extra_weight));
+        parts.push(part(RECENT, extra_train, extra_sel));
     }
-    WeightedSplits {
+    let mut splits = WeightedSplits {
         train,
         selection,
         weights,
@@ -239,29 +224,41 @@ pub fn weighted_splits(
             parts,
             ..DataWeighting::default()
         },
-    }
+    };
+    // Sets the shares too, also for a run with no recent rows (where it changes nothing else).
+    splits.reweigh(extra_weight);
+    splits
 }
 
 impl WeightedSplits {
-    /// The same rows with every recent row weighing `w` base rows.
+    /// The same rows with every recent row weighing `w` base rows; the shares follow.
     pub fn reweigh(&mut self, w: f64) {
         let w = if w.is_finite() && w > 0.0 { w } else { 1.0 };
-        let Some(p) = self.weighting.parts.iter_mut().find(|p| p.name == "recent") else {
-            return;
-        };
-        p.row_weight = w;
-        let (base_train, base_sel) = match self.weighting.parts.first() {
-            Some(b) => (b.train_rows, b.selection_rows),
-            None => return,
-        };
-        for (v, from) in [
-            (&mut self.weights.train, base_train),
-            (&mut self.weights.selection, base_sel),
-        ] {
-            if let Some(v) = v {
-                v[from..].iter_mut().for_each(|x| *x = w as f32);
+        // Base rows come first in both splits; the recent rows follow them.
+        let base = self
+            .weighting
+            .parts
+            .first()
+            .map(|b| (b.train_rows, b.selection_rows));
+        if let (Some((base_train, base_sel)), Some(p)) = (
+            base,
+            self.weighting.parts.iter_mut().find(|p| p.name == RECENT),
+        ) {
+            p.row_weight = w;
+            for (v, from) in [
+                (&mut self.weights.train, base_train),
+                (&mut self.weights.selection, base_sel),
+            ] {
+                if let Some(v) = v {
+                    v[from..].iter_mut().for_each(|x| *x = w as f32);
+                }
             }
         }
+        self.refresh_shares();
+    }
+
+    /// Each part's share of the training weight (rows times row weight).
+    fn refresh_shares(&mut self) {
         let total: f64 = self
             .weighting
             .parts
@@ -318,7 +315,6 @@ pub fn choose_recent_weight(
             observer,
         );
     }
-    let recall = |m: &FastModel, d: &Dataset| macro_recall_present(m, d);
     let mut best: Option<(usize, FastTrained)> = None;
     let mut trials: Vec<WeightTrial> = Vec::new();
     for &w in &grid {
@@ -332,14 +328,9 @@ pub fn choose_recent_weight(
         )?;
         let trial = WeightTrial {
             row_weight: w,
-            share: splits
-                .weighting
-                .parts
-                .iter()
-                .find(|p| p.name == "recent")
-                .map_or(0.0, |p| p.share),
-            selection_base: recall(&trained.model, &sel_base),
-            selection_recent: recall(&trained.model, &sel_recent),
+            share: splits.weighting.recent().map_or(0.0, |p| p.share),
+            selection_base: macro_recall_present(&trained.model, &sel_base),
+            selection_recent: macro_recall_present(&trained.model, &sel_recent),
             seconds: trained.seconds,
             chosen: false,
         };
@@ -499,10 +490,10 @@ pub fn train_and_store(
     } else {
         // No fast model to train (a transformer without its ensemble partner) and nothing to
         // choose between: the one weight listed.
-        splits.reweigh(weighting_rule.grid().first().copied().unwrap_or(1.0));
+        splits.reweigh(weighting_rule.grid()[0]);
         None
     };
-    if let Some(recent) = splits.weighting.parts.iter().find(|p| p.name == "recent") {
+    if let Some(recent) = splits.weighting.recent() {
         observer.on_message(&format!(
             "recent labelled rows: {} train, {} select, each weighing {} base rows: {:.1}% of \
              the training weight",

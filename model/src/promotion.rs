@@ -194,6 +194,15 @@ impl ModelStore {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Every version that has a gate decision, with it, oldest version first.
+    pub fn decisions(&self) -> Vec<(crate::Manifest, Decision)> {
+        self.list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| self.decision(&m.version).map(|d| (m, d)))
+            .collect()
+    }
+
     /// Removes version directories a crash left half-written (they were never visible under
     /// their final name). Returns how many were removed.
     pub fn remove_stale_temp_dirs(&self) -> usize {

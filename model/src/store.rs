@@ -118,6 +118,16 @@ pub struct DataWeighting {
     pub tolerance: Option<f64>,
 }
 
+/// The name of the recent labelled rows' part in [`DataWeighting::parts`].
+pub const RECENT: &str = "recent";
+
+impl DataWeighting {
+    /// The recent labelled rows' part, if the run had any.
+    pub fn recent(&self) -> Option<&PartWeight> {
+        self.parts.iter().find(|p| p.name == RECENT)
+    }
+}
+
 /// One recent-row weight tried by a retrain, judged on the selection split only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WeightTrial {

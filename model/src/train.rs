@@ -428,14 +428,11 @@ fn example_logits(weights: &Weights, examples: &[Example]) -> Vec<[f32; 3]> {
 /// Mean negative log-likelihood of `labels` under logits divided by `t`, each row counted by
 /// its weight.
 fn log_loss(logits: &[[f32; 3]], labels: &[Label], weights: Option<&[f32]>, t: f32) -> f64 {
-    let (mut sum, mut total) = (0.0f64, 0.0f64);
-    for (i, (l, y)) in logits.iter().zip(labels).enumerate() {
-        let w = weights.map_or(1.0, |w| f64::from(w[i]));
+    let nll = logits.iter().zip(labels).map(|(l, y)| {
         let p = crate::fast::softmax(l.map(|x| x / t))[y.index()];
-        sum += -w * (p.max(1e-12) as f64).ln();
-        total += w;
-    }
-    sum / total.max(f64::MIN_POSITIVE)
+        -(p.max(1e-12) as f64).ln()
+    });
+    weighted_mean(nll, weights)
 }
 
 /// Weighted cross-entropy of logits `[B, 3]`: `-Σ w_i log p_i(y_i) / Σ w_i`, the form of burn's
@@ -634,14 +631,6 @@ impl<'a> Rows<'a> {
         }
     }
 
-    pub fn weighted(texts: &'a [String], labels: &'a [Label], weights: &'a [f32]) -> Rows<'a> {
-        Rows {
-            texts,
-            labels,
-            weights: Some(weights),
-        }
-    }
-
     fn check(&self, what: &str) -> Result<(), ModelError> {
         if self.texts.len() != self.labels.len()
             || self.weights.is_some_and(|w| w.len() != self.texts.len())
@@ -666,20 +655,25 @@ impl<'a> Rows<'a> {
 }
 
 /// Class weights that make each class weigh the same in the loss, counting each row by its
-/// weight: `total / (3 * class total)`, 0 for a class without rows.
-pub fn balanced_class_weights(rows: &Rows) -> [f32; 3] {
+/// weight (`None`: once): `total / (3 * class total)`, 0 for a class without rows.
+pub fn balanced_class_weights(labels: &[Label], weights: Option<&[f32]>) -> [f64; 3] {
     let mut totals = [0f64; 3];
-    for (i, l) in rows.labels.iter().enumerate() {
-        totals[l.index()] += f64::from(rows.weight(i));
+    for (i, l) in labels.iter().enumerate() {
+        totals[l.index()] += weights.map_or(1.0, |w| f64::from(w[i]));
     }
     let n: f64 = totals.iter().sum();
-    totals.map(|c| {
-        if c <= 0.0 {
-            0.0
-        } else {
-            (n / (3.0 * c)) as f32
-        }
-    })
+    totals.map(|c| if c <= 0.0 { 0.0 } else { n / (3.0 * c) })
+}
+
+/// The mean of `values` with each counted by its weight (`None`: once).
+pub(crate) fn weighted_mean(values: impl Iterator<Item = f64>, weights: Option<&[f32]>) -> f64 {
+    let (mut sum, mut total) = (0.0f64, 0.0f64);
+    for (i, v) in values.enumerate() {
+        let w = weights.map_or(1.0, |w| f64::from(w[i]));
+        sum += w * v;
+        total += w;
+    }
+    sum / total.max(f64::MIN_POSITIVE)
 }
 
 /// Like [`train`], with per-row weights: a training row's loss is scaled by its weight (and
@@ -721,7 +715,7 @@ pub fn train_rows(
     let mut optim = adam.init();
 
     let class_weights = if params.balanced_class_weights {
-        balanced_class_weights(&train)
+        balanced_class_weights(train.labels, train.weights).map(|w| w as f32)
     } else {
         [1.0; 3]
     };

@@ -284,9 +284,6 @@ pub fn fit_blend_weight_weighted(
     labels: &[Label],
     weights: Option<&[f32]>,
 ) -> f32 {
-    let total: f64 = weights.map_or(labels.len() as f64, |w| {
-        w.iter().map(|&v| f64::from(v)).sum()
-    });
     let mut best = (1.0f32, -1.0f64, f64::INFINITY);
     for step in 0..=20 {
         let w = step as f32 / 20.0;
@@ -300,16 +297,11 @@ pub fn fit_blend_weight_weighted(
             .map(|p| Prediction::from_probabilities(*p).label)
             .collect();
         let recall = crate::train::weighted_macro_recall(labels, &predicted, weights);
-        let loss = probs
+        let nll = probs
             .iter()
             .zip(labels)
-            .enumerate()
-            .map(|(i, (p, y))| {
-                let w = weights.map_or(1.0, |w| f64::from(w[i]));
-                -w * f64::from(p[y.index()].max(1e-7)).ln()
-            })
-            .sum::<f64>()
-            / total.max(f64::MIN_POSITIVE);
+            .map(|(p, y)| -f64::from(p[y.index()].max(1e-7)).ln());
+        let loss = crate::train::weighted_mean(nll, weights);
         if recall > best.1 || (recall == best.1 && loss < best.2) {
             best = (w, recall, loss);
         }
