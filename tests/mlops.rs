@@ -993,3 +993,61 @@ fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
     d.spawn(&[]);
     assert!(!stale.exists(), "stale temp version removed at start-up");
 }
+
+#[test]
+fn a_promotion_that_cannot_be_recorded_never_serves_and_a_torn_history_loses_no_version() {
+    let data = Data::new();
+    let d = trained_daemon(&data, "enabled = false", "enabled = false", "");
+    let (v1, v2) = serving_and_second_version(&d);
+    let out = cli(&d.config, &["train", "--no-promote"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v3 = names(&d.root().join("models/versions"))
+        .into_iter()
+        .find(|v| v != &v1 && v != &v2)
+        .expect("third version");
+    let promote = |v: &str| {
+        admin_post(
+            &d,
+            "/admin/promote",
+            Some(TOKEN),
+            &format!(r#"{{"version": "{v}"}}"#),
+        )
+    };
+    // A crash in the middle of an append left half a line at the end of the history.
+    let history = d.root().join("models/history.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&history)
+        .expect("history");
+    std::io::Write::write_all(&mut f, br#"{"at":"2026-01-01T00:00:00Z","vers"#).expect("torn");
+    drop(f);
+    for v in [&v2, &v3] {
+        let (status, body) = promote(v);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = admin_post(&d, "/admin/rollback", Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        model_version(&d),
+        v2,
+        "rollback returns to the version before"
+    );
+
+    // The history cannot be written (a directory stands in its place): the promotion is
+    // refused, and `current` does not move behind the API's back either.
+    std::fs::rename(&history, d.root().join("history.saved")).expect("move history");
+    std::fs::create_dir(&history).expect("block history");
+    let (status, body) = promote(&v3);
+    assert!(status >= 400, "{status} {body}");
+    assert!(body.contains("history.jsonl"), "{body}");
+    // Longer than the registry's look at the store's `current` (every 2 s).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(model_version(&d), v2);
+    let current = std::fs::read_to_string(d.root().join("models/current")).expect("current");
+    assert_eq!(current.trim(), v2);
+}

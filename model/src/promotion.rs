@@ -7,7 +7,8 @@
 //! ```
 //! `current` only moves after every file of the version and its directory are on disk
 //! (fsync), so a power cut can never leave `current` naming a version with empty files.
-//! The history is what rollback walks back; it is append-only JSON lines.
+//! The history is what rollback walks back; it is append-only JSON lines, written before
+//! `current` moves, so a switch that cannot be recorded is refused rather than made.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -21,6 +22,9 @@ use std::sync::Arc;
 pub const HISTORY: &str = "history.jsonl";
 pub const DECISION: &str = "decision.json";
 pub const BASELINE: &str = "baseline.json";
+/// History action of a switch that was recorded but could not be made; the walk back treats
+/// it as a return to `version` (the one that kept serving).
+pub const ABORTED: &str = "aborted";
 
 /// One change of `current`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,15 +76,29 @@ impl ModelStore {
             .collect())
     }
 
+    /// Appends one line and fsyncs. A torn last line (a crash mid-append) is terminated
+    /// first, so it cannot glue onto this entry and take it down with it.
     fn append_history(&self, entry: &HistoryEntry) -> Result<(), ModelError> {
+        use std::os::unix::fs::FileExt;
         let path = self.history_path();
         let mut line = serde_json::to_vec(entry).map_err(ModelError::json)?;
         line.push(b'\n');
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&path)
             .map_err(ModelError::io(&path))?;
+        let len = f.metadata().map_err(ModelError::io(&path))?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            f.read_exact_at(&mut last, len - 1)
+                .map_err(ModelError::io(&path))?;
+            if last[0] != b'\n' {
+                tracing::warn!(file = %path.display(), "the model history ends in a torn line (a crash mid-write); it is closed off and ignored");
+                line.insert(0, b'\n');
+            }
+        }
         f.write_all(&line).map_err(ModelError::io(&path))?;
         f.sync_all().map_err(ModelError::io(&path))
     }
@@ -105,17 +123,34 @@ impl ModelStore {
         sync_path(&dir)?;
         sync_path(&self.root().join("versions"))?;
         let from = self.current_version()?;
-        write_atomic(
-            &self.root().join("current"),
-            format!("{version}\n").as_bytes(),
-        )?;
+        // The history first: a switch that cannot be recorded does not happen (rollback
+        // walks the history, so an unrecorded switch would be skipped by it).
         self.append_history(&HistoryEntry {
             at: chrono::Utc::now().to_rfc3339(),
             version: version.to_string(),
-            from,
+            from: from.clone(),
             action: action.to_string(),
             reason: reason.to_string(),
         })?;
+        if let Err(e) = write_atomic(
+            &self.root().join("current"),
+            format!("{version}\n").as_bytes(),
+        ) {
+            // Recorded but not done: an `aborted` entry undoes it for the walk back.
+            let undo = HistoryEntry {
+                at: chrono::Utc::now().to_rfc3339(),
+                version: from.clone().unwrap_or_default(),
+                from: Some(version.to_string()),
+                action: ABORTED.to_string(),
+                reason: format!("switching `current` failed: {e}"),
+            };
+            if let Some(from) = &from
+                && let Err(undo_err) = self.append_history(&undo)
+            {
+                tracing::error!(version, from = %from, error = %undo_err, "cannot record that a switch of the model store's current version failed");
+            }
+            return Err(e);
+        }
         Ok(model)
     }
 
@@ -124,7 +159,7 @@ impl ModelStore {
     pub fn rollback_target(&self) -> Result<Option<String>, ModelError> {
         let mut stack: Vec<String> = Vec::new();
         for e in self.history()? {
-            if e.action == "rollback" {
+            if e.action == "rollback" || e.action == ABORTED {
                 while stack.last().is_some_and(|v| v != &e.version) {
                     stack.pop();
                 }
@@ -279,6 +314,20 @@ mod tests {
             "a",
         );
         assert_eq!(s.rollback_target().ok().flatten(), None, "nothing before a");
+    }
+
+    #[test]
+    fn an_aborted_switch_is_walked_back_like_a_rollback() {
+        let (_d, s) = store_with(
+            &[
+                ("a", None, "promote"),
+                ("b", Some("a"), "promote"),
+                ("c", Some("b"), "promote"),
+                ("b", Some("c"), ABORTED),
+            ],
+            "b",
+        );
+        assert_eq!(s.rollback_target().ok().flatten().as_deref(), Some("a"));
     }
 
     #[test]
