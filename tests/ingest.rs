@@ -263,3 +263,148 @@ fn folders_on_different_filesystems_stop_the_start_with_their_names() {
     assert!(logs.contains(&processing.display().to_string()), "{logs}");
     assert!(logs.contains("ingest.processing"), "{logs}");
 }
+
+/// Peak resident memory of a process, in MiB, from `/proc/<pid>/status`.
+fn peak_rss_mib(d: &Daemon) -> f64 {
+    let pid = d.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+#[test]
+fn a_file_of_rejected_rows_or_a_huge_column_name_costs_no_more_than_a_chunk() {
+    let d = Daemon::start();
+    d.drop_file("warmup.csv", b"text\nwarm the model up\n");
+    d.wait_processed("warmup.csv", Duration::from_secs(30));
+    let before = peak_rss_mib(&d);
+    // Two million records that are all rejected (empty text): a chunk used to end only
+    // after `chunk_rows` accepted rows, so the whole file was held at once.
+    let mut empty = b"text,other\n".to_vec();
+    for _ in 0..2_000_000 {
+        empty.extend_from_slice(b",\n");
+    }
+    d.drop_file("empty.csv", &empty);
+    d.wait_processed("empty.csv", Duration::from_secs(240));
+    assert_eq!(
+        d.metric(r#"sentiment_batch_rows_total{outcome="rejected"}"#),
+        2_000_000.0,
+        "every row accounted"
+    );
+    let grew = peak_rss_mib(&d) - before;
+    assert!(
+        grew < 120.0,
+        "peak RSS grew by {grew:.0} MiB for a file of {} MiB",
+        empty.len() >> 20
+    );
+    // A 2 MiB column name, then rows whose bytes in that column are not UTF-8: each
+    // rejection used to carry its own copy of the name, 300 of them in one chunk.
+    let mut wide = b"text,".to_vec();
+    wide.extend(std::iter::repeat_n(b'n', 2 << 20));
+    wide.push(b'\n');
+    for _ in 0..300 {
+        wide.extend_from_slice(b"fine text,\xff\xfe\n");
+    }
+    d.drop_file("wide.csv", &wide);
+    d.wait_processed("wide.csv", Duration::from_secs(60));
+    let report = error_txt(&d, "wide.csv");
+    assert!(report.contains("column 2 of the header row"), "{report}");
+    assert!(report.contains("over the limit of 1024"), "{report}");
+    let grew = peak_rss_mib(&d) - before;
+    assert!(
+        grew < 120.0,
+        "peak RSS grew by {grew:.0} MiB after a file of {} MiB",
+        wide.len() >> 20
+    );
+}
+
+#[test]
+fn a_file_that_kills_the_process_is_quarantined_after_max_attempts_starts() {
+    let mut d = Daemon::configure(
+        "test_faults = true",
+        "max_attempts = 3\nchunk_rows = 5",
+        "",
+        "",
+    );
+    let mut content = String::from("id,text\n");
+    for i in 0..50 {
+        content.push_str(&format!(
+            "{i},row {i} of a file that brings the process down\n"
+        ));
+    }
+    d.drop_file("poison.csv", content.as_bytes());
+    // The hook aborts the process in the middle of the file, as an OOM kill would.
+    let crash = [("SENTIMENTD_TEST_CRASH_AT", "after_chunk")];
+    for start in 1..=3 {
+        d.spawn_no_wait(&crash);
+        let status = d.wait_exit(Duration::from_secs(60));
+        assert!(!status.success(), "start {start} should have crashed");
+    }
+    // The fourth start does not touch the file again: it is quarantined, and the daemon runs.
+    d.spawn(&crash);
+    d.wait_processed("poison.csv", Duration::from_secs(30));
+    assert!(d.root().join("rejected/poison.csv").exists());
+    let report = error_txt(&d, "poison.csv");
+    for n in 1..=3 {
+        assert!(report.contains(&format!("attempt {n} at ")), "{report}");
+    }
+    assert!(!report.contains("attempt 4"), "{report}");
+    assert!(
+        report.contains("the process stopped during this attempt"),
+        "{report}"
+    );
+    assert!(!d.root().join("outbox/poison.csv").exists());
+    assert_eq!(d.get("/health").status, 200);
+    assert_eq!(
+        d.metric(r#"sentiment_batches_total{outcome="quarantined"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn a_new_file_never_takes_a_name_a_pending_batch_will_write() {
+    let d = Daemon::start_with(
+        "",
+        "retry_initial_ms = 1500\nretry_max_ms = 1500\nmax_attempts = 5",
+        "",
+        "",
+    );
+    // The first attempt at a.csv fails (the outbox is not a folder), so its entry waits for
+    // a retry, holding the names a.csv and a.csv.errors.csv.
+    let outbox = d.root().join("outbox");
+    std::fs::remove_dir_all(&outbox).expect("remove outbox");
+    std::fs::write(&outbox, "not a folder").expect("block outbox");
+    d.drop_file("a.csv", b"id,text\n1,every row of this file is fine\n");
+    d.wait_for("the first attempt to fail", Duration::from_secs(30), || {
+        d.metric(r#"sentiment_batch_attempts_total{result="failed"}"#) >= 1.0
+    });
+    // A file named like a.csv's rejection report, rejected whole (no text column).
+    let intruder = b"id,body\n1,no text column here\n";
+    d.drop_file("a.csv.errors.csv", intruder);
+    d.wait_for("the intruder's rejection", Duration::from_secs(30), || {
+        d.metric(r#"sentiment_batches_total{outcome="rejected"}"#) >= 1.0
+    });
+    std::fs::remove_file(&outbox).expect("unblock outbox");
+    std::fs::create_dir(&outbox).expect("outbox");
+    d.wait_processed("a.csv", Duration::from_secs(30));
+    assert!(outbox.join("a.csv").exists());
+    // a.csv had no rejected row, so its run clears its report name: that must not be the
+    // rejected intruder.
+    let rejected = d.root().join("rejected");
+    let kept: Vec<String> = names(&rejected)
+        .into_iter()
+        .filter(|n| std::fs::read(rejected.join(n)).ok().as_deref() == Some(&intruder[..]))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the intruder is kept in rejected/: {:?}",
+        names(&rejected)
+    );
+    let report = error_txt(&d, &kept[0]);
+    assert!(report.contains("file: a.csv.errors.csv"), "{report}");
+}

@@ -284,15 +284,37 @@ impl BatchProcessor {
         {
             tracing::warn!(file = %entry.input, "the claimed file was replaced in the processing folder; scoring what is there now");
         }
-        if entry.claimed.as_ref() != Some(&identity) || entry.labelled.is_none() {
-            entry.claimed = Some(identity.clone());
-            if entry.labelled.is_none() {
-                // An entry from an older build: pin the name first, so a rerun rewrites the
-                // same file instead of adding a second one.
-                entry.labelled = Some(output_names::labelled_name(&entry.output));
-            }
-            self.journal()?.put(&entry).map_err(io_at(&g.journal))?;
+        entry.claimed = Some(identity.clone());
+        if entry.labelled.is_none() {
+            // An entry from an older build: pin the name first, so a rerun rewrites the
+            // same file instead of adding a second one.
+            entry.labelled = Some(output_names::labelled_name(&entry.output));
         }
+        // Attempts still marked running were cut short by the end of the process (a crash,
+        // an OOM kill): each counts, or a file that kills the process would do so forever.
+        let died = entry.attempts.iter().filter(|a| a.running).count();
+        for a in &mut entry.attempts {
+            a.running = false;
+        }
+        if died > 0 {
+            tracing::warn!(file = %entry.input, attempts = entry.attempts.len(), died, max_attempts = g.max_attempts, "the process stopped during an earlier attempt at this batch");
+        }
+        if entry.attempts.len() >= g.max_attempts as usize {
+            self.journal()?.put(&entry).map_err(io_at(&g.journal))?;
+            let target = self.quarantine(&claimed, &entry)?;
+            let last = entry.attempts.last().map_or("", |a| a.error.as_str());
+            BatchQuarantined {
+                file: &entry.input,
+                attempts: entry.attempts.len(),
+                last_error: last,
+                moved_to: &target,
+            }
+            .emit(&self.metrics);
+            return Ok(());
+        }
+        // Recorded before the first byte is read (see the journal's protocol).
+        entry.attempts.push(journal::Attempt::started());
+        self.journal()?.put(&entry).map_err(io_at(&g.journal))?;
         if identity.size > g.max_file_bytes {
             let why = FileRejection::TooBig {
                 size: identity.size,
@@ -357,7 +379,7 @@ impl BatchProcessor {
             labelled: summary.labelled,
             by_label: summary.by_label,
             model_version: &summary.model_version,
-            attempt: entry.attempts.len() + 1,
+            attempt: entry.attempts.len(),
             seconds,
             rows_per_second: summary.rows() as f64 / seconds.max(1e-9),
         }
@@ -521,12 +543,35 @@ impl BatchProcessor {
                 path: dir.join(key),
                 source: std::io::Error::other("no journal entry"),
             })?;
-        entry.attempts.push(Attempt {
-            at: chrono::Utc::now().to_rfc3339(),
-            error: error.to_string(),
-        });
+        // The attempt was recorded as running when it started; it ends with this error.
+        match entry.attempts.last_mut() {
+            Some(last) if last.running => {
+                last.error = error.to_string();
+                last.running = false;
+            }
+            _ => entry.attempts.push(Attempt {
+                at: chrono::Utc::now().to_rfc3339(),
+                error: error.to_string(),
+                running: false,
+            }),
+        }
         journal.put(&entry).map_err(io_at(&dir))?;
         Ok(entry)
+    }
+
+    fn forget_running_attempt(&mut self, key: &str) {
+        let dir = self.cfg.ingest.journal.clone();
+        let Ok(journal) = self.journal() else { return };
+        let result = journal.get(key).and_then(|entry| match entry {
+            Some(mut e) if e.attempts.last().is_some_and(|a| a.running) => {
+                e.attempts.pop();
+                journal.put(&e)
+            }
+            _ => Ok(()),
+        });
+        if let Err(e) = result {
+            tracing::warn!(file = %key, journal = %dir.display(), error = %e, "cannot take an interrupted attempt off the journal; it will count as a failed one");
+        }
     }
 
     /// Moves a file that keeps failing to `rejected/`, with every attempt's error, and
@@ -597,6 +642,10 @@ impl Handler<FileReady> for BatchProcessor {
         let outcome = match result {
             Ok(Ok(())) => FileOutcome::Finished,
             Ok(Err(BatchError::Interrupted)) => {
+                // A shutdown is not a failure of the file: its attempt does not count.
+                if let Some(key) = self.current.clone() {
+                    self.forget_running_attempt(&key);
+                }
                 let name = self.current.clone().unwrap_or_else(|| file_name(&msg.path));
                 BatchInterrupted { file: &name }.emit(&self.metrics);
                 FileOutcome::Interrupted

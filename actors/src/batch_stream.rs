@@ -1,7 +1,8 @@
 //! Scoring one claimed file as a stream: read a chunk of rows, send it to the inference pool,
 //! write the chunks that come back, in file order, to the outputs' temporary files. A few
 //! chunks are in flight at once so every inference thread works; memory depends on
-//! `ingest.chunk_rows`, never on the file's size.
+//! `ingest.chunk_rows` and [`CHUNK_BYTES`], never on the file's size or on how many of its
+//! rows are rejected.
 //!
 //! The outputs become visible only in [`Outputs::commit`], each whole, so a crash at any
 //! chunk boundary leaves nothing half-written, and the rerun under the same journal entry
@@ -164,12 +165,18 @@ impl Outputs {
     }
 }
 
+/// A chunk ends once it holds this many bytes of records, even before `chunk_rows` records:
+/// rows with wide non-text columns would otherwise hold `chunk_rows` times the record limit.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
 /// A chunk of consecutive records: the rows to score (their texts moved out into `texts`)
 /// and the records rejected while reading, both in file order.
 struct Chunk {
     rows: Vec<Row>,
     texts: Arc<Vec<String>>,
     rejected: Vec<RejectedRow>,
+    /// The reader has no record left.
+    last: bool,
 }
 
 /// A chunk's scoring request; none for a chunk without rows (no model needed).
@@ -256,7 +263,7 @@ impl Stream<'_> {
                 return Err(BatchError::Interrupted);
             }
             let chunk = next_chunk(&mut reader, chunk_rows, &entry.archived)?;
-            let done = chunk.rows.len() < chunk_rows;
+            let done = chunk.last;
             if !chunk.rows.is_empty() {
                 let request = self.inference.send(ScoreChunk {
                     texts: chunk.texts.clone(),
@@ -448,22 +455,40 @@ fn raw_of(fields: &[String], text_col: usize, text: &str) -> String {
         .join(",")
 }
 
+/// Reads records until the chunk holds `chunk_rows` of them, accepted or rejected, or
+/// [`CHUNK_BYTES`] of their bytes, whichever comes first.
 fn next_chunk(
     reader: &mut BatchReader<&File>,
     chunk_rows: usize,
     claimed: &str,
 ) -> Result<Chunk, BatchError> {
-    let mut rows = Vec::with_capacity(chunk_rows);
-    let mut texts = Vec::with_capacity(chunk_rows);
+    let mut rows = Vec::new();
+    let mut texts = Vec::new();
     let mut rejected = Vec::new();
-    while rows.len() < chunk_rows {
+    let mut held = 0usize;
+    let mut last = false;
+    // What a record costs besides its bytes: the struct and one `String` per field.
+    const OVERHEAD: usize = 64;
+    while rows.len() + rejected.len() < chunk_rows && held < CHUNK_BYTES {
         match reader.next() {
-            None => break,
+            None => {
+                last = true;
+                break;
+            }
             Some(Ok(Record::Row(mut row))) => {
+                held += OVERHEAD
+                    + row
+                        .fields
+                        .iter()
+                        .map(|f| f.len() + std::mem::size_of::<String>())
+                        .sum::<usize>();
                 texts.push(std::mem::take(&mut row.fields[row.text_col]));
                 rows.push(row);
             }
-            Some(Ok(Record::Rejected(r))) => rejected.push(r),
+            Some(Ok(Record::Rejected(r))) => {
+                held += OVERHEAD + r.raw.len();
+                rejected.push(r);
+            }
             Some(Err(DataError::Io { source, .. })) => {
                 return Err(BatchError::Io {
                     path: PathBuf::from(claimed),
@@ -477,5 +502,6 @@ fn next_chunk(
         rows,
         texts: Arc::new(texts),
         rejected,
+        last,
     })
 }

@@ -10,7 +10,10 @@
 //!
 //! After a crash the batch is simply run again under the same entry, which overwrites the
 //! same output names, its labelled-data file included: nothing is lost and nothing is
-//! duplicated. Failed attempts are kept in the entry, so the retry count survives restarts.
+//! duplicated. Attempts are kept in the entry, so the retry count survives restarts: each is
+//! recorded as running *before* the file is read, so an attempt that takes the process down
+//! (an abort, an out-of-memory kill) still counts, and a file that does so on every start is
+//! quarantined after `ingest.max_attempts` starts instead of crash-looping the daemon.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -40,11 +43,29 @@ pub struct JournalEntry {
     pub attempts: Vec<Attempt>,
 }
 
-/// One failed attempt at a batch.
+/// One attempt at a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub at: String,
     pub error: String,
+    /// Recorded when the attempt started and not yet ended; found so by the next start, the
+    /// process died during it and `error` says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub running: bool,
+}
+
+/// The error an attempt carries while it runs: what it was if the process never came back.
+pub const DIED_DURING_ATTEMPT: &str = "the process stopped during this attempt (an abort, an \
+    out-of-memory kill or a power cut; see the previous run's log)";
+
+impl Attempt {
+    pub fn started() -> Attempt {
+        Attempt {
+            at: chrono::Utc::now().to_rfc3339(),
+            error: DIED_DURING_ATTEMPT.to_string(),
+            running: true,
+        }
+    }
 }
 
 pub struct Journal {

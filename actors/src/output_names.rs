@@ -24,8 +24,11 @@ pub fn new_entry(g: &IngestConfig, journal: &Journal, input: &str) -> JournalEnt
 }
 
 /// `input`, or `input` with the first free suffix: a name no output, archived, rejected,
-/// claimed or journalled file has.
+/// claimed or journalled file has, and whose own outputs and reports collide with none of
+/// the names a pending batch will write (a later success of that batch would overwrite or
+/// remove them).
 pub fn free_name(g: &IngestConfig, journal: &Journal, input: &str) -> String {
+    let reserved = reserved_names(journal);
     let (stem, ext) = match input.rsplit_once('.') {
         Some((s, e)) => (s.to_string(), format!(".{e}")),
         None => (input.to_string(), String::new()),
@@ -37,18 +40,47 @@ pub fn free_name(g: &IngestConfig, journal: &Journal, input: &str) -> String {
         } else {
             format!("{stem}.{n}{ext}")
         };
+        let writes = names_written(&name);
         let taken = g.outbox.join(&name).exists()
             || g.archive.join(&name).exists()
-            || g.rejected.join(&name).exists()
-            || g.rejected.join(format!("{name}.errors.csv")).exists()
-            || g.rejected.join(format!("{name}.error.txt")).exists()
+            || writes.iter().any(|w| g.rejected.join(w).exists())
             || g.processing.join(&name).exists()
-            || journal.has(&name);
+            || journal.has(&name)
+            || writes.iter().any(|w| reserved.contains(w));
         if !taken {
             return name;
         }
         n += 1;
     }
+}
+
+/// Every name a batch called `name` may write in the outbox, archive or `rejected/`.
+fn names_written(name: &str) -> [String; 3] {
+    [
+        name.to_string(),
+        format!("{name}.errors.csv"),
+        format!("{name}.error.txt"),
+    ]
+}
+
+/// The names the journal's pending batches will write.
+fn reserved_names(journal: &Journal) -> std::collections::HashSet<String> {
+    let entries = match journal.entries() {
+        Ok(entries) => entries,
+        Err(e) => {
+            // The per-name check on the journal still runs; only cross-name clashes are
+            // unguarded, and the next file's check reads the journal again.
+            tracing::warn!(error = %e, "cannot read the journal to reserve pending batches' names");
+            Vec::new()
+        }
+    };
+    let mut reserved = std::collections::HashSet::new();
+    for (_, e) in entries {
+        reserved.extend(names_written(&e.archived));
+        reserved.insert(e.output);
+        reserved.insert(e.errors);
+    }
+    reserved
 }
 
 /// The batch's file in the labelled-data store: arrival time first, so name order is

@@ -23,9 +23,17 @@ use crate::label::Label;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Longest `raw` kept for a rejected record, so a swallowed file cannot blow up a report.
 pub const MAX_RAW_BYTES: usize = 2048;
+
+/// Longest column name a header may have. A longer one is data or garbage read as a header,
+/// and every rejection naming that column would carry it.
+pub const MAX_COLUMN_NAME_BYTES: usize = 1024;
+
+/// Most columns a header may have; every row is held as that many fields.
+pub const MAX_COLUMNS: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -52,9 +60,10 @@ pub enum RejectReason {
         chars: usize,
         max: usize,
     },
-    /// Name of the first column whose bytes are not UTF-8.
+    /// Name of the first column whose bytes are not UTF-8 (shared with the header, so a
+    /// file of such rows does not copy the name once per row).
     InvalidUtf8 {
-        column: String,
+        column: Arc<str>,
     },
     UnknownLabel {
         value: String,
@@ -274,6 +283,8 @@ pub struct BatchReader<R> {
     ends: Vec<usize>,
     opts: ReadOptions,
     headers: Vec<String>,
+    /// The header names again, shared by the rejections that name a column.
+    names: Vec<Arc<str>>,
     text_col: usize,
     label_col: Option<usize>,
     finished: bool,
@@ -327,6 +338,7 @@ impl<R: Read> BatchReader<R> {
             ends: vec![0; 16],
             opts,
             headers: Vec::new(),
+            names: Vec::new(),
             text_col: 0,
             label_col: None,
             finished: false,
@@ -368,8 +380,21 @@ impl<R: Read> BatchReader<R> {
                 return Err(not_csv("the header row has an unterminated quote"));
             }
         };
+        if nfields > MAX_COLUMNS {
+            return Err(not_csv(&format!(
+                "the header row has {nfields} columns, over the limit of {MAX_COLUMNS}"
+            )));
+        }
         let mut headers = Vec::with_capacity(nfields);
         for i in 0..nfields {
+            let bytes = r.field(i).len();
+            if bytes > MAX_COLUMN_NAME_BYTES {
+                return Err(not_csv(&format!(
+                    "column {} of the header row is a name of {bytes} bytes, over the limit of \
+                     {MAX_COLUMN_NAME_BYTES} (is the first line data rather than a header?)",
+                    i + 1
+                )));
+            }
             let field = std::str::from_utf8(r.field(i))
                 .map_err(|_| not_csv("the header row is not valid UTF-8"))?;
             if field.contains('\n') {
@@ -405,6 +430,7 @@ impl<R: Read> BatchReader<R> {
         if opts.require_label && r.label_col.is_none() {
             return Err(missing("label"));
         }
+        r.names = headers.iter().map(|h| Arc::from(h.as_str())).collect();
         r.headers = headers;
         Ok(r)
     }
@@ -667,7 +693,7 @@ impl<R: Read> BatchReader<R> {
                 Ok(s) => fields.push(s.to_string()),
                 Err(_) => {
                     return reject(RejectReason::InvalidUtf8 {
-                        column: self.headers[i].clone(),
+                        column: self.names[i].clone(),
                     });
                 }
             }
