@@ -301,9 +301,24 @@ pub fn record_run(cfg: &Config, rec: sentimentd_actors::tracking::RunRecord) {
             &cfg.tracking.registered_model,
             &dir,
         )
-        .and_then(|mut sink| sink.submit(MlflowOp::Run { record: stored }));
-        if let Err(e) = sent {
-            eprintln!("warning: the run was not sent to MLflow at {uri}: {e}");
+        .map(|sink| sink.with_max_attempts(cfg.tracking.record_max_attempts))
+        .and_then(|mut sink| {
+            sink.submit(MlflowOp::Run { record: stored })?;
+            Ok(sink.take_dropped())
+        });
+        match sent {
+            Err(e) => eprintln!("warning: the run was not sent to MLflow at {uri}: {e}"),
+            Ok(dropped) => {
+                for d in dropped {
+                    eprintln!(
+                        "warning: MLflow at {uri} did not take {} ({}); it is in {}",
+                        d.op,
+                        d.error,
+                        dir.join(sentimentd_actors::tracking::DEAD_LETTER_FILE)
+                            .display()
+                    );
+                }
+            }
         }
     }
 }

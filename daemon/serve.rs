@@ -54,6 +54,8 @@ pub fn serve(cfg: &Config, args: ServeArgs, reload: ReloadSource) -> anyhow::Res
 
 /// The actors and state a reload reconfigures.
 struct ReloadTargets {
+    /// Token files, read again on every SIGHUP (a rotation needs no restart).
+    token_files: Vec<Arc<http::TokenFile>>,
     watcher: actix::Addr<FolderWatcher>,
     processor: actix::Addr<BatchProcessor>,
     monitor: actix::Addr<DriftMonitor>,
@@ -69,6 +71,14 @@ fn reload(
     source: &ReloadSource,
     targets: &ReloadTargets,
 ) -> Config {
+    for token in &targets.token_files {
+        match token.reload() {
+            Ok(()) => tracing::info!(file = %token.path().display(), "token file read again"),
+            Err(e) => {
+                tracing::error!(error = %e, "the token file cannot be used; requests that need it are refused until a reload reads it")
+            }
+        }
+    }
     let Some(path) = &source.path else {
         tracing::warn!(
             "SIGHUP: the daemon runs on built-in defaults (no --config file); nothing to reload"
@@ -164,6 +174,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
             .with_context(|| format!("[data] lexicon {}", path.display()))?;
     }
     let cell = new_model_cell();
+    remove_stale_state_temp_files(&cfg);
     let reputation = Arc::new(Reputation::open(&cfg, metrics.clone()));
     {
         let (reputation, metrics) = (reputation.clone(), metrics.clone());
@@ -172,11 +183,25 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     }
     let lifecycle = Arc::new(Lifecycle::default());
 
-    // A configured but unreadable admin token stops the start, before anything runs.
+    // A configured but unreadable token file stops the start, before anything runs.
     let admin_token = match &cfg.admin.token_file {
-        Some(path) => Some(http::read_admin_token(path).map_err(anyhow::Error::msg)?),
+        Some(path) => Some(Arc::new(
+            http::TokenFile::open("[admin] token_file", path).map_err(anyhow::Error::msg)?,
+        )),
         None => None,
     };
+    let feedback_token = match &cfg.feedback.token_file {
+        Some(path) => Some(Arc::new(
+            http::TokenFile::open("[feedback] token_file", path).map_err(anyhow::Error::msg)?,
+        )),
+        None => admin_token.clone(),
+    };
+    let mut token_files: Vec<Arc<http::TokenFile>> = admin_token.iter().cloned().collect();
+    if let Some(t) = &feedback_token
+        && !admin_token.as_ref().is_some_and(|a| Arc::ptr_eq(a, t))
+    {
+        token_files.push(t.clone());
+    }
 
     // Crash leftovers are cleared before any file can be taken; claimed files left
     // unfinished are resumed first.
@@ -317,6 +342,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
             observations,
             reports,
             admin,
+            feedback_token,
             reputation.clone(),
         )
         .with_inference(inference_for_http)
@@ -363,6 +389,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     }
 
     let targets = ReloadTargets {
+        token_files,
         watcher: watcher.clone(),
         processor: processor_for_reload,
         monitor,
@@ -387,11 +414,19 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     lifecycle.stopping.store(true, Ordering::SeqCst);
     watcher.do_send(StopIntake);
     // The journal makes an unfinished batch safe to abandon, so the bound is enforced even if
-    // something hangs: nothing is lost by exiting.
+    // something hangs: nothing is lost by exiting. The reputation counts are saved first,
+    // and the exit status says the drain did not finish, so systemd records it.
+    let forced_reputation = reputation.clone();
     std::thread::spawn(move || {
         std::thread::sleep(bound + Duration::from_millis(500));
-        tracing::warn!("drain exceeded server.shutdown_timeout_secs; exiting now");
-        std::process::exit(0);
+        if let Err(e) = forced_reputation.save() {
+            tracing::error!(error = %e, "cannot save the reputation state before the forced exit");
+        }
+        tracing::error!(
+            exit_code = FORCED_EXIT_CODE,
+            "drain exceeded server.shutdown_timeout_secs; exiting now (unfinished batches resume on the next start)"
+        );
+        std::process::exit(FORCED_EXIT_CODE);
     });
     handle.stop(true).await;
     let _ = server_task.await;
@@ -401,6 +436,16 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     if let Err(e) = reputation.save() {
         tracing::warn!(error = %e, "cannot save the reputation state");
     }
+    if lifecycle.busy.load(Ordering::SeqCst) > 0 {
+        // A batch still holds its thread: what it did is in the journal and resumes on the
+        // next start, but the drain did not finish, and the exit status says so.
+        tracing::error!(
+            exit_code = FORCED_EXIT_CODE,
+            seconds = started.elapsed().as_secs_f64(),
+            "drain exceeded server.shutdown_timeout_secs; exiting now (unfinished batches resume on the next start)"
+        );
+        std::process::exit(FORCED_EXIT_CODE);
+    }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "drained; exiting"
@@ -408,6 +453,23 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     drift_arbiter.stop();
     actix::System::current().stop();
     Ok(())
+}
+
+/// Exit status when the drain outlasts `server.shutdown_timeout_secs`.
+pub const FORCED_EXIT_CODE: i32 = 2;
+
+/// Removes temp files a crash left in the state folders (`<state_dir>` and the folders the
+/// daemon writes atomically inside it).
+fn remove_stale_state_temp_files(cfg: &Config) {
+    let state = &cfg.paths.state_dir;
+    for dir in [
+        state.clone(),
+        state.join("drift"),
+        state.join("retrain"),
+        state.join("runs"),
+    ] {
+        sentimentd_actors::journal::remove_stale_temp_files(&dir);
+    }
 }
 
 /// Waits for the first of SIGTERM and SIGINT and names it.

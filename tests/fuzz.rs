@@ -143,7 +143,17 @@ fn arbitrary_files_are_accounted_row_by_row_and_never_crash_the_daemon() {
 
 #[test]
 fn arbitrary_http_bodies_never_get_a_5xx() {
-    let d = Daemon::start();
+    // With a token, so the bodies reach the /feedback and /admin parsers.
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let token_file = secrets.path().join("token");
+    let token = "fuzz-admin-token-0123456789";
+    common::write_secret(&token_file, token);
+    let d = Daemon::start_with(
+        "",
+        "",
+        "",
+        &format!("[admin]\ntoken_file = \"{}\"", token_file.display()),
+    );
     let mut rng = Rng(0xfeed_beef_0bad_cafe);
     let agent = common::agent();
     for i in 0..300 {
@@ -153,6 +163,7 @@ fn arbitrary_http_bodies_never_get_a_5xx() {
         let r = agent
             .post(d.url(path))
             .header("content-type", content_type)
+            .header("authorization", &format!("Bearer {token}"))
             .send(&body[..]);
         let status = match r {
             Ok(mut r) => {

@@ -277,6 +277,7 @@ fn training_run_and_champion_reach_mlflow() {
         mlflow_uri: Some(server.uri.clone()),
         experiment: "sentimentd-actor".to_string(),
         registered_model: "sentimentd-actor-model".to_string(),
+        ..TrackingConfig::default()
     };
     let runs = tmp.path().join("actor-runs");
     let record = training_record(tmp.path());

@@ -222,16 +222,37 @@ fn in_distribution_traffic_does_not_alarm_and_a_new_domain_does() {
 #[test]
 fn feedback_is_stored_with_provenance_and_bad_feedback_is_refused() {
     let data = Data::new();
-    let d = Daemon::start_with("", "", "", &data.sections("", "", "", false));
-    let r = d.post(
+    // No token configured: nobody may post feedback.
+    let without = Daemon::start_with("", "", "", &data.sections("", "", "", false));
+    let one = r#"{"text": "the kettle leaks", "label": "negative", "source": "support"}"#;
+    let r = without.post_auth("/feedback", TOKEN, one);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("[feedback] token_file"), "{}", r.body);
+    drop(without);
+
+    let d = Daemon::start_with("", "", "", &data.sections("", "", "", true));
+    // Without the token (the admin one, no [feedback] token_file): 401, nothing stored.
+    for _ in 0..3 {
+        let r = d.post("/feedback", Some("application/json"), one);
+        assert_eq!(r.status, 401, "{}", r.body);
+        let r = d.post_auth("/feedback", "wrong-token-wrong-token", one);
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    assert!(names(&d.root().join("labelled")).is_empty());
+    let long_source = format!(
+        r#"{{"text": "fine", "label": "positive", "source": "{}"}}"#,
+        "s".repeat(201)
+    );
+    let r = d.post_auth("/feedback", TOKEN, &long_source);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("max_source_chars"), "{}", r.body);
+    let r = d.post_auth(
         "/feedback",
-        Some("application/json"),
+        TOKEN,
         r#"{"text": "the kettle leaks", "label": "negative", "source": "support"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = d.post(
-        "/feedback",
-        Some("application/json"),
+    let r = d.post_auth("/feedback", TOKEN,
         r#"{"items": [{"text": "love it", "label": "positive"}, {"text": "it is blue", "label": 1}]}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -244,7 +265,7 @@ fn feedback_is_stored_with_provenance_and_bad_feedback_is_refused() {
         (r#"{"text": "x", "label": "positive", "extra": 1}"#, 400),
         ("not json", 400),
     ] {
-        let r = d.post("/feedback", Some("application/json"), body);
+        let r = d.post_auth("/feedback", TOKEN, body);
         assert_eq!(r.status, status, "{body}: {}", r.body);
         assert!(r.json()["error"].is_string(), "{}", r.body);
     }
@@ -940,9 +961,9 @@ fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
         };
         serde_json::json!({"text": text, "label": "negative"})
     });
-    let r = d.post(
+    let r = d.post_auth(
         "/feedback",
-        Some("application/json"),
+        TOKEN,
         &serde_json::json!({"items": same.collect::<Vec<_>>()}).to_string(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -950,9 +971,7 @@ fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("only 1 new labelled rows"), "{body}");
 
-    let r = d.post(
-        "/feedback",
-        Some("application/json"),
+    let r = d.post_auth("/feedback", TOKEN,
         &serde_json::json!({"items": (0..20).map(|i| serde_json::json!({"text": format!("feedback text {i}"), "label": "positive"})).collect::<Vec<_>>()}).to_string(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -1050,4 +1069,269 @@ fn a_promotion_that_cannot_be_recorded_never_serves_and_a_torn_history_loses_no_
     assert_eq!(model_version(&d), v2);
     let current = std::fs::read_to_string(d.root().join("models/current")).expect("current");
     assert_eq!(current.trim(), v2);
+}
+
+/// A server on a free port that answers every request `200 OK` with an HTML page, as a proxy
+/// or a misrouted URL would; returns its address.
+fn html_200_server() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let page = "<html><body>Sign in to continue</body></html>";
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_record_mlflow_keeps_answering_wrongly_goes_to_the_dead_letter_file_and_the_queue_moves_on() {
+    let data = Data::new();
+    let uri = html_200_server();
+    let tracking = format!("[tracking]\nmlflow_uri = \"{uri}\"\nrecord_max_attempts = 2\n");
+    let d = Daemon::start_with(
+        "",
+        "",
+        "on_start = \"if-missing\"\nepochs = 2",
+        &(data.sections("enabled = false", "enabled = false", "", true) + &tracking),
+    );
+    wait_trained(&d);
+    let runs = run_log(&d);
+    assert!(!runs.is_empty(), "the training is in the run log");
+    let dead_letter = d.root().join("state/runs/mlflow-dead-letter.jsonl");
+    d.wait_for(
+        "every record to be given up on",
+        Duration::from_secs(60),
+        || {
+            d.metric("sentiment_tracking_dropped_total") >= runs.len() as f64
+                && d.get("/metrics")
+                    .body
+                    .contains("sentiment_tracking_pending 0")
+        },
+    );
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&dead_letter)
+        .expect("dead-letter file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    for run in &runs {
+        let entry = dead
+            .iter()
+            .find(|e| e["record"]["run_id"] == run["run_id"])
+            .unwrap_or_else(|| panic!("run {} not in the dead-letter file", run["run_id"]));
+        assert_eq!(entry["answered"], 2, "{entry}");
+        assert!(
+            entry["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unexpected response") && e.contains("<html>")),
+            "{entry}"
+        );
+    }
+    assert!(!d.root().join("state/runs/mlflow-pending.jsonl").exists());
+    assert!(
+        d.logs().contains("moved to the dead-letter file"),
+        "{}",
+        d.logs()
+    );
+}
+
+#[test]
+fn old_runs_lose_their_artifacts_beyond_keep_runs_and_keep_their_records() {
+    let data = Data::new();
+    let d = Daemon::start_with(
+        "",
+        "",
+        "on_start = \"if-missing\"\nepochs = 2",
+        &(data.sections("", "enabled = false", "", true) + "[tracking]\nkeep_runs = 2\n"),
+    );
+    wait_trained(&d);
+    let checks = || {
+        run_log(&d)
+            .into_iter()
+            .filter(|r| r["kind"] == "drift_check")
+            .collect::<Vec<_>>()
+    };
+    let texts = val_texts(600);
+    for n in 1..=5 {
+        predict_batch(&d, &texts);
+        d.wait_for(&format!("drift check {n}"), Duration::from_secs(30), || {
+            checks().len() >= n
+        });
+    }
+    let checks = checks();
+    let with_artifacts: Vec<String> = checks
+        .iter()
+        .filter(|r| r["artifacts"].as_array().is_some_and(|a| !a.is_empty()))
+        .map(|r| r["run_id"].as_str().expect("run_id").to_string())
+        .collect();
+    assert!(with_artifacts.len() >= 5, "{checks:?}");
+    let kept: Vec<&String> = with_artifacts
+        .iter()
+        .filter(|id| d.root().join("state/runs/artifacts").join(id).exists())
+        .collect();
+    assert_eq!(
+        kept,
+        with_artifacts[with_artifacts.len() - 2..]
+            .iter()
+            .collect::<Vec<_>>(),
+        "the newest two drift checks keep their artifacts"
+    );
+    // The training run is another kind: its artifacts are kept.
+    let training = run_log(&d)
+        .into_iter()
+        .find(|r| r["kind"] == "training")
+        .expect("training run");
+    if training["artifacts"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        let id = training["run_id"].as_str().expect("run_id");
+        assert!(d.root().join("state/runs/artifacts").join(id).exists());
+    }
+}
+
+#[test]
+fn token_files_are_read_again_on_sighup_and_a_broken_one_refuses_everyone() {
+    let data = Data::new();
+    let feedback_token = data.dir.path().join("feedback.token");
+    common::write_secret(&feedback_token, "feedback-token-0123456789\n");
+    let sections = data.sections("", "", "", true)
+        + &format!(
+            "\n[feedback]\ntoken_file = \"{}\"\n",
+            feedback_token.display()
+        );
+    let d = Daemon::start_with("", "", "", &sections);
+    let one = r#"{"text": "fine", "label": "positive"}"#;
+    // Feedback takes its own token, not the admin one.
+    assert_eq!(
+        d.post_auth("/feedback", "feedback-token-0123456789", one)
+            .status,
+        200
+    );
+    assert_eq!(d.post_auth("/feedback", TOKEN, one).status, 401);
+    assert_eq!(admin_post(&d, "/admin/rollback", Some(TOKEN), "").0, 409);
+
+    // Both rotated, then SIGHUP: the old tokens stop working, the new ones work.
+    let admin_file = data.dir.path().join("token");
+    common::write_secret(&admin_file, "rotated-admin-token-0123456789\n");
+    common::write_secret(&feedback_token, "rotated-feedback-token-0123\n");
+    d.signal("HUP");
+    d.wait_for("the reload", Duration::from_secs(10), || {
+        admin_post(&d, "/admin/rollback", Some(TOKEN), "").0 == 401
+    });
+    assert_eq!(
+        admin_post(
+            &d,
+            "/admin/rollback",
+            Some("rotated-admin-token-0123456789"),
+            ""
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        d.post_auth("/feedback", "feedback-token-0123456789", one)
+            .status,
+        401
+    );
+    assert_eq!(
+        d.post_auth("/feedback", "rotated-feedback-token-0123", one)
+            .status,
+        200
+    );
+
+    // A token file opened to others: refused with the reason, for the new token too.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    d.signal("HUP");
+    d.wait_for("the refusal", Duration::from_secs(10), || {
+        admin_post(
+            &d,
+            "/admin/rollback",
+            Some("rotated-admin-token-0123456789"),
+            "",
+        )
+        .0 == 503
+    });
+    let (_, body) = admin_post(
+        &d,
+        "/admin/rollback",
+        Some("rotated-admin-token-0123456789"),
+        "",
+    );
+    assert!(
+        body.contains("mode 0644") && body.contains("chmod 600"),
+        "{body}"
+    );
+    assert!(
+        d.logs().contains("the token file cannot be used"),
+        "{}",
+        d.logs()
+    );
+    // Mended and reloaded: back in service.
+    std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    d.signal("HUP");
+    d.wait_for("the mended token", Duration::from_secs(10), || {
+        admin_post(
+            &d,
+            "/admin/rollback",
+            Some("rotated-admin-token-0123456789"),
+            "",
+        )
+        .0 == 409
+    });
+}
+
+#[test]
+fn feedback_flipping_one_brand_needs_the_token_and_its_candidate_is_rejected() {
+    let data = Data::new();
+    let d = trained_daemon(&data, "enabled = false", "min_new_rows = 300", "");
+    let before = model_version(&d);
+    // 300 texts the training data calls positive or neutral, each now naming one brand and
+    // labelled negative: a targeted flip that is also the newest rows, the gate's holdout.
+    let mut r = csv::Reader::from_path(repo().join("data/datasets/tweeteval/train.csv"))
+        .expect("train.csv");
+    let items: Vec<serde_json::Value> = r
+        .records()
+        .skip(4000)
+        .filter_map(|rec| rec.ok())
+        .filter(|rec| &rec[1] != "negative")
+        .take(300)
+        .map(
+            |rec| serde_json::json!({"text": format!("AcmeCorp {}", &rec[0]), "label": "negative"}),
+        )
+        .collect();
+    assert_eq!(items.len(), 300);
+    let body = serde_json::json!({ "items": items }).to_string();
+    let anonymous = d.post("/feedback", Some("application/json"), &body);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert!(names(&d.root().join("labelled")).is_empty());
+    let r = d.post_auth("/feedback", TOKEN, &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    retrain_and_expect_rejection(&d);
+    assert_eq!(model_version(&d), before, "still serving the old model");
+    let model = d.get("/model").json();
+    assert_eq!(model["candidates"][0]["status"], "rejected", "{model:#}");
 }

@@ -989,3 +989,46 @@ fn a_configured_lexicon_drives_the_fallback_and_a_missing_one_stops_the_start() 
         "{logs}"
     );
 }
+
+#[test]
+fn a_drain_past_its_bound_saves_the_reputation_then_exits_non_zero() {
+    let mut d = Daemon::configure(
+        "test_faults = true\nshutdown_timeout_secs = 1",
+        "chunk_rows = 50",
+        "",
+        // Saved only by the shutdown: the periodic save is an hour away.
+        "[reputation]\nsave_every_secs = 3600\n",
+    );
+    // A temp file a crash left in the state folder is cleared at start.
+    let state = d.root().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let stale = state.join(".sentimentd-crashed.tmp");
+    std::fs::write(&stale, b"half a reputation").expect("stale temp");
+    d.spawn(&[]);
+    assert!(!stale.exists(), "the stale temp file is removed at start");
+    let r = d.predict(r#"{"text": "what a great product", "source": "acme"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A chunk of 50 slow rows takes 10 s: far past the 1 s drain bound.
+    let mut content = String::from("id,text\n");
+    for i in 0..50 {
+        content.push_str(&format!("{i},{SLOW_TEXT}\n"));
+    }
+    d.drop_file("slow.csv", content.as_bytes());
+    let claimed = d.root().join("processing/slow.csv");
+    d.wait_for("the claim", Duration::from_secs(30), || claimed.exists());
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(8));
+    assert_eq!(status.code(), Some(2), "{}", d.logs());
+    assert!(
+        d.logs()
+            .contains("drain exceeded server.shutdown_timeout_secs"),
+        "{}",
+        d.logs()
+    );
+    let saved = std::fs::read_to_string(state.join("reputation.json")).expect("reputation saved");
+    assert!(saved.contains("acme"), "{saved}");
+    // The abandoned batch resumes on the next start.
+    d.spawn(&[]);
+    d.wait_processed("slow.csv", Duration::from_secs(60));
+    assert_eq!(read_csv(&d.root().join("outbox/slow.csv")).len(), 51);
+}

@@ -559,9 +559,9 @@ token_file = "{d}/token"
         .into_iter()
         .map(|(text, label)| serde_json::json!({ "text": text, "label": label }))
         .collect();
-    let r = d.post(
+    let r = d.post_auth(
         "/feedback",
-        Some("application/json"),
+        TOKEN,
         &serde_json::json!({ "items": items }).to_string(),
     );
     assert_eq!(r.status, 200, "{}", r.body);

@@ -185,6 +185,25 @@ impl InternalEvent for FeedbackReceived<'_> {
     }
 }
 
+/// A record was taken off the MLflow queue without reaching MLflow.
+pub struct TrackingRecordDropped<'a> {
+    pub record: &'a crate::tracking::DroppedRecord,
+    pub dead_letter: &'a std::path::Path,
+}
+
+impl InternalEvent for TrackingRecordDropped<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.tracking_dropped();
+        tracing::error!(
+            op = %self.record.op,
+            attempts = self.record.attempts,
+            error = %self.record.error,
+            dead_letter = %self.dead_letter.display(),
+            "MLflow did not take a record; moved to the dead-letter file (the local run log keeps it)"
+        );
+    }
+}
+
 /// An inbox file was scored; its outputs are in place and it is archived.
 pub struct BatchProcessed<'a> {
     pub file: &'a str,

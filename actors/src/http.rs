@@ -32,14 +32,14 @@ use crate::messages::{
 use crate::metrics::{Channel, Metrics, RequestOutcome};
 use crate::model_registry::{ModelCell, ServingModel};
 use crate::observations::ObservationSink;
-use crate::openapi::{AdminErrors, ErrorBody, JsonBodyErrors, SwitchResponses};
+use crate::openapi::{AdminErrors, ErrorBody, FeedbackAuthErrors, JsonBodyErrors, SwitchResponses};
 use crate::reputation::Reputation;
 use crate::supervisor::{Containment, Faults};
 
 /// Where the admin API sends its requests.
 pub struct AdminApi {
-    /// The bearer token, read once from `[admin] token_file`.
-    pub token: String,
+    /// The bearer token from `[admin] token_file`, re-read on SIGHUP.
+    pub token: Arc<TokenFile>,
     pub retrain: actix::Recipient<Retrain>,
     pub promote: actix::Recipient<PromoteVersion>,
     pub rollback: actix::Recipient<Rollback>,
@@ -58,6 +58,11 @@ pub struct HttpState {
     pub drift_dir: std::path::PathBuf,
     pub labelled_dir: std::path::PathBuf,
     pub admin: Option<AdminApi>,
+    /// Who may post `/feedback`: `[feedback] token_file`, else the admin token; none
+    /// configured, and `/feedback` is disabled (the newest labelled rows are the gate's
+    /// holdout, so anonymous feedback would let anyone steer promotions).
+    pub feedback_token: Option<Arc<TokenFile>>,
+    pub feedback_limits: sentimentd_config::FeedbackConfig,
     /// The inference pool for larger batches; without it every batch is scored in place.
     pub inference: Option<actix::Recipient<ScoreChunk>>,
     /// Gathers the texts of concurrent requests into chunks for models that prefer batches.
@@ -91,6 +96,7 @@ impl HttpState {
         observations: Arc<ObservationSink>,
         reports: ReportCell,
         admin: Option<AdminApi>,
+        feedback_token: Option<Arc<TokenFile>>,
         reputation: Arc<Reputation>,
     ) -> HttpState {
         HttpState {
@@ -105,6 +111,8 @@ impl HttpState {
             drift_dir: crate::drift_monitor::DriftMonitor::reports_dir(cfg),
             labelled_dir: cfg.ingest.labelled_dir.clone(),
             admin,
+            feedback_token,
+            feedback_limits: cfg.feedback.clone(),
             inference: None,
             batcher: None,
             inflight: AtomicUsize::new(0),
@@ -178,30 +186,105 @@ impl Drop for Inflight<'_> {
     }
 }
 
-/// Reads the admin token: the first line of the file, trimmed. A configured file that cannot
-/// be read, or holds no token, stops the start-up with a message naming the file.
-pub fn read_admin_token(path: &std::path::Path) -> Result<String, String> {
+/// A bearer token kept in a file (the first line, trimmed), read at start and again on
+/// SIGHUP, so a token is rotated without a restart.
+pub struct TokenFile {
+    /// The config key, for messages: `[admin] token_file`.
+    key: &'static str,
+    path: std::path::PathBuf,
+    /// The token, or why the file cannot be used: then every request is refused with it
+    /// (a rotation that went wrong must not leave the old, possibly leaked, token valid).
+    token: std::sync::RwLock<Result<String, String>>,
+}
+
+impl TokenFile {
+    /// Reads the file; one that cannot be read, is open to others or holds no token stops
+    /// the start-up with a message naming the key and the file.
+    pub fn open(key: &'static str, path: &std::path::Path) -> Result<TokenFile, String> {
+        let token = read_token(key, path)?;
+        Ok(TokenFile {
+            key,
+            path: path.to_path_buf(),
+            token: std::sync::RwLock::new(Ok(token)),
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Reads the file again (SIGHUP). On failure the token is unusable until a reload that
+    /// succeeds; the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        let read = read_token(self.key, &self.path);
+        let result = read.as_ref().map(|_| ()).map_err(Clone::clone);
+        match self.token.write() {
+            Ok(mut t) => *t = read,
+            Err(poisoned) => *poisoned.into_inner() = read,
+        }
+        result
+    }
+
+    /// `Ok` when the request carries this token as `Authorization: Bearer`.
+    fn check(&self, req: &HttpRequest) -> Result<(), Box<HttpResponse>> {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            // RFC 9110: the scheme name is case-insensitive.
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        let guard = match self.token.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let token = match &*guard {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!(path = req.path(), error = %why, "request refused: the token file is unusable");
+                return Err(Box::new(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{why}; fix it and reload (SIGHUP)"),
+                )));
+            }
+        };
+        use subtle::ConstantTimeEq;
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            return Ok(());
+        }
+        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), key = self.key, "request refused: missing or wrong bearer token");
+        Err(Box::new(
+            HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+                .insert_header(ContentType::json())
+                .body(r#"{"error":"missing or wrong bearer token"}"#),
+        ))
+    }
+}
+
+/// The first line of a token file, trimmed; `key` names the setting in errors.
+fn read_token(key: &str, path: &std::path::Path) -> Result<String, String> {
     // Like ssh with a private key: a secret others can read is no secret.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("[admin] token_file {}: {e}", path.display()))?;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(format!(
-                "[admin] token_file {}: group or others may access it (mode {mode:04o}); \
+                "{key} {}: group or others may access it (mode {mode:04o}); \
                  make it readable by the service user only (chmod 600)",
                 path.display()
             ));
         }
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("[admin] token_file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_string();
     if token.len() < 16 {
         return Err(format!(
-            "[admin] token_file {}: the token must be at least 16 characters on the first line",
+            "{key} {}: the token must be at least 16 characters on the first line",
             path.display()
         ));
     }
@@ -874,19 +957,30 @@ enum FeedbackRequest {
 
 /// `POST /feedback {"text", "label"[, "source"]}` or `{"items": [...]}`: labelled rows for
 /// retraining. The rows are on disk (one immutable file per request) before the 200.
-#[utoipa::path(post, path = "/feedback", tag = "feedback",
-    description = "Stores labelled texts for retraining; they are on disk before the answer.",
+#[utoipa::path(post, path = "/feedback", tag = "feedback", security(("bearer" = [])),
+    description = "Stores labelled texts for retraining; they are on disk before the answer. Needs the bearer token of `[feedback] token_file` (else of `[admin] token_file`).",
     request_body(content = FeedbackRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Stored", body = crate::openapi::FeedbackStored),
+        FeedbackAuthErrors,
         JsonBodyErrors,
-        (status = 422, description = "A blank or too long text, a label that is not one of the three, an empty or too large `items`", body = ErrorBody),
-        (status = 500, description = "The rows cannot be stored; the error was logged", body = ErrorBody)))]
+        (status = 422, description = "A blank or too long text or source, a label that is not one of the three, an empty or too large `items`", body = ErrorBody),
+        (status = 500, description = "The rows cannot be stored; the error was logged", body = ErrorBody),
+        (status = 503, description = "The token file cannot be used since the last reload", body = ErrorBody)))]
 async fn feedback(
     req: HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,
     state: web::Data<HttpState>,
 ) -> HttpResponse {
+    let Some(token) = &state.feedback_token else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "feedback is disabled: set [feedback] token_file or [admin] token_file to enable it",
+        );
+    };
+    if let Err(refused) = token.check(&req) {
+        return *refused;
+    }
     let body = match json_body(&req, body, state.max_body_bytes) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -948,6 +1042,17 @@ async fn feedback(
                 ),
             );
         };
+        if let Some(source) = &item.source
+            && source.chars().count() > state.feedback_limits.max_source_chars
+        {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{what}.source is longer than {} characters ([feedback] max_source_chars)",
+                    state.feedback_limits.max_source_chars
+                ),
+            );
+        }
         rows.push(sentimentd_data::labelled::LabelledRow {
             text: item.text,
             label,
@@ -967,12 +1072,25 @@ async fn feedback(
     let dir = state.labelled_dir.clone();
     let n = rows.len();
     let file = name.clone();
+    let max_bytes = state.feedback_limits.max_store_bytes;
     let written = web::block(move || {
-        sentimentd_data::labelled::LabelledStore::open(&dir)?.write(&file, &rows)
+        let store = sentimentd_data::labelled::LabelledStore::open(&dir)?;
+        let held = store.total_bytes()?;
+        if held >= max_bytes {
+            return Ok(Err(held));
+        }
+        store.write(&file, &rows).map(Ok)
     })
     .await;
     match written {
-        Ok(Ok(_)) => {
+        Ok(Ok(Err(held))) => json_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the labelled-data store holds {held} bytes, at its limit of {max_bytes} \
+                 ([feedback] max_store_bytes); no more feedback is taken until there is room"
+            ),
+        ),
+        Ok(Ok(Ok(_))) => {
             FeedbackReceived {
                 rows: n,
                 file: &name,
@@ -1043,26 +1161,8 @@ fn admin<'a>(req: &HttpRequest, state: &'a HttpState) -> Result<&'a AdminApi, Bo
             "the admin API is disabled (set [admin] token_file to enable it)",
         )));
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // RFC 9110: the scheme name is case-insensitive.
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, token)| token.trim());
-    use subtle::ConstantTimeEq;
-    if bool::from(given.as_bytes().ct_eq(api.token.as_bytes())) {
-        Ok(api)
-    } else {
-        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "admin request refused: missing or wrong bearer token");
-        Err(Box::new(
-            HttpResponse::Unauthorized()
-                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-                .insert_header(ContentType::json())
-                .body(r#"{"error":"missing or wrong bearer token"}"#),
-        ))
-    }
+    api.token.check(req)?;
+    Ok(api)
 }
 
 fn switched(r: Result<Result<Switched, String>, actix::MailboxError>) -> HttpResponse {

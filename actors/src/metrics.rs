@@ -218,6 +218,9 @@ pub struct Metrics {
     retrains: Family<RetrainLabels, Counter>,
     rollbacks: Counter,
     feedback_rows: Counter,
+    /// Records waiting in the MLflow retry queue.
+    pub tracking_pending: Gauge,
+    tracking_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -317,6 +320,18 @@ impl Metrics {
             "sentiment_feedback_rows",
             "Labelled rows received by POST /feedback",
             feedback_rows.clone(),
+        );
+        let tracking_pending = Gauge::default();
+        registry.register(
+            "sentiment_tracking_pending",
+            "Run records waiting to be sent to MLflow (kept in the local run log meanwhile)",
+            tracking_pending.clone(),
+        );
+        let tracking_dropped = Counter::default();
+        registry.register(
+            "sentiment_tracking_dropped",
+            "Run records MLflow refused or kept answering wrongly, moved to the dead-letter file",
+            tracking_dropped.clone(),
         );
         let batches = Family::<BatchLabels, Counter>::default();
         registry.register(
@@ -469,6 +484,8 @@ impl Metrics {
             retrains,
             rollbacks,
             feedback_rows,
+            tracking_pending,
+            tracking_dropped,
         }
     }
 
@@ -511,6 +528,10 @@ impl Metrics {
 
     pub fn feedback_rows(&self, n: u64) {
         self.feedback_rows.inc_by(n);
+    }
+
+    pub fn tracking_dropped(&self) {
+        self.tracking_dropped.inc();
     }
 
     pub fn request(&self, outcome: RequestOutcome) {

@@ -163,6 +163,24 @@ pub enum AdminErrors {
     /// The admin API is disabled: no `[admin] token_file` is configured.
     #[response(status = 404)]
     Disabled(ErrorBody),
+    /// The token file cannot be used (unreadable, open to others, no token) since the last
+    /// reload; fix it and send SIGHUP.
+    #[response(status = 503)]
+    TokenUnusable(ErrorBody),
+}
+
+/// How `/feedback` refuses a request that is not allowed to store rows.
+#[derive(IntoResponses)]
+pub enum FeedbackAuthErrors {
+    /// Missing or wrong bearer token.
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+    Unauthorized(ErrorBody),
+    /// Feedback is disabled: neither `[feedback] token_file` nor `[admin] token_file` is set.
+    #[response(status = 404)]
+    Disabled(ErrorBody),
+    /// The labelled-data store is at `[feedback] max_store_bytes`.
+    #[response(status = 507)]
+    StoreFull(ErrorBody),
 }
 
 /// What `/admin/promote` and `/admin/rollback` answer (`http::switched`).

@@ -16,9 +16,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
+use crate::events::{InternalEvent, TrackingRecordDropped};
 use crate::metrics::Metrics;
 use crate::supervisor::Containment;
-use crate::tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink, TrackingError};
+use crate::tracking::{
+    DEAD_LETTER_FILE, LocalRunLog, MlflowClient, MlflowOp, MlflowSink, TrackingError,
+};
 
 use crate::messages::{RegisterChampion, Track, TrackError};
 
@@ -33,6 +36,8 @@ const PANIC_COOLDOWN: Duration = Duration::from_secs(5);
 
 pub struct Tracker {
     log: LocalRunLog,
+    /// `[tracking] keep_runs`.
+    keep_runs: usize,
     /// `None` without MLflow. Dropping the sender ends the worker thread.
     mlflow: Option<mpsc::Sender<MlflowOp>>,
     containment: Containment,
@@ -50,7 +55,7 @@ impl Tracker {
         metrics: Arc<Metrics>,
     ) -> Result<Tracker, TrackingError> {
         let log = LocalRunLog::open(runs_dir)?;
-        let containment = Containment::new("tracker", metrics);
+        let containment = Containment::new("tracker", metrics.clone());
         let mlflow = match tracking
             .mlflow_uri
             .as_deref()
@@ -62,12 +67,14 @@ impl Tracker {
                     &tracking.experiment,
                     &tracking.registered_model,
                     log.dir(),
-                )?;
+                )?
+                .with_max_attempts(tracking.record_max_attempts);
                 let (tx, rx) = mpsc::channel();
                 let worker_containment = containment.clone();
+                let worker_metrics = metrics.clone();
                 std::thread::Builder::new()
                     .name("tracker-mlflow".to_string())
-                    .spawn(move || worker(sink, rx, worker_containment))
+                    .spawn(move || worker(sink, rx, worker_containment, worker_metrics))
                     .map_err(|e| TrackingError::Io {
                         path: log.dir().to_path_buf(),
                         source: e,
@@ -88,6 +95,7 @@ impl Tracker {
         };
         Ok(Tracker {
             log,
+            keep_runs: tracking.keep_runs,
             mlflow,
             containment,
         })
@@ -119,6 +127,7 @@ impl Handler<Track> for Tracker {
     fn handle(&mut self, msg: Track, _: &mut Context<Self>) -> Self::Result {
         let record = msg.0;
         let stored = self.containment.run(|| self.log.store(&record))??;
+        let has_artifacts = !stored.artifacts.is_empty();
         tracing::info!(
             run_id = %stored.run_id,
             kind = stored.kind.as_str(),
@@ -128,6 +137,11 @@ impl Handler<Track> for Tracker {
             "run recorded"
         );
         self.forward(MlflowOp::Run { record: stored });
+        // Runs waiting in the MLflow queue keep theirs; the one just stored is the newest of
+        // its kind, so it is never among those pruned.
+        if has_artifacts && let Err(e) = self.log.prune_artifacts(self.keep_runs) {
+            tracing::warn!(error = %e, "cannot prune old run artifacts");
+        }
         Ok(())
     }
 }
@@ -178,8 +192,15 @@ fn champion_files(model_dir: &Path) -> Result<Vec<PathBuf>, TrackingError> {
     Ok(files)
 }
 
-fn worker(mut sink: MlflowSink, rx: mpsc::Receiver<MlflowOp>, containment: Containment) {
+fn worker(
+    mut sink: MlflowSink,
+    rx: mpsc::Receiver<MlflowOp>,
+    containment: Containment,
+    metrics: Arc<Metrics>,
+) {
     let mut cooldown = None;
+    let dead_letter = sink.pending_path().with_file_name(DEAD_LETTER_FILE);
+    metrics.tracking_pending.set(sink.pending_len() as i64);
     loop {
         let wait = cooldown
             .take()
@@ -196,6 +217,14 @@ fn worker(mut sink: MlflowSink, rx: mpsc::Receiver<MlflowOp>, containment: Conta
             Ok(Err(e)) => tracing::error!(error = %e, "MLflow retry queue error"),
             Err(_) => cooldown = Some(PANIC_COOLDOWN),
         }
+        for record in sink.take_dropped() {
+            TrackingRecordDropped {
+                record: &record,
+                dead_letter: &dead_letter,
+            }
+            .emit(&metrics);
+        }
+        metrics.tracking_pending.set(sink.pending_len() as i64);
     }
     tracing::debug!(
         pending = sink.pending_len(),

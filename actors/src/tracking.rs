@@ -8,7 +8,7 @@
 //! its run instead of creating a second one.
 
 use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 pub const RUNS_FILE: &str = "runs.jsonl";
 pub const ARTIFACTS_DIR: &str = "artifacts";
 pub const PENDING_FILE: &str = "mlflow-pending.jsonl";
+/// Records MLflow refused or kept answering wrongly, with the last error: kept for an operator
+/// to inspect or replay, out of the way of the records behind them.
+pub const DEAD_LETTER_FILE: &str = "mlflow-dead-letter.jsonl";
 const PENDING_LOCK_FILE: &str = "mlflow-pending.lock";
 
 /// Tag on every MLflow run naming the local record it mirrors; the key of idempotent retries.
@@ -75,6 +78,15 @@ impl TrackingError {
         }
     }
 
+    /// Whether the server answered (an error status, or a 2xx body that is not its JSON):
+    /// it is up, so repeating the same failure says something about the record.
+    pub fn server_answered(&self) -> bool {
+        matches!(
+            self,
+            TrackingError::Server { .. } | TrackingError::Protocol { .. }
+        )
+    }
+
     /// Whether trying the same request later may succeed. A 4xx means the request itself is
     /// wrong, so repeating it would block the queue forever.
     pub fn is_retryable(&self) -> bool {
@@ -92,7 +104,7 @@ impl TrackingError {
 // ---------------------------------------------------------------------------------------------
 // Run records
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunKind {
     Training,
@@ -403,6 +415,36 @@ impl LocalRunLog {
         Ok(copied)
     }
 
+    /// Removes the artifact folders of all but the newest `keep` runs of each kind (a drift
+    /// check every few minutes would otherwise fill the disk with reports). Records stay in
+    /// `runs.jsonl`; runs still waiting to reach MLflow keep their artifacts, which the retry
+    /// uploads. Returns how many folders were removed.
+    pub fn prune_artifacts(&self, keep: usize) -> Result<usize, TrackingError> {
+        let waiting = pending_run_ids(&self.dir.join(PENDING_FILE))?;
+        let mut seen: HashMap<RunKind, usize> = HashMap::new();
+        let mut removed = 0;
+        for record in self.list()?.iter().rev() {
+            if record.artifacts.is_empty() {
+                continue;
+            }
+            let n = seen.entry(record.kind).or_default();
+            *n += 1;
+            if *n <= keep || waiting.contains(&record.run_id) {
+                continue;
+            }
+            let dir = self.artifacts_dir(&record.run_id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TrackingError::io(&dir, e)),
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, keep, dir = %self.dir.display(), "pruned old run artifacts");
+        }
+        Ok(removed)
+    }
+
     /// Every record, oldest first. A line that does not parse (the torn tail of a crash, or one
     /// that a crash cut and a later append terminated) is skipped with a warning.
     pub fn list(&self) -> Result<Vec<RunRecord>, TrackingError> {
@@ -444,6 +486,18 @@ fn append_line(path: &Path, mut line: Vec<u8>) -> Result<(), TrackingError> {
         }
     }
     Ok(())
+}
+
+/// Local run ids the MLflow queue at `path` still has to send.
+fn pending_run_ids(path: &Path) -> Result<HashSet<String>, TrackingError> {
+    let entries: Vec<PendingEntry> = read_jsonl(path)?;
+    Ok(entries
+        .into_iter()
+        .map(|e| match e.op {
+            MlflowOp::Run { record } => record.run_id,
+            MlflowOp::Champion { run_id, .. } => run_id,
+        })
+        .collect())
 }
 
 fn sync_dir(dir: &Path) {
@@ -1279,8 +1333,47 @@ struct PendingEntry {
     attempts: u32,
     #[serde(default)]
     last_error: Option<String>,
+    /// Failed attempts the server answered (see [`TrackingError::server_answered`]); at
+    /// [`MlflowSink::with_max_attempts`] the entry goes to the dead-letter file.
+    #[serde(default)]
+    answered: u32,
+    /// When it was given up on (dead-letter file only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dead_at: Option<String>,
     #[serde(flatten)]
     op: MlflowOp,
+}
+
+/// A record taken off the queue without reaching MLflow; it is in the dead-letter file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedRecord {
+    /// What it was, e.g. `run 3f2a… (training)`.
+    pub op: String,
+    pub attempts: u32,
+    pub error: String,
+}
+
+impl PendingEntry {
+    fn new(op: MlflowOp) -> PendingEntry {
+        PendingEntry {
+            id: new_run_id(),
+            queued_at: now_rfc3339(),
+            attempts: 0,
+            last_error: None,
+            answered: 0,
+            dead_at: None,
+            op,
+        }
+    }
+
+    /// Counts one failed attempt.
+    fn failed(&mut self, e: &TrackingError) {
+        self.attempts += 1;
+        if e.server_answered() {
+            self.answered += 1;
+        }
+        self.last_error = Some(e.to_string());
+    }
 }
 
 /// Exponential backoff between retries of a down server.
@@ -1345,6 +1438,9 @@ pub enum Submitted {
     Dropped,
 }
 
+/// Default of [`MlflowSink::with_max_attempts`] (`[tracking] record_max_attempts`).
+pub const RECORD_MAX_ATTEMPTS: u32 = 5;
+
 /// Oldest pending entries beyond this are dropped: the local run log keeps them regardless,
 /// and an unbounded file would make every rewrite slower during a long outage.
 pub const MAX_PENDING: usize = 10_000;
@@ -1364,6 +1460,9 @@ pub struct MlflowSink {
     lock_path: PathBuf,
     pending: VecDeque<PendingEntry>,
     backoff: Backoff,
+    max_attempts: u32,
+    /// Given up on since the last [`MlflowSink::take_dropped`].
+    dropped: Vec<DroppedRecord>,
 }
 
 impl MlflowSink {
@@ -1384,6 +1483,8 @@ impl MlflowSink {
             lock_path: dir.join(PENDING_LOCK_FILE),
             pending: VecDeque::new(),
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+            max_attempts: RECORD_MAX_ATTEMPTS,
+            dropped: Vec::new(),
         };
         sink.reload()?;
         if !sink.pending.is_empty() {
@@ -1398,6 +1499,17 @@ impl MlflowSink {
 
     pub fn client(&self) -> &MlflowClient {
         &self.client
+    }
+
+    /// A record the server answered but did not take this many times is given up on.
+    pub fn with_max_attempts(mut self, n: u32) -> MlflowSink {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Records given up on since the last call (each already in the dead-letter file).
+    pub fn take_dropped(&mut self) -> Vec<DroppedRecord> {
+        std::mem::take(&mut self.dropped)
     }
 
     pub fn pending_path(&self) -> &Path {
@@ -1439,7 +1551,7 @@ impl MlflowSink {
                 self.backoff.succeeded();
                 Ok(Submitted::Sent)
             }
-            Err(e) if e.is_retryable() => {
+            Err(e) if e.is_retryable() && !(e.server_answered() && self.max_attempts <= 1) => {
                 let wait = self.backoff.failed();
                 tracing::warn!(
                     op = %op.describe(),
@@ -1447,11 +1559,13 @@ impl MlflowSink {
                     retry_in_s = wait.as_secs_f64(),
                     "MLflow unreachable; record queued for retry (kept in the local run log)"
                 );
-                self.enqueue(op, Some(e.to_string()))?;
+                self.enqueue(op, Some(&e))?;
                 Ok(Submitted::Queued)
             }
             Err(e) => {
-                self.log_dropped(&op, &e);
+                let mut entry = PendingEntry::new(op);
+                entry.failed(&e);
+                self.dead_letter(entry)?;
                 Ok(Submitted::Dropped)
             }
         }
@@ -1485,7 +1599,7 @@ impl MlflowSink {
         self.reload()?;
         let mut report = FlushReport::default();
         let mut done: HashSet<String> = HashSet::new();
-        let mut failed: Option<(String, String)> = None;
+        let mut failed: Option<PendingEntry> = None;
         let entries: Vec<PendingEntry> = self.pending.iter().cloned().collect();
         for entry in &entries {
             match self.send(&entry.op) {
@@ -1493,14 +1607,18 @@ impl MlflowSink {
                     report.sent += 1;
                     done.insert(entry.id.clone());
                 }
-                Err(e) if e.is_retryable() => {
-                    failed = Some((entry.id.clone(), e.to_string()));
-                    break;
-                }
                 Err(e) => {
-                    self.log_dropped(&entry.op, &e);
-                    report.dropped += 1;
+                    let mut entry = entry.clone();
+                    entry.failed(&e);
+                    if e.is_retryable() && entry.answered < self.max_attempts {
+                        failed = Some(entry);
+                        break;
+                    }
+                    // Refused (4xx), or answered wrongly time after time: kept aside, so the
+                    // records behind it go on.
                     done.insert(entry.id.clone());
+                    self.dead_letter(entry)?;
+                    report.dropped += 1;
                 }
             }
         }
@@ -1510,19 +1628,18 @@ impl MlflowSink {
         let remaining = self.locked(|sink| {
             let mut entries: Vec<PendingEntry> = read_jsonl(&sink.pending_path)?;
             entries.retain(|e| !done.contains(&e.id));
-            if let Some((id, error)) = &failed
-                && let Some(e) = entries.iter_mut().find(|e| &e.id == id)
+            if let Some(f) = &failed
+                && let Some(e) = entries.iter_mut().find(|e| e.id == f.id)
             {
-                e.attempts += 1;
-                e.last_error = Some(error.clone());
+                *e = f.clone();
             }
             sink.rewrite(&entries)?;
             sink.pending = entries.into();
             Ok(sink.pending.len())
         })?;
         report.remaining = remaining;
-        match &failed {
-            Some((_, error)) => {
+        match failed.as_ref().and_then(|f| f.last_error.as_ref()) {
+            Some(error) => {
                 let wait = self.backoff.failed();
                 tracing::warn!(
                     sent = report.sent,
@@ -1547,12 +1664,23 @@ impl MlflowSink {
         Ok(report)
     }
 
-    fn log_dropped(&self, op: &MlflowOp, e: &TrackingError) {
-        tracing::error!(
-            op = %op.describe(),
-            error = %e,
-            "MLflow rejected the record; dropped from the retry queue (the local run log keeps it)"
-        );
+    /// Appends `entry` to the dead-letter file and reports it through
+    /// [`MlflowSink::take_dropped`].
+    fn dead_letter(&mut self, mut entry: PendingEntry) -> Result<(), TrackingError> {
+        entry.dead_at = Some(now_rfc3339());
+        let mut line = serde_json::to_vec(&entry).map_err(|source| TrackingError::Encode {
+            run_id: entry.id.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        let path = self.pending_path.with_file_name(DEAD_LETTER_FILE);
+        append_line(&path, line)?;
+        self.dropped.push(DroppedRecord {
+            op: entry.op.describe(),
+            attempts: entry.attempts,
+            error: entry.last_error.unwrap_or_default(),
+        });
+        Ok(())
     }
 
     fn experiment_id(&mut self) -> Result<String, TrackingError> {
@@ -1625,14 +1753,15 @@ impl MlflowSink {
         Ok(())
     }
 
-    fn enqueue(&mut self, op: MlflowOp, error: Option<String>) -> Result<(), TrackingError> {
-        let entry = PendingEntry {
-            id: new_run_id(),
-            queued_at: now_rfc3339(),
-            attempts: u32::from(error.is_some()),
-            last_error: error,
-            op,
-        };
+    fn enqueue(
+        &mut self,
+        op: MlflowOp,
+        error: Option<&TrackingError>,
+    ) -> Result<(), TrackingError> {
+        let mut entry = PendingEntry::new(op);
+        if let Some(e) = error {
+            entry.failed(e);
+        }
         let mut line = serde_json::to_vec(&entry).map_err(|source| TrackingError::Encode {
             run_id: entry.id.clone(),
             source,

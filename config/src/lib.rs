@@ -11,10 +11,10 @@ mod validate;
 
 pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
-    AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, GateConfig, IngestConfig,
-    LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig, Precision, ReputationConfig,
-    RetrainConfig, ServerConfig, TrackingConfig, TrainConfig, TrainOnStart, TrainableKind,
-    TransformerConfig,
+    AdminConfig, Backend, ClassWeights, Config, DataConfig, DriftConfig, FeedbackConfig,
+    GateConfig, IngestConfig, LogFormat, LoggingConfig, LrDecay, ModelConfig, PathsConfig,
+    Precision, ReputationConfig, RetrainConfig, ServerConfig, TrackingConfig, TrainConfig,
+    TrainOnStart, TrainableKind, TransformerConfig,
 };
 
 /// Longest source name kept; a longer one is cut to this many characters.
@@ -115,6 +115,9 @@ impl Config {
         }
         self.drift.reference.iter_mut().for_each(fix);
         if let Some(p) = self.admin.token_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.feedback.token_file.as_mut() {
             fix(p);
         }
         let g = &mut self.ingest;

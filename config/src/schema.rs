@@ -19,6 +19,7 @@ pub struct Config {
     pub retrain: RetrainConfig,
     pub gate: GateConfig,
     pub admin: AdminConfig,
+    pub feedback: FeedbackConfig,
     pub tracking: TrackingConfig,
     pub reputation: ReputationConfig,
     pub transformer: TransformerConfig,
@@ -463,6 +464,31 @@ impl Default for GateConfig {
     }
 }
 
+/// `[feedback]`: who may post labelled rows to `/feedback`, and how much of a row is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// File holding the bearer token of `/feedback` (first line). Unset = the admin token;
+    /// with neither, `/feedback` answers 404.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Longest `source` a feedback row may name, in characters.
+    pub max_source_chars: usize,
+    /// The labelled-data store takes no more feedback once its files hold this many bytes
+    /// (`/feedback` answers 507 until retention or an operator makes room).
+    pub max_store_bytes: u64,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            token_file: None,
+            max_source_chars: 200,
+            max_store_bytes: 1 << 30,
+        }
+    }
+}
+
 /// `[admin]`: the admin API (`/admin/*`: retrain, promote, rollback).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -483,6 +509,12 @@ pub struct TrackingConfig {
     pub experiment: String,
     /// Registered model name in the MLflow model registry.
     pub registered_model: String,
+    /// Artifacts of the newest this-many runs of each kind are kept in the local run log;
+    /// older runs keep their record, their artifact folder is removed.
+    pub keep_runs: usize,
+    /// A record MLflow answered but did not take (an error status, a body that is not its
+    /// JSON) this many times is moved to the dead-letter file instead of blocking the queue.
+    pub record_max_attempts: u32,
 }
 
 impl Default for TrackingConfig {
@@ -491,6 +523,8 @@ impl Default for TrackingConfig {
             mlflow_uri: None,
             experiment: "sentimentd".to_string(),
             registered_model: "sentimentd".to_string(),
+            keep_runs: 200,
+            record_max_attempts: 5,
         }
     }
 }

@@ -259,6 +259,16 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     if let Some(p) = &c.admin.token_file {
         k.path("admin.token_file", p);
     }
+    if let Some(p) = &c.feedback.token_file {
+        k.path("feedback.token_file", p);
+    }
+    k.range(
+        "feedback.max_source_chars",
+        c.feedback.max_source_chars,
+        1,
+        100_000,
+    );
+    k.at_least("feedback.max_store_bytes", c.feedback.max_store_bytes, 1);
     if let Some(uri) = &c.tracking.mlflow_uri
         && !(uri.starts_with("http://") || uri.starts_with("https://"))
     {
@@ -273,6 +283,13 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     if c.tracking.registered_model.trim().is_empty() {
         k.fail("tracking.registered_model", "must not be empty".to_string());
     }
+    k.range("tracking.keep_runs", c.tracking.keep_runs, 1, 1_000_000);
+    k.range(
+        "tracking.record_max_attempts",
+        c.tracking.record_max_attempts,
+        1,
+        1000,
+    );
 
     let rep = &c.reputation;
     if rep.source_columns.iter().any(|c| c.trim().is_empty()) {

@@ -194,6 +194,17 @@ impl LabelledStore {
         Ok(names)
     }
 
+    /// Bytes the store's files hold (what `[feedback] max_store_bytes` bounds).
+    pub fn total_bytes(&self) -> Result<u64, DataError> {
+        let mut total = 0;
+        for name in self.names()? {
+            total += std::fs::metadata(self.dir.join(&name))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     pub fn read(&self, name: &str) -> Result<LabelledFile, DataError> {
         let path = self.dir.join(name);
         let mut r = csv::ReaderBuilder::new()

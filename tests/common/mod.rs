@@ -283,6 +283,20 @@ settle_ms = 100
         }
     }
 
+    /// A JSON `POST` with `Authorization: Bearer <token>`.
+    pub fn post_auth(&self, path: &str, token: &str, body: &str) -> Reply {
+        let mut r = agent()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .header("authorization", &format!("Bearer {token}"))
+            .send(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        Reply {
+            status: r.status().as_u16(),
+            body: r.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
     pub fn predict(&self, body: &str) -> Reply {
         self.post("/predict", Some("application/json"), body)
     }
