@@ -214,52 +214,74 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     let tracker = Tracker::new(&cfg, metrics.clone())
         .context("cannot open the run log")?
         .start();
-    let registry_ctx = actix::Context::<ModelRegistry>::new();
-    let registry = registry_ctx.address();
-    let trainer = Trainer::new(
-        cfg.clone(),
-        cell.clone(),
-        registry.clone(),
-        Some(tracker.clone()),
-        metrics.clone(),
-    )
-    .start();
     // Drift checks take up to a few hundred milliseconds: an arbiter of their own.
     let drift_arbiter = actix::Arbiter::new();
-    let monitor = {
-        let (cfg, observations, metrics, reports) = (
+    // The registry (loads and checksums models) and the trainer (reads the whole labelled
+    // store to decide whether a retrain may start) block for seconds at times: an arbiter of
+    // their own, so the one that watches the inbox, answers signals and pings the systemd
+    // watchdog never waits for them. Built there, since the registry's context must run on
+    // the arbiter it lives on; the addresses come back over a channel.
+    let mlops_arbiter = actix::Arbiter::new();
+    let (built_tx, built_rx) = std::sync::mpsc::channel();
+    {
+        let (cfg, cell, metrics, tracker, observations, reports) = (
             cfg.clone(),
-            observations.clone(),
+            cell.clone(),
             metrics.clone(),
+            tracker.clone(),
+            observations.clone(),
             reports.clone(),
         );
-        let trainer = trainer.clone().recipient();
-        let tracker = tracker.clone().recipient();
-        DriftMonitor::start_in_arbiter(&drift_arbiter.handle(), move |_| {
-            DriftMonitor::new(
-                cfg,
-                observations,
-                metrics,
-                reports,
-                Some(trainer),
-                Some(tracker),
+        let drift_handle = drift_arbiter.handle();
+        let spawned = mlops_arbiter.spawn_fn(move || {
+            let registry_ctx = actix::Context::<ModelRegistry>::new();
+            let registry = registry_ctx.address();
+            let trainer = Trainer::new(
+                cfg.clone(),
+                cell.clone(),
+                registry.clone(),
+                Some(tracker.clone()),
+                metrics.clone(),
             )
-        })
-    };
-    let baseliner = {
-        let (cfg, metrics) = (cfg.clone(), metrics.clone());
-        let monitor = monitor.clone().recipient();
-        SyncArbiter::start(1, move || {
-            Baseliner::new(cfg.clone(), monitor.clone(), metrics.clone())
-        })
-    };
-    registry_ctx.run(ModelRegistry::new(
-        cfg.clone(),
-        cell.clone(),
-        metrics.clone(),
-        Some(baseliner.recipient()),
-        Some(tracker.clone()),
-    ));
+            .start();
+            let monitor = {
+                let (cfg, metrics) = (cfg.clone(), metrics.clone());
+                let trainer = trainer.clone().recipient();
+                let tracker = tracker.clone().recipient();
+                DriftMonitor::start_in_arbiter(&drift_handle, move |_| {
+                    DriftMonitor::new(
+                        cfg,
+                        observations,
+                        metrics,
+                        reports,
+                        Some(trainer),
+                        Some(tracker),
+                    )
+                })
+            };
+            let baseliner = {
+                let (cfg, metrics) = (cfg.clone(), metrics.clone());
+                let monitor = monitor.clone().recipient();
+                SyncArbiter::start(1, move || {
+                    Baseliner::new(cfg.clone(), monitor.clone(), metrics.clone())
+                })
+            };
+            registry_ctx.run(ModelRegistry::new(
+                cfg,
+                cell,
+                metrics,
+                Some(baseliner.recipient()),
+                Some(tracker),
+            ));
+            let _ = built_tx.send((registry, trainer, monitor));
+        });
+        if !spawned {
+            anyhow::bail!("cannot start the MLOps arbiter");
+        }
+    }
+    let (registry, trainer, monitor) = built_rx
+        .recv()
+        .context("the MLOps arbiter stopped while starting")?;
     let admin = admin_token.map(|token| AdminApi {
         token,
         retrain: trainer.clone().recipient(),
@@ -451,6 +473,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         "drained; exiting"
     );
     drift_arbiter.stop();
+    mlops_arbiter.stop();
     actix::System::current().stop();
     Ok(())
 }

@@ -1309,15 +1309,18 @@ fn feedback_flipping_one_brand_needs_the_token_and_its_candidate_is_rejected() {
     let data = Data::new();
     let d = trained_daemon(&data, "enabled = false", "min_new_rows = 300", "");
     let before = model_version(&d);
-    // 300 texts the training data calls positive or neutral, each now naming one brand and
-    // labelled negative: a targeted flip that is also the newest rows, the gate's holdout.
+    // Honest labelled rows arrived earlier, from a batch.
+    d.drop_file("earlier.csv", sst2_csv(0, 300, false).as_bytes());
+    d.wait_processed("earlier.csv", Duration::from_secs(60));
+    // 300 texts the training data calls positive, each now naming one brand and labelled
+    // negative: a targeted flip that is also the newest rows, which the gate's holdout takes.
     let mut r = csv::Reader::from_path(repo().join("data/datasets/tweeteval/train.csv"))
         .expect("train.csv");
     let items: Vec<serde_json::Value> = r
         .records()
         .skip(4000)
         .filter_map(|rec| rec.ok())
-        .filter(|rec| &rec[1] != "negative")
+        .filter(|rec| &rec[1] == "positive")
         .take(300)
         .map(
             |rec| serde_json::json!({"text": format!("AcmeCorp {}", &rec[0]), "label": "negative"}),
@@ -1327,11 +1330,137 @@ fn feedback_flipping_one_brand_needs_the_token_and_its_candidate_is_rejected() {
     let body = serde_json::json!({ "items": items }).to_string();
     let anonymous = d.post("/feedback", Some("application/json"), &body);
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
-    assert!(names(&d.root().join("labelled")).is_empty());
+    assert_eq!(
+        names(&d.root().join("labelled")).len(),
+        1,
+        "only the batch's rows"
+    );
     let r = d.post_auth("/feedback", TOKEN, &body);
     assert_eq!(r.status, 200, "{}", r.body);
     retrain_and_expect_rejection(&d);
     assert_eq!(model_version(&d), before, "still serving the old model");
     let model = d.get("/model").json();
     assert_eq!(model["candidates"][0]["status"], "rejected", "{model:#}");
+    // Judged by themselves, the sender's labels contradict the serving model: the honest
+    // batch's rows cannot carry them past the label-agreement rule.
+    let reason = model["candidates"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("FAIL labels from feedback agree"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("PASS labels from earlier.csv agree"),
+        "{reason}"
+    );
+    // The sender of the newest rows wrote at most half of the test the candidate faced; the
+    // earlier batch supplied the rest.
+    let origins = &model["candidates"][0]["gate_sets"]["recent_holdout"]["origins"];
+    let count = |o: &str| origins[o].as_u64().unwrap_or(0);
+    let total = count("feedback") + count("earlier.csv");
+    assert!(total >= 100, "{model:#}");
+    assert!(count("feedback") <= total.div_ceil(2), "{model:#}");
+    assert!(count("earlier.csv") >= total / 2, "{model:#}");
+}
+
+#[test]
+fn a_retrain_request_over_a_big_labelled_store_does_not_hold_up_the_inbox() {
+    let data = Data::new();
+    let mut d = Daemon::configure(
+        "",
+        "",
+        "",
+        &data.sections("enabled = false", "min_new_rows = 100000000", "", true),
+    );
+    // A labelled store of 1.5 M rows (~130 MB): deciding whether a retrain may start reads
+    // and deduplicates all of it.
+    let labelled = d.root().join("labelled");
+    std::fs::create_dir_all(&labelled).expect("labelled dir");
+    for f in 0..3 {
+        let mut text = String::from("text,label,source,origin,line,arrived_at\n");
+        for i in 0..500_000 {
+            text.push_str(&format!(
+                "labelled text number {i} of file {f} with a few more words,positive,s,f{f}.csv,{i},2026-01-01T00:00:00Z\n"
+            ));
+        }
+        std::fs::write(
+            labelled.join(format!("20260101T00000{f}.000000Z-batch-f{f}.csv")),
+            text,
+        )
+        .expect("labelled file");
+    }
+    d.spawn(&[]);
+    let url = d.url("/admin/retrain");
+    let retrain = std::thread::spawn(move || {
+        let mut r = agent()
+            .post(&url)
+            .header("authorization", &format!("Bearer {TOKEN}"))
+            .send("")
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let dropped = std::time::Instant::now();
+    d.drop_file("meanwhile.csv", b"text\nstill scored at once\n");
+    d.wait_for(
+        "the file dropped meanwhile",
+        Duration::from_secs(60),
+        || d.root().join("outbox/meanwhile.csv").exists(),
+    );
+    let took = dropped.elapsed();
+    let answered = retrain.join().expect("retrain thread");
+    assert!(
+        matches!(&answered, Ok((409, body)) if body.contains("min_new_rows")),
+        "{answered:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the inbox waited {took:?} for the retrain's check"
+    );
+}
+
+#[test]
+fn the_labelled_store_keeps_to_its_size_and_age_limits() {
+    let data = Data::new();
+    let mut d = Daemon::configure(
+        "",
+        "labelled_max_bytes = 250\nlabelled_max_age_days = 30",
+        "",
+        &data.sections("enabled = false", "", "", false),
+    );
+    let labelled = d.root().join("labelled");
+    std::fs::create_dir_all(&labelled).expect("labelled dir");
+    let header = "text,label,source,origin,line,arrived_at\n";
+    let row = "a labelled text of some length,positive,s,o.csv,1,2026-01-01T00:00:00Z\n";
+    let names = [
+        "20260101T000000.000000Z-batch-a.csv",
+        "20260102T000000.000000Z-batch-b.csv",
+        "20260103T000000.000000Z-batch-c.csv",
+        "20260104T000000.000000Z-batch-d.csv",
+    ];
+    for n in &names {
+        std::fs::write(labelled.join(n), format!("{header}{row}")).expect("labelled file");
+    }
+    // The newest file is also 40 days old by its modification time: too old to keep.
+    let old = std::time::SystemTime::now() - Duration::from_secs(40 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(labelled.join(names[3]))
+        .and_then(|f| f.set_modified(old))
+        .expect("age a file");
+    d.spawn(&[]);
+    d.wait_for("the retention", Duration::from_secs(10), || {
+        common::names(&labelled).len() <= 2
+    });
+    // Each file is ~112 bytes: 250 keeps two, and the 40-day-old one goes regardless.
+    assert_eq!(common::names(&labelled), [names[1], names[2]]);
+    assert!(
+        d.logs().contains("labelled file removed by retention"),
+        "{}",
+        d.logs()
+    );
 }

@@ -76,7 +76,8 @@ pub struct CandidateSummary {
     /// As `ModelInfo.weighting`, for this candidate.
     #[schema(value_type = Option<Object>, required = true)]
     pub weighting: Option<serde_json::Value>,
-    /// Candidate and serving macro-recall on the gate sets (`validation`, `recent_holdout`).
+    /// Candidate and serving macro-recall on the gate sets (`validation`, `recent_holdout`),
+    /// and the recent holdout's rows by origin (`recent_holdout.origins`).
     #[schema(value_type = Object)]
     pub gate_sets: serde_json::Value,
 }
@@ -106,6 +107,7 @@ pub fn recent_candidates(root: &std::path::Path, limit: usize) -> Vec<CandidateS
                 "recent_holdout": {
                     "candidate": recall("candidate", "recent_holdout"),
                     "serving": recall("serving", "recent_holdout"),
+                    "origins": d.details.get("holdout_origins").cloned().unwrap_or(serde_json::Value::Null),
                 },
             });
             CandidateSummary {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::events::{
     CandidatePromoted, CandidateRejected, InternalEvent, RetrainFailed, RetrainSkipped,
@@ -318,30 +318,48 @@ impl RetrainRun {
         state.last_attempt_unix = Some(now_unix());
         Trainer::save_state(cfg, &state);
 
-        // Time-ordered holdout: the newest labelled rows never train the candidate.
+        // Time-ordered holdout: the newest labelled rows never train the candidate, and no
+        // single origin fills more than its share of them while other origins have rows.
         let with_files = labelled::deduplicate_with_files(&files);
         let holdout_n = ((with_files.len() as f64) * cfg.retrain.holdout_share).ceil() as usize;
-        let split = with_files.len() - holdout_n.min(with_files.len());
+        let origins: Vec<&str> = with_files.iter().map(|(r, _)| r.origin.as_str()).collect();
+        let in_holdout = pick_holdout(&origins, holdout_n, cfg.gate.holdout_max_origin_share);
         // Lineage: the files whose rows train the candidate (holdout-only files do not).
-        let train_files: Vec<String> = with_files[..split]
+        let train_files: Vec<String> = with_files
             .iter()
-            .map(|(_, f)| f.clone())
+            .zip(&in_holdout)
+            .filter(|(_, h)| !**h)
+            .map(|((_, f), _)| f.clone())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let rows: Vec<labelled::LabelledRow> = with_files.into_iter().map(|(r, _)| r).collect();
-        let (train_rows, holdout_rows) = rows.split_at(split);
+        let (holdout_rows, train_rows): (Vec<_>, Vec<_>) = with_files
+            .into_iter()
+            .zip(&in_holdout)
+            .partition(|(_, h)| **h);
+        let rows_total = holdout_rows.len() + train_rows.len();
+        let train_rows: Vec<labelled::LabelledRow> =
+            train_rows.into_iter().map(|((r, _), _)| r).collect();
+        let holdout_rows: Vec<labelled::LabelledRow> =
+            holdout_rows.into_iter().map(|((r, _), _)| r).collect();
         let to_dataset = |rs: &[labelled::LabelledRow]| {
             Dataset::from_examples(
                 rs.iter().map(|r| r.text.clone()).collect(),
                 rs.iter().map(|r| r.label).collect(),
             )
         };
-        let extra = to_dataset(train_rows);
-        let holdout = to_dataset(holdout_rows);
+        let extra = to_dataset(&train_rows);
+        let holdout = to_dataset(&holdout_rows);
+        // Who supplied the rows the candidate is judged on, so an operator can see that no
+        // single sender wrote the test.
+        let mut holdout_origins: std::collections::BTreeMap<&str, usize> =
+            std::collections::BTreeMap::new();
+        for r in &holdout_rows {
+            *holdout_origins.entry(r.origin.as_str()).or_default() += 1;
+        }
         tracing::info!(
             labelled_files = names.len(),
-            labelled_rows = rows.len(),
+            labelled_rows = rows_total,
             train_extra = extra.texts.len(),
             holdout = holdout.texts.len(),
             "retrain: training a candidate"
@@ -412,6 +430,27 @@ impl RetrainRun {
             eval(candidate.as_ref(), &holdout),
             eval(current.as_ref(), &holdout),
         );
+        // Each origin's labels are judged by themselves too, so honest rows from one sender
+        // cannot carry contradicting rows from another past the label-agreement rule.
+        let by_origin: Vec<(String, f64, u64)> = if cfg.gate.min_label_agreement > 0.0 {
+            holdout_origins
+                .keys()
+                .filter(|o| holdout_origins[*o] >= MIN_POLAR_ROWS as usize)
+                .filter(|_| holdout_origins.len() > 1)
+                .map(|o| {
+                    let part: Vec<labelled::LabelledRow> = holdout_rows
+                        .iter()
+                        .filter(|r| r.origin == *o)
+                        .cloned()
+                        .collect();
+                    let (agree, n) =
+                        polar_agreement(&pipeline::evaluate(current.as_ref(), &to_dataset(&part)));
+                    (o.to_string(), agree, n)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let verdict = gate(
             cfg,
             &cand_val,
@@ -419,6 +458,7 @@ impl RetrainRun {
             cand_hold.as_ref(),
             cur_hold.as_ref(),
             holdout.texts.len(),
+            &by_origin,
         );
         let details = serde_json::json!({
             "trigger": self.trigger.as_str(),
@@ -427,6 +467,7 @@ impl RetrainRun {
             "candidate": { "validation": &cand_val, "recent_holdout": &cand_hold },
             "serving": { "version": current.version(), "validation": &cur_val, "recent_holdout": &cur_hold },
             "holdout_rows": holdout.texts.len(),
+            "holdout_origins": &holdout_origins,
             "weighting": &trained.manifest.weighting,
             "train_seconds": started.elapsed().as_secs_f64(),
         });
@@ -473,7 +514,7 @@ impl RetrainRun {
         rec.params
             .insert("serving_version".into(), current.version().into());
         rec.params
-            .insert("labelled_rows".into(), rows.len().to_string());
+            .insert("labelled_rows".into(), rows_total.to_string());
         rec.params
             .insert("holdout_rows".into(), holdout.texts.len().to_string());
         if let Some(w) = &trained.manifest.weighting {
@@ -564,6 +605,37 @@ impl RetrainRun {
     }
 }
 
+/// Which rows (oldest first) form the recent holdout: the newest `n`, except that an origin
+/// stops at `max_share` of `n` while older rows of other origins can fill the rest; only
+/// when they cannot does the holdout take more of it, so its size never shrinks.
+fn pick_holdout(origins: &[&str], n: usize, max_share: f64) -> Vec<bool> {
+    let cap = ((n as f64) * max_share).ceil().max(1.0) as usize;
+    let mut chosen = vec![false; origins.len()];
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut count = 0;
+    for i in (0..origins.len()).rev() {
+        if count == n {
+            break;
+        }
+        let t = taken.entry(origins[i]).or_default();
+        if *t < cap {
+            *t += 1;
+            chosen[i] = true;
+            count += 1;
+        }
+    }
+    for i in (0..origins.len()).rev() {
+        if count == n {
+            break;
+        }
+        if !chosen[i] {
+            chosen[i] = true;
+            count += 1;
+        }
+    }
+    chosen
+}
+
 fn gate(
     cfg: &Config,
     cand_val: &EvalMetrics,
@@ -571,6 +643,7 @@ fn gate(
     cand_hold: Option<&EvalMetrics>,
     cur_hold: Option<&EvalMetrics>,
     holdout_rows: usize,
+    by_origin: &[(String, f64, u64)],
 ) -> GateVerdict {
     let g = &cfg.gate;
     let mut reasons = Vec::new();
@@ -629,6 +702,17 @@ fn gate(
             ),
             None => {}
         }
+        for (origin, agree, n) in by_origin.iter().filter(|o| o.2 >= MIN_POLAR_ROWS) {
+            rule(
+                *agree >= g.min_label_agreement,
+                format!(
+                    "labels from {origin} agree with the serving model's negative/positive \
+                     predictions on {:.1}% of {n} rows (at least {:.1}%)",
+                    agree * 100.0,
+                    g.min_label_agreement * 100.0
+                ),
+            );
+        }
     }
     GateVerdict { passed, reasons }
 }
@@ -649,6 +733,44 @@ fn polar_agreement(m: &EvalMetrics) -> (f64, u64) {
 
 impl Actor for Trainer {
     type Context = Context<Self>;
+
+    /// Retention of the labelled store runs here, off the main arbiter, at start and hourly.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.apply_retention();
+        ctx.run_interval(RETENTION_EVERY, |me, _| me.apply_retention());
+    }
+}
+
+/// How often the labelled store's retention is applied.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+impl Trainer {
+    fn apply_retention(&self) {
+        let g = &self.cfg.ingest;
+        if g.labelled_max_bytes == 0 && g.labelled_max_age_days == 0 {
+            return;
+        }
+        let max_age = (g.labelled_max_age_days > 0)
+            .then(|| Duration::from_secs(g.labelled_max_age_days.saturating_mul(86_400)));
+        let removed = LabelledStore::open(&g.labelled_dir)
+            .and_then(|store| store.apply_retention(g.labelled_max_bytes, max_age));
+        match removed {
+            Ok(removed) => {
+                for (name, bytes) in removed {
+                    tracing::info!(
+                        file = %name,
+                        bytes,
+                        max_bytes = g.labelled_max_bytes,
+                        max_age_days = g.labelled_max_age_days,
+                        "labelled file removed by retention (ingest.labelled_max_bytes / labelled_max_age_days)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %g.labelled_dir.display(), error = %e, "cannot apply the labelled store's retention")
+            }
+        }
+    }
 }
 
 impl Handler<crate::messages::Reconfigure> for Trainer {
@@ -766,5 +888,35 @@ impl TrainObserver for LogObserver {
 
     fn on_message(&mut self, message: &str) {
         tracing::info!(message, "training");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_holdout;
+
+    fn picked<'a>(origins: &[&'a str], n: usize, share: f64) -> Vec<&'a str> {
+        origins
+            .iter()
+            .zip(pick_holdout(origins, n, share))
+            .filter(|(_, h)| *h)
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
+    #[test]
+    fn one_origin_fills_at_most_its_share_while_others_have_rows() {
+        // Oldest first: three batch rows, then five feedback rows.
+        let origins = ["a.csv", "a.csv", "b.csv", "fb", "fb", "fb", "fb", "fb"];
+        assert_eq!(
+            picked(&origins, 4, 0.5),
+            ["a.csv", "b.csv", "fb", "fb"],
+            "two feedback rows, then the newest others"
+        );
+        // Share 1: simply the newest rows.
+        assert_eq!(picked(&origins, 4, 1.0), ["fb"; 4]);
+        // Too few other rows: the holdout keeps its size with more of the big origin.
+        assert_eq!(picked(&["a.csv", "fb", "fb", "fb"], 3, 0.5).len(), 3);
+        assert_eq!(picked(&["fb"; 5], 2, 0.5), ["fb", "fb"]);
     }
 }

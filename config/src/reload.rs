@@ -20,6 +20,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "ingest.retry_max_ms",
     "ingest.max_attempts",
     "ingest.neutralize_formulas",
+    "ingest.labelled_max_bytes",
+    "ingest.labelled_max_age_days",
     "drift.",
     "retrain.",
     "gate.",

@@ -261,6 +261,11 @@ pub struct IngestConfig {
     pub journal: PathBuf,
     /// Folder of labelled rows for retraining: one immutable CSV per batch or feedback request.
     pub labelled_dir: PathBuf,
+    /// Retention of the labelled store: the oldest files go once the store holds more
+    /// than this many bytes (0 = no size limit).
+    pub labelled_max_bytes: u64,
+    /// Retention of the labelled store: files older than this many days go (0 = kept).
+    pub labelled_max_age_days: u64,
     /// A file's size must stay unchanged this long before it is taken.
     pub settle_ms: u64,
     pub chunk_rows: usize,
@@ -287,6 +292,8 @@ impl Default for IngestConfig {
             processing: PathBuf::from("state/processing"),
             journal: PathBuf::from("state/journal"),
             labelled_dir: PathBuf::from("state/labelled"),
+            labelled_max_bytes: 2 << 30,
+            labelled_max_age_days: 0,
             settle_ms: 500,
             chunk_rows: 4096,
             max_file_bytes: 536_870_912,
@@ -450,6 +457,9 @@ pub struct GateConfig {
     /// serving model's negative/positive predictions: labels that contradict what the model
     /// knows more often than they confirm it (swapped labels) are refused.
     pub min_label_agreement: f64,
+    /// Most of the recent holdout one origin (a batch file, or `feedback`) may fill while
+    /// older rows of other origins are there to take the rest.
+    pub holdout_max_origin_share: f64,
 }
 
 impl Default for GateConfig {
@@ -460,6 +470,7 @@ impl Default for GateConfig {
             min_val_macro_recall: 0.5,
             min_holdout_rows: 50,
             min_label_agreement: 0.5,
+            holdout_max_origin_share: 0.5,
         }
     }
 }

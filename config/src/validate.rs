@@ -249,6 +249,15 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         1.0,
     );
     k.at_least("gate.min_holdout_rows", gate.min_holdout_rows, 1);
+    if !(gate.holdout_max_origin_share > 0.0 && gate.holdout_max_origin_share <= 1.0) {
+        k.fail(
+            "gate.holdout_max_origin_share",
+            format!(
+                "must be above 0 and at most 1, got {}",
+                gate.holdout_max_origin_share
+            ),
+        );
+    }
     k.range(
         "gate.min_label_agreement",
         gate.min_label_agreement,

@@ -194,6 +194,48 @@ impl LabelledStore {
         Ok(names)
     }
 
+    /// Removes the oldest files until the store holds at most `max_bytes` (0: no limit),
+    /// and every file last written more than `max_age` ago (`None`: no limit). Returns the
+    /// names removed with their sizes, oldest first.
+    pub fn apply_retention(
+        &self,
+        max_bytes: u64,
+        max_age: Option<std::time::Duration>,
+    ) -> Result<Vec<(String, u64)>, DataError> {
+        let now = std::time::SystemTime::now();
+        let mut files = Vec::new();
+        for name in self.names()? {
+            let Ok(meta) = std::fs::metadata(self.dir.join(&name)) else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            files.push((name, meta.len(), age));
+        }
+        // The files past their age go first, so the size limit counts only what stays.
+        let too_old = |age: &std::time::Duration| max_age.is_some_and(|m| *age > m);
+        let mut total: u64 = files.iter().filter(|f| !too_old(&f.2)).map(|f| f.1).sum();
+        let mut removed = Vec::new();
+        // Names start with the arrival time: name order is arrival order.
+        for (name, size, age) in files {
+            let old = too_old(&age);
+            let over = max_bytes > 0 && total > max_bytes;
+            if !old && !over {
+                continue;
+            }
+            if !old {
+                total -= size;
+            }
+            let path = self.dir.join(&name);
+            std::fs::remove_file(&path).map_err(|source| DataError::Io { path, source })?;
+            removed.push((name, size));
+        }
+        Ok(removed)
+    }
+
     /// Bytes the store's files hold (what `[feedback] max_store_bytes` bounds).
     pub fn total_bytes(&self) -> Result<u64, DataError> {
         let mut total = 0;
