@@ -226,10 +226,8 @@ pub fn eval(cfg: &Config, a: EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.out {
         write_eval_outputs(dir, &metrics, model.version())?;
     }
-    let mut rec = sentimentd_actors::tracking::RunRecord::new(
-        sentimentd_actors::tracking::RunKind::Evaluation,
-        "eval",
-    );
+    let mut rec =
+        sentimentd_tracking::RunRecord::new(sentimentd_tracking::RunKind::Evaluation, "eval");
     rec.tags
         .insert("model_version".into(), model.version().to_string());
     rec.params.insert("data".into(), path.display().to_string());

@@ -103,7 +103,7 @@ pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
     };
     let texts = baseline::read_texts(&a.data, cfg.data.max_text_chars)?;
     let report = baseline::check_texts(cfg, model.as_ref(), &b, &texts);
-    let mut rec = sentimentd_actors::drift_monitor::drift_record(&report, "drift (cli)");
+    let mut rec = sentimentd_tracking::records::drift_record(&report, "drift (cli)");
     rec.params.insert(
         "data".into(),
         a.data
@@ -208,7 +208,7 @@ pub struct RunsArgs {
 
 /// `sentimentd runs`: the local run log, newest last.
 pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
-    let log = sentimentd_actors::tracking::LocalRunLog::open(cfg.paths.state_dir.join("runs"))?;
+    let log = sentimentd_tracking::LocalRunLog::open(cfg.paths.state_dir.join("runs"))?;
     let mut runs = log.list()?;
     if let Some(kind) = &a.kind {
         runs.retain(|r| r.kind.as_str() == kind);
@@ -277,15 +277,15 @@ pub fn record_training(
 ) {
     record_run(
         cfg,
-        sentimentd_actors::trainer::training_record(manifest, "cli", store_dir),
+        sentimentd_tracking::records::training_record(manifest, "cli", store_dir),
     );
 }
 
 /// Records a CLI run like the daemon's: in the local run log, then (with `[tracking]
 /// mlflow_uri`) one attempt to send it to MLflow; if the server is down the record waits in
 /// the shared pending file, which the daemon retries. Recording never fails the command.
-pub fn record_run(cfg: &Config, rec: sentimentd_actors::tracking::RunRecord) {
-    use sentimentd_actors::tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink};
+pub fn record_run(cfg: &Config, rec: sentimentd_tracking::RunRecord) {
+    use sentimentd_tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink};
     let dir = cfg.paths.state_dir.join("runs");
     let stored = match LocalRunLog::open(&dir).and_then(|log| log.store(&rec)) {
         Ok(s) => s,
@@ -314,8 +314,7 @@ pub fn record_run(cfg: &Config, rec: sentimentd_actors::tracking::RunRecord) {
                         "warning: MLflow at {uri} did not take {} ({}); it is in {}",
                         d.op,
                         d.error,
-                        dir.join(sentimentd_actors::tracking::DEAD_LETTER_FILE)
-                            .display()
+                        dir.join(sentimentd_tracking::DEAD_LETTER_FILE).display()
                     );
                 }
             }

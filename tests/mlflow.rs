@@ -6,11 +6,11 @@ mod common;
 use sentimentd_actors::Metrics;
 use sentimentd_actors::messages::{RegisterChampion, Track};
 use sentimentd_actors::tracker::Tracker;
-use sentimentd_actors::tracking::{
+use sentimentd_config::TrackingConfig;
+use sentimentd_tracking::{
     FlushReport, LocalRunLog, MlflowClient, MlflowOp, MlflowSink, PENDING_FILE, RunKind, RunRecord,
     Submitted,
 };
-use sentimentd_config::TrackingConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -22,7 +22,7 @@ use crate::messages::{BaselineReady, DriftDetected};
 use crate::metrics::Metrics;
 use crate::observations::{ObservationSink, Observed};
 use crate::supervisor::Containment;
-use crate::tracking::{RunKind, RunRecord};
+use sentimentd_tracking::records::drift_record;
 
 /// The latest drift report, `None` until the first check.
 pub type ReportCell = Arc<ArcSwapOption<DriftReport>>;
@@ -188,25 +188,6 @@ impl DriftMonitor {
         prune(&dir, self.cfg.drift.reports_kept);
         Ok(path)
     }
-}
-
-/// The run-log record of a drift check (the daemon's and `sentimentd drift`'s alike): each
-/// test's value and threshold-normalised score, the verdict and what fired.
-pub fn drift_record(report: &DriftReport, name: &str) -> RunRecord {
-    let mut rec = RunRecord::new(RunKind::DriftCheck, name);
-    rec.tags
-        .insert("model_version".into(), report.model_version.clone());
-    rec.tags
-        .insert("verdict".into(), report.verdict.as_str().to_string());
-    rec.tags.insert("fired".into(), report.fired.join(","));
-    rec.params
-        .insert("window".into(), report.samples.to_string());
-    rec.metrics.insert("drift_score".into(), report.drift_score);
-    for t in &report.tests {
-        rec.metrics.insert(format!("{}_score", t.test), t.score);
-        rec.metrics.insert(t.test.clone(), t.value);
-    }
-    rec
 }
 
 fn prune(dir: &Path, keep: usize) {

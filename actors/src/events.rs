@@ -187,7 +187,7 @@ impl InternalEvent for FeedbackReceived<'_> {
 
 /// A record was taken off the MLflow queue without reaching MLflow.
 pub struct TrackingRecordDropped<'a> {
-    pub record: &'a crate::tracking::DroppedRecord,
+    pub record: &'a sentimentd_tracking::DroppedRecord,
     pub dead_letter: &'a std::path::Path,
 }
 

@@ -25,7 +25,6 @@ pub mod status_page;
 pub mod supervisor;
 pub mod systemd;
 pub mod tracker;
-pub mod tracking;
 pub mod trainer;
 
 pub use batch_processor::{BatchProcessor, Lifecycle};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::supervisor::Panicked;
-use crate::tracking::{RunRecord, TrackingError};
+use sentimentd_tracking::{RunRecord, TrackingError};
 
 /// BatchProcessor -> Inference: score `texts[start..end]`.
 ///

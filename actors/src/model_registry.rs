@@ -406,8 +406,11 @@ impl ModelRegistry {
                                 .model_store
                                 .join("versions")
                                 .join(&manifest.version);
-                            let rec =
-                                crate::trainer::training_record(&manifest, "first_start", &dir);
+                            let rec = sentimentd_tracking::records::training_record(
+                                &manifest,
+                                "first_start",
+                                &dir,
+                            );
                             let run_id = rec.run_id.clone();
                             t.do_send(crate::messages::Track(rec));
                             // The first model serves at once: it is the champion.

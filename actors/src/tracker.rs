@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::events::{InternalEvent, TrackingRecordDropped};
 use crate::metrics::Metrics;
 use crate::supervisor::Containment;
-use crate::tracking::{
+use sentimentd_tracking::{
     DEAD_LETTER_FILE, LocalRunLog, MlflowClient, MlflowOp, MlflowSink, TrackingError,
 };
 
@@ -235,8 +235,8 @@ fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::{PENDING_FILE, RunKind, RunRecord};
     use actix::Actor;
+    use sentimentd_tracking::{PENDING_FILE, RunKind, RunRecord};
     use std::time::Instant;
 
     fn record(name: &str) -> RunRecord {

@@ -31,7 +31,8 @@ use crate::messages::{RegisterChampion, Track};
 use crate::metrics::Metrics;
 use crate::model_registry::{ModelCell, ModelRegistry};
 use crate::supervisor::Containment;
-use crate::tracking::{RunKind, RunRecord};
+use sentimentd_tracking::records::training_record;
+use sentimentd_tracking::{RunKind, RunRecord};
 
 /// What the trainer remembers across restarts: when it last ran and which labelled files
 /// that run saw, so "new labelled rows" means rows that arrived since.
@@ -811,61 +812,6 @@ impl Handler<RetrainFinished> for Trainer {
         self.metrics.retrain_running.set(0);
         tracing::info!(outcome = msg.outcome, "retrain finished");
     }
-}
-
-/// The run-log record of a stored training run: parameters, per-split metrics, the epoch
-/// history as metric steps, and the version's small files as artifacts.
-pub fn training_record(
-    manifest: &sentimentd_model::Manifest,
-    trigger: &str,
-    version_dir: &std::path::Path,
-) -> RunRecord {
-    let mut rec = RunRecord::new(RunKind::Training, "train");
-    rec.tags.insert("trigger".into(), trigger.into());
-    rec.tags
-        .insert("model_version".into(), manifest.version.clone());
-    if let Some(p) = &manifest.parent {
-        rec.tags.insert("parent".into(), p.clone());
-    }
-    rec.params
-        .insert("kind".into(), manifest.kind.as_str().to_string());
-    // The parameters are tagged by kind (`{"fast": {...}}`): record the kind's own keys.
-    let tagged = serde_json::to_value(&manifest.params).ok();
-    let own = tagged
-        .as_ref()
-        .and_then(|t| t.get(manifest.kind.as_str()))
-        .and_then(serde_json::Value::as_object);
-    if let Some(params) = own.cloned() {
-        for (k, v) in params {
-            let v = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            rec.params.insert(k, v);
-        }
-    }
-    rec.params
-        .insert("training_rows".into(), manifest.training_rows.to_string());
-    rec.params
-        .insert("data_fingerprint".into(), manifest.data_fingerprint.clone());
-    for (split, m) in &manifest.metrics {
-        rec.metrics
-            .insert(format!("{split}_macro_recall"), m.macro_recall);
-        rec.metrics.insert(format!("{split}_accuracy"), m.accuracy);
-        rec.metrics.insert(format!("{split}_macro_f1"), m.macro_f1);
-    }
-    for e in &manifest.history {
-        rec.metric_step("epoch_train_loss", e.epoch as i64, e.train_loss);
-    }
-    rec.metrics
-        .insert("train_seconds".into(), manifest.train_seconds);
-    for f in ["manifest.json", "confusion_matrix.png"] {
-        let p = version_dir.join(f);
-        if p.exists() {
-            rec.artifacts.push(p);
-        }
-    }
-    rec.finish()
 }
 
 /// Training progress for the daemon's log.

@@ -1,0 +1,766 @@
+//! A blocking client for MLflow's REST API 2.0.
+
+use crate::*;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The parts of an MLflow run this crate needs.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct MlflowRun {
+    pub run_id: String,
+    pub experiment_id: String,
+    pub artifact_uri: String,
+    pub status: String,
+}
+
+/// A model registry version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlflowModelVersion {
+    pub name: String,
+    pub version: String,
+    pub source: String,
+    pub run_id: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One metric value as MLflow stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlflowMetric {
+    pub key: String,
+    pub value: f64,
+    pub timestamp_ms: i64,
+    pub step: i64,
+}
+
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// MLflow's own limits (mlflow/utils/validation.py).
+pub(crate) const MAX_PARAMS_TAGS_PER_BATCH: usize = 100;
+pub(crate) const MAX_METRICS_PER_BATCH: usize = 1000;
+pub(crate) const MAX_PARAM_VAL_LENGTH: usize = 6000;
+pub(crate) const MAX_TAG_VAL_LENGTH: usize = 8000;
+pub(crate) const MAX_ENTITY_KEY_LENGTH: usize = 250;
+/// Uploaded in one PUT; bigger files stay local (the proxy's multipart path is not worth it
+/// for the reports and plots a run carries).
+pub const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Blocking client of one MLflow tracking server (REST API 2.0 and the `mlflow-artifacts`
+/// proxy). Short timeouts: callers are never held long by a server that is down.
+#[derive(Clone)]
+pub struct MlflowClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for MlflowClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlflowClient")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl MlflowClient {
+    pub fn new(base_uri: &str) -> MlflowClient {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(CALL_TIMEOUT))
+            .user_agent(concat!("sentimentd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        MlflowClient {
+            base: base_uri.trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    pub fn base_uri(&self) -> &str {
+        &self.base
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("{}/api/2.0/mlflow/{path}", self.base)
+    }
+
+    /// Sends a request and returns the JSON body of a 2xx answer; everything else becomes an
+    /// error naming the endpoint and, when the server said one, its error code and message.
+    fn call(
+        &self,
+        endpoint: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<serde_json::Value, TrackingError> {
+        let mut resp = result.map_err(|e| TrackingError::Transport {
+            endpoint: endpoint.to_string(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| TrackingError::Transport {
+                endpoint: endpoint.to_string(),
+                message: format!("reading the response: {e}"),
+            })?;
+        if (200..300).contains(&status) {
+            if body.trim().is_empty() {
+                return Ok(serde_json::Value::Object(Default::default()));
+            }
+            return serde_json::from_str(&body).map_err(|e| TrackingError::Protocol {
+                endpoint: endpoint.to_string(),
+                message: format!("{e}: {}", truncate(&body, 300)),
+            });
+        }
+        let parsed: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+        let field = |k: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        Err(TrackingError::Server {
+            endpoint: endpoint.to_string(),
+            status,
+            error_code: field("error_code").unwrap_or_else(|| "-".to_string()),
+            message: field("message").unwrap_or_else(|| truncate(body.trim(), 500).to_string()),
+        })
+    }
+
+    fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, TrackingError> {
+        let endpoint = format!("GET /api/2.0/mlflow/{path}");
+        let mut req = self.agent.get(self.api(path));
+        for (k, v) in query {
+            req = req.query(*k, *v);
+        }
+        self.call(&endpoint, req.call())
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, TrackingError> {
+        let endpoint = format!("POST /api/2.0/mlflow/{path}");
+        self.call(&endpoint, self.agent.post(self.api(path)).send_json(body))
+    }
+
+    /// `GET /health`.
+    pub fn health(&self) -> Result<(), TrackingError> {
+        let endpoint = "GET /health";
+        let mut resp = self
+            .agent
+            .get(format!("{}/health", self.base))
+            .call()
+            .map_err(|e| TrackingError::Transport {
+                endpoint: endpoint.to_string(),
+                message: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(TrackingError::Server {
+                endpoint: endpoint.to_string(),
+                status,
+                error_code: "-".to_string(),
+                message: truncate(&resp.body_mut().read_to_string().unwrap_or_default(), 200)
+                    .to_string(),
+            })
+        }
+    }
+
+    /// The id of the experiment called `name`, created when missing.
+    pub fn get_or_create_experiment(&self, name: &str) -> Result<String, TrackingError> {
+        match self.get("experiments/get-by-name", &[("experiment_name", name)]) {
+            Ok(v) => {
+                return str_at(
+                    &v,
+                    &["experiment", "experiment_id"],
+                    "experiments/get-by-name",
+                );
+            }
+            Err(TrackingError::Server { error_code, .. })
+                if error_code == "RESOURCE_DOES_NOT_EXIST" => {}
+            Err(e) => return Err(e),
+        }
+        match self.post("experiments/create", &serde_json::json!({ "name": name })) {
+            Ok(v) => str_at(&v, &["experiment_id"], "experiments/create"),
+            // Another client created it between our two calls.
+            Err(TrackingError::Server { error_code, .. })
+                if error_code == "RESOURCE_ALREADY_EXISTS" =>
+            {
+                let v = self.get("experiments/get-by-name", &[("experiment_name", name)])?;
+                str_at(
+                    &v,
+                    &["experiment", "experiment_id"],
+                    "experiments/get-by-name",
+                )
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn create_run(
+        &self,
+        experiment_id: &str,
+        run_name: &str,
+        start_time_ms: i64,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<MlflowRun, TrackingError> {
+        let body = serde_json::json!({
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "start_time": start_time_ms,
+            "tags": key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
+        });
+        let v = self.post("runs/create", &body)?;
+        parse_run(&v, "runs/create")
+    }
+
+    pub fn get_run(&self, run_id: &str) -> Result<MlflowRun, TrackingError> {
+        let v = self.get("runs/get", &[("run_id", run_id)])?;
+        parse_run(&v, "runs/get")
+    }
+
+    /// The newest active run of the experiment whose tag `key` equals `value`.
+    pub fn find_run_by_tag(
+        &self,
+        experiment_id: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<MlflowRun>, TrackingError> {
+        let body = serde_json::json!({
+            "experiment_ids": [experiment_id],
+            "filter": format!("tags.`{key}` = '{}'", escape_filter_value(value)),
+            "max_results": 1,
+            "order_by": ["attributes.start_time DESC"],
+        });
+        let v = self.post("runs/search", &body)?;
+        match v
+            .get("runs")
+            .and_then(|r| r.as_array())
+            .and_then(|r| r.first())
+        {
+            Some(run) => parse_run(&serde_json::json!({ "run": run }), "runs/search").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Logs params, metrics and tags, split into requests within MLflow's batch limits.
+    pub fn log_batch(
+        &self,
+        run_id: &str,
+        params: &BTreeMap<String, String>,
+        metrics: &[MlflowMetric],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), TrackingError> {
+        let params = key_values(params.iter(), MAX_PARAM_VAL_LENGTH);
+        let tags = key_values(tags.iter(), MAX_TAG_VAL_LENGTH);
+        let metrics: Vec<serde_json::Value> = metrics
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "key": sanitize_key(&m.key),
+                    "value": metric_json(m.value),
+                    "timestamp": m.timestamp_ms,
+                    "step": m.step,
+                })
+            })
+            .collect();
+        let mut p = params.chunks(MAX_PARAMS_TAGS_PER_BATCH);
+        let mut t = tags.chunks(MAX_PARAMS_TAGS_PER_BATCH);
+        // Leave room for the params and tags in the 1000-entity cap of one request.
+        let mut m = metrics.chunks(MAX_METRICS_PER_BATCH - 2 * MAX_PARAMS_TAGS_PER_BATCH);
+        loop {
+            let (ps, ts, ms) = (p.next(), t.next(), m.next());
+            if ps.is_none() && ts.is_none() && ms.is_none() {
+                return Ok(());
+            }
+            let body = serde_json::json!({
+                "run_id": run_id,
+                "params": ps.unwrap_or_default(),
+                "tags": ts.unwrap_or_default(),
+                "metrics": ms.unwrap_or_default(),
+            });
+            self.post("runs/log-batch", &body)?;
+        }
+    }
+
+    /// The HTTP base of a run's artifact root. Only roots the server proxies
+    /// (`mlflow-artifacts:`, or its HTTP form) can be written through the REST API.
+    pub fn artifact_base(&self, run: &MlflowRun) -> Result<String, TrackingError> {
+        const ROUTE: &str = "/api/2.0/mlflow-artifacts/artifacts";
+        let uri = run.artifact_uri.trim_end_matches('/');
+        if let Some(rest) = uri.strip_prefix("mlflow-artifacts:") {
+            // `mlflow-artifacts:/1/<run>/artifacts` or `mlflow-artifacts://host:port/1/...`.
+            let (authority, path) = match rest.strip_prefix("//") {
+                Some(r) => match r.find('/') {
+                    Some(i) => (Some(&r[..i]), &r[i..]),
+                    None => (Some(r), ""),
+                },
+                None => (None, rest),
+            };
+            let base = match authority {
+                Some(a) if !a.is_empty() => {
+                    let scheme = self.base.split("://").next().unwrap_or("http");
+                    format!("{scheme}://{a}")
+                }
+                _ => self.base.clone(),
+            };
+            return Ok(format!("{base}{ROUTE}/{}", path.trim_start_matches('/')));
+        }
+        if (uri.starts_with("http://") || uri.starts_with("https://")) && uri.contains(ROUTE) {
+            return Ok(uri.to_string());
+        }
+        Err(TrackingError::Unsupported(format!(
+            "run {} stores artifacts at {uri}, which the server does not proxy; start it with \
+             --serve-artifacts (the default) and no --default-artifact-root outside \
+             mlflow-artifacts:/",
+            run.run_id
+        )))
+    }
+
+    /// Uploads `file` as `<run artifacts>/<artifact_path>` through the `mlflow-artifacts` proxy.
+    pub fn upload_artifact(
+        &self,
+        run: &MlflowRun,
+        artifact_path: &str,
+        file: &Path,
+    ) -> Result<(), TrackingError> {
+        let size = std::fs::metadata(file)
+            .map_err(|e| TrackingError::io(file, e))?
+            .len();
+        if size > MAX_ARTIFACT_BYTES {
+            return Err(TrackingError::InvalidRecord(format!(
+                "artifact {} has {size} bytes, over the {MAX_ARTIFACT_BYTES}-byte upload limit",
+                file.display()
+            )));
+        }
+        let data = std::fs::read(file).map_err(|e| TrackingError::io(file, e))?;
+        let path = encode_path(artifact_path.trim_matches('/'));
+        let url = format!("{}/{path}", self.artifact_base(run)?);
+        let endpoint = format!(
+            "PUT /api/2.0/mlflow-artifacts/artifacts/.../{}/artifacts/{path}",
+            run.run_id
+        );
+        let req = self
+            .agent
+            .put(&url)
+            .config()
+            .timeout_global(Some(UPLOAD_TIMEOUT))
+            .build()
+            .header("Content-Type", "application/octet-stream");
+        self.call(&endpoint, req.send(data)).map(|_| ())
+    }
+
+    /// Artifact paths directly under `path` of a run (`""` = its root).
+    pub fn list_artifacts(
+        &self,
+        run: &MlflowRun,
+        path: &str,
+    ) -> Result<Vec<String>, TrackingError> {
+        let v = self.get("artifacts/list", &[("run_id", &run.run_id), ("path", path)])?;
+        Ok(v.get("files")
+            .and_then(|f| f.as_array())
+            .map(|files| {
+                files
+                    .iter()
+                    .filter_map(|f| f.get("path").and_then(|p| p.as_str()).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub fn update_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        end_time_ms: i64,
+    ) -> Result<(), TrackingError> {
+        let body = serde_json::json!({
+            "run_id": run_id,
+            "status": status.mlflow_name(),
+            "end_time": end_time_ms,
+        });
+        self.post("runs/update", &body).map(|_| ())
+    }
+
+    pub fn get_metric_history(
+        &self,
+        run_id: &str,
+        key: &str,
+    ) -> Result<Vec<MlflowMetric>, TrackingError> {
+        let v = self.get(
+            "metrics/get-history",
+            &[("run_id", run_id), ("metric_key", key)],
+        )?;
+        let metrics = v.get("metrics").and_then(|m| m.as_array());
+        Ok(metrics
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| MlflowMetric {
+                        key: m["key"].as_str().unwrap_or(key).to_string(),
+                        value: m["value"].as_f64().unwrap_or(f64::NAN),
+                        timestamp_ms: int_field(&m["timestamp"]),
+                        step: int_field(&m["step"]),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Creates the registered model unless it exists.
+    pub fn ensure_registered_model(&self, name: &str) -> Result<(), TrackingError> {
+        match self.post(
+            "registered-models/create",
+            &serde_json::json!({ "name": name }),
+        ) {
+            Ok(_) => Ok(()),
+            Err(TrackingError::Server { error_code, .. })
+                if error_code == "RESOURCE_ALREADY_EXISTS" =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn create_model_version(
+        &self,
+        name: &str,
+        source: &str,
+        run_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<MlflowModelVersion, TrackingError> {
+        let body = serde_json::json!({
+            "name": name,
+            "source": source,
+            "run_id": run_id,
+            "tags": key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
+        });
+        let v = self.post("model-versions/create", &body)?;
+        parse_model_version(&v["model_version"], "model-versions/create")
+    }
+
+    /// Versions of `name` registered from `run_id`.
+    pub fn model_versions_of_run(
+        &self,
+        name: &str,
+        run_id: &str,
+    ) -> Result<Vec<MlflowModelVersion>, TrackingError> {
+        let filter = format!(
+            "name = '{}' and run_id = '{}'",
+            escape_filter_value(name),
+            escape_filter_value(run_id)
+        );
+        let v = self.get("model-versions/search", &[("filter", &filter)])?;
+        v.get("model_versions")
+            .and_then(|m| m.as_array())
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| parse_model_version(m, "model-versions/search"))
+                    .collect()
+            })
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    pub fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<(), TrackingError> {
+        let body = serde_json::json!({ "name": name, "alias": alias, "version": version });
+        self.post("registered-models/alias", &body).map(|_| ())
+    }
+
+    /// The version `alias` points at, `None` when the model or the alias does not exist.
+    pub fn get_model_version_by_alias(
+        &self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Option<MlflowModelVersion>, TrackingError> {
+        // `registered-models/alias` answers a missing alias with a generic 400, which cannot be
+        // told from a bad request without matching its text; the model's alias list can.
+        let model = match self.get("registered-models/get", &[("name", name)]) {
+            Ok(v) => v,
+            Err(TrackingError::Server { error_code, .. })
+                if error_code == "RESOURCE_DOES_NOT_EXIST" =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let version = model["registered_model"]["aliases"]
+            .as_array()
+            .and_then(|aliases| {
+                aliases
+                    .iter()
+                    .find(|a| a["alias"].as_str() == Some(alias))
+                    .map(|a| str_at(a, &["version"], "registered-models/get"))
+            })
+            .transpose()?;
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        let v = self.get(
+            "model-versions/get",
+            &[("name", name), ("version", version.as_str())],
+        )?;
+        parse_model_version(&v["model_version"], "model-versions/get").map(Some)
+    }
+
+    /// Mirrors a local record as one MLflow run, idempotently: a run already tagged with this
+    /// record's id is completed rather than duplicated (params and identical metric values
+    /// re-logged are no-ops on the server; artifacts are overwritten).
+    pub fn log_run(
+        &self,
+        experiment_id: &str,
+        record: &RunRecord,
+    ) -> Result<MlflowRun, TrackingError> {
+        record.validate()?;
+        let start_ms = rfc3339_to_millis(&record.started_at).unwrap_or_else(now_millis);
+        let end_ms = rfc3339_to_millis(&record.ended_at).unwrap_or(start_ms);
+        let existing = self.find_run_by_tag(experiment_id, RUN_ID_TAG, &record.run_id)?;
+        if let Some(run) = &existing
+            && run.status != "RUNNING"
+        {
+            // Status is set last, so a terminal run was mirrored completely.
+            return Ok(run.clone());
+        }
+        let run = match existing {
+            Some(run) => run,
+            None => {
+                let mut tags = BTreeMap::new();
+                tags.insert(RUN_ID_TAG.to_string(), record.run_id.clone());
+                tags.insert(KIND_TAG.to_string(), record.kind.as_str().to_string());
+                self.create_run(experiment_id, &record.name, start_ms, &tags)?
+            }
+        };
+        let mut metrics: Vec<MlflowMetric> = record
+            .metrics
+            .iter()
+            .map(|(k, v)| MlflowMetric {
+                key: k.clone(),
+                value: *v,
+                timestamp_ms: end_ms,
+                step: 0,
+            })
+            .collect();
+        metrics.extend(record.metric_steps.iter().map(|m| MlflowMetric {
+            key: m.key.clone(),
+            value: m.value,
+            timestamp_ms: end_ms,
+            step: m.step,
+        }));
+        let mut tags = record.tags.clone();
+        if let Some(error) = &record.error {
+            tags.insert(ERROR_TAG.to_string(), error.clone());
+        }
+        self.log_batch(&run.run_id, &record.params, &metrics, &tags)?;
+        for file in &record.artifacts {
+            let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if !uploadable(file) {
+                tracing::warn!(
+                    run_id = %record.run_id,
+                    artifact = %file.display(),
+                    max_bytes = MAX_ARTIFACT_BYTES,
+                    "artifact missing or too big to upload; MLflow run mirrored without it"
+                );
+                continue;
+            }
+            self.upload_artifact(&run, &name, file)?;
+        }
+        self.update_run(&run.run_id, record.status, end_ms)?;
+        Ok(MlflowRun {
+            status: record.status.mlflow_name().to_string(),
+            ..run
+        })
+    }
+
+    /// Uploads a model version's files to `model/` of `run`, registers them as a version of
+    /// `registered_model` (once per run and store version) and points `champion` at it.
+    /// Returns the registry's version number.
+    pub fn register_champion(
+        &self,
+        registered_model: &str,
+        run: &MlflowRun,
+        store_version: &str,
+        files: &[PathBuf],
+    ) -> Result<String, TrackingError> {
+        for file in files {
+            let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if !uploadable(file) {
+                tracing::warn!(
+                    version = store_version,
+                    artifact = %file.display(),
+                    max_bytes = MAX_ARTIFACT_BYTES,
+                    "model file missing or too big to upload; version registered without it"
+                );
+                continue;
+            }
+            self.upload_artifact(run, &format!("{MODEL_ARTIFACT_PATH}/{name}"), file)?;
+        }
+        self.ensure_registered_model(registered_model)?;
+        let existing = self
+            .model_versions_of_run(registered_model, &run.run_id)?
+            .into_iter()
+            .find(|v| v.tags.get(VERSION_TAG).map(String::as_str) == Some(store_version));
+        let version = match existing {
+            Some(v) => v,
+            None => {
+                let mut tags = BTreeMap::new();
+                tags.insert(VERSION_TAG.to_string(), store_version.to_string());
+                let source = format!(
+                    "{}/{MODEL_ARTIFACT_PATH}",
+                    run.artifact_uri.trim_end_matches('/')
+                );
+                self.create_model_version(registered_model, &source, &run.run_id, &tags)?
+            }
+        };
+        self.set_alias(registered_model, CHAMPION_ALIAS, &version.version)?;
+        Ok(version.version)
+    }
+}
+
+/// A file `upload_artifact` would accept. Checked up front because its refusal is final, and
+/// one oversized attachment must not cost the whole record its place in MLflow.
+pub(crate) fn uploadable(file: &Path) -> bool {
+    std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.len() <= MAX_ARTIFACT_BYTES)
+}
+
+pub(crate) fn truncate(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// MLflow accepts only these characters in param, metric and tag keys.
+pub(crate) fn sanitize_key(key: &str) -> String {
+    let cleaned: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-. :/".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    truncate(&cleaned, MAX_ENTITY_KEY_LENGTH).to_string()
+}
+
+pub(crate) fn key_values<'a>(
+    items: impl Iterator<Item = (&'a String, &'a String)>,
+    max_value: usize,
+) -> Vec<serde_json::Value> {
+    items
+        .map(
+            |(k, v)| serde_json::json!({ "key": sanitize_key(k), "value": truncate(v, max_value) }),
+        )
+        .collect()
+}
+
+/// Protobuf's JSON mapping spells non-finite doubles as strings; JSON has no NaN.
+pub(crate) fn metric_json(v: f64) -> serde_json::Value {
+    if v.is_nan() {
+        serde_json::json!("NaN")
+    } else if v == f64::INFINITY {
+        serde_json::json!("Infinity")
+    } else if v == f64::NEG_INFINITY {
+        serde_json::json!("-Infinity")
+    } else {
+        serde_json::json!(v)
+    }
+}
+
+/// Protobuf's JSON mapping writes int64 as a string.
+pub(crate) fn int_field(v: &serde_json::Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+pub(crate) fn escape_filter_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+/// Percent-encodes each segment of a relative artifact path.
+pub(crate) fn encode_path(path: &str) -> String {
+    path.split('/')
+        .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+        .map(|seg| {
+            let mut out = String::with_capacity(seg.len());
+            for b in seg.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+pub(crate) fn str_at(
+    v: &serde_json::Value,
+    path: &[&str],
+    endpoint: &str,
+) -> Result<String, TrackingError> {
+    let mut cur = v;
+    for k in path {
+        cur = &cur[*k];
+    }
+    match cur {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(TrackingError::Protocol {
+            endpoint: endpoint.to_string(),
+            message: format!("no {} in the answer", path.join(".")),
+        }),
+    }
+}
+
+pub(crate) fn parse_run(v: &serde_json::Value, endpoint: &str) -> Result<MlflowRun, TrackingError> {
+    let info = &v["run"]["info"];
+    let run_id =
+        str_at(info, &["run_id"], endpoint).or_else(|_| str_at(info, &["run_uuid"], endpoint))?;
+    Ok(MlflowRun {
+        run_id,
+        experiment_id: str_at(info, &["experiment_id"], endpoint)?,
+        artifact_uri: str_at(info, &["artifact_uri"], endpoint).unwrap_or_default(),
+        status: str_at(info, &["status"], endpoint).unwrap_or_else(|_| "RUNNING".to_string()),
+    })
+}
+
+pub(crate) fn parse_model_version(
+    v: &serde_json::Value,
+    endpoint: &str,
+) -> Result<MlflowModelVersion, TrackingError> {
+    let tags = v["tags"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| {
+                    Some((
+                        t["key"].as_str()?.to_string(),
+                        t["value"].as_str().unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(MlflowModelVersion {
+        name: str_at(v, &["name"], endpoint)?,
+        version: str_at(v, &["version"], endpoint)?,
+        source: str_at(v, &["source"], endpoint).unwrap_or_default(),
+        run_id: str_at(v, &["run_id"], endpoint).unwrap_or_default(),
+        tags,
+    })
+}

@@ -1,0 +1,216 @@
+use super::*;
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn sample(name: &str) -> RunRecord {
+    let mut r = RunRecord::new(RunKind::Training, name);
+    r.param("lr", 0.5)
+        .param("epochs", 3)
+        .metric("val_macro_recall", 0.71)
+        .metric("nan_metric", f64::NAN)
+        .metric_step("epoch_loss", 0, 1.2)
+        .metric_step("epoch_loss", 1, 0.8)
+        .tag("model_kind", "fast");
+    r.finish()
+}
+
+#[test]
+fn run_ids_are_unique_hex() {
+    let ids: HashSet<String> = (0..1000).map(|_| new_run_id()).collect();
+    assert_eq!(ids.len(), 1000);
+    assert!(
+        ids.iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    );
+}
+
+#[test]
+fn records_append_and_list_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LocalRunLog::open(dir.path().join("runs")).unwrap();
+    assert!(log.list().unwrap().is_empty());
+    let a = sample("a");
+    let b = sample("b").fail("boom");
+    log.record(&a).unwrap();
+    log.record(&b).unwrap();
+    let listed = log.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].run_id, a.run_id);
+    assert_eq!(listed[0].params["lr"], "0.5");
+    assert_eq!(listed[0].metric_steps.len(), 2);
+    assert!(
+        listed[0].metrics["nan_metric"].is_nan(),
+        "NaN survives as NaN"
+    );
+    assert_eq!(listed[1].status, RunStatus::Failed);
+    assert_eq!(listed[1].error.as_deref(), Some("boom"));
+    let text = std::fs::read_to_string(log.runs_file()).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    assert!(text.ends_with('\n'));
+    assert_eq!(log.get(&b.run_id).unwrap().unwrap().name, "b");
+}
+
+#[test]
+fn torn_last_line_is_skipped_and_the_next_append_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LocalRunLog::open(dir.path()).unwrap();
+    let a = sample("a");
+    log.record(&a).unwrap();
+    // A crash mid-write leaves half a line without its newline.
+    let whole = serde_json::to_string(&sample("torn")).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(log.runs_file())
+        .unwrap();
+    f.write_all(&whole.as_bytes()[..whole.len() / 2]).unwrap();
+    drop(f);
+    let listed = log.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].run_id, a.run_id);
+
+    let c = sample("c");
+    log.record(&c).unwrap();
+    let names: Vec<String> = log.list().unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, vec!["a", "c"]);
+}
+
+#[test]
+fn artifacts_are_copied_and_the_log_points_at_the_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LocalRunLog::open(dir.path().join("runs")).unwrap();
+    let src = dir.path().join("report.json");
+    std::fs::write(&src, b"{\"ok\":true}").unwrap();
+    let other = dir.path().join("sub");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("report.json"), b"second").unwrap();
+    let mut r = sample("with-artifacts");
+    r.artifact(&src)
+        .artifact(other.join("report.json"))
+        .artifact(dir.path().join("missing.png"));
+    let stored = log.store(&r).unwrap();
+    let copies = log.artifacts_dir(&r.run_id);
+    assert_eq!(
+        stored.artifacts,
+        vec![copies.join("report.json"), copies.join("1-report.json")]
+    );
+    std::fs::remove_file(&src).unwrap();
+    assert_eq!(
+        std::fs::read(copies.join("report.json")).unwrap(),
+        b"{\"ok\":true}"
+    );
+    assert_eq!(log.list().unwrap()[0].artifacts, stored.artifacts);
+}
+
+#[test]
+fn a_run_id_that_could_escape_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LocalRunLog::open(dir.path()).unwrap();
+    let mut r = sample("x");
+    r.run_id = "../../etc".to_string();
+    assert!(matches!(
+        log.record(&r),
+        Err(TrackingError::InvalidRecord(_))
+    ));
+}
+
+#[test]
+fn backoff_doubles_to_its_cap_and_resets() {
+    let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+    assert!(b.is_due());
+    let waits: Vec<u64> = (0..5).map(|_| b.failed().as_secs()).collect();
+    assert_eq!(waits, vec![1, 2, 4, 5, 5]);
+    assert!(!b.is_due());
+    b.succeeded();
+    assert!(b.is_due());
+    assert_eq!(b.failed().as_secs(), 1);
+}
+
+#[test]
+fn helpers_encode_what_mlflow_expects() {
+    assert_eq!(encode_path("model/a b.json"), "model/a%20b.json");
+    assert_eq!(encode_path("../x/./y"), "x/y");
+    assert_eq!(sanitize_key("val loss (ℓ)"), "val loss ___");
+    assert_eq!(metric_json(f64::NAN), serde_json::json!("NaN"));
+    assert_eq!(escape_filter_value("it's"), "it\\'s");
+    assert_eq!(int_field(&serde_json::json!("17")), 17);
+    let c = MlflowClient::new("http://127.0.0.1:5000/");
+    let run = |uri: &str| MlflowRun {
+        run_id: "r".into(),
+        experiment_id: "1".into(),
+        artifact_uri: uri.into(),
+        status: "RUNNING".into(),
+    };
+    assert_eq!(
+        c.artifact_base(&run("mlflow-artifacts:/1/r/artifacts"))
+            .unwrap(),
+        "http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts"
+    );
+    assert_eq!(
+        c.artifact_base(&run("mlflow-artifacts://other:81/1/r/artifacts"))
+            .unwrap(),
+        "http://other:81/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts"
+    );
+    assert!(matches!(
+        c.artifact_base(&run("/srv/mlruns/1/r/artifacts")),
+        Err(TrackingError::Unsupported(_))
+    ));
+}
+
+fn dead_server() -> String {
+    // Bound then released: connecting is refused at once, like a server that is down.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn a_down_server_queues_persistently_and_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dead_server();
+    let mut sink = MlflowSink::open(MlflowClient::new(&uri), "exp", "model", dir.path()).unwrap();
+    let t = Instant::now();
+    let r = sample("offline");
+    let outcome = sink.submit(MlflowOp::Run { record: r.clone() }).unwrap();
+    assert_eq!(outcome, Submitted::Queued);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Inside the backoff window the next one queues without a network attempt.
+    let outcome = sink
+        .submit(MlflowOp::Champion {
+            version: "v1".into(),
+            run_id: r.run_id.clone(),
+            files: vec![],
+        })
+        .unwrap();
+    assert_eq!(outcome, Submitted::Queued);
+    assert_eq!(sink.pending_len(), 2);
+    assert!(sink.next_retry_in().unwrap() <= Duration::from_secs(1));
+
+    // A restart finds both, in order.
+    drop(sink);
+    let mut sink = MlflowSink::open(MlflowClient::new(&uri), "exp", "model", dir.path()).unwrap();
+    assert_eq!(sink.pending_len(), 2);
+    let report = sink.flush_pending().unwrap();
+    assert_eq!(
+        report,
+        FlushReport {
+            sent: 0,
+            dropped: 0,
+            remaining: 2
+        }
+    );
+    let entries: Vec<PendingEntry> = read_jsonl(sink.pending_path()).unwrap();
+    assert!(matches!(&entries[0].op, MlflowOp::Run { record } if record.run_id == r.run_id));
+    assert_eq!(entries[0].attempts, 2);
+    assert!(
+        entries[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("experiments/get-by-name"),
+        "{entries:?}"
+    );
+    assert!(matches!(&entries[1].op, MlflowOp::Champion { .. }));
+}
