@@ -4,16 +4,16 @@ use actix::{Actor, AsyncContext, SyncArbiter};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use clap::Args;
-use sentimentd_actors::baseliner::Baseliner;
-use sentimentd_actors::batcher::Batcher;
-use sentimentd_actors::drift_monitor::{DriftMonitor, new_report_cell};
 use sentimentd_actors::http::{self, AdminApi, HttpState};
 use sentimentd_actors::messages::StopIntake;
-use sentimentd_actors::observations::ObservationSink;
-use sentimentd_actors::reputation::{Reputation, ReputationKeeper};
-use sentimentd_actors::systemd::Notifier;
-use sentimentd_actors::tracker::Tracker;
-use sentimentd_actors::trainer::Trainer;
+use sentimentd_actors::mlops::baseliner::Baseliner;
+use sentimentd_actors::mlops::drift_monitor::{DriftMonitor, new_report_cell};
+use sentimentd_actors::mlops::reputation::{Reputation, ReputationKeeper};
+use sentimentd_actors::mlops::tracker::Tracker;
+use sentimentd_actors::mlops::trainer::Trainer;
+use sentimentd_actors::runtime::systemd::Notifier;
+use sentimentd_actors::serving::batcher::Batcher;
+use sentimentd_actors::serving::observations::ObservationSink;
 use sentimentd_actors::{
     BatchProcessor, Faults, FolderWatcher, Inference, Lifecycle, Metrics, ModelRegistry,
     new_model_cell,
@@ -161,7 +161,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     }));
     let notifier = Arc::new(Notifier::from_env());
     let metrics = Arc::new(Metrics::new());
-    if cfg.server.test_faults && !sentimentd_actors::supervisor::FAULTS_COMPILED {
+    if cfg.server.test_faults && !sentimentd_actors::runtime::containment::FAULTS_COMPILED {
         anyhow::bail!(
             "server.test_faults = true, but this build has no fault hooks (only test builds \
              with the cargo feature test-faults have them): remove the key"
@@ -491,7 +491,7 @@ fn remove_stale_state_temp_files(cfg: &Config) {
         state.join("retrain"),
         state.join("runs"),
     ] {
-        sentimentd_actors::journal::remove_stale_temp_files(&dir);
+        sentimentd_data::atomic::remove_stale_temp_files(&dir);
     }
 }
 

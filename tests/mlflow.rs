@@ -5,7 +5,7 @@ mod common;
 
 use sentimentd_actors::Metrics;
 use sentimentd_actors::messages::{RegisterChampion, Track};
-use sentimentd_actors::tracker::Tracker;
+use sentimentd_actors::mlops::tracker::Tracker;
 use sentimentd_config::TrackingConfig;
 use sentimentd_tracking::{
     FlushReport, LocalRunLog, MlflowClient, MlflowOp, MlflowSink, PENDING_FILE, RunKind, RunRecord,

@@ -165,6 +165,19 @@ fn run_log(d: &Daemon) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The run log once one of its records matches `wanted`: the tracker writes a record after the
+/// event the API already shows.
+fn run_log_with(
+    d: &Daemon,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    d.wait_for(what, Duration::from_secs(30), || {
+        run_log(d).iter().any(&wanted)
+    });
+    run_log(d)
+}
+
 #[test]
 fn in_distribution_traffic_does_not_alarm_and_a_new_domain_does() {
     let data = Data::new();
@@ -419,12 +432,9 @@ fn drift_on_labelled_batches_retrains_passes_the_gate_and_promotes() {
     // The history and the run log say what happened.
     let history = std::fs::read_to_string(d.root().join("models/history.jsonl")).expect("history");
     assert!(history.contains("\"action\":\"gate\""), "{history}");
-    let runs = run_log(&d);
-    assert!(
-        runs.iter()
-            .any(|r| r["kind"] == "training" && r["tags"]["decision"] == "promoted"),
-        "{runs:#?}"
-    );
+    run_log_with(&d, "the promoted training run in the run log", |r| {
+        r["kind"] == "training" && r["tags"]["decision"] == "promoted"
+    });
 
     // Rollback puts the previous version back, through the same swap path.
     let (status, body) = admin_post(&d, "/admin/rollback", Some(TOKEN), "");
@@ -993,10 +1003,12 @@ fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
         std::slice::from_ref(&before),
         "no partial version: {versions:?}"
     );
-    let failed: Vec<_> = run_log(&d)
-        .into_iter()
-        .filter(|r| r["status"] == "failed")
-        .collect();
+    let failed: Vec<_> = run_log_with(&d, "the failed run in the run log", |r| {
+        r["status"] == "failed"
+    })
+    .into_iter()
+    .filter(|r| r["status"] == "failed")
+    .collect();
     assert_eq!(failed.len(), 1, "{failed:#?}");
     assert!(
         failed[0]["error"]
@@ -1118,8 +1130,9 @@ fn a_record_mlflow_keeps_answering_wrongly_goes_to_the_dead_letter_file_and_the_
         &(data.sections("enabled = false", "enabled = false", "", true) + &tracking),
     );
     wait_trained(&d);
-    let runs = run_log(&d);
-    assert!(!runs.is_empty(), "the training is in the run log");
+    let runs = run_log_with(&d, "the training in the run log", |r| {
+        r["kind"] == "training"
+    });
     let dead_letter = d.root().join("state/runs/mlflow-dead-letter.jsonl");
     d.wait_for(
         "every record to be given up on",
@@ -1199,7 +1212,7 @@ fn old_runs_lose_their_artifacts_beyond_keep_runs_and_keep_their_records() {
         "the newest two drift checks keep their artifacts"
     );
     // The training run is another kind: its artifacts are kept.
-    let training = run_log(&d)
+    let training = run_log_with(&d, "the training run", |r| r["kind"] == "training")
         .into_iter()
         .find(|r| r["kind"] == "training")
         .expect("training run");

@@ -91,10 +91,10 @@ fn document(d: &Daemon) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-/// (method, path) of every route `configure` in actors/src/http.rs registers, read from its
+/// (method, path) of every route `configure` in actors/src/http/mod.rs registers, read from its
 /// source: each `.service(web::resource(...)...route(web::METHOD()...))`.
 fn registered_routes() -> BTreeSet<(String, String)> {
-    let source = std::fs::read_to_string(repo().join("actors/src/http.rs")).expect("http.rs");
+    let source = std::fs::read_to_string(repo().join("actors/src/http/mod.rs")).expect("http.rs");
     let start = source
         .find("pub fn configure(")
         .expect("http.rs has configure");
@@ -209,7 +209,7 @@ fn the_document_lists_every_route_and_every_field_the_daemon_answers_with() {
         registered,
         documented_routes(&doc),
         "the routes http::configure registers (left) and the ones /openapi.json documents \
-         (right) differ: give a new handler #[utoipa::path] and list it in actors/src/openapi.rs"
+         (right) differ: give a new handler #[utoipa::path] and list it in actors/src/http/openapi.rs"
     );
 
     // Every operation documents its success, JSON bodies their errors, and every answer

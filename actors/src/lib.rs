@@ -1,35 +1,31 @@
-//! The actors of `sentimentd serve`: HTTP ingestion, folder watcher, batch processor,
-//! inference pool, model registry, plus the metrics they share and the panic containment
-//! they all run under. They talk through the typed messages of [`messages`]; the ML core
-//! they call never sees actix.
+//! The actors of `sentimentd serve`, in folders by role:
+//!
+//! - [`runtime`]: panic containment and fault hooks, the shutdown state, low-priority
+//!   background threads, systemd notification;
+//! - [`telemetry`]: events that log and count in one place, and the metrics they count into;
+//! - [`serving`]: the model cell, the inference pool, the micro-batcher and the observations
+//!   every scored text leaves;
+//! - [`sources`]: where batches come from (`file/`: the watched folder, its claim, journal,
+//!   streaming processor and output names);
+//! - [`mlops`]: model registry, trainer, baseliner, drift monitor, run tracker, reputation;
+//! - [`http`]: the HTTP API, its OpenAPI document and the status page.
+//!
+//! They talk through the typed messages of [`messages`]; the ML core they call never sees
+//! actix.
 
-pub mod baseliner;
-pub mod batch_processor;
-pub mod batch_stream;
-pub mod batcher;
-pub mod claim;
-pub mod drift_monitor;
-pub mod events;
-pub mod folder_watcher;
 pub mod http;
-pub mod inference;
-pub mod journal;
 pub mod messages;
-pub mod metrics;
-pub mod model_registry;
-pub mod observations;
-pub mod openapi;
-pub mod output_names;
-pub mod reputation;
-pub mod status_page;
-pub mod supervisor;
-pub mod systemd;
-pub mod tracker;
-pub mod trainer;
+pub mod mlops;
+pub mod runtime;
+pub mod serving;
+pub mod sources;
+pub mod telemetry;
 
-pub use batch_processor::{BatchProcessor, Lifecycle};
-pub use folder_watcher::FolderWatcher;
-pub use inference::Inference;
-pub use metrics::Metrics;
-pub use model_registry::{ModelCell, ModelInfo, ModelRegistry, ServingModel, new_model_cell};
-pub use supervisor::{Containment, Faults};
+pub use mlops::registry::ModelRegistry;
+pub use runtime::containment::{Containment, Faults};
+pub use runtime::shutdown::Lifecycle;
+pub use serving::inference::Inference;
+pub use serving::model_cell::{ModelCell, ModelInfo, ServingModel, new_model_cell};
+pub use sources::file::processor::BatchProcessor;
+pub use sources::file::watcher::FolderWatcher;
+pub use telemetry::metrics::Metrics;

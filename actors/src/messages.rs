@@ -7,7 +7,7 @@ use sentimentd_model::{Classifier, Manifest, Prediction};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::supervisor::Panicked;
+use crate::runtime::containment::Panicked;
 use sentimentd_tracking::{RunRecord, TrackingError};
 
 /// BatchProcessor -> Inference: score `texts[start..end]`.

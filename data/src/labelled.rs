@@ -167,7 +167,7 @@ impl LabelledStore {
         for e in entries.flatten() {
             if e.file_name()
                 .to_str()
-                .is_some_and(|n| n.starts_with(".tmp-"))
+                .is_some_and(crate::atomic::is_temp_name)
             {
                 let _ = std::fs::remove_file(e.path());
             }

@@ -4,8 +4,7 @@ use crate::batch::RejectedRow;
 use crate::error::DataError;
 use crate::label::Label;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 /// Columns appended to every scored output, in this order.
@@ -270,61 +269,20 @@ pub fn write_rejections(path: &Path, rows: &[RejectedRow]) -> Result<(), DataErr
     write_atomic(path, |w| write_rejections_to(w, rows).map(|_| ()))
 }
 
-/// Writes `path` so that it either does not exist or is complete, even across a crash: the
-/// content goes to a temporary file in the same directory, is flushed and synced, then
-/// renamed over `path`, and the directory entry is synced.
+/// Writes `path` so that it either does not exist or is complete, even across a crash
+/// (through [`crate::atomic::AtomicFile`]).
 pub fn write_atomic<T, F>(path: &Path, write: F) -> Result<T, DataError>
 where
-    F: FnOnce(&mut BufWriter<&mut File>) -> Result<T, DataError>,
+    F: FnOnce(&mut crate::atomic::AtomicFile) -> Result<T, DataError>,
 {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".tmp-").suffix(".part");
-    #[cfg(unix)]
-    builder.permissions(shareable_file());
-    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
-    let value = {
-        let mut w = BufWriter::new(tmp.as_file_mut());
-        let value = write(&mut w)?;
-        w.flush().map_err(io)?;
-        value
-    };
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    sync_dir(dir).map_err(io)?;
+    let mut file = crate::atomic::AtomicFile::create(path).map_err(io)?;
+    let value = write(&mut file)?;
+    file.commit().map_err(io)?;
     Ok(value)
-}
-
-/// Mode 0666 before the umask, as `File::create` would give: temp files default to 0600, which
-/// would keep outputs from the analysts' group whatever the service's `UMask=` says.
-#[cfg(unix)]
-pub fn shareable_file() -> std::fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::Permissions::from_mode(0o666)
-}
-
-/// Like [`shareable_file`] for directories (0777 before the umask).
-#[cfg(unix)]
-pub fn shareable_dir() -> std::fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::Permissions::from_mode(0o777)
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 fn csv_error(e: csv::Error) -> DataError {

@@ -29,12 +29,14 @@ impl Prediction {
     }
 }
 
+/// The kind of a model; `lexicon` is the fallback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     /// fastText-style classifier trained in burn.
     Fast,
-    /// Pretrained encoder (later issue).
+    /// Pretrained MiniLM encoder with a trained head.
     Transformer,
     /// VADER-style lexicon rules: the fallback when no trained model exists.
     Lexicon,

@@ -15,7 +15,6 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -220,16 +219,11 @@ fn sha256_file(path: &Path) -> Result<String, ModelError> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-/// Writes `bytes` to `path` whole or not at all (the data crate's temp file + fsync + rename).
+/// Writes `bytes` to `path` whole or not at all (the data crate's [`AtomicFile`]).
+///
+/// [`AtomicFile`]: sentimentd_data::atomic::AtomicFile
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    sentimentd_data::write_atomic(path, |w| {
-        w.write_all(bytes)
-            .map_err(|source| sentimentd_data::DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-    })?;
-    Ok(())
+    sentimentd_data::atomic::write_bytes_atomic(path, bytes).map_err(ModelError::io(path))
 }
 
 fn valid_version_name(v: &str) -> bool {

@@ -180,7 +180,7 @@ pub(crate) fn pending_run_ids(path: &Path) -> Result<HashSet<String>, TrackingEr
 }
 
 pub(crate) fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+    if let Err(e) = sentimentd_data::atomic::sync_dir(dir) {
         tracing::debug!(dir = %dir.display(), error = %e, "directory fsync failed");
     }
 }

@@ -8,7 +8,7 @@
 //! Also home of the test-only fault hooks, compiled only into tests and builds with the
 //! `test-faults` feature, and live only with `server.test_faults = true`.
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 
 use sentimentd_config::IngestConfig;
 
-use crate::journal::{Journal, JournalEntry};
+use crate::sources::file::journal::{Journal, JournalEntry};
 
 /// A new journal entry for inbox file `input`, with names no other batch uses: not in the
 /// outbox, archive, rejected or processing folders, and not reserved by another entry.

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::events::{InternalEvent, ReputationAlert};
-use crate::journal::write_atomic;
-use crate::metrics::{Channel, Metrics, SourceCounters};
-use crate::supervisor::Containment;
+use crate::runtime::containment::Containment;
+use crate::telemetry::events::{InternalEvent, ReputationAlert};
+use crate::telemetry::metrics::{Channel, Metrics, SourceCounters};
+use sentimentd_data::atomic::write_bytes_atomic as write_atomic;
 
 /// How often gauges are refreshed and sources re-ranked.
 const REFRESH: Duration = Duration::from_secs(5);

@@ -14,7 +14,6 @@ use sentimentd_data::labelled::{self, LabelledStore};
 use sentimentd_data::{Dataset, Label, load_dataset};
 use sentimentd_model::pipeline::{self, RecentWeighting, TrainJob};
 use sentimentd_model::promotion::Decision;
-use sentimentd_model::train::{EpochReport, TrainObserver};
 use sentimentd_model::{Classifier, EvalMetrics, ModelStore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -22,15 +21,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::events::{
-    CandidatePromoted, CandidateRejected, InternalEvent, RetrainFailed, RetrainSkipped,
-};
-use crate::journal;
 use crate::messages::{DriftDetected, PromoteCandidate, Retrain, RetrainFinished, RetrainTrigger};
 use crate::messages::{RegisterChampion, Track};
-use crate::metrics::Metrics;
-use crate::model_registry::{ModelCell, ModelRegistry};
-use crate::supervisor::Containment;
+use crate::mlops::registry::ModelRegistry;
+use crate::mlops::train_log::LogObserver;
+use crate::runtime::containment::Containment;
+use crate::serving::model_cell::ModelCell;
+use crate::telemetry::events::{
+    CandidatePromoted, CandidateRejected, InternalEvent, RetrainFailed, RetrainSkipped,
+};
+use crate::telemetry::metrics::Metrics;
 use sentimentd_tracking::records::training_record;
 use sentimentd_tracking::{RunKind, RunRecord};
 
@@ -72,7 +72,7 @@ impl Trainer {
         cfg: Arc<Config>,
         cell: ModelCell,
         registry: Addr<ModelRegistry>,
-        tracker: Option<actix::Addr<crate::tracker::Tracker>>,
+        tracker: Option<actix::Addr<crate::mlops::tracker::Tracker>>,
         metrics: Arc<Metrics>,
     ) -> Trainer {
         Trainer {
@@ -103,7 +103,7 @@ impl Trainer {
         let path = Self::state_path(cfg);
         let written = serde_json::to_vec_pretty(state)
             .map_err(std::io::Error::other)
-            .and_then(|b| journal::write_atomic(&path, &b));
+            .and_then(|b| sentimentd_data::atomic::write_bytes_atomic(&path, &b));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "cannot save the retrain state");
         }
@@ -179,7 +179,7 @@ impl Trainer {
         let spawned = std::thread::Builder::new()
             .name("retrain".into())
             .spawn(move || {
-                lower_priority(job.cfg.retrain.nice);
+                crate::runtime::background::lower_priority(job.cfg.retrain.nice);
                 let trigger = job.trigger;
                 let metrics = job.metrics.clone();
                 let outcome = match containment.run(|| job.run()) {
@@ -210,21 +210,6 @@ impl Trainer {
             }
         }
     }
-}
-
-/// Serving threads win the CPU over the training thread (and the threads it starts, which
-/// inherit its nice value on Linux).
-pub fn lower_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on the calling thread's own id changes only its scheduling priority.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
-            tracing::warn!(nice, "cannot lower the training thread's priority");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
 }
 
 /// Labelled texts in files no retrain has seen yet and that the serving model was not
@@ -811,29 +796,6 @@ impl Handler<RetrainFinished> for Trainer {
         self.running = false;
         self.metrics.retrain_running.set(0);
         tracing::info!(outcome = msg.outcome, "retrain finished");
-    }
-}
-
-/// Training progress for the daemon's log.
-pub struct LogObserver;
-
-impl TrainObserver for LogObserver {
-    fn on_start(&mut self, epochs: usize, steps_per_epoch: usize) {
-        tracing::info!(epochs, steps_per_epoch, "training started");
-    }
-
-    fn on_epoch(&mut self, r: &EpochReport) {
-        tracing::info!(
-            epoch = r.epoch,
-            train_loss = r.train_loss,
-            seconds = r.seconds,
-            improved = r.improved,
-            "training epoch"
-        );
-    }
-
-    fn on_message(&mut self, message: &str) {
-        tracing::info!(message, "training");
     }
 }
 

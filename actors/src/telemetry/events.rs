@@ -5,7 +5,7 @@
 use sentimentd_data::drift::{DriftReport, Verdict};
 
 use crate::messages::RetrainTrigger;
-use crate::metrics::{
+use crate::telemetry::metrics::{
     AttemptResult, BatchOutcome, DriftCheckOutcome, Metrics, RecentBatch, RetrainOutcome,
     RowOutcome,
 };

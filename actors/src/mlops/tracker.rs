@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use crate::events::{InternalEvent, TrackingRecordDropped};
-use crate::metrics::Metrics;
-use crate::supervisor::Containment;
+use crate::runtime::containment::Containment;
+use crate::telemetry::events::{InternalEvent, TrackingRecordDropped};
+use crate::telemetry::metrics::Metrics;
 use sentimentd_tracking::{
     DEAD_LETTER_FILE, LocalRunLog, MlflowClient, MlflowOp, MlflowSink, TrackingError,
 };

@@ -16,12 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::events::{DriftCheckFailed, DriftChecked, InternalEvent};
-use crate::journal;
 use crate::messages::{BaselineReady, DriftDetected};
-use crate::metrics::Metrics;
-use crate::observations::{ObservationSink, Observed};
-use crate::supervisor::Containment;
+use crate::runtime::containment::Containment;
+use crate::serving::observations::{ObservationSink, Observed};
+use crate::telemetry::events::{DriftCheckFailed, DriftChecked, InternalEvent};
+use crate::telemetry::metrics::Metrics;
 use sentimentd_tracking::records::drift_record;
 
 /// The latest drift report, `None` until the first check.
@@ -181,10 +180,10 @@ impl DriftMonitor {
         let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
         let html = drift::render_html(report);
         let path = dir.join(format!("drift-{stamp}.json"));
-        journal::write_atomic(&path, &json)?;
-        journal::write_atomic(&path.with_extension("html"), html.as_bytes())?;
-        journal::write_atomic(&dir.join("latest.json"), &json)?;
-        journal::write_atomic(&dir.join("latest.html"), html.as_bytes())?;
+        sentimentd_data::atomic::write_bytes_atomic(&path, &json)?;
+        sentimentd_data::atomic::write_bytes_atomic(&path.with_extension("html"), html.as_bytes())?;
+        sentimentd_data::atomic::write_bytes_atomic(&dir.join("latest.json"), &json)?;
+        sentimentd_data::atomic::write_bytes_atomic(&dir.join("latest.html"), html.as_bytes())?;
         prune(&dir, self.cfg.drift.reports_kept);
         Ok(path)
     }
@@ -213,7 +212,7 @@ impl Actor for DriftMonitor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Checks are background work: serving threads win the CPU when both want it.
-        crate::trainer::lower_priority(DRIFT_NICE);
+        crate::runtime::background::lower_priority(DRIFT_NICE);
         ctx.run_interval(DRAIN_EVERY, |me, _ctx| {
             let containment = me.containment.clone();
             let _ = containment.run(|| {

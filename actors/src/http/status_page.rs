@@ -13,8 +13,8 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 use crate::http::HttpState;
-use crate::metrics::RecentBatch;
-use crate::model_registry::ModelInfo;
+use crate::serving::model_cell::ModelInfo;
+use crate::telemetry::metrics::RecentBatch;
 
 /// Sources drawn as charts (the busiest); the table lists them all.
 const CHARTS: usize = 6;
@@ -42,7 +42,9 @@ pub async fn page(state: web::Data<HttpState>) -> HttpResponse {
         .await
         .unwrap_or_default();
     let model = state.cell.load_full().map(|m| m.info.clone());
-    let report = state.reputation.report(crate::reputation::now_unix());
+    let report = state
+        .reputation
+        .report(crate::mlops::reputation::now_unix());
     let drift = state.reports.load_full();
     let batches = state.metrics.recent_batches();
     let html = render(model.as_ref(), &report, drift.as_deref(), &batches, &events);

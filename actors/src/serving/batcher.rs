@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::messages::{BatchError, Enqueue, InferenceError, ScoreChunk, ScoredChunk};
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 struct Waiting {
     texts: Vec<String>,

@@ -22,12 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::batch_processor::Lifecycle;
-use crate::inference::Inference;
-use crate::journal::{AtomicFile, JournalEntry};
 use crate::messages::{InferenceError, ScoreChunk, ScoredChunk};
-use crate::reputation::{Reputation, now_unix};
-use crate::supervisor::Faults;
+use crate::mlops::reputation::{Reputation, now_unix};
+use crate::runtime::containment::Faults;
+use crate::runtime::shutdown::Lifecycle;
+use crate::serving::inference::Inference;
+use crate::sources::file::journal::JournalEntry;
+use sentimentd_data::atomic::AtomicFile;
 
 /// The file as a whole cannot be processed; it goes to `rejected/` with this reason.
 #[derive(Debug, thiserror::Error)]

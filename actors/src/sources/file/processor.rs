@@ -16,31 +16,23 @@ use sentimentd_config::Config;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::batch_stream::{BatchError, Destinations, FileRejection, Stream, io_at};
-use crate::claim::{self, OpenError, Refusal};
-use crate::events::{
+use crate::messages::{FileDone, FileOutcome, FileReady, Reconfigure};
+use crate::mlops::reputation::Reputation;
+use crate::runtime::containment::{Containment, Faults};
+use crate::runtime::shutdown::Lifecycle;
+use crate::serving::inference::Inference;
+use crate::sources::file::claim::{self, OpenError, Refusal};
+use crate::sources::file::journal::{self, Attempt, Journal, JournalEntry};
+use crate::sources::file::names;
+use crate::sources::file::stream::{BatchError, Destinations, FileRejection, Stream, io_at};
+use crate::telemetry::events::{
     BatchAttemptFailed, BatchInterrupted, BatchProcessed, BatchQuarantined, BatchRefused,
     BatchRejected, InternalEvent,
 };
-use crate::inference::Inference;
-use crate::journal::{self, Attempt, Journal, JournalEntry};
-use crate::messages::{FileDone, FileOutcome, FileReady, Reconfigure};
-use crate::metrics::{Channel, Metrics};
-use crate::output_names;
-use crate::reputation::Reputation;
-use crate::supervisor::{Containment, Faults};
-
-/// Shared between the shutdown sequence and the batch processor.
-#[derive(Default)]
-pub struct Lifecycle {
-    /// Set on SIGTERM/SIGINT: finish the current chunk, then leave the file for the next run.
-    pub stopping: AtomicBool,
-    /// Files being processed right now (0 or 1).
-    pub busy: AtomicUsize,
-}
+use crate::telemetry::metrics::{Channel, Metrics};
 
 pub struct BatchProcessor {
     cfg: Arc<Config>,
@@ -129,7 +121,7 @@ impl BatchProcessor {
         claim::check_same_filesystem(&folders)?;
         // The labelled store too: a batch streams its labelled rows through a temp file there.
         for dir in [&g.outbox, &g.rejected, &g.archive, &g.labelled_dir] {
-            journal::remove_stale_temp_files(dir);
+            sentimentd_data::atomic::remove_stale_temp_files(dir);
         }
         match sentimentd_data::labelled::LabelledStore::open(&g.labelled_dir) {
             Ok(store) => store.remove_stale_temp_files(),
@@ -139,7 +131,7 @@ impl BatchProcessor {
         }
         let journal = Journal::open(&g.journal)
             .map_err(|e| format!("cannot open the journal {}: {e}", g.journal.display()))?;
-        journal::remove_stale_temp_files(&g.journal);
+        sentimentd_data::atomic::remove_stale_temp_files(&g.journal);
         let entries = journal
             .entries()
             .map_err(|e| format!("cannot read the journal {}: {e}", g.journal.display()))?;
@@ -226,7 +218,7 @@ impl BatchProcessor {
                 entry
             }
             None => {
-                let entry = output_names::new_entry(g, journal, &input);
+                let entry = names::new_entry(g, journal, &input);
                 journal.put(&entry).map_err(io_at(&g.journal))?;
                 entry
             }
@@ -243,8 +235,8 @@ impl BatchProcessor {
             }
             Err(e) => return Err(io_at(&target)(e)),
         }
-        journal::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
-        journal::sync_dir(&g.inbox).map_err(io_at(&g.inbox))?;
+        sentimentd_data::atomic::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
+        sentimentd_data::atomic::sync_dir(&g.inbox).map_err(io_at(&g.inbox))?;
         self.claim_failures.remove(path);
         tracing::debug!(file = %input, claimed = %target.display(), "batch file claimed");
         self.faults.crash_point("after_claim");
@@ -288,7 +280,7 @@ impl BatchProcessor {
         if entry.labelled.is_none() {
             // An entry from an older build: pin the name first, so a rerun rewrites the
             // same file instead of adding a second one.
-            entry.labelled = Some(output_names::labelled_name(&entry.output));
+            entry.labelled = Some(names::labelled_name(&entry.output));
         }
         // Attempts still marked running were cut short by the end of the process (a crash,
         // an OOM kill): each counts, or a file that kills the process would do so forever.
@@ -359,8 +351,8 @@ impl BatchProcessor {
 
         let archived = g.archive.join(&entry.archived);
         std::fs::rename(&claimed, &archived).map_err(io_at(&archived))?;
-        journal::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
-        journal::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
+        sentimentd_data::atomic::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
+        sentimentd_data::atomic::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
         self.faults.crash_point("after_archive");
         // Counted before the journal entry goes, so whoever sees the batch finished (no entry,
         // input archived) also sees it in the metrics.
@@ -434,10 +426,11 @@ impl BatchProcessor {
     ) -> Result<PathBuf, BatchError> {
         let g = &self.cfg.ingest;
         let report_path = g.rejected.join(format!("{name}.error.txt"));
-        journal::write_atomic(&report_path, report.as_bytes()).map_err(io_at(&report_path))?;
+        sentimentd_data::atomic::write_bytes_atomic(&report_path, report.as_bytes())
+            .map_err(io_at(&report_path))?;
         let target = g.rejected.join(name);
         std::fs::rename(path, &target).map_err(io_at(&target))?;
-        journal::sync_dir(&g.rejected).map_err(io_at(&g.rejected))?;
+        sentimentd_data::atomic::sync_dir(&g.rejected).map_err(io_at(&g.rejected))?;
         Ok(target)
     }
 
@@ -446,7 +439,7 @@ impl BatchProcessor {
     fn refuse(&mut self, path: &Path, input: &str, refusal: &Refusal) -> Result<(), BatchError> {
         let name = {
             let g = self.cfg.ingest.clone();
-            output_names::free_name(&g, self.journal()?, input)
+            names::free_name(&g, self.journal()?, input)
         };
         let text = format!(
             "file: {input}\nrefused_at: {}\nreason: {refusal}\nThe entry was moved here unread.\n",

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::messages::{FileDone, FileOutcome, FileReady, FsEvent, Reconfigure, StopIntake};
-use crate::metrics::Metrics;
-use crate::supervisor::Containment;
+use crate::runtime::containment::Containment;
+use crate::telemetry::metrics::Metrics;
 
 struct Candidate {
     size: u64,

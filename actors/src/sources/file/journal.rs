@@ -15,11 +15,11 @@
 //! (an abort, an out-of-memory kill) still counts, and a file that does so on every start is
 //! quarantined after `ingest.max_attempts` starts instead of crash-looping the daemon.
 
+use sentimentd_data::atomic::{sync_dir, write_bytes_atomic};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::claim::FileIdentity;
+use crate::sources::file::claim::FileIdentity;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
@@ -103,7 +103,7 @@ impl Journal {
     pub fn put(&self, entry: &JournalEntry) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(entry)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        write_atomic(&self.path_for(&entry.archived), &bytes)
+        write_bytes_atomic(&self.path_for(&entry.archived), &bytes)
     }
 
     pub fn remove(&self, key: &str) -> std::io::Result<()> {
@@ -142,100 +142,6 @@ impl Journal {
     }
 }
 
-/// fsync of a directory, so a rename or unlink in it survives a power cut too.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Writes `bytes` to `path` whole or not at all: a hidden temp file in the same directory,
-/// fsync, rename over the target, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_with(path, |w| w.write_all(bytes))
-}
-
-/// Like [`write_atomic`], with the content produced by a writer callback.
-pub fn write_atomic_with(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let mut file = AtomicFile::create(path)?;
-    fill(&mut file)?;
-    file.commit()
-}
-
-/// A file written under a hidden temporary name in its target's directory and renamed into
-/// place by [`AtomicFile::commit`] (after fsync of the file, then of the directory): readers
-/// see the whole file or none. Dropped without a commit, the temporary file is deleted.
-pub struct AtomicFile {
-    path: PathBuf,
-    out: std::io::BufWriter<tempfile::NamedTempFile>,
-}
-
-impl AtomicFile {
-    pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
-        let dir = parent(path);
-        std::fs::create_dir_all(dir)?;
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(TEMP_PREFIX).suffix(".tmp");
-        // Outputs honour the process umask (group-readable under the unit's UMask=0027).
-        #[cfg(unix)]
-        builder.permissions(sentimentd_data::shareable_file());
-        let tmp = builder.tempfile_in(dir)?;
-        Ok(AtomicFile {
-            path: path.to_path_buf(),
-            out: std::io::BufWriter::with_capacity(1 << 20, tmp),
-        })
-    }
-
-    pub fn commit(self) -> std::io::Result<()> {
-        let tmp = self.out.into_inner().map_err(|e| e.into_error())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        sync_dir(parent(&self.path))
-    }
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.out.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Prefix of the temp files [`write_atomic`] creates; leftovers of a crash are removed at
-/// start-up by [`remove_stale_temp_files`].
-pub const TEMP_PREFIX: &str = ".sentimentd-";
-
-pub fn remove_stale_temp_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) {
-            let path = entry.path();
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::info!(file = %path.display(), "removed a temp file left by a crash")
-                }
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a stale temp file")
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,20 +169,6 @@ mod tests {
         j.remove("a.csv")?;
         assert_eq!(j.get("a.csv")?, None);
         assert!(j.entries()?.is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn stale_temp_files_are_removed_and_others_kept() -> std::io::Result<()> {
-        let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join(".sentimentd-x.tmp"), b"partial")?;
-        write_atomic(&dir.path().join("out.csv"), b"whole")?;
-        remove_stale_temp_files(dir.path());
-        let names: Vec<_> = std::fs::read_dir(dir.path())?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, vec!["out.csv".to_string()]);
         Ok(())
     }
 }

@@ -14,8 +14,8 @@ use sentimentd_model::{ModelError, ModelStore, baseline};
 use std::sync::Arc;
 
 use crate::messages::{BaselineReady, ModelServing};
-use crate::metrics::Metrics;
-use crate::supervisor::Containment;
+use crate::runtime::containment::Containment;
+use crate::telemetry::metrics::Metrics;
 
 pub struct Baseliner {
     cfg: Arc<Config>,

@@ -2,9 +2,8 @@
 //! or the lexicon fallback when there is none; with `[train] on_start = "if-missing"` it then
 //! trains a model on a background thread (serving never waits for it) and swaps it in.
 //!
-//! The serving model is published in a [`ModelCell`] that HTTP workers and inference threads
-//! read without locks, so a swap is one atomic pointer store and in-flight predictions finish
-//! on the model they started with.
+//! The serving model is published in the [`ModelCell`] that HTTP workers and inference threads
+//! read without locks.
 //!
 //! It is the one actor of the daemon that moves the store's `current`: promotions of gated
 //! candidates, admin promotions and rollbacks all go through it. It also notices a `current`
@@ -13,74 +12,23 @@
 //! Every model it publishes is handed to the Baseliner so drift checks follow it.
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Recipient};
-use arc_swap::ArcSwapOption;
 use sentimentd_config::{Config, TrainOnStart};
 use sentimentd_model::pipeline::{self, TrainJob};
 use sentimentd_model::{Classifier, LexiconClassifier, Manifest, ModelStore};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::events::{InternalEvent, RolledBack};
 use crate::messages::{
     ModelServing, PromoteCandidate, PromoteVersion, Rollback, SwapModel, Switched, TrainingFailed,
 };
-use crate::metrics::Metrics;
-use crate::supervisor::Containment;
-use crate::trainer::LogObserver;
+use crate::mlops::train_log::LogObserver;
+use crate::runtime::containment::Containment;
+use crate::serving::model_cell::{CandidateSummary, ModelCell, ServingModel};
+use crate::telemetry::events::{InternalEvent, RolledBack};
+use crate::telemetry::metrics::Metrics;
 
 /// How often the registry looks whether `current` was switched from outside the daemon.
 const RELOAD_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// What `/model` and `/ready` report about the serving model.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ModelInfo {
-    pub version: String,
-    #[schema(value_type = crate::openapi::ModelKindName)]
-    pub kind: &'static str,
-    /// The lexicon fallback serves (no trained model).
-    pub fallback: bool,
-    /// Null for the fallback.
-    #[schema(required = true, format = DateTime)]
-    pub created_at: Option<String>,
-    /// The version this one was retrained from.
-    #[schema(required = true)]
-    pub parent: Option<String>,
-    /// Evaluation metrics per split (`selection`, `val`, ...); null for the fallback.
-    #[schema(value_type = Option<Object>, required = true)]
-    pub metrics: serde_json::Value,
-    #[schema(format = DateTime)]
-    pub loaded_at: String,
-    /// What each part of the training data weighed (`parts`: `base` and, for a retrain,
-    /// `recent`: rows, row weight, share of the training weight); null for the fallback and
-    /// versions trained before rows were weighed.
-    #[schema(value_type = Option<Object>, required = true)]
-    pub weighting: Option<serde_json::Value>,
-    /// The newest retrain candidates, newest first: what they weighed and why the gate
-    /// promoted or rejected them. Filled in by `GET /model`.
-    pub candidates: Vec<CandidateSummary>,
-}
-
-/// One retrain candidate and the gate's decision on it.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CandidateSummary {
-    pub version: String,
-    #[schema(format = DateTime)]
-    pub decided_at: String,
-    /// `promoted`, `rejected` or `promotion_failed`.
-    pub status: String,
-    /// Every gate rule with PASS or FAIL, joined by `; `.
-    pub reason: String,
-    /// The serving version it was compared with.
-    #[schema(required = true)]
-    pub against: Option<String>,
-    /// As `ModelInfo.weighting`, for this candidate.
-    #[schema(value_type = Option<Object>, required = true)]
-    pub weighting: Option<serde_json::Value>,
-    /// Candidate and serving macro-recall on the gate sets (`validation`, `recent_holdout`),
-    /// and the recent holdout's rows by origin (`recent_holdout.origins`).
-    #[schema(value_type = Object)]
-    pub gate_sets: serde_json::Value,
-}
 
 /// The newest `limit` candidates with a gate decision in the store at `root`, newest first.
 pub fn recent_candidates(root: &std::path::Path, limit: usize) -> Vec<CandidateSummary> {
@@ -129,46 +77,6 @@ pub fn recent_candidates(root: &std::path::Path, limit: usize) -> Vec<CandidateS
     out
 }
 
-pub struct ServingModel {
-    pub classifier: Arc<dyn Classifier>,
-    pub info: ModelInfo,
-    /// `info.version` shared cheaply with every scored row.
-    pub version: Arc<str>,
-}
-
-impl ServingModel {
-    pub fn new(classifier: Arc<dyn Classifier>, manifest: Option<&Manifest>) -> ServingModel {
-        let version = classifier.version().to_string();
-        let info = ModelInfo {
-            version: version.clone(),
-            kind: classifier.kind().as_str(),
-            fallback: classifier.is_fallback(),
-            created_at: manifest.map(|m| m.created_at.clone()),
-            parent: manifest.and_then(|m| m.parent.clone()),
-            metrics: manifest
-                .and_then(|m| serde_json::to_value(&m.metrics).ok())
-                .unwrap_or(serde_json::Value::Null),
-            loaded_at: chrono::Utc::now().to_rfc3339(),
-            weighting: manifest
-                .and_then(|m| m.weighting.as_ref())
-                .and_then(|w| serde_json::to_value(w).ok()),
-            candidates: Vec::new(),
-        };
-        ServingModel {
-            classifier,
-            info,
-            version: Arc::from(version),
-        }
-    }
-}
-
-/// The serving model, `None` until the registry has loaded one.
-pub type ModelCell = Arc<ArcSwapOption<ServingModel>>;
-
-pub fn new_model_cell() -> ModelCell {
-    Arc::new(ArcSwapOption::empty())
-}
-
 pub struct ModelRegistry {
     cfg: Arc<Config>,
     cell: ModelCell,
@@ -176,7 +84,7 @@ pub struct ModelRegistry {
     containment: Containment,
     training: bool,
     baseliner: Option<Recipient<ModelServing>>,
-    tracker: Option<Addr<crate::tracker::Tracker>>,
+    tracker: Option<Addr<crate::mlops::tracker::Tracker>>,
     /// A `current` that failed to load, so a broken version is reported once, not every tick.
     refused: Option<String>,
 }
@@ -187,7 +95,7 @@ impl ModelRegistry {
         cell: ModelCell,
         metrics: Arc<Metrics>,
         baseliner: Option<Recipient<ModelServing>>,
-        tracker: Option<Addr<crate::tracker::Tracker>>,
+        tracker: Option<Addr<crate::mlops::tracker::Tracker>>,
     ) -> ModelRegistry {
         let containment = Containment::new("model_registry", metrics.clone());
         ModelRegistry {

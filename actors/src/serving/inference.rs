@@ -10,10 +10,10 @@ use sentimentd_model::Prediction;
 use std::sync::Arc;
 
 use crate::messages::{InferenceError, ScoreChunk, ScoredChunk};
-use crate::metrics::Metrics;
-use crate::model_registry::ModelCell;
-use crate::observations::ObservationSink;
-use crate::supervisor::{Containment, Faults};
+use crate::runtime::containment::{Containment, Faults};
+use crate::serving::model_cell::ModelCell;
+use crate::serving::observations::ObservationSink;
+use crate::telemetry::metrics::Metrics;
 
 pub struct Inference {
     cell: ModelCell,

@@ -1,0 +1,167 @@
+//! `POST /feedback`: labelled rows for retraining, stored before the answer.
+
+use crate::telemetry::events::{FeedbackReceived, InternalEvent};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use sentimentd_data::Label;
+
+use super::errors::*;
+use super::state::*;
+use super::types::*;
+
+/// `POST /feedback {"text", "label"[, "source"]}` or `{"items": [...]}`: labelled rows for
+/// retraining. The rows are on disk (one immutable file per request) before the 200.
+#[utoipa::path(post, path = "/feedback", tag = "feedback", security(("bearer" = [])),
+    description = "Stores labelled texts for retraining; they are on disk before the answer. Needs the bearer token of `[feedback] token_file` (else of `[admin] token_file`).",
+    request_body(content = FeedbackRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored", body = crate::http::types::FeedbackStored),
+        FeedbackAuthErrors,
+        JsonBodyErrors,
+        (status = 422, description = "A blank or too long text or source, a label that is not one of the three, an empty or too large `items`", body = ErrorBody),
+        (status = 500, description = "The rows cannot be stored; the error was logged", body = ErrorBody),
+        (status = 503, description = "The token file cannot be used since the last reload", body = ErrorBody)))]
+pub(crate) async fn feedback(
+    req: HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+    state: web::Data<HttpState>,
+) -> HttpResponse {
+    let Some(token) = &state.feedback_token else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "feedback is disabled: set [feedback] token_file or [admin] token_file to enable it",
+        );
+    };
+    if let Err(refused) = token.check(&req) {
+        return *refused;
+    }
+    let body = match json_body(&req, body, state.max_body_bytes) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let parsed: FeedbackRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"text\": string, \"label\": \"negative\"|\"neutral\"|\"positive\", \"source\"?: string}} or {{\"items\": [...]}}: {e}"
+                ),
+            );
+        }
+    };
+    let items = match parsed {
+        FeedbackRequest::One(i) => vec![i],
+        FeedbackRequest::Many { items } => items,
+    };
+    if items.is_empty() {
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"items\" is empty");
+    }
+    if items.len() > state.limits.max_batch_texts() {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "too many items: {} (at most {})",
+                items.len(),
+                state.limits.max_batch_texts()
+            ),
+        );
+    }
+    let arrived_at = chrono::Utc::now();
+    let mut rows = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let what = format!("items[{i}]");
+        if let Err(m) = check_text(
+            &item.text,
+            state.limits.max_text_chars(),
+            &format!("{what}.text"),
+        ) {
+            return json_error(StatusCode::UNPROCESSABLE_ENTITY, m);
+        }
+        let label = match &item.label {
+            serde_json::Value::String(s) => Label::parse(s),
+            // 1.0 is the integer 1 to JSON (and JSON Schema) as much as 1 is.
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .and_then(|f| Label::from_index(f as usize)),
+            _ => None,
+        };
+        let Some(label) = label else {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{what}.label must be negative, neutral or positive (or 0, 1, 2), got {}",
+                    item.label
+                ),
+            );
+        };
+        if let Some(source) = &item.source
+            && source.chars().count() > state.feedback_limits.max_source_chars
+        {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{what}.source is longer than {} characters ([feedback] max_source_chars)",
+                    state.feedback_limits.max_source_chars
+                ),
+            );
+        }
+        rows.push(sentimentd_data::labelled::LabelledRow {
+            text: item.text,
+            label,
+            source: item.source.unwrap_or_default(),
+            origin: "feedback".into(),
+            line: i as u64 + 1,
+            arrived_at: arrived_at.to_rfc3339(),
+        });
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = sentimentd_data::labelled::file_name(
+        &arrived_at.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+        "feedback",
+        &format!("{}-{seq}", std::process::id()),
+    );
+    let dir = state.labelled_dir.clone();
+    let n = rows.len();
+    let file = name.clone();
+    let max_bytes = state.feedback_limits.max_store_bytes;
+    let written = web::block(move || {
+        let store = sentimentd_data::labelled::LabelledStore::open(&dir)?;
+        let held = store.total_bytes()?;
+        if held >= max_bytes {
+            return Ok(Err(held));
+        }
+        store.write(&file, &rows).map(Ok)
+    })
+    .await;
+    match written {
+        Ok(Ok(Err(held))) => json_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the labelled-data store holds {held} bytes, at its limit of {max_bytes} \
+                 ([feedback] max_store_bytes); no more feedback is taken until there is room"
+            ),
+        ),
+        Ok(Ok(Ok(_))) => {
+            FeedbackReceived {
+                rows: n,
+                file: &name,
+            }
+            .emit(&state.metrics);
+            HttpResponse::Ok().json(serde_json::json!({"stored": n, "file": name}))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot store feedback");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot store the feedback; the error was logged",
+            )
+        }
+        Err(_) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot store the feedback",
+        ),
+    }
+}

@@ -1,0 +1,271 @@
+//! What every handler shares: the model cell, metrics, limits, tokens, the pool and batcher.
+
+use crate::messages::{Enqueue, PromoteVersion, Retrain, Rollback, ScoreChunk};
+use crate::mlops::drift_monitor::ReportCell;
+use crate::mlops::reputation::Reputation;
+use crate::runtime::containment::{Containment, Faults};
+use crate::serving::model_cell::ModelCell;
+use crate::serving::observations::ObservationSink;
+use crate::telemetry::metrics::Metrics;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::errors::*;
+
+/// Where the admin API sends its requests.
+pub struct AdminApi {
+    /// The bearer token from `[admin] token_file`, re-read on SIGHUP.
+    pub token: Arc<TokenFile>,
+    pub retrain: actix::Recipient<Retrain>,
+    pub promote: actix::Recipient<PromoteVersion>,
+    pub rollback: actix::Recipient<Rollback>,
+}
+
+pub struct HttpState {
+    pub cell: ModelCell,
+    pub metrics: Arc<Metrics>,
+    pub containment: Containment,
+    pub faults: Faults,
+    /// Request limits; a config reload (SIGHUP) changes them in place.
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    pub observations: Arc<ObservationSink>,
+    pub reports: ReportCell,
+    pub drift_dir: std::path::PathBuf,
+    pub labelled_dir: std::path::PathBuf,
+    pub admin: Option<AdminApi>,
+    /// Who may post `/feedback`: `[feedback] token_file`, else the admin token; none
+    /// configured, and `/feedback` is disabled (the newest labelled rows are the gate's
+    /// holdout, so anonymous feedback would let anyone steer promotions).
+    pub feedback_token: Option<Arc<TokenFile>>,
+    pub feedback_limits: sentimentd_config::FeedbackConfig,
+    /// The inference pool for larger batches; without it every batch is scored in place.
+    pub inference: Option<actix::Recipient<ScoreChunk>>,
+    /// Gathers the texts of concurrent requests into chunks for models that prefer batches.
+    pub batcher: Option<actix::Recipient<Enqueue>>,
+    /// Texts of batches in the inference pool right now.
+    pub(crate) inflight: AtomicUsize,
+    pub reputation: Arc<Reputation>,
+    /// The model store, for the status page's promotion history.
+    pub model_store: std::path::PathBuf,
+}
+
+/// Batches up to this size are scored on the HTTP worker: a mailbox round-trip would cost
+/// more than the scoring.
+pub const INLINE_BATCH_TEXTS: usize = 32;
+
+/// A `/predict` body larger than this (more than one text can be) is refused before it is
+/// parsed while the pool is full.
+pub(crate) const EARLY_THROTTLE_BYTES: usize = 16 << 10;
+
+/// Seconds a throttled client is asked to wait.
+pub(crate) const RETRY_AFTER_SECS: u32 = 1;
+
+impl HttpState {
+    // Every shared view the handlers read is wired here once, by the daemon and the tests.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &sentimentd_config::Config,
+        cell: ModelCell,
+        metrics: Arc<Metrics>,
+        faults: Faults,
+        observations: Arc<ObservationSink>,
+        reports: ReportCell,
+        admin: Option<AdminApi>,
+        feedback_token: Option<Arc<TokenFile>>,
+        reputation: Arc<Reputation>,
+    ) -> HttpState {
+        HttpState {
+            cell,
+            containment: Containment::new("http", metrics.clone()),
+            metrics,
+            faults,
+            limits: Limits::new(cfg),
+            max_body_bytes: cfg.server.max_body_bytes,
+            observations,
+            reports,
+            drift_dir: crate::mlops::drift_monitor::DriftMonitor::reports_dir(cfg),
+            labelled_dir: cfg.ingest.labelled_dir.clone(),
+            admin,
+            feedback_token,
+            feedback_limits: cfg.feedback.clone(),
+            inference: None,
+            batcher: None,
+            inflight: AtomicUsize::new(0),
+            reputation,
+            model_store: cfg.paths.model_store.clone(),
+        }
+    }
+
+    /// Scores larger batches in `pool`, off the HTTP workers.
+    pub fn with_inference(mut self, pool: actix::Recipient<ScoreChunk>) -> HttpState {
+        self.inference = Some(pool);
+        self
+    }
+
+    /// Scores the requests of models that prefer batches (the transformer kind) through
+    /// `batcher`, which encodes concurrent requests together.
+    pub fn with_batcher(mut self, batcher: actix::Recipient<Enqueue>) -> HttpState {
+        self.batcher = Some(batcher);
+        self
+    }
+}
+
+/// The limits of `/predict` and `/feedback` requests.
+pub struct Limits {
+    pub(crate) max_text_chars: AtomicUsize,
+    pub(crate) max_batch_texts: AtomicUsize,
+    pub(crate) max_inflight_texts: AtomicUsize,
+}
+
+impl Limits {
+    pub fn new(cfg: &sentimentd_config::Config) -> Limits {
+        let limits = Limits {
+            max_text_chars: AtomicUsize::new(0),
+            max_batch_texts: AtomicUsize::new(0),
+            max_inflight_texts: AtomicUsize::new(0),
+        };
+        limits.set(cfg);
+        limits
+    }
+
+    /// Takes the limits of `cfg` (a reloaded config).
+    pub fn set(&self, cfg: &sentimentd_config::Config) {
+        let set = |a: &AtomicUsize, v| a.store(v, Ordering::Relaxed);
+        set(&self.max_text_chars, cfg.data.max_text_chars);
+        set(&self.max_batch_texts, cfg.server.max_batch_texts);
+        set(&self.max_inflight_texts, cfg.server.max_inflight_texts);
+    }
+
+    pub fn max_text_chars(&self) -> usize {
+        self.max_text_chars.load(Ordering::Relaxed)
+    }
+
+    pub fn max_batch_texts(&self) -> usize {
+        self.max_batch_texts.load(Ordering::Relaxed)
+    }
+
+    pub fn max_inflight_texts(&self) -> usize {
+        self.max_inflight_texts.load(Ordering::Relaxed)
+    }
+}
+
+/// Releases a batch's share of `max_inflight_texts` however its request ends.
+pub(crate) struct Inflight<'a> {
+    pub(crate) state: &'a HttpState,
+    pub(crate) texts: usize,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.state.inflight.fetch_sub(self.texts, Ordering::SeqCst);
+    }
+}
+
+/// A bearer token kept in a file (the first line, trimmed), read at start and again on
+/// SIGHUP, so a token is rotated without a restart.
+pub struct TokenFile {
+    /// The config key, for messages: `[admin] token_file`.
+    pub(crate) key: &'static str,
+    pub(crate) path: std::path::PathBuf,
+    /// The token, or why the file cannot be used: then every request is refused with it
+    /// (a rotation that went wrong must not leave the old, possibly leaked, token valid).
+    pub(crate) token: std::sync::RwLock<Result<String, String>>,
+}
+
+impl TokenFile {
+    /// Reads the file; one that cannot be read, is open to others or holds no token stops
+    /// the start-up with a message naming the key and the file.
+    pub fn open(key: &'static str, path: &std::path::Path) -> Result<TokenFile, String> {
+        let token = read_token(key, path)?;
+        Ok(TokenFile {
+            key,
+            path: path.to_path_buf(),
+            token: std::sync::RwLock::new(Ok(token)),
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Reads the file again (SIGHUP). On failure the token is unusable until a reload that
+    /// succeeds; the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        let read = read_token(self.key, &self.path);
+        let result = read.as_ref().map(|_| ()).map_err(Clone::clone);
+        match self.token.write() {
+            Ok(mut t) => *t = read,
+            Err(poisoned) => *poisoned.into_inner() = read,
+        }
+        result
+    }
+
+    /// `Ok` when the request carries this token as `Authorization: Bearer`.
+    pub(crate) fn check(&self, req: &HttpRequest) -> Result<(), Box<HttpResponse>> {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            // RFC 9110: the scheme name is case-insensitive.
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        let guard = match self.token.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let token = match &*guard {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!(path = req.path(), error = %why, "request refused: the token file is unusable");
+                return Err(Box::new(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{why}; fix it and reload (SIGHUP)"),
+                )));
+            }
+        };
+        use subtle::ConstantTimeEq;
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            return Ok(());
+        }
+        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), key = self.key, "request refused: missing or wrong bearer token");
+        Err(Box::new(
+            HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+                .insert_header(ContentType::json())
+                .body(r#"{"error":"missing or wrong bearer token"}"#),
+        ))
+    }
+}
+
+/// The first line of a token file, trimmed; `key` names the setting in errors.
+pub(crate) fn read_token(key: &str, path: &std::path::Path) -> Result<String, String> {
+    // Like ssh with a private key: a secret others can read is no secret.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{key} {}: group or others may access it (mode {mode:04o}); \
+                 make it readable by the service user only (chmod 600)",
+                path.display()
+            ));
+        }
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "{key} {}: the token must be at least 16 characters on the first line",
+            path.display()
+        ));
+    }
+    Ok(token)
+}

@@ -1,0 +1,3 @@
+//! Where batches of texts come from. `file`: CSV files dropped into the watched inbox.
+
+pub mod file;
