@@ -5,7 +5,6 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use clap::Args;
 use sentimentd_actors::http::{self, AdminApi, HttpState};
-use sentimentd_actors::messages::StopIntake;
 use sentimentd_actors::mlops::baseliner::Baseliner;
 use sentimentd_actors::mlops::drift_monitor::{DriftMonitor, new_report_cell};
 use sentimentd_actors::mlops::reputation::{Reputation, ReputationKeeper};
@@ -14,10 +13,9 @@ use sentimentd_actors::mlops::trainer::Trainer;
 use sentimentd_actors::runtime::systemd::Notifier;
 use sentimentd_actors::serving::batcher::Batcher;
 use sentimentd_actors::serving::observations::ObservationSink;
-use sentimentd_actors::{
-    BatchProcessor, Faults, FolderWatcher, Inference, Lifecycle, Metrics, ModelRegistry,
-    new_model_cell,
-};
+use sentimentd_actors::serving::scorer::Scorer;
+use sentimentd_actors::sources::{self, SourceContext, SourceHandle};
+use sentimentd_actors::{Faults, Inference, Lifecycle, Metrics, ModelRegistry, new_model_cell};
 use sentimentd_config::Config;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -56,8 +54,8 @@ pub fn serve(cfg: &Config, args: ServeArgs, reload: ReloadSource) -> anyhow::Res
 struct ReloadTargets {
     /// Token files, read again on every SIGHUP (a rotation needs no restart).
     token_files: Vec<Arc<http::TokenFile>>,
-    watcher: actix::Addr<FolderWatcher>,
-    processor: actix::Addr<BatchProcessor>,
+    /// The sources read their settings from here.
+    sources: sources::ConfigSender,
     monitor: actix::Addr<DriftMonitor>,
     trainer: actix::Addr<Trainer>,
     http: web::Data<HttpState>,
@@ -124,11 +122,11 @@ fn reload(
     }
     let effective = Arc::new(plan.effective.clone());
     let message = sentimentd_actors::messages::Reconfigure(effective.clone());
-    targets.watcher.do_send(message.clone());
-    targets.processor.do_send(message.clone());
+    // No source is listening only while none runs; nothing is lost then.
+    let _ = targets.sources.send(effective.clone());
     targets.monitor.do_send(message.clone());
     targets.trainer.do_send(message);
-    targets.http.limits.set(&effective);
+    targets.http.set_limits(&effective);
     tracing::info!(
         file = %path.display(),
         applied = %plan.applied.join(","),
@@ -203,9 +201,15 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         token_files.push(t.clone());
     }
 
-    // Crash leftovers are cleared before any file can be taken; claimed files left
-    // unfinished are resumed first.
-    let resume = BatchProcessor::recover(&cfg).map_err(anyhow::Error::msg)?;
+    // Each source checks its settings and recovers from a crash before anything runs (the
+    // folder: leftovers cleared, claimed files left unfinished resumed first).
+    let mut sources = sources::from_config(&cfg);
+    for source in &mut sources {
+        source
+            .prepare(&cfg)
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", source.name()))?;
+    }
+    let (config_tx, config_rx) = sources::config_channel(cfg.clone());
 
     // The MLOps loop: registry -> baseliner -> drift monitor -> trainer -> registry. The
     // registry's address exists before it starts, which closes the cycle.
@@ -305,7 +309,6 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
             )
         })
     };
-    let inference_for_http = inference.clone().recipient();
     let batcher = {
         let (pool, t) = (inference.clone().recipient(), cfg.transformer.clone());
         let slots = cfg.server.inference_threads;
@@ -320,56 +323,41 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
             )
         })
     };
-    let processor = {
-        let (cfg, metrics, lifecycle, faults, reputation) = (
-            cfg.clone(),
-            metrics.clone(),
-            lifecycle.clone(),
-            faults.clone(),
-            reputation.clone(),
-        );
-        SyncArbiter::start(1, move || {
-            BatchProcessor::new(
-                cfg.clone(),
-                inference.clone(),
-                metrics.clone(),
-                lifecycle.clone(),
-                faults.clone(),
-                reputation.clone(),
-            )
-        })
-    };
-    let processor_for_reload = processor.clone();
-    let watcher = {
-        let inbox = cfg.ingest.inbox.clone();
-        let settle = Duration::from_millis(cfg.ingest.settle_ms);
-        let metrics = metrics.clone();
-        actix::Supervisor::start(move |_| {
-            FolderWatcher::new(
-                inbox,
-                settle,
-                processor.recipient(),
-                metrics,
-                resume.clone(),
-            )
-        })
-    };
-
-    let state = web::Data::new(
-        HttpState::new(
+    // The one scoring path: HTTP and the folder hand it their texts.
+    let scorer = Arc::new(
+        Scorer::new(
             &cfg,
             cell.clone(),
             metrics.clone(),
-            faults,
-            observations,
-            reports,
-            admin,
-            feedback_token,
+            faults.clone(),
+            observations.clone(),
             reputation.clone(),
         )
-        .with_inference(inference_for_http)
+        .with_pool(inference.recipient())
         .with_batcher(batcher.recipient()),
     );
+    let source_cx = SourceContext {
+        config: config_rx,
+        scorer: scorer.clone(),
+        shutdown: lifecycle.clone(),
+        metrics: metrics.clone(),
+        faults: faults.clone(),
+        reputation: reputation.clone(),
+    };
+    let sources: Vec<SourceHandle> = sources
+        .into_iter()
+        .map(|source| source.start(source_cx.clone()))
+        .collect();
+
+    let state = web::Data::new(HttpState::new(
+        &cfg,
+        scorer,
+        metrics.clone(),
+        reports,
+        admin,
+        feedback_token,
+        reputation.clone(),
+    ));
     let http_state = state.clone();
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .workers(cfg.server.workers)
@@ -412,8 +400,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
 
     let targets = ReloadTargets {
         token_files,
-        watcher: watcher.clone(),
-        processor: processor_for_reload,
+        sources: config_tx,
         monitor,
         trainer: trainer.clone(),
         http: http_state,
@@ -434,7 +421,9 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     );
     notifier.stopping();
     lifecycle.stopping.store(true, Ordering::SeqCst);
-    watcher.do_send(StopIntake);
+    for source in &sources {
+        source.stop_intake();
+    }
     // The journal makes an unfinished batch safe to abandon, so the bound is enforced even if
     // something hangs: nothing is lost by exiting. The reputation counts are saved first,
     // and the exit status says the drain did not finish, so systemd records it.

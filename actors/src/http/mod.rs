@@ -23,8 +23,9 @@ pub mod state;
 pub mod status_page;
 pub mod types;
 
+pub use crate::serving::scorer::INLINE_BATCH_TEXTS;
 pub use errors::json_error;
-pub use state::{AdminApi, HttpState, INLINE_BATCH_TEXTS, Limits, TokenFile};
+pub use state::{AdminApi, HttpState, Limits, TokenFile};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self};

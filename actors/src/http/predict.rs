@@ -1,25 +1,25 @@
-//! `POST /predict`: one text or a batch, scored on the worker, in the pool or the batcher.
+//! `POST /predict`: one text or a batch, through the [`Scorer`](crate::serving::scorer::Scorer),
+//! which chooses where they are scored.
 
-use crate::messages::{BatchError, Enqueue, InferenceError, ScoreChunk, ScoredChunk};
 use crate::serving::model_cell::ServingModel;
+use crate::serving::scorer::{Route, ScoreError};
 use crate::telemetry::metrics::{Channel, RequestOutcome};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use sentimentd_model::Prediction;
 use std::borrow::Cow;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::errors::*;
 use super::state::*;
 use super::types::*;
 
-/// What `/predict` does with a request: answered on the worker, or texts for the pool.
+/// What `/predict` does with a request: answered on the worker, or texts scored elsewhere.
 pub(crate) enum Work {
     Done(HttpResponse),
-    Pool {
+    Routed {
+        route: Route,
         texts: Vec<String>,
         source: Option<String>,
         /// A `{"text": ...}` request, answered with one prediction.
@@ -45,10 +45,9 @@ pub(crate) fn predict_inner(
     // A body this large is a batch for the pool; when the pool is full it would be refused
     // after parsing anyway, and a flood should not cost a parse per refused request.
     if body.len() > EARLY_THROTTLE_BYTES
-        && state.inference.is_some()
-        && state.inflight.load(Ordering::SeqCst) >= state.limits.max_inflight_texts()
+        && state.scorer.inflight_texts() >= state.scorer.max_inflight_texts()
     {
-        return Work::Done(throttled(state, None));
+        return Work::Done(throttled(state));
     }
     // serde would also read a struct from a JSON array by position; only objects are requests.
     if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
@@ -82,29 +81,21 @@ pub(crate) fn predict_inner(
             if let Err(message) = check_text(&text, state.limits.max_text_chars(), "text") {
                 return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
             }
-            if state.batcher.is_some() && model.classifier.prefers_batches() {
-                return Work::Pool {
+            let route = state.scorer.route(model, 1);
+            if route != Route::Inline {
+                return Work::Routed {
+                    route,
                     texts: vec![text.into_owned()],
                     source: source.map(str::to_string),
                     single: true,
                 };
             }
-            let scored = state.containment.run(|| {
-                state.faults.on_text(&text);
-                state
-                    .observations
-                    .predict(model.classifier.as_ref(), &model.version, &text)
-            });
-            match scored {
+            match state.scorer.score_one(model, &text) {
                 Ok(p) => {
-                    state.reputation.record(Channel::http, source, [p.label]);
+                    state.scorer.record(Channel::http, source, [p.label]);
                     json_ok(&PredictionBody::new(&p, &model.version)).into()
                 }
-                Err(_) => json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error while scoring; the error was logged",
-                )
-                .into(),
+                Err(_) => scoring_failed().into(),
             }
         }
         (None, Some(texts)) => predict_batch(state, model, &texts, source),
@@ -146,29 +137,19 @@ pub(crate) fn predict_batch(
             return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
         }
     }
-    let off_worker = (texts.len() > INLINE_BATCH_TEXTS && state.inference.is_some())
-        || (state.batcher.is_some() && model.classifier.prefers_batches());
-    if off_worker {
-        return Work::Pool {
+    let route = state.scorer.route(model, texts.len());
+    if route != Route::Inline {
+        return Work::Routed {
+            route,
             texts: texts.iter().map(|t| t.to_string()).collect(),
             source: source.map(str::to_string),
             single: false,
         };
     }
     let refs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-    let scored = state.containment.run(|| {
-        for t in &refs {
-            state.faults.on_text(t);
-        }
-        state
-            .observations
-            .predict_batch(model.classifier.as_ref(), &model.version, &refs)
-    });
-    match scored {
-        Ok(predictions) if predictions.len() == refs.len() => {
-            batch_answer(state, &predictions, &model.version, source).into()
-        }
-        _ => scoring_failed().into(),
+    match state.scorer.score_inline(model, &refs) {
+        Ok(predictions) => batch_answer(state, &predictions, &model.version, source).into(),
+        Err(_) => scoring_failed().into(),
     }
 }
 
@@ -186,7 +167,7 @@ pub(crate) fn batch_answer(
     source: Option<&str>,
 ) -> HttpResponse {
     state
-        .reputation
+        .scorer
         .record(Channel::http, source, predictions.iter().map(|p| p.label));
     json_ok(&BatchBody {
         predictions: predictions
@@ -196,9 +177,17 @@ pub(crate) fn batch_answer(
     })
 }
 
+/// 429 with `Retry-After`, before the body is parsed.
+pub(crate) fn throttled(state: &HttpState) -> HttpResponse {
+    too_busy(
+        state.scorer.inflight_texts(),
+        None,
+        state.scorer.max_inflight_texts(),
+    )
+}
+
 /// 429 with `Retry-After`; `texts`: the batch's size, when it was parsed.
-pub(crate) fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse {
-    let busy = state.inflight.load(Ordering::SeqCst);
+fn too_busy(busy: usize, texts: Option<usize>, limit: usize) -> HttpResponse {
     let this = texts.map_or(String::new(), |n| format!(" and this batch has {n}"));
     HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
         .insert_header(ContentType::json())
@@ -206,72 +195,39 @@ pub(crate) fn throttled(state: &HttpState, texts: Option<usize>) -> HttpResponse
         .body(
             serde_json::json!({
                 "error": format!(
-                    "busy: {busy} texts are being scored{this} (limit: server.max_inflight_texts = {}); retry after {RETRY_AFTER_SECS} s",
-                    state.limits.max_inflight_texts()
+                    "busy: {busy} texts are being scored{this} (limit: server.max_inflight_texts = {limit}); retry after {RETRY_AFTER_SECS} s"
                 )
             })
             .to_string(),
         )
 }
 
-/// Scores texts off the HTTP workers, within `max_inflight_texts`: small requests of a model
-/// that prefers batches through the batcher, larger batches straight in the inference pool.
-pub(crate) async fn score_in_pool(
+/// Scores texts where the scorer routed them (the batcher or the inference pool).
+pub(crate) async fn score_routed(
     state: &HttpState,
+    route: Route,
     texts: Vec<String>,
     source: Option<&str>,
     single: bool,
 ) -> HttpResponse {
-    let n = texts.len();
-    let before = state.inflight.fetch_add(n, Ordering::SeqCst);
-    let _inflight = Inflight { state, texts: n };
-    if before + n > state.limits.max_inflight_texts() {
-        return throttled(state, Some(n));
-    }
-    let batched = state.batcher.as_ref().filter(|_| n <= INLINE_BATCH_TEXTS);
-    let reply: Result<ScoredChunk, BatchError> = match (batched, state.inference.as_ref()) {
-        (Some(batcher), _) => match batcher.send(Enqueue { texts }).await {
-            Ok(r) => r,
-            Err(e) => Err(BatchError::Failed(e.to_string())),
-        },
-        (None, Some(pool)) => {
-            let sent = pool
-                .send(ScoreChunk {
-                    texts: Arc::new(texts),
-                    start: 0,
-                    end: n,
-                })
-                .await;
-            match sent {
-                Ok(Ok(scored)) => Ok(scored),
-                Ok(Err(InferenceError::NoModel)) => Err(BatchError::NoModel),
-                Ok(Err(e)) => Err(BatchError::Failed(e.to_string())),
-                Err(e) => Err(BatchError::Failed(e.to_string())),
+    match state.scorer.score_routed(route, texts).await {
+        Ok(scored) if single => {
+            state.scorer.record(
+                Channel::http,
+                source,
+                scored.predictions.iter().map(|p| p.label),
+            );
+            match scored.predictions.first() {
+                Some(first) => json_ok(&PredictionBody::new(first, &scored.version)),
+                None => scoring_failed(),
             }
         }
-        (None, None) => return scoring_failed(),
-    };
-    match reply {
-        Ok(scored) if scored.results.len() == n => {
-            let predictions: Result<Vec<Prediction>, String> = scored.results.into_iter().collect();
-            match predictions {
-                Ok(p) if single => {
-                    state
-                        .reputation
-                        .record(Channel::http, source, p.iter().map(|p| p.label));
-                    match p.first() {
-                        Some(first) => json_ok(&PredictionBody::new(first, &scored.model_version)),
-                        None => scoring_failed(),
-                    }
-                }
-                Ok(p) => batch_answer(state, &p, &scored.model_version, source),
-                Err(_) => scoring_failed(),
-            }
-        }
-        Err(BatchError::NoModel) => {
+        Ok(scored) => batch_answer(state, &scored.predictions, &scored.version, source),
+        Err(ScoreError::Busy { busy, texts, limit }) => too_busy(busy, Some(texts), limit),
+        Err(ScoreError::NoModel) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet")
         }
-        _ => scoring_failed(),
+        Err(ScoreError::Failed(_)) => scoring_failed(),
     }
 }
 
@@ -294,11 +250,12 @@ pub(crate) async fn predict(
     let started = Instant::now();
     let response = match predict_inner(&req, body, &state) {
         Work::Done(r) => r,
-        Work::Pool {
+        Work::Routed {
+            route,
             texts,
             source,
             single,
-        } => score_in_pool(&state, texts, source.as_deref(), single).await,
+        } => score_routed(&state, route, texts, source.as_deref(), single).await,
     };
     let outcome = match response.status().as_u16() {
         200..=399 => RequestOutcome::ok,

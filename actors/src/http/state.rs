@@ -1,11 +1,10 @@
-//! What every handler shares: the model cell, metrics, limits, tokens, the pool and batcher.
+//! What every handler shares: the scorer, the model cell, metrics, limits, tokens.
 
-use crate::messages::{Enqueue, PromoteVersion, Retrain, Rollback, ScoreChunk};
+use crate::messages::{PromoteVersion, Retrain, Rollback};
 use crate::mlops::drift_monitor::ReportCell;
 use crate::mlops::reputation::Reputation;
-use crate::runtime::containment::{Containment, Faults};
 use crate::serving::model_cell::ModelCell;
-use crate::serving::observations::ObservationSink;
+use crate::serving::scorer::Scorer;
 use crate::telemetry::metrics::Metrics;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
@@ -25,14 +24,14 @@ pub struct AdminApi {
 }
 
 pub struct HttpState {
+    /// The one scoring path, shared with the other sources.
+    pub scorer: Arc<Scorer>,
+    /// The serving model, for what reports on it (the scorer's cell).
     pub cell: ModelCell,
     pub metrics: Arc<Metrics>,
-    pub containment: Containment,
-    pub faults: Faults,
     /// Request limits; a config reload (SIGHUP) changes them in place.
     pub limits: Limits,
     pub max_body_bytes: usize,
-    pub observations: Arc<ObservationSink>,
     pub reports: ReportCell,
     pub drift_dir: std::path::PathBuf,
     pub labelled_dir: std::path::PathBuf,
@@ -42,20 +41,10 @@ pub struct HttpState {
     /// holdout, so anonymous feedback would let anyone steer promotions).
     pub feedback_token: Option<Arc<TokenFile>>,
     pub feedback_limits: sentimentd_config::FeedbackConfig,
-    /// The inference pool for larger batches; without it every batch is scored in place.
-    pub inference: Option<actix::Recipient<ScoreChunk>>,
-    /// Gathers the texts of concurrent requests into chunks for models that prefer batches.
-    pub batcher: Option<actix::Recipient<Enqueue>>,
-    /// Texts of batches in the inference pool right now.
-    pub(crate) inflight: AtomicUsize,
     pub reputation: Arc<Reputation>,
     /// The model store, for the status page's promotion history.
     pub model_store: std::path::PathBuf,
 }
-
-/// Batches up to this size are scored on the HTTP worker: a mailbox round-trip would cost
-/// more than the scoring.
-pub const INLINE_BATCH_TEXTS: usize = 32;
 
 /// A `/predict` body larger than this (more than one text can be) is refused before it is
 /// parsed while the pool is full.
@@ -66,51 +55,36 @@ pub(crate) const RETRY_AFTER_SECS: u32 = 1;
 
 impl HttpState {
     // Every shared view the handlers read is wired here once, by the daemon and the tests.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &sentimentd_config::Config,
-        cell: ModelCell,
+        scorer: Arc<Scorer>,
         metrics: Arc<Metrics>,
-        faults: Faults,
-        observations: Arc<ObservationSink>,
         reports: ReportCell,
         admin: Option<AdminApi>,
         feedback_token: Option<Arc<TokenFile>>,
         reputation: Arc<Reputation>,
     ) -> HttpState {
         HttpState {
-            cell,
-            containment: Containment::new("http", metrics.clone()),
+            cell: scorer.cell().clone(),
+            scorer,
             metrics,
-            faults,
             limits: Limits::new(cfg),
             max_body_bytes: cfg.server.max_body_bytes,
-            observations,
             reports,
             drift_dir: crate::mlops::drift_monitor::DriftMonitor::reports_dir(cfg),
             labelled_dir: cfg.ingest.labelled_dir.clone(),
             admin,
             feedback_token,
             feedback_limits: cfg.feedback.clone(),
-            inference: None,
-            batcher: None,
-            inflight: AtomicUsize::new(0),
             reputation,
             model_store: cfg.paths.model_store.clone(),
         }
     }
 
-    /// Scores larger batches in `pool`, off the HTTP workers.
-    pub fn with_inference(mut self, pool: actix::Recipient<ScoreChunk>) -> HttpState {
-        self.inference = Some(pool);
-        self
-    }
-
-    /// Scores the requests of models that prefer batches (the transformer kind) through
-    /// `batcher`, which encodes concurrent requests together.
-    pub fn with_batcher(mut self, batcher: actix::Recipient<Enqueue>) -> HttpState {
-        self.batcher = Some(batcher);
-        self
+    /// Takes the request limits of a reloaded config.
+    pub fn set_limits(&self, cfg: &sentimentd_config::Config) {
+        self.limits.set(cfg);
+        self.scorer.set_limits(cfg);
     }
 }
 
@@ -118,7 +92,6 @@ impl HttpState {
 pub struct Limits {
     pub(crate) max_text_chars: AtomicUsize,
     pub(crate) max_batch_texts: AtomicUsize,
-    pub(crate) max_inflight_texts: AtomicUsize,
 }
 
 impl Limits {
@@ -126,7 +99,6 @@ impl Limits {
         let limits = Limits {
             max_text_chars: AtomicUsize::new(0),
             max_batch_texts: AtomicUsize::new(0),
-            max_inflight_texts: AtomicUsize::new(0),
         };
         limits.set(cfg);
         limits
@@ -137,7 +109,6 @@ impl Limits {
         let set = |a: &AtomicUsize, v| a.store(v, Ordering::Relaxed);
         set(&self.max_text_chars, cfg.data.max_text_chars);
         set(&self.max_batch_texts, cfg.server.max_batch_texts);
-        set(&self.max_inflight_texts, cfg.server.max_inflight_texts);
     }
 
     pub fn max_text_chars(&self) -> usize {
@@ -146,22 +117,6 @@ impl Limits {
 
     pub fn max_batch_texts(&self) -> usize {
         self.max_batch_texts.load(Ordering::Relaxed)
-    }
-
-    pub fn max_inflight_texts(&self) -> usize {
-        self.max_inflight_texts.load(Ordering::Relaxed)
-    }
-}
-
-/// Releases a batch's share of `max_inflight_texts` however its request ends.
-pub(crate) struct Inflight<'a> {
-    pub(crate) state: &'a HttpState,
-    pub(crate) texts: usize,
-}
-
-impl Drop for Inflight<'_> {
-    fn drop(&mut self) {
-        self.state.inflight.fetch_sub(self.texts, Ordering::SeqCst);
     }
 }
 

@@ -11,7 +11,7 @@
 //! The actor runs on its own `SyncArbiter` thread: it blocks on file I/O and on the inference
 //! replies, which must not stall the HTTP workers or the watcher.
 
-use actix::{Actor, Addr, Handler, SyncContext};
+use actix::{Actor, Handler, SyncContext};
 use sentimentd_config::Config;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use crate::messages::{FileDone, FileOutcome, FileReady, Reconfigure};
 use crate::mlops::reputation::Reputation;
 use crate::runtime::containment::{Containment, Faults};
 use crate::runtime::shutdown::Lifecycle;
-use crate::serving::inference::Inference;
+use crate::serving::scorer::Scorer;
 use crate::sources::file::claim::{self, OpenError, Refusal};
 use crate::sources::file::journal::{self, Attempt, Journal, JournalEntry};
 use crate::sources::file::names;
@@ -36,7 +36,7 @@ use crate::telemetry::metrics::{Channel, Metrics};
 
 pub struct BatchProcessor {
     cfg: Arc<Config>,
-    inference: Addr<Inference>,
+    scorer: Arc<Scorer>,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     containment: Containment,
@@ -68,7 +68,7 @@ fn file_name(path: &Path) -> String {
 impl BatchProcessor {
     pub fn new(
         cfg: Arc<Config>,
-        inference: Addr<Inference>,
+        scorer: Arc<Scorer>,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         faults: Faults,
@@ -77,7 +77,7 @@ impl BatchProcessor {
         BatchProcessor {
             containment: Containment::new("batch_processor", metrics.clone()),
             cfg,
-            inference,
+            scorer,
             metrics,
             lifecycle,
             faults,
@@ -316,7 +316,7 @@ impl BatchProcessor {
         }
 
         let stream = Stream {
-            inference: &self.inference,
+            scorer: &self.scorer,
             lifecycle: &self.lifecycle,
             chunk_rows: g.chunk_rows,
             in_flight: cfg.server.inference_threads + 1,

@@ -8,7 +8,6 @@
 //! chunk boundary leaves nothing half-written, and the rerun under the same journal entry
 //! writes the same names.
 
-use actix::Addr;
 use sentimentd_data::labelled::LabelledWriter;
 use sentimentd_data::reputation::{Tally, bucket_of, parse_time};
 use sentimentd_data::{
@@ -22,11 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::messages::{InferenceError, ScoreChunk, ScoredChunk};
+use crate::messages::ScoredChunk;
 use crate::mlops::reputation::{Reputation, now_unix};
 use crate::runtime::containment::Faults;
 use crate::runtime::shutdown::Lifecycle;
-use crate::serving::inference::Inference;
+use crate::serving::scorer::{ChunkRequest, Scorer};
 use crate::sources::file::journal::JournalEntry;
 use sentimentd_data::atomic::AtomicFile;
 
@@ -181,11 +180,11 @@ struct Chunk {
 }
 
 /// A chunk's scoring request; none for a chunk without rows (no model needed).
-type Pending = Option<actix::dev::Request<Inference, ScoreChunk>>;
+type Pending = Option<ChunkRequest>;
 
 /// The settings of one streaming run.
 pub struct Stream<'a> {
-    pub inference: &'a Addr<Inference>,
+    pub scorer: &'a Scorer,
     pub lifecycle: &'a Lifecycle,
     pub chunk_rows: usize,
     /// Chunks sent to the inference pool before the oldest is waited for.
@@ -266,11 +265,7 @@ impl Stream<'_> {
             let chunk = next_chunk(&mut reader, chunk_rows, &entry.archived)?;
             let done = chunk.last;
             if !chunk.rows.is_empty() {
-                let request = self.inference.send(ScoreChunk {
-                    texts: chunk.texts.clone(),
-                    start: 0,
-                    end: chunk.texts.len(),
-                });
+                let request = self.scorer.score_chunk(chunk.texts.clone());
                 pending.push_back((chunk, Some(request)));
             } else if !chunk.rejected.is_empty() {
                 pending.push_back((chunk, None));
@@ -281,8 +276,7 @@ impl Stream<'_> {
                 };
                 let scored = match request {
                     Some(request) => futures_executor::block_on(request)
-                        .map_err(|e| BatchError::Inference(e.to_string()))?
-                        .map_err(|e: InferenceError| BatchError::Inference(e.to_string()))?,
+                        .map_err(|e| BatchError::Inference(e.to_string()))?,
                     None => ScoredChunk {
                         start: 0,
                         results: Vec::new(),
