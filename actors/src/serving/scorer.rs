@@ -277,22 +277,64 @@ impl Scorer {
     }
 }
 
-async fn send_chunk(
+/// Puts the chunk in the pool's mailbox now, so a source keeps several chunks in flight, and
+/// returns the wait for its result.
+fn send_chunk(
     pool: Recipient<ScoreChunk>,
     texts: Arc<Vec<String>>,
-) -> Result<ScoredChunk, ScoreError> {
+) -> impl Future<Output = Result<ScoredChunk, ScoreError>> + Send {
     let end = texts.len();
-    match pool
-        .send(ScoreChunk {
-            texts,
-            start: 0,
-            end,
-        })
-        .await
-    {
-        Ok(Ok(scored)) => Ok(scored),
-        Ok(Err(InferenceError::NoModel)) => Err(ScoreError::NoModel),
-        Ok(Err(e)) => Err(ScoreError::Failed(e.to_string())),
-        Err(e) => Err(ScoreError::Failed(e.to_string())),
+    let request = pool.send(ScoreChunk {
+        texts,
+        start: 0,
+        end,
+    });
+    async move {
+        match request.await {
+            Ok(Ok(scored)) => Ok(scored),
+            Ok(Err(InferenceError::NoModel)) => Err(ScoreError::NoModel),
+            Ok(Err(e)) => Err(ScoreError::Failed(e.to_string())),
+            Err(e) => Err(ScoreError::Failed(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::{Actor, Context, Handler};
+
+    /// Answers each chunk with how many chunks it has seen, itself included.
+    struct Counting(usize);
+
+    impl Actor for Counting {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ScoreChunk> for Counting {
+        type Result = Result<ScoredChunk, InferenceError>;
+
+        fn handle(&mut self, _msg: ScoreChunk, _ctx: &mut Context<Self>) -> Self::Result {
+            self.0 += 1;
+            Ok(ScoredChunk {
+                start: self.0,
+                model_version: Arc::from("v"),
+                results: Vec::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_chunk_is_in_the_pool_before_anyone_waits_for_it() {
+        // A source keeps several chunks in flight: the second one's answer shows the first
+        // was already delivered although its request was never awaited. A send made only
+        // when awaited halved the folder's throughput (243k -> 132k rows/s).
+        actix::System::new().block_on(async {
+            let pool = Counting(0).start().recipient();
+            let texts = Arc::new(vec!["a".to_string()]);
+            let _first = send_chunk(pool.clone(), texts.clone());
+            let second = send_chunk(pool, texts).await;
+            assert_eq!(second.map(|s| s.start).ok(), Some(2));
+        });
     }
 }
