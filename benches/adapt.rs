@@ -22,10 +22,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use sentimentd_data::{Dataset, Label, load_dataset};
 use sentimentd_model::Classifier;
+use sentimentd_model::kinds::fast::train::{Quiet, SplitWeights, TrainParams};
 use sentimentd_model::pipeline::{
     self, RecentWeighting, WeightedSplits, choose_recent_weight, selection_mask, weighted_splits,
 };
-use sentimentd_model::train::{Quiet, SplitWeights, TrainParams};
 
 mod common;
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sentimentd_config::Config;
+use sentimentd_model::kinds::fast::train::Quiet;
 use sentimentd_model::pipeline::{self, TrainJob};
-use sentimentd_model::train::Quiet;
 use sentimentd_model::{Classifier, ModelStore};
 
 pub fn root() -> PathBuf {

@@ -14,7 +14,7 @@ use std::hint::black_box;
 
 use sentimentd_config::{Backend, Precision};
 use sentimentd_model::ModelError;
-use sentimentd_model::encoder::SentenceEncoder;
+use sentimentd_model::kinds::transformer::encoder::SentenceEncoder;
 
 fn bench(c: &mut Criterion) {
     let cfg = common::config();

@@ -8,7 +8,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;
 
-use sentimentd_model::train::{self, Quiet, TrainParams};
+use sentimentd_model::kinds::fast::train::{self, Quiet, TrainParams};
 
 mod common;
 

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use sentimentd_config::Backend;
 use sentimentd_data::Label;
-use sentimentd_model::encoder::SentenceEncoder;
-use sentimentd_model::head::{HeadParams, LinearHead};
-use sentimentd_model::transformer::EmbeddingCache;
+use sentimentd_model::kinds::transformer::encoder::SentenceEncoder;
+use sentimentd_model::kinds::transformer::head::{HeadParams, LinearHead};
+use sentimentd_model::kinds::transformer::model::EmbeddingCache;
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)

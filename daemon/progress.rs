@@ -2,7 +2,7 @@
 //! selection-split macro-recall (what early stopping watches) of the last epoch.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sentimentd_model::train::{EpochReport, TrainObserver};
+use sentimentd_model::kinds::fast::train::{EpochReport, TrainObserver};
 
 pub struct BarObserver {
     bar: ProgressBar,

@@ -1,27 +1,23 @@
-//! The ML core of sentimentd: tokenizer, burn network, training, evaluation, model store
-//! and the lexicon fallback. Free of actors so the CLI, benches and tests use it directly.
+//! The ML core of sentimentd: model kinds (fast, transformer, lexicon fallback), training,
+//! evaluation, the gate's rules, the model store and promotion. Free of actors so the CLI,
+//! benches and tests use it directly.
 pub mod baseline;
 mod classifier;
-pub mod encoder;
 mod error;
-pub mod fast;
-pub mod features;
-pub mod finetune;
-pub mod head;
-mod lexicon;
+pub mod gate;
+pub mod kinds;
+pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod plot;
 pub mod promotion;
 pub mod store;
-pub mod text;
-pub mod train;
-pub mod transformer;
 
 pub use classifier::{Analysis, Classifier, ModelKind, Prediction};
 pub use error::ModelError;
-pub use fast::FastModel;
-pub use lexicon::{LexiconClassifier, LexiconError};
+pub use kinds::fast::model::FastModel;
+pub use kinds::lexicon::{LexiconClassifier, LexiconError};
+pub use kinds::transformer::model::TransformerModel;
+pub use manifest::{Manifest, ModelParams};
 pub use metrics::EvalMetrics;
-pub use store::{Manifest, ModelParams, ModelStore};
-pub use transformer::TransformerModel;
+pub use store::ModelStore;

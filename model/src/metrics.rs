@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
-use sentimentd_data::Label;
+use sentimentd_data::{Dataset, Label};
+
+use crate::classifier::Classifier;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
@@ -128,6 +130,47 @@ impl EvalMetrics {
         }
         s
     }
+}
+
+/// Macro-recall with each row counted by its weight (`None`: once), over the classes that have
+/// rows: the score early stopping and the ensemble weight are chosen by.
+pub fn weighted_macro_recall(truth: &[Label], predicted: &[Label], weights: Option<&[f32]>) -> f64 {
+    let (mut hit, mut support) = ([0f64; 3], [0f64; 3]);
+    for (i, (t, p)) in truth.iter().zip(predicted).enumerate() {
+        let w = weights.map_or(1.0, |w| f64::from(w[i]));
+        support[t.index()] += w;
+        if t == p {
+            hit[t.index()] += w;
+        }
+    }
+    let present: Vec<usize> = (0..3).filter(|&c| support[c] > 0.0).collect();
+    if present.is_empty() {
+        return 0.0;
+    }
+    present.iter().map(|&c| hit[c] / support[c]).sum::<f64>() / present.len() as f64
+}
+
+/// Macro-recall of `model` on `data` over the classes `data` has rows of (a set without
+/// neutral rows is judged on its two classes; `evaluate` averages all three).
+pub fn macro_recall_present(model: &dyn Classifier, data: &Dataset) -> f64 {
+    let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
+    let predicted: Vec<Label> = model
+        .predict_batch(&texts)
+        .into_iter()
+        .map(|p| p.label)
+        .collect();
+    weighted_macro_recall(&data.labels, &predicted, None)
+}
+
+/// Scores every text of a labelled dataset and compares with its labels.
+pub fn evaluate(model: &dyn Classifier, data: &Dataset) -> EvalMetrics {
+    let texts: Vec<&str> = data.texts.iter().map(|s| s.as_str()).collect();
+    let predicted: Vec<_> = model
+        .predict_batch(&texts)
+        .into_iter()
+        .map(|p| p.label)
+        .collect();
+    EvalMetrics::compute(&data.labels, &predicted)
 }
 
 #[cfg(test)]

@@ -9,16 +9,15 @@ use rand::seq::SliceRandom;
 use sentimentd_config::{Config, TrainableKind};
 use sentimentd_data::{Dataset, Label, load_dataset};
 
-use crate::classifier::Classifier;
 use crate::error::ModelError;
-use crate::fast::FastModel;
-use crate::features::FeatureConfig;
-use crate::metrics::EvalMetrics;
-use crate::store::{
-    DataWeighting, Manifest, ModelStore, NewModel, NewVersion, PartWeight, RECENT, SplitInfo,
-    WeightTrial,
-};
-use crate::train::{self, SplitWeights, TrainObserver, TrainParams};
+use crate::kinds::fast::features::FeatureConfig;
+use crate::kinds::{self, TrainInputs};
+use crate::manifest::{DataWeighting, Manifest, PartWeight, RECENT, SplitInfo, WeightTrial};
+use crate::store::{ModelStore, NewVersion};
+
+use crate::kinds::fast::train::{SplitWeights, TrainObserver, TrainParams};
+pub use crate::kinds::fast::{FastTrained, train_fast};
+pub use crate::metrics::{evaluate, macro_recall_present};
 
 impl TrainParams {
     pub fn from_config(cfg: &Config) -> TrainParams {
@@ -324,7 +323,7 @@ pub fn choose_recent_weight(
             &splits.train,
             &splits.selection,
             &splits.weights,
-            &mut crate::train::Quiet,
+            &mut crate::kinds::fast::train::Quiet,
         )?;
         let trial = WeightTrial {
             row_weight: w,
@@ -477,9 +476,7 @@ pub fn train_and_store(
     let weighting_rule = job.extra_weight.clone().unwrap_or_default();
     let kind = job.kind.unwrap_or(cfg.model.kind);
     let chosen_fast = if extra_rows > 0
-        && (kind == TrainableKind::Fast
-            || cfg.transformer.ensemble
-            || weighting_rule.grid().len() > 1)
+        && (kinds::of(kind.into()).trains_fast_models(cfg) || weighting_rule.grid().len() > 1)
     {
         Some(choose_recent_weight(
             &params,
@@ -509,29 +506,15 @@ pub fn train_and_store(
         weights,
         weighting,
     } = splits;
-    let built = match kind {
-        TrainableKind::Fast => {
-            let trained = match chosen_fast {
-                Some(t) => t,
-                None => train_fast(&params, &train_set, &sel_set, &weights, observer)?,
-            };
-            let selection = evaluate(&trained.model, &sel_set);
-            Built::Fast {
-                trained,
-                params,
-                selection,
-            }
-        }
-        TrainableKind::Transformer => Built::Transformer(Box::new(crate::transformer::train(
-            cfg,
-            &params,
-            &train_set,
-            &sel_set,
-            &weights,
-            chosen_fast,
-            observer,
-        )?)),
-    };
+    let built = kinds::of(kind.into()).train(TrainInputs {
+        cfg,
+        params: &params,
+        train_set: &train_set,
+        sel_set: &sel_set,
+        weights: &weights,
+        chosen_fast,
+        observer,
+    })?;
     // Scored through the serving path, so `sentimentd eval` on the stored version reproduces
     // these figures exactly.
     observer.on_message(&format!(
@@ -582,54 +565,19 @@ pub fn train_and_store(
         .clone()
         .unwrap_or_else(|| cfg.paths.model_store.clone());
     let store = ModelStore::for_config(cfg, Some(&store_root))?;
-    let (model, history, best_epoch, train_seconds) = match &built {
-        Built::Fast {
-            trained, params, ..
-        } => (
-            NewModel::Fast {
-                featurizer: &trained.model.featurizer,
-                weights: &trained.model.weights,
-                params,
-            },
-            trained.history.clone(),
-            trained.best_epoch,
-            trained.seconds,
-        ),
-        Built::Transformer(t) => (
-            NewModel::Transformer {
-                head: &t.model.head,
-                partner: t
-                    .model
-                    .partner
-                    .as_ref()
-                    .map(|(f, _)| (&f.featurizer, &f.weights)),
-                tuned: t.tuned.as_deref(),
-                params: &t.params,
-            },
-            t.history.clone(),
-            t.head_report.best_epoch,
-            t.seconds,
-        ),
-    };
     let manifest = store.save(NewVersion {
-        model,
+        model: built.as_ref(),
         data_fingerprint: fingerprint(&[&train_set, &sel_set, &val_set]),
         training_rows: train_set.len(),
         metrics,
-        history,
-        best_epoch,
-        train_seconds,
+        history: built.history().to_vec(),
+        best_epoch: built.best_epoch(),
+        train_seconds: built.seconds(),
         splits,
         labelled_files: job.labelled_files.clone(),
         weighting: Some(weighting),
     })?;
-    // Stored: the fine-tuning checkpoints have served their purpose.
-    if let Built::Transformer(t) = &built
-        && let Some(dir) = &t.checkpoints
-        && let Err(e) = std::fs::remove_dir_all(dir)
-    {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the fine-tuning checkpoints");
-    }
+    built.stored();
     if job.promote {
         store.set_current(&manifest.version)?;
     }
@@ -637,96 +585,6 @@ pub fn train_and_store(
         manifest,
         store_root,
     })
-}
-
-/// A fast model, ready to serve, with how its training went.
-pub struct FastTrained {
-    pub model: FastModel,
-    pub history: Vec<crate::train::EpochReport>,
-    pub best_epoch: usize,
-    pub seconds: f64,
-}
-
-/// Trains a fast model on `train_set`, its epoch and temperature chosen on `sel_set`: the
-/// fast kind, and the transformer kind's ensemble partner.
-pub fn train_fast(
-    params: &TrainParams,
-    train_set: &Dataset,
-    sel_set: &Dataset,
-    weights: &SplitWeights,
-    observer: &mut dyn TrainObserver,
-) -> Result<FastTrained, ModelError> {
-    let outcome = train::train_rows(
-        params,
-        train::Rows {
-            texts: &train_set.texts,
-            labels: &train_set.labels,
-            weights: weights.train.as_deref(),
-        },
-        train::Rows {
-            texts: &sel_set.texts,
-            labels: &sel_set.labels,
-            weights: weights.selection.as_deref(),
-        },
-        observer,
-    )?;
-    Ok(FastTrained {
-        model: FastModel::new(outcome.featurizer, outcome.weights, "candidate".into())?,
-        history: outcome.history,
-        best_epoch: outcome.best_epoch,
-        seconds: outcome.seconds,
-    })
-}
-
-/// A trained candidate of either kind, before it is stored.
-// One per training run, moved once: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-enum Built {
-    Fast {
-        trained: FastTrained,
-        params: TrainParams,
-        selection: EvalMetrics,
-    },
-    Transformer(Box<crate::transformer::Trained>),
-}
-
-impl Built {
-    fn classifier(&self) -> &dyn Classifier {
-        match self {
-            Built::Fast { trained, .. } => &trained.model,
-            Built::Transformer(t) => &t.model,
-        }
-    }
-
-    fn selection(&self) -> &EvalMetrics {
-        match self {
-            Built::Fast { selection, .. } => selection,
-            Built::Transformer(t) => &t.selection,
-        }
-    }
-}
-
-/// Macro-recall of `model` on `data` over the classes `data` has rows of (a set without
-/// neutral rows is judged on its two classes; `evaluate` averages all three).
-pub fn macro_recall_present(model: &dyn Classifier, data: &Dataset) -> f64 {
-    let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
-    let predicted: Vec<Label> = model
-        .predict_batch(&texts)
-        .into_iter()
-        .map(|p| p.label)
-        .collect();
-    train::weighted_macro_recall(&data.labels, &predicted, None)
-}
-
-/// Scores every text of a labelled dataset and compares with its labels.
-pub fn evaluate(model: &dyn Classifier, data: &Dataset) -> EvalMetrics {
-    let texts: Vec<&str> = data.texts.iter().map(|s| s.as_str()).collect();
-    let predicted: Vec<_> = model
-        .predict_batch(&texts)
-        .into_iter()
-        .map(|p| p.label)
-        .collect();
-    EvalMetrics::compute(&data.labels, &predicted)
 }
 
 #[cfg(test)]
@@ -797,8 +655,12 @@ mod tests {
                 }
             }
             let mut splits = weighted_splits(data("tweet", 600), Some(recent), 1.0, 0.2, 3);
-            let kept =
-                choose_recent_weight(&tiny_params(), &mut splits, &rule, &mut crate::train::Quiet);
+            let kept = choose_recent_weight(
+                &tiny_params(),
+                &mut splits,
+                &rule,
+                &mut crate::kinds::fast::train::Quiet,
+            );
             assert!(kept.is_ok(), "{:?}", kept.err());
             let trials = &splits.weighting.trials;
             let weights: Vec<f64> = trials.iter().map(|t| t.row_weight).collect();

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use crate::classifier::Classifier;
 use crate::error::ModelError;
-use crate::store::{MANIFEST, ModelStore, write_atomic};
+use crate::manifest::MANIFEST;
+use crate::store::{ModelStore, write_atomic};
 use std::sync::Arc;
 
 pub const HISTORY: &str = "history.jsonl";

@@ -12,188 +12,27 @@
 //! version damaged later is refused at load instead of served.
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::classifier::{Classifier, ModelKind};
+use crate::classifier::Classifier;
 use crate::error::ModelError;
-use crate::fast::{FastModel, Weights};
-use crate::features::Featurizer;
-use crate::head::LinearHead;
-use crate::metrics::EvalMetrics;
-use crate::text::TextPipeline;
-use crate::train::{EpochReport, TrainParams};
-use crate::transformer::{
-    HEAD, TUNED, TransformerModel, TransformerParams, load_head, save_head, shared_encoder,
+use crate::kinds::fast::train::EpochReport;
+use crate::kinds::{self, LoadInputs, VersionFiles};
+use crate::manifest::{
+    CONFUSION_PNG, DataWeighting, FORMAT, LOADABLE_KINDS, MANIFEST, Manifest, SplitInfo,
+    sha256_file,
 };
+use crate::metrics::EvalMetrics;
 use sentimentd_config::{Backend, Config, Precision};
 
-/// The first characters of a fingerprint, enough to tell two apart in a message.
-fn short(fingerprint: &str) -> String {
-    fingerprint.chars().take(12).collect()
-}
-
-pub const MANIFEST: &str = "manifest.json";
-pub const WEIGHTS: &str = "weights.safetensors";
-pub const TOKENIZER: &str = "tokenizer.json";
-pub const CONFUSION_PNG: &str = "confusion_matrix.png";
-/// Format 2 tags the parameters with the model kind (`"params": {"fast": {...}}`); format 1
-/// (fast models only, untagged parameters) is read as the same thing.
-const FORMAT: u32 = 2;
-/// The model kinds whose versions this build can load from a store.
-const LOADABLE_KINDS: [&str; 2] = ["fast", "transformer"];
-
-/// The parameters of a version, tagged with its kind.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelParams {
-    Fast(TrainParams),
-    Transformer(TransformerParams),
-}
-
-impl ModelParams {
-    pub fn kind(&self) -> ModelKind {
-        match self {
-            ModelParams::Fast(_) => ModelKind::Fast,
-            ModelParams::Transformer(_) => ModelKind::Transformer,
-        }
-    }
-
-    /// The fast model's parameters: the model's own, or its ensemble partner's.
-    pub fn fast(&self) -> Option<&TrainParams> {
-        match self {
-            ModelParams::Fast(p) => Some(p),
-            ModelParams::Transformer(t) => t.ensemble.as_ref().map(|e| &e.fast),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub version: String,
-    pub parent: Option<String>,
-    pub created_at: String,
-    pub kind: ModelKind,
-    pub labels: Vec<String>,
-    pub data_fingerprint: String,
-    pub training_rows: usize,
-    pub params: ModelParams,
-    /// Metrics per split: `validation` is the reporting split, which selected nothing;
-    /// `selection` picked the epoch and the temperature, so it reads optimistic.
-    pub metrics: BTreeMap<String, EvalMetrics>,
-    pub history: Vec<EpochReport>,
-    pub best_epoch: usize,
-    pub train_seconds: f64,
-    /// SHA-256 of every file of the version, by file name.
-    pub files: BTreeMap<String, String>,
-    /// The data of each split (`train`, `selection`, `validation`); empty in versions written
-    /// before splits were recorded.
-    #[serde(default)]
-    pub splits: BTreeMap<String, SplitInfo>,
-    /// Lineage: the labelled-data files whose rows were added to the training data.
-    #[serde(default)]
-    pub labelled_files: Vec<String>,
-    /// How much each part of the training data (base files, recent labelled rows) weighed;
-    /// absent in versions written before rows were weighed.
-    #[serde(default)]
-    pub weighting: Option<DataWeighting>,
-}
-
-/// How much each part of a run's training data weighed, and how the recent rows' weight was
-/// chosen.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct DataWeighting {
-    pub parts: Vec<PartWeight>,
-    /// Each recent-row weight tried, with its selection-split figures; empty when there was
-    /// nothing to choose.
-    #[serde(default)]
-    pub trials: Vec<WeightTrial>,
-    /// Most selection macro-recall the base rows could lose against the smallest weight.
-    #[serde(default)]
-    pub tolerance: Option<f64>,
-}
-
-/// The name of the recent labelled rows' part in [`DataWeighting::parts`].
-pub const RECENT: &str = "recent";
-
-impl DataWeighting {
-    /// The recent labelled rows' part, if the run had any.
-    pub fn recent(&self) -> Option<&PartWeight> {
-        self.parts.iter().find(|p| p.name == RECENT)
-    }
-}
-
-/// One recent-row weight tried by a retrain, judged on the selection split only.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WeightTrial {
-    /// One recent row weighs this many base rows.
-    pub row_weight: f64,
-    /// The recent rows' share of the training weight.
-    pub share: f64,
-    /// Macro-recall on the selection split's base rows.
-    pub selection_base: f64,
-    /// Macro-recall on the selection split's recent rows (over the classes they have).
-    pub selection_recent: f64,
-    pub seconds: f64,
-    /// The weight the run kept.
-    pub chosen: bool,
-}
-
-/// One part of the training data: `base` (the configured training files) or `recent` (the
-/// labelled rows that arrived since).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PartWeight {
-    pub name: String,
-    /// Rows that trained the weights.
-    pub train_rows: usize,
-    /// Rows carved into the selection split.
-    pub selection_rows: usize,
-    /// Weight of one row against one base row, in the loss and in selection.
-    pub row_weight: f64,
-    /// Share of the whole training weight (rows times row weight).
-    pub share: f64,
-}
-
-/// Where one split's rows came from, exactly enough to tell two runs' data apart.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SplitInfo {
-    pub rows: usize,
-    /// `sentimentd_data::fingerprint` of the split's texts and labels, in order.
-    pub fingerprint: String,
-    /// File paths, or how the split was carved (`selection: 10% of training data, ...`).
-    pub source: String,
-    /// Share of the training data, for a carved split.
-    #[serde(default)]
-    pub share: Option<f64>,
-    /// Seed of the carve, for a carved split.
-    #[serde(default)]
-    pub seed: Option<u64>,
-}
-
-/// The trained parts of a new version, by kind.
-pub enum NewModel<'a> {
-    Fast {
-        featurizer: &'a Featurizer,
-        weights: &'a Weights,
-        params: &'a TrainParams,
-    },
-    Transformer {
-        head: &'a LinearHead,
-        /// The ensemble's fast model.
-        partner: Option<(&'a Featurizer, &'a Weights)>,
-        /// Fine-tuned encoder layers (safetensors bytes).
-        tuned: Option<&'a [u8]>,
-        params: &'a TransformerParams,
-    },
-}
+pub use crate::manifest::{ModelParams, PartWeight, WeightTrial};
 
 /// What a caller hands over to be stored as a new version.
 pub struct NewVersion<'a> {
-    pub model: NewModel<'a>,
+    /// The kind's files and parameters.
+    pub model: &'a dyn VersionFiles,
     pub data_fingerprint: String,
     pub training_rows: usize,
     pub metrics: BTreeMap<String, EvalMetrics>,
@@ -212,11 +51,6 @@ pub struct ModelStore {
     pretrained: Option<(PathBuf, Backend, Precision)>,
     /// Texts per encoder batch of the transformer versions this store loads.
     embed_batch: usize,
-}
-
-fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let bytes = std::fs::read(path).map_err(ModelError::io(path))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 /// Writes `bytes` to `path` whole or not at all (the data crate's [`AtomicFile`]).
@@ -393,113 +227,15 @@ impl ModelStore {
         Ok(out)
     }
 
-    /// Checks the files of a version against the checksums in its manifest.
-    fn verify(&self, m: &Manifest, dir: &Path, files: &[&str]) -> Result<(), ModelError> {
-        for &file in files {
-            let expected = m.files.get(file).ok_or_else(|| ModelError::Corrupt {
-                path: dir.to_path_buf(),
-                reason: format!("manifest lists no checksum for {file}"),
-            })?;
-            let path = dir.join(file);
-            let actual = sha256_file(&path).map_err(|e| ModelError::Corrupt {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            if &actual != expected {
-                return Err(ModelError::Corrupt {
-                    path,
-                    reason: "checksum does not match the manifest".into(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// The fast model in `dir` (a fast version, or a transformer version's partner).
-    fn load_fast(
-        &self,
-        m: &Manifest,
-        dir: &Path,
-        params: &TrainParams,
-    ) -> Result<FastModel, ModelError> {
-        self.verify(m, dir, &[WEIGHTS, TOKENIZER])?;
-        let text = TextPipeline::load(&dir.join(TOKENIZER))?;
-        let weights = Weights::load(&dir.join(WEIGHTS))?;
-        let featurizer = Featurizer::new(text, params.features.clone());
-        FastModel::new(featurizer, weights, m.version.clone()).map_err(|e| match e {
-            ModelError::Corrupt { reason, .. } => ModelError::Corrupt {
-                path: dir.to_path_buf(),
-                reason,
-            },
-            other => other,
-        })
-    }
-
-    fn load_transformer(
-        &self,
-        m: &Manifest,
-        dir: &Path,
-        t: &TransformerParams,
-    ) -> Result<TransformerModel, ModelError> {
-        let unsupported = |reason: String| ModelError::Unsupported {
-            version: m.version.clone(),
-            reason,
-        };
-        let Some((pretrained, backend, precision)) = &self.pretrained else {
-            return Err(unsupported(
-                "a transformer version needs [transformer] pretrained_dir, and this store was \
-                 opened without a config"
-                    .into(),
-            ));
-        };
-        // The name comes from the manifest: it must stay inside pretrained_dir.
-        if !sentimentd_config::TransformerConfig::is_encoder_name(&t.encoder) {
-            return Err(ModelError::Corrupt {
-                path: dir.join(MANIFEST),
-                reason: format!("encoder name {:?} is not a directory name", t.encoder),
-            });
-        }
-        self.verify(m, dir, &[HEAD])?;
-        let tuned = match &t.finetune {
-            Some(_) => {
-                self.verify(m, dir, &[TUNED])?;
-                let path = dir.join(TUNED);
-                Some(std::fs::read(&path).map_err(ModelError::io(&path))?)
-            }
-            None => None,
-        };
-        let encoder = shared_encoder(
-            &pretrained.join(&t.encoder),
-            t.max_seq_len,
-            *backend,
-            *precision,
-            tuned.as_deref(),
-        )?;
-        if encoder.fingerprint() != t.encoder_fingerprint {
-            return Err(unsupported(format!(
-                "it was trained on encoder {} with fingerprint {}, and {} holds a different one \
-                 ({}); put the encoder it was trained with there, or train a new version",
-                t.encoder,
-                short(&t.encoder_fingerprint),
-                encoder.dir().display(),
-                short(encoder.fingerprint())
-            )));
-        }
-        let head = load_head(&dir.join(HEAD))?;
-        let partner = match &t.ensemble {
-            Some(e) => Some((self.load_fast(m, dir, &e.fast)?, e.weight)),
-            None => None,
-        };
-        TransformerModel::new(encoder, head, partner, self.embed_batch, m.version.clone())
-    }
-
     /// Loads and verifies a version, of any kind this build loads.
     pub fn load(&self, version: &str) -> Result<Arc<dyn Classifier>, ModelError> {
         let m = self.manifest(version)?;
         let dir = self.version_dir(version);
-        Ok(match &m.params {
-            ModelParams::Fast(p) => Arc::new(self.load_fast(&m, &dir, p)?),
-            ModelParams::Transformer(t) => Arc::new(self.load_transformer(&m, &dir, t)?),
+        kinds::of(m.kind).load(LoadInputs {
+            manifest: &m,
+            dir: &dir,
+            pretrained: self.pretrained.as_ref(),
+            embed_batch: self.embed_batch,
         })
     }
 
@@ -537,49 +273,23 @@ impl ModelStore {
             .tempdir_in(&versions)
             .map_err(ModelError::io(&versions))?;
         let dir = tmp.path();
-        let (kind, params, fast) = match v.model {
-            NewModel::Fast {
-                featurizer,
-                weights,
-                params,
-            } => (
-                ModelKind::Fast,
-                ModelParams::Fast(params.clone()),
-                Some((featurizer, weights)),
-            ),
-            NewModel::Transformer {
-                head,
-                partner,
-                tuned,
-                params,
-            } => {
-                save_head(head, &dir.join(HEAD))?;
-                if let Some(bytes) = tuned {
-                    std::fs::write(dir.join(TUNED), bytes)
-                        .map_err(ModelError::io(dir.join(TUNED)))?;
-                }
-                (
-                    ModelKind::Transformer,
-                    ModelParams::Transformer(params.clone()),
-                    partner,
-                )
-            }
-        };
-        if let Some((featurizer, weights)) = fast {
-            weights.save(&dir.join(WEIGHTS))?;
-            featurizer.text.save(&dir.join(TOKENIZER))?;
-        }
+        let params = v.model.params();
+        let kind = params.kind();
+        v.model.save(dir)?;
         if let Some(m) = v.metrics.get("validation")
             && let Err(e) = crate::plot::confusion_png(&dir.join(CONFUSION_PNG), m, &version)
         {
             // A missing picture must not cost the operator a trained model.
             tracing::warn!(version = %version, error = %e, "confusion matrix image not written");
         }
+        // Every file the kind wrote, and the picture.
         let mut files = BTreeMap::new();
-        for file in [WEIGHTS, TOKENIZER, HEAD, TUNED, CONFUSION_PNG] {
-            let path = dir.join(file);
-            if path.exists() {
-                files.insert(file.to_string(), sha256_file(&path)?);
+        for entry in std::fs::read_dir(dir).map_err(ModelError::io(dir))? {
+            let path = entry.map_err(ModelError::io(dir))?.path();
+            if let Some(name) = path.file_name().and_then(|n| n.to_str())
+                && path.is_file()
+            {
+                files.insert(name.to_string(), sha256_file(&path)?);
             }
         }
         let manifest = Manifest {

@@ -20,7 +20,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use sentimentd_config::{Config, DriftConfig};
 use sentimentd_data::drift::{self, Baseline, DriftReport, Observation, TESTS, Verdict};
 use sentimentd_data::{Label, load_dataset};
-use sentimentd_model::train::{self, Quiet, TrainParams};
+use sentimentd_model::kinds::fast::train::{self, Quiet, TrainParams};
 use sentimentd_model::{Classifier, FastModel};
 
 const WINDOW: usize = 1000;

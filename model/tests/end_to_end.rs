@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use sentimentd_config::Config;
 use sentimentd_data::{Dataset, Label, load_dataset};
-use sentimentd_model::features::FeatureConfig;
+use sentimentd_model::kinds::fast::FastFiles;
+use sentimentd_model::kinds::fast::features::FeatureConfig;
+use sentimentd_model::kinds::fast::train::{self, Backend, LrDecay, Quiet, TrainParams};
+use sentimentd_model::manifest::{MANIFEST, TOKENIZER, WEIGHTS};
 use sentimentd_model::pipeline::{self, TrainJob};
-use sentimentd_model::store::{MANIFEST, NewModel, NewVersion, TOKENIZER, WEIGHTS};
-use sentimentd_model::train::{self, Backend, LrDecay, Quiet, TrainParams};
+use sentimentd_model::store::NewVersion;
 use sentimentd_model::{Classifier, ModelError, ModelStore};
 
 fn data(file: &str) -> PathBuf {
@@ -107,7 +109,7 @@ fn store_outcome(
     );
     store
         .save(NewVersion {
-            model: NewModel::Fast {
+            model: &FastFiles {
                 featurizer: &o.featurizer,
                 weights: &o.weights,
                 params,
@@ -165,8 +167,8 @@ fn trains_saves_reloads_and_predicts_identically() {
     let loaded = store.load_current().unwrap().unwrap();
     assert_eq!(loaded.version(), version);
     let in_memory = sentimentd_model::FastModel::new(
-        sentimentd_model::features::Featurizer::new(
-            sentimentd_model::text::TextPipeline::load(
+        sentimentd_model::kinds::fast::features::Featurizer::new(
+            sentimentd_model::kinds::fast::text::TextPipeline::load(
                 &store.version_dir(&version).join(TOKENIZER),
             )
             .unwrap(),
@@ -301,7 +303,7 @@ fn log_loss(probs: &[[f32; 3]], labels: &[Label]) -> f64 {
 fn temperature_fitted_on_selection_calibrates_unseen_data() {
     let s = sample();
     let val = load_dataset(&[data("val.csv")], 1000).unwrap();
-    let ece = |w: &sentimentd_model::fast::Weights, o: &train::TrainOutcome| {
+    let ece = |w: &sentimentd_model::kinds::fast::model::Weights, o: &train::TrainOutcome| {
         let x = train::featurize_all(&o.featurizer, &val.texts, 0);
         let p = train::predict_examples(w, &x);
         let labels = train::argmax_labels(&p);

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sentimentd_config::Config;
+use sentimentd_model::kinds::fast::train::Quiet;
 use sentimentd_model::pipeline::{self, TrainJob};
-use sentimentd_model::train::Quiet;
 
 fn data(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,6 +1,6 @@
 //! Training progress in the daemon's log, for the registry's first training and retrains.
 
-use sentimentd_model::train::{EpochReport, TrainObserver};
+use sentimentd_model::kinds::fast::train::{EpochReport, TrainObserver};
 
 /// Training progress for the daemon's log.
 pub struct LogObserver;

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 use crate::error::ModelError;
-use crate::train::Backend;
+use crate::kinds::fast::train::Backend;
 pub use sentimentd_config::Precision;
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
@@ -421,7 +421,7 @@ impl SentenceEncoder {
         precision: Precision,
         tuned: Option<&[u8]>,
     ) -> Result<SentenceEncoder, ModelError> {
-        let device = &crate::train::device_for(backend);
+        let device = &crate::kinds::fast::train::device_for(backend);
         let read = |name: &str| read_file(dir, name);
         let config: BertConfig =
             serde_json::from_slice(&read("config.json")?).map_err(|e| ModelError::Corrupt {

@@ -6,62 +6,21 @@
 use safetensors::tensor::SafeTensors;
 use sentimentd_config::{Backend, Precision};
 use sentimentd_data::Label;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::classifier::{Analysis, Classifier, ModelKind, Prediction};
-use crate::encoder::SentenceEncoder;
 use crate::error::ModelError;
-use crate::fast::FastModel;
-use crate::finetune::{FineTuneEpoch, FineTuneParams, fine_tune};
-use crate::head::{HeadParams, HeadReport, LinearHead};
+use crate::kinds::fast::model::FastModel;
+use crate::kinds::fast::train::{EpochReport, SplitWeights, TrainObserver, TrainParams};
+use crate::kinds::transformer::encoder::SentenceEncoder;
+use crate::kinds::transformer::finetune::{FineTuneParams, fine_tune};
+use crate::kinds::transformer::head::{HeadParams, HeadReport, LinearHead};
+use crate::kinds::transformer::params::{EnsembleParams, FineTuneInfo, TransformerParams};
 use crate::metrics::EvalMetrics;
-use crate::train::{EpochReport, SplitWeights, TrainObserver, TrainParams};
 use sentimentd_config::Config;
 use sentimentd_data::Dataset;
-
-/// The head's file in a version directory.
-pub const HEAD: &str = "head.safetensors";
-/// The fine-tuned encoder layers in a version directory.
-pub const TUNED: &str = "encoder_tuned.safetensors";
-
-/// What decides a transformer version; recorded in its manifest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TransformerParams {
-    /// The encoder's directory name under `[transformer] pretrained_dir`.
-    pub encoder: String,
-    /// `SentenceEncoder::fingerprint` of the encoder the head was trained on: a version
-    /// refuses to load over any other encoder.
-    pub encoder_fingerprint: String,
-    pub max_seq_len: usize,
-    pub head: HeadParams,
-    pub head_best_epoch: usize,
-    /// The averaged fast model, when there is one.
-    #[serde(default)]
-    pub ensemble: Option<EnsembleParams>,
-    /// The fine-tuning run, when the encoder's top layers were trained (they are stored in
-    /// the version as [`TUNED`]).
-    #[serde(default)]
-    pub finetune: Option<FineTuneInfo>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FineTuneInfo {
-    pub params: FineTuneParams,
-    pub best_epoch: usize,
-    pub history: Vec<FineTuneEpoch>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EnsembleParams {
-    /// Weight of the transformer's probabilities (the fast model's is `1 - weight`), fitted on
-    /// the selection split.
-    pub weight: f32,
-    pub fast: TrainParams,
-    pub fast_best_epoch: usize,
-}
 
 /// Loaded encoders, shared by every model over the same files: a hot swap between two
 /// versions of this kind holds one encoder in memory, not two.
@@ -242,7 +201,7 @@ pub fn save_head(head: &LinearHead, path: &Path) -> Result<(), ModelError> {
         ("head.weight", vec![head.dim, 3], &head.weights),
         ("head.bias", vec![3], &head.bias),
     ];
-    let data = crate::fast::f32_safetensors(&tensors, None, path)?;
+    let data = crate::kinds::fast::model::f32_safetensors(&tensors, None, path)?;
     std::fs::write(path, data).map_err(ModelError::io(path))
 }
 
@@ -253,7 +212,7 @@ pub fn load_head(path: &Path) -> Result<LinearHead, ModelError> {
         reason,
     };
     let st = SafeTensors::deserialize(&data).map_err(|e| corrupt(e.to_string()))?;
-    let get = |name: &str| crate::fast::f32_tensor(&st, name, path);
+    let get = |name: &str| crate::kinds::fast::model::f32_tensor(&st, name, path);
     let (ws, weights) = get("head.weight")?;
     let (bs, bias) = get("head.bias")?;
     let (&[dim, 3], &[3]) = (&ws[..], &bs[..]) else {
@@ -296,12 +255,12 @@ pub fn fit_blend_weight_weighted(
             .iter()
             .map(|p| Prediction::from_probabilities(*p).label)
             .collect();
-        let recall = crate::train::weighted_macro_recall(labels, &predicted, weights);
+        let recall = crate::metrics::weighted_macro_recall(labels, &predicted, weights);
         let nll = probs
             .iter()
             .zip(labels)
             .map(|(p, y)| -f64::from(p[y.index()].max(1e-7)).ln());
-        let loss = crate::train::weighted_mean(nll, weights);
+        let loss = crate::kinds::fast::train::weighted_mean(nll, weights);
         if recall > best.1 || (recall == best.1 && loss < best.2) {
             best = (w, recall, loss);
         }
@@ -525,7 +484,7 @@ pub fn train(
     observer: &mut dyn TrainObserver,
 ) -> Result<Trained, ModelError> {
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(crate::train::resolve_threads(fast.threads))
+        .num_threads(crate::kinds::fast::train::resolve_threads(fast.threads))
         .thread_name(|i| format!("train-{i}"))
         .build()
         .map_err(|e| ModelError::Training(format!("cannot start the training threads: {e}")))?;
@@ -743,6 +702,7 @@ fn train_on_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::transformer::HEAD;
 
     #[test]
     fn the_blend_weight_follows_the_better_model_on_the_selection_split() {

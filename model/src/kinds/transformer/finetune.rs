@@ -22,11 +22,13 @@ use std::time::Instant;
 
 use sentimentd_data::Label;
 
-use crate::encoder::{Bert, Layer, SentenceEncoder, attention_bias, id_batch, pool};
 use crate::error::ModelError;
-use crate::head::LinearHead;
+use crate::kinds::fast::train::TrainObserver;
+use crate::kinds::transformer::encoder::{
+    Bert, Layer, SentenceEncoder, attention_bias, id_batch, pool,
+};
+use crate::kinds::transformer::head::LinearHead;
 use crate::metrics::EvalMetrics;
-use crate::train::TrainObserver;
 
 /// What decides a fine-tuning run; recorded in the manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -233,7 +235,7 @@ fn score(
         }
     }
     for (z, y) in by_row.iter().zip(labels) {
-        let p = crate::head::softmax(z.map(f64::from));
+        let p = crate::kinds::transformer::head::softmax(z.map(f64::from));
         loss -= p[y.index()].max(1e-12).ln();
         predicted.push(crate::Prediction::from_probabilities(p.map(|v| v as f32)).label);
     }
@@ -304,7 +306,8 @@ impl Checkpoint {
         }
         progress.generation = generation;
         let json = serde_json::to_vec_pretty(&progress).map_err(ModelError::json)?;
-        crate::store::write_atomic(&self.progress_path(), &json)?;
+        let path = self.progress_path();
+        sentimentd_data::atomic::write_bytes_atomic(&path, &json).map_err(ModelError::io(&path))?;
         for entry in std::fs::read_dir(&self.dir).map_err(ModelError::io(&self.dir))? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().to_string();
@@ -585,5 +588,5 @@ fn export_layers(
         .iter()
         .map(|(name, shape, v)| (name.as_str(), shape.clone(), v.as_slice()))
         .collect();
-    crate::fast::f32_safetensors(&refs, None, path_for_errors)
+    crate::kinds::fast::model::f32_safetensors(&refs, None, path_for_errors)
 }

@@ -102,7 +102,7 @@ impl LinearHead {
             .iter()
             .zip(ys)
             .map(|(x, y)| -softmax(self.logits(x))[y.index()].max(1e-12).ln());
-        crate::train::weighted_mean(nll, w)
+        crate::kinds::fast::train::weighted_mean(nll, w)
     }
 
     pub fn evaluate(&self, xs: &[Vec<f32>], ys: &[Label]) -> EvalMetrics {
@@ -202,7 +202,7 @@ impl LinearHead {
         let row_weight = |i: usize| weights.map_or(1.0, |w| f64::from(w[i]));
         // Balanced: each class weighs as much in the loss whatever its size (rows counted by
         // their weights).
-        let class_weight = crate::train::balanced_class_weights(ys, weights);
+        let class_weight = crate::kinds::fast::train::balanced_class_weights(ys, weights);
         let n = (0..ys.len())
             .map(row_weight)
             .sum::<f64>()
@@ -246,7 +246,7 @@ impl LinearHead {
                 }
             }
             let predicted: Vec<Label> = sel_x.iter().map(|x| head.predict(x)).collect();
-            let score = crate::train::weighted_macro_recall(sel_y, &predicted, sel_weights);
+            let score = crate::metrics::weighted_macro_recall(sel_y, &predicted, sel_weights);
             let loss = head.log_loss_weighted(sel_x, sel_y, sel_weights);
             on_epoch(epoch, score);
             // Ties in macro-recall (common once the classes separate) go to the better

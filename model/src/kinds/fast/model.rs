@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::classifier::{Analysis, Classifier, ModelKind, Prediction};
 use crate::error::ModelError;
-use crate::features::{Featurizer, Scratch};
+use crate::kinds::fast::features::{Featurizer, Scratch};
 
 /// The trained parameters in row-major order; linear weights are `[in, out]` as burn stores them.
 #[derive(Clone, Debug, PartialEq)]

@@ -14,10 +14,10 @@ use std::time::Instant;
 use sentimentd_data::Label;
 
 use crate::error::ModelError;
-use crate::fast::{CLASSES, Weights};
-use crate::features::{FeatureConfig, Featurizer, LEXICON_FEATURES, Scratch};
+use crate::kinds::fast::features::{FeatureConfig, Featurizer, LEXICON_FEATURES, Scratch};
+use crate::kinds::fast::model::{CLASSES, Weights};
+use crate::kinds::fast::text::TextPipeline;
 use crate::metrics::EvalMetrics;
-use crate::text::TextPipeline;
 
 /// Which burn CPU backend trains, and the learning-rate schedule: the config's types, so
 /// `[train]` and a manifest's parameters are one definition.
@@ -429,7 +429,7 @@ fn example_logits(weights: &Weights, examples: &[Example]) -> Vec<[f32; 3]> {
 /// its weight.
 fn log_loss(logits: &[[f32; 3]], labels: &[Label], weights: Option<&[f32]>, t: f32) -> f64 {
     let nll = logits.iter().zip(labels).map(|(l, y)| {
-        let p = crate::fast::softmax(l.map(|x| x / t))[y.index()];
+        let p = crate::kinds::fast::model::softmax(l.map(|x| x / t))[y.index()];
         -(p.max(1e-12) as f64).ln()
     });
     weighted_mean(nll, weights)
@@ -447,24 +447,6 @@ fn weighted_cross_entropy(
         .gather(1, targets.reshape([b, 1]))
         .reshape([b]);
     (picked * weights.clone()).sum().neg() / weights.sum()
-}
-
-/// Macro-recall with each row counted by its weight (`None`: once), over the classes that have
-/// rows: the score early stopping and the ensemble weight are chosen by.
-pub fn weighted_macro_recall(truth: &[Label], predicted: &[Label], weights: Option<&[f32]>) -> f64 {
-    let (mut hit, mut support) = ([0f64; 3], [0f64; 3]);
-    for (i, (t, p)) in truth.iter().zip(predicted).enumerate() {
-        let w = weights.map_or(1.0, |w| f64::from(w[i]));
-        support[t.index()] += w;
-        if t == p {
-            hit[t.index()] += w;
-        }
-    }
-    let present: Vec<usize> = (0..3).filter(|&c| support[c] > 0.0).collect();
-    if present.is_empty() {
-        return 0.0;
-    }
-    present.iter().map(|&c| hit[c] / support[c]).sum::<f64>() / present.len() as f64
 }
 
 /// Temperature scaling (Guo et al. 2017): the one scalar that minimises log-loss on held-out
@@ -781,7 +763,7 @@ pub fn train_rows(
         let weights = model.weights(&table, dense)?;
         let sel_pred = argmax_labels(&predict_examples(&weights, &sel_x));
         let m = EvalMetrics::compute(sel_labels, &sel_pred);
-        let score = weighted_macro_recall(sel_labels, &sel_pred, sel.weights);
+        let score = crate::metrics::weighted_macro_recall(sel_labels, &sel_pred, sel.weights);
         let improved = best.as_ref().is_none_or(|(_, b, _, _)| score > *b);
         let report = EpochReport {
             epoch,

@@ -10,8 +10,8 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
-use crate::lexicon::LexiconClassifier;
-use crate::text::TextPipeline;
+use crate::kinds::fast::text::TextPipeline;
+use crate::kinds::lexicon::LexiconClassifier;
 
 /// How texts become features; stored in the manifest so a model is always served with the
 /// featurisation it was trained with.
@@ -32,8 +32,14 @@ pub struct FeatureConfig {
 /// Measured on the bundled validation split they are worth about +0.035 macro-recall.
 pub const LEXICON_FEATURES: usize = 14;
 
-static AFINN_WORDS: &str = include_str!("../../data/lexicons/afinn/AFINN-en-165.txt");
-static AFINN_EMOTICONS: &str = include_str!("../../data/lexicons/afinn/AFINN-emoticon-8.txt");
+static AFINN_WORDS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../data/lexicons/afinn/AFINN-en-165.txt"
+));
+static AFINN_EMOTICONS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../data/lexicons/afinn/AFINN-emoticon-8.txt"
+));
 
 /// AFINN valences of single words and emoticons, keyed lower-case as tokens arrive.
 fn afinn() -> &'static FxHashMap<String, f32> {

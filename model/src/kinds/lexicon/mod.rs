@@ -39,7 +39,10 @@ const LOGIT_SCALE: f32 = 4.0;
 const VERSION: &str = "lexicon-vader";
 
 /// The bundled lexicon, compiled in so the fallback needs no files.
-const EMBEDDED: &str = include_str!("../../data/lexicons/vader/vader_lexicon.txt");
+const EMBEDDED: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../data/lexicons/vader/vader_lexicon.txt"
+));
 
 const NEGATIONS: &[&str] = &[
     "aint",
@@ -769,6 +772,37 @@ impl Classifier for LexiconClassifier {
             score: probabilities[label.index()],
             probabilities,
         }
+    }
+}
+
+/// The lexicon as a kind: the fallback that serves when no trained version does. It is built
+/// from its word list, never trained or stored.
+pub struct Lexicon;
+
+impl crate::kinds::Kind for Lexicon {
+    fn trains_fast_models(&self, _cfg: &sentimentd_config::Config) -> bool {
+        false
+    }
+
+    fn train(
+        &self,
+        _inputs: crate::kinds::TrainInputs<'_>,
+    ) -> Result<Box<dyn crate::kinds::Candidate>, crate::ModelError> {
+        Err(crate::ModelError::Training(
+            "the lexicon kind is the fallback; it is not trained (model.kind is fast or \
+             transformer)"
+                .into(),
+        ))
+    }
+
+    fn load(
+        &self,
+        inputs: crate::kinds::LoadInputs<'_>,
+    ) -> Result<std::sync::Arc<dyn Classifier>, crate::ModelError> {
+        Err(crate::ModelError::Unsupported {
+            version: inputs.manifest.version.clone(),
+            reason: "the lexicon fallback is never stored as a version".into(),
+        })
     }
 }
 
