@@ -208,7 +208,7 @@ pub struct RunsArgs {
 
 /// `sentimentd runs`: the local run log, newest last.
 pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
-    let log = sentimentd_tracking::LocalRunLog::open(cfg.paths.state_dir.join("runs"))?;
+    let log = sentimentd_tracking::LocalRunLog::open(cfg.paths.runs())?;
     let mut runs = log.list()?;
     if let Some(kind) = &a.kind {
         runs.retain(|r| r.kind.as_str() == kind);
@@ -286,7 +286,7 @@ pub fn record_training(
 /// the shared pending file, which the daemon retries. Recording never fails the command.
 pub fn record_run(cfg: &Config, rec: sentimentd_tracking::RunRecord) {
     use sentimentd_tracking::{LocalRunLog, MlflowClient, MlflowOp, MlflowSink};
-    let dir = cfg.paths.state_dir.join("runs");
+    let dir = cfg.paths.runs();
     let stored = match LocalRunLog::open(&dir).and_then(|log| log.store(&rec)) {
         Ok(s) => s,
         Err(e) => {

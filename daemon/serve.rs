@@ -473,13 +473,7 @@ pub const FORCED_EXIT_CODE: i32 = 2;
 /// Removes temp files a crash left in the state folders (`<state_dir>` and the folders the
 /// daemon writes atomically inside it).
 fn remove_stale_state_temp_files(cfg: &Config) {
-    let state = &cfg.paths.state_dir;
-    for dir in [
-        state.clone(),
-        state.join("drift"),
-        state.join("retrain"),
-        state.join("runs"),
-    ] {
+    for dir in cfg.paths.atomic_dirs() {
         sentimentd_data::atomic::remove_stale_temp_files(&dir);
     }
 }

@@ -44,6 +44,51 @@ impl Default for PathsConfig {
     }
 }
 
+/// Where each kind of state lives inside `state_dir`: named here once, so the daemon, the CLI
+/// and the training code cannot disagree.
+impl PathsConfig {
+    /// The local run log (`runs.jsonl`, artifacts, the MLflow queue).
+    pub fn runs(&self) -> PathBuf {
+        self.state_dir.join("runs")
+    }
+
+    /// Drift reports (JSON and HTML).
+    pub fn drift_reports(&self) -> PathBuf {
+        self.state_dir.join("drift")
+    }
+
+    /// The retrain loop's own state (cooldown, seen labelled files).
+    pub fn retrain_state(&self) -> PathBuf {
+        self.state_dir.join("retrain").join("state.json")
+    }
+
+    /// The reputation view's counts.
+    pub fn reputation(&self) -> PathBuf {
+        self.state_dir.join("reputation.json")
+    }
+
+    /// The transformer kind's cache of sentence embeddings.
+    pub fn embeddings(&self) -> PathBuf {
+        self.state_dir.join("embeddings")
+    }
+
+    /// The transformer kind's fine-tuning checkpoints.
+    pub fn finetune(&self) -> PathBuf {
+        self.state_dir.join("finetune")
+    }
+
+    /// The folders the daemon writes atomically, where a crash can leave temp files.
+    pub fn atomic_dirs(&self) -> Vec<PathBuf> {
+        let retrain = self.retrain_state();
+        vec![
+            self.state_dir.clone(),
+            self.drift_reports(),
+            retrain.parent().map(PathBuf::from).unwrap_or_default(),
+            self.runs(),
+        ]
+    }
+}
+
 /// `[data]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

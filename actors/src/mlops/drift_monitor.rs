@@ -78,7 +78,7 @@ impl DriftMonitor {
     }
 
     pub fn reports_dir(cfg: &Config) -> PathBuf {
-        cfg.paths.state_dir.join("drift")
+        cfg.paths.drift_reports()
     }
 
     fn drain(&mut self) {

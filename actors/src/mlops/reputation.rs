@@ -51,7 +51,7 @@ impl Reputation {
     /// the daemon not starting.
     pub fn open(cfg: &Config, metrics: Arc<Metrics>) -> Reputation {
         let settings = cfg.reputation.clone();
-        let path = cfg.paths.state_dir.join("reputation.json");
+        let path = cfg.paths.reputation();
         let book = match load(&path) {
             Ok(Some(saved)) => {
                 tracing::info!(file = %path.display(), "reputation state restored");

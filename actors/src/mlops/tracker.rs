@@ -46,7 +46,7 @@ pub struct Tracker {
 impl Tracker {
     /// Run log in `<state_dir>/runs`; an MLflow worker when `[tracking] mlflow_uri` is set.
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Tracker, TrackingError> {
-        Tracker::with_dir(&cfg.tracking, cfg.paths.state_dir.join("runs"), metrics)
+        Tracker::with_dir(&cfg.tracking, cfg.paths.runs(), metrics)
     }
 
     pub fn with_dir(

@@ -90,7 +90,7 @@ impl Trainer {
     }
 
     fn state_path(cfg: &Config) -> PathBuf {
-        cfg.paths.state_dir.join("retrain").join("state.json")
+        cfg.paths.retrain_state()
     }
 
     fn load_state(cfg: &Config) -> RetrainState {

@@ -510,7 +510,7 @@ fn train_on_pool(
         None,
     )?;
     let encoder = base.clone();
-    let cache = cfg.paths.state_dir.join("embeddings");
+    let cache = cfg.paths.embeddings();
     observer.on_message(&format!(
         "embedding {} training and {} selection texts with {} ({} products; cached in {})",
         train_set.len(),
@@ -594,7 +594,7 @@ fn train_on_pool(
             }
             hex::encode(h.finalize())
         };
-        let root = cfg.paths.state_dir.join("finetune");
+        let root = cfg.paths.finetune();
         let dir = root.join(&key[..16]);
         // Only this run's checkpoints are worth keeping: an unfinished run with other data
         // or settings would never resume.
