@@ -114,8 +114,11 @@ pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
     );
     record_run(cfg, rec.finish());
     if let Some(path) = &a.html {
-        std::fs::write(path, sentimentd_data::drift::render_html(&report))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(
+            path,
+            sentimentd_tracking::report::drift_report_html(&report),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -13,6 +13,7 @@ mod local;
 mod mlflow;
 mod record;
 pub mod records;
+pub mod report;
 mod sink;
 
 pub use local::*;

@@ -103,7 +103,7 @@ pub(crate) async fn drift_html(state: web::Data<HttpState>) -> HttpResponse {
     match state.reports.load_full() {
         Some(r) => HttpResponse::Ok()
             .insert_header(ContentType::html())
-            .body(sentimentd_data::drift::render_html(&r)),
+            .body(sentimentd_tracking::report::drift_report_html(&r)),
         None => json_error(StatusCode::NOT_FOUND, "no drift check has run yet"),
     }
 }

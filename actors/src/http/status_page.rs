@@ -1,15 +1,16 @@
 //! `GET /`: the status page. One self-contained HTML document (inline CSS and SVG, one small
 //! inline script that checks the charts drew; no external scripts, fonts or stylesheets: the
-//! daemon runs on machines without internet). It shows the serving model and its metrics,
+//! daemon runs on machines without internet), rendered by maud, which escapes every value it
+//! inserts (source names and file names come from the input). It shows the serving model and its metrics,
 //! readiness, sentiment over time per source, the latest drift check, recent batches, and
 //! recent promotions, rollbacks and gate rejections.
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
-use sentimentd_data::drift::{DriftReport, escape_html as esc};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use sentimentd_data::drift::DriftReport;
 use sentimentd_data::reputation::{Report, SourceReport};
 use sentimentd_model::ModelStore;
-use std::fmt::Write;
 use std::path::PathBuf;
 
 use crate::http::HttpState;
@@ -123,184 +124,179 @@ fn render(
     batches: &[RecentBatch],
     events: &[ModelEvent],
 ) -> String {
-    let mut h = String::with_capacity(32 * 1024);
-    let _ = write!(
-        h,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta http-equiv=\"refresh\" content=\"30\">\
-         <link rel=\"icon\" href=\"data:,\"><title>sentimentd</title><style>{STYLE}</style>\
-         <script>{SELF_CHECK}</script></head><body><header><h1>sentimentd</h1>\
-         <span class=\"muted\" style=\"color:#c9cedb\">version {}</span>",
-        env!("CARGO_PKG_VERSION")
-    );
-    match model {
-        Some(m) if m.fallback => {
-            h.push_str("<span class=\"badge warn\">ready: lexicon fallback</span>")
-        }
-        Some(_) => h.push_str("<span class=\"badge ok\">ready</span>"),
-        None => h.push_str("<span class=\"badge bad\">not ready: no model loaded</span>"),
-    }
-    if report.sources.iter().any(|s| s.alert) {
-        h.push_str("<span class=\"badge bad\">negative spike</span>");
-    }
-    h.push_str("</header><main>");
-    model_section(&mut h, model);
-    drift_section(&mut h, drift);
-    reputation_section(&mut h, report);
-    batches_section(&mut h, batches);
-    events_section(&mut h, events);
-    h.push_str(
-        "<section class=\"wide muted\">JSON and text: <a href=\"/model\">/model</a> · \
-         <a href=\"/reputation\">/reputation</a> · <a href=\"/drift\">/drift</a> · \
-         <a href=\"/metrics\">/metrics</a> · <a href=\"/openapi.json\">/openapi.json</a>. \
-         This page reloads every 30 s.</section></main></body></html>",
-    );
-    h
-}
-
-fn model_section(h: &mut String, model: Option<&ModelInfo>) {
-    h.push_str("<section><h2>Serving model</h2>");
-    let Some(m) = model else {
-        h.push_str("<p>No model is loaded yet.</p></section>");
-        return;
-    };
-    let _ = write!(
-        h,
-        "<table><tr><th>Version</th><td>{}</td></tr><tr><th>Kind</th><td>{}{}</td></tr>\
-         <tr><th>Created</th><td>{}</td></tr><tr><th>Parent</th><td>{}</td></tr>\
-         <tr><th>Loaded</th><td>{}</td></tr></table>",
-        esc(&m.version),
-        esc(m.kind),
-        if m.fallback {
-            " <span class=\"badge warn\">fallback</span>"
-        } else {
-            ""
-        },
-        esc(m.created_at.as_deref().unwrap_or("-")),
-        esc(m.parent.as_deref().unwrap_or("-")),
-        esc(&m.loaded_at),
-    );
-    // Metrics per split: {"val": {"macro_recall": .., ...}, ...}.
-    if let Some(splits) = m.metrics.as_object().filter(|o| !o.is_empty()) {
-        h.push_str("<h2 style=\"margin-top:12px\">Evaluation</h2><table><tr><th>Split</th><th>Macro-recall</th><th>Macro-F1</th><th>Accuracy</th><th>Rows</th></tr>");
-        for (split, v) in splits {
-            let num = |k: &str| {
-                v.get(k)
-                    .and_then(serde_json::Value::as_f64)
-                    .map_or("-".to_string(), |x| format!("{x:.3}"))
-            };
-            let rows = v
-                .get("count")
-                .and_then(serde_json::Value::as_u64)
-                .map_or("-".to_string(), |x| x.to_string());
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(split),
-                num("macro_recall"),
-                num("macro_f1"),
-                num("accuracy"),
-                rows
-            );
-        }
-        h.push_str("</table>");
-    }
-    h.push_str("</section>");
-}
-
-fn drift_section(h: &mut String, drift: Option<&DriftReport>) {
-    h.push_str("<section><h2>Drift</h2>");
-    let Some(r) = drift else {
-        h.push_str("<p>No drift check has run yet.</p></section>");
-        return;
-    };
-    let verdict = serde_json::to_value(r.verdict)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let class = match verdict.as_str() {
-        "drift" => "bad",
-        "no_drift" => "ok",
-        _ => "warn",
-    };
-    let _ = write!(
-        h,
-        "<p><span class=\"badge {class}\">{}</span> score {:.2} (1.00 = threshold) on {} \
-         observations, model {}, checked {}. <a href=\"/drift/report.html\">Full report</a></p>",
-        esc(&verdict.replace('_', " ")),
-        r.drift_score,
-        r.samples,
-        esc(&r.model_version),
-        esc(&r.checked_at)
-    );
-    h.push_str("<table><tr><th>Test</th><th>Family</th><th>Value</th><th>Threshold</th><th>Score</th></tr>");
-    for t in &r.tests {
-        let fired = r.fired.contains(&t.test);
-        let _ = write!(
-            h,
-            "<tr><td>{}{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{:.2}</td></tr>",
-            esc(&t.test),
-            if fired {
-                " <span class=\"badge bad\">fired</span>"
-            } else {
-                ""
-            },
-            esc(&t.family),
-            t.value,
-            t.threshold,
-            t.score
-        );
-    }
-    h.push_str("</table></section>");
-}
-
-fn reputation_section(h: &mut String, report: &Report) {
-    let _ = write!(
-        h,
-        "<section class=\"wide\"><h2>Sentiment per source</h2><p class=\"muted\">Buckets of \
-         {} min, the latest {} kept; red bars negative, grey neutral, green positive; the line \
-         is the negative share (right axis). Sources: {}.</p>",
-        report.bucket_secs / 60,
-        report.history_buckets + 1,
-        if report.mode == "top" {
-            "the busiest, the rest as other"
-        } else {
-            "as configured, the rest as other"
-        }
-    );
-    let active: Vec<&SourceReport> = report.sources.iter().filter(|s| s.total > 0).collect();
-    if active.is_empty() {
-        h.push_str("<p>No text classified yet.</p></section>");
-        return;
-    }
-    h.push_str("<div class=\"charts\">");
-    for s in active.iter().filter(|s| !s.trend.is_empty()).take(CHARTS) {
-        chart(h, s);
-    }
-    h.push_str("</div><table style=\"margin-top:10px\"><tr><th>Source</th><th>Texts</th><th>Negative</th><th>Neutral</th><th>Positive</th><th>Negative share (latest bucket)</th><th>Alert</th></tr>");
-    for s in &active {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{}</td></tr>",
-            esc(&s.source),
-            s.total,
-            s.negative,
-            s.neutral,
-            s.positive,
-            100.0 * s.negative_share,
-            if s.alert {
-                "<span class=\"badge bad\">negative spike</span>"
-            } else {
-                ""
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                meta http-equiv="refresh" content="30";
+                link rel="icon" href="data:,";
+                title { "sentimentd" }
+                style { (PreEscaped(STYLE)) }
+                script { (PreEscaped(SELF_CHECK)) }
             }
-        );
+            body {
+                header {
+                    h1 { "sentimentd" }
+                    span.muted style="color:#c9cedb" { "version " (env!("CARGO_PKG_VERSION")) }
+                    @match model {
+                        Some(m) if m.fallback => span.badge.warn { "ready: lexicon fallback" },
+                        Some(_) => span.badge.ok { "ready" },
+                        None => span.badge.bad { "not ready: no model loaded" },
+                    }
+                    @if report.sources.iter().any(|s| s.alert) {
+                        span.badge.bad { "negative spike" }
+                    }
+                }
+                main {
+                    (model_section(model))
+                    (drift_section(drift))
+                    (reputation_section(report))
+                    (batches_section(batches))
+                    (events_section(events))
+                    section.wide.muted {
+                        "JSON and text: " a href="/model" { "/model" } " · "
+                        a href="/reputation" { "/reputation" } " · "
+                        a href="/drift" { "/drift" } " · "
+                        a href="/metrics" { "/metrics" } " · "
+                        a href="/openapi.json" { "/openapi.json" }
+                        ". This page reloads every 30 s."
+                    }
+                }
+            }
+        }
+    };
+    page.into_string()
+}
+
+fn model_section(model: Option<&ModelInfo>) -> Markup {
+    html! {
+        section {
+            h2 { "Serving model" }
+            @match model {
+                None => p { "No model is loaded yet." },
+                Some(m) => {
+                    table {
+                        tr { th { "Version" } td { (m.version) } }
+                        tr { th { "Kind" } td { (m.kind) @if m.fallback { " " span.badge.warn { "fallback" } } } }
+                        tr { th { "Created" } td { (m.created_at.as_deref().unwrap_or("-")) } }
+                        tr { th { "Parent" } td { (m.parent.as_deref().unwrap_or("-")) } }
+                        tr { th { "Loaded" } td { (m.loaded_at) } }
+                    }
+                    // Metrics per split: {"val": {"macro_recall": .., ...}, ...}.
+                    @if let Some(splits) = m.metrics.as_object().filter(|o| !o.is_empty()) {
+                        h2 style="margin-top:12px" { "Evaluation" }
+                        table {
+                            tr { th { "Split" } th { "Macro-recall" } th { "Macro-F1" } th { "Accuracy" } th { "Rows" } }
+                            @for (split, v) in splits {
+                                @let num = |k: &str| {
+                                    v.get(k)
+                                        .and_then(serde_json::Value::as_f64)
+                                        .map_or("-".to_string(), |x| format!("{x:.3}"))
+                                };
+                                tr {
+                                    td { (split) }
+                                    td { (num("macro_recall")) }
+                                    td { (num("macro_f1")) }
+                                    td { (num("accuracy")) }
+                                    td { (v.get("count").and_then(serde_json::Value::as_u64).map_or("-".to_string(), |x| x.to_string())) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
-    h.push_str("</table></section>");
+}
+
+fn drift_section(drift: Option<&DriftReport>) -> Markup {
+    html! {
+        section {
+            h2 { "Drift" }
+            @match drift {
+                None => p { "No drift check has run yet." },
+                Some(r) => {
+                    @let verdict = serde_json::to_value(r.verdict)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    @let class = match verdict.as_str() {
+                        "drift" => "bad",
+                        "no_drift" => "ok",
+                        _ => "warn",
+                    };
+                    p {
+                        span class={ "badge " (class) } { (verdict.replace('_', " ")) }
+                        " score " (format!("{:.2}", r.drift_score)) " (1.00 = threshold) on "
+                        (r.samples) " observations, model " (r.model_version)
+                        ", checked " (r.checked_at) ". "
+                        a href="/drift/report.html" { "Full report" }
+                    }
+                    table {
+                        tr { th { "Test" } th { "Family" } th { "Value" } th { "Threshold" } th { "Score" } }
+                        @for t in &r.tests {
+                            tr {
+                                td { (t.test) @if r.fired.contains(&t.test) { " " span.badge.bad { "fired" } } }
+                                td { (t.family) }
+                                td { (format!("{:.4}", t.value)) }
+                                td { (t.threshold) }
+                                td { (format!("{:.2}", t.score)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reputation_section(report: &Report) -> Markup {
+    let active: Vec<&SourceReport> = report.sources.iter().filter(|s| s.total > 0).collect();
+    html! {
+        section.wide {
+            h2 { "Sentiment per source" }
+            p.muted {
+                "Buckets of " (report.bucket_secs / 60) " min, the latest "
+                (report.history_buckets + 1)
+                " kept; red bars negative, grey neutral, green positive; the line is the \
+                 negative share (right axis). Sources: "
+                @if report.mode == "top" { "the busiest, the rest as other" } @else { "as configured, the rest as other" }
+                "."
+            }
+            @if active.is_empty() {
+                p { "No text classified yet." }
+            } @else {
+                div.charts {
+                    @for s in active.iter().filter(|s| !s.trend.is_empty()).take(CHARTS) {
+                        (chart(s))
+                    }
+                }
+                table style="margin-top:10px" {
+                    tr {
+                        th { "Source" } th { "Texts" } th { "Negative" } th { "Neutral" }
+                        th { "Positive" } th { "Negative share (latest bucket)" } th { "Alert" }
+                    }
+                    @for s in &active {
+                        tr {
+                            td { (s.source) }
+                            td { (s.total) }
+                            td { (s.negative) }
+                            td { (s.neutral) }
+                            td { (s.positive) }
+                            td { (format!("{:.1} %", 100.0 * s.negative_share)) }
+                            td { @if s.alert { span.badge.bad { "negative spike" } } }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Stacked bars of counts per bucket and a line of the negative share, in inline SVG.
-fn chart(h: &mut String, s: &SourceReport) {
+fn chart(s: &SourceReport) -> Markup {
     let (w, ht, left, right, top, bottom) = (420.0, 150.0, 34.0, 30.0, 8.0, 20.0);
     let plot_w = w - left - right;
     let plot_h = ht - top - bottom;
@@ -308,149 +304,138 @@ fn chart(h: &mut String, s: &SourceReport) {
     let max = s.trend.iter().map(|b| b.total).max().unwrap_or(1).max(1) as f64;
     let slot = plot_w / n;
     let bar = (slot * 0.7).max(1.0);
-    let _ = write!(
-        h,
-        "<div class=\"chart\"><h3>{}{}</h3><svg class=\"chart\" role=\"img\" \
-         aria-label=\"sentiment of {} per bucket\" width=\"{w}\" height=\"{ht}\" \
-         viewBox=\"0 0 {w} {ht}\">",
-        esc(&s.source),
-        if s.alert {
-            " <span class=\"badge bad\">negative spike</span>"
-        } else {
-            ""
-        },
-        esc(&s.source)
-    );
-    // Axes and labels.
     let base = top + plot_h;
-    let _ = write!(
-        h,
-        "<line x1=\"{left}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"#c9cedb\"/>\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><text x=\"{}\" y=\"{base}\" text-anchor=\"end\">0</text>\
-         <text x=\"{}\" y=\"{}\">100%</text><text x=\"{}\" y=\"{base}\">0%</text>",
-        left + plot_w,
-        left - 4.0,
-        top + 8.0,
-        max as u64,
-        left - 4.0,
-        left + plot_w + 3.0,
-        top + 8.0,
-        left + plot_w + 3.0,
-    );
+    let f1 = |v: f64| format!("{v:.1}");
+    let label = |start: &str| start.get(5..16).unwrap_or(start).replace('T', " ");
+    // Geometry first: per bucket its stacked segments (y, height, colour, name, count), where
+    // a spike marker goes, and the negative-share line.
+    let mut buckets = Vec::with_capacity(s.trend.len());
     let mut line = Vec::with_capacity(s.trend.len());
     for (i, b) in s.trend.iter().enumerate() {
         let x = left + slot * i as f64 + (slot - bar) / 2.0;
         let mut y = base;
+        let mut segments = Vec::new();
         for (count, color, name) in [
             (b.negative, "#d64545", "negative"),
             (b.neutral, "#a3a9b8", "neutral"),
             (b.positive, "#2f9e5b", "positive"),
         ] {
-            if count == 0 {
-                continue;
+            if count > 0 {
+                let bh = plot_h * count as f64 / max;
+                y -= bh;
+                segments.push((y, bh, color, name, count));
             }
-            let bh = plot_h * count as f64 / max;
-            y -= bh;
-            let _ = write!(
-                h,
-                "<rect class=\"bar\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{bar:.1}\" height=\"{bh:.1}\" \
-                 fill=\"{color}\"><title>{} {name}: {count}</title></rect>",
-                esc(&b.start)
-            );
         }
-        if b.spike.is_some_and(|sp| sp.spike) {
-            let _ = write!(
-                h,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#d64545\" text-anchor=\"middle\">▲</text>",
-                x + bar / 2.0,
-                (y - 2.0).max(top + 8.0)
-            );
-        }
+        let spike = b
+            .spike
+            .is_some_and(|sp| sp.spike)
+            .then(|| (y - 2.0).max(top + 8.0));
         line.push(format!(
             "{:.1},{:.1}",
             x + bar / 2.0,
             base - plot_h * b.negative_share
         ));
+        buckets.push((x, &b.start, segments, spike));
     }
-    if line.len() > 1 {
-        let _ = write!(
-            h,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"#7a1f1f\" stroke-width=\"1.5\"/>",
-            line.join(" ")
-        );
+    html! {
+        div.chart {
+            h3 { (s.source) @if s.alert { " " span.badge.bad { "negative spike" } } }
+            svg.chart role="img" aria-label={ "sentiment of " (s.source) " per bucket" }
+                width=(w) height=(ht) viewBox={ "0 0 " (w) " " (ht) } {
+                // Axes and labels.
+                line x1=(left) y1=(base) x2=(left + plot_w) y2=(base) stroke="#c9cedb" {}
+                text x=(left - 4.0) y=(top + 8.0) text-anchor="end" { (max as u64) }
+                text x=(left - 4.0) y=(base) text-anchor="end" { "0" }
+                text x=(left + plot_w + 3.0) y=(top + 8.0) { "100%" }
+                text x=(left + plot_w + 3.0) y=(base) { "0%" }
+                @for (x, start, segments, spike) in &buckets {
+                    @for (y, bh, color, name, count) in segments {
+                        rect.bar x=(f1(*x)) y=(f1(*y)) width=(f1(bar)) height=(f1(*bh)) fill=(color) {
+                            title { (start) " " (name) ": " (count) }
+                        }
+                    }
+                    @if let Some(sy) = spike {
+                        text x=(f1(x + bar / 2.0)) y=(f1(*sy)) fill="#d64545" text-anchor="middle" { "▲" }
+                    }
+                }
+                @if line.len() > 1 {
+                    polyline points=(line.join(" ")) fill="none" stroke="#7a1f1f" stroke-width="1.5" {}
+                }
+                @if let (Some(first), Some(last)) = (s.trend.first(), s.trend.last()) {
+                    text x=(left) y=(ht - 4.0) { (label(&first.start)) }
+                    text x=(left + plot_w) y=(ht - 4.0) text-anchor="end" { (label(&last.start)) }
+                }
+            }
+        }
     }
-    let label = |start: &str| start.get(5..16).unwrap_or(start).replace('T', " ");
-    if let (Some(first), Some(last)) = (s.trend.first(), s.trend.last()) {
-        let _ = write!(
-            h,
-            "<text x=\"{left}\" y=\"{}\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
-            ht - 4.0,
-            esc(&label(&first.start)),
-            left + plot_w,
-            ht - 4.0,
-            esc(&label(&last.start))
-        );
-    }
-    h.push_str("</svg></div>");
 }
 
-fn batches_section(h: &mut String, batches: &[RecentBatch]) {
-    h.push_str("<section><h2>Recent batches</h2>");
-    if batches.is_empty() {
-        h.push_str("<p>No batch file finished since the daemon started.</p></section>");
-        return;
+fn batches_section(batches: &[RecentBatch]) -> Markup {
+    html! {
+        section {
+            h2 { "Recent batches" }
+            @if batches.is_empty() {
+                p { "No batch file finished since the daemon started." }
+            } @else {
+                table {
+                    tr {
+                        th { "Finished" } th { "File" } th { "Outcome" } th { "Rows" }
+                        th { "Scored" } th { "Rejected" } th { "Model or reason" }
+                    }
+                    @for b in batches {
+                        @let outcome = format!("{:?}", b.outcome);
+                        @let class = if outcome == "processed" && b.rejected == 0 {
+                            "ok"
+                        } else if outcome == "processed" {
+                            "warn"
+                        } else {
+                            "bad"
+                        };
+                        tr {
+                            td { (b.finished_at) }
+                            td { (b.file) }
+                            td { span class={ "badge " (class) } { (outcome) } }
+                            td { (b.rows) }
+                            td { (b.scored) }
+                            td { (b.rejected) }
+                            td { (b.detail) }
+                        }
+                    }
+                }
+            }
+        }
     }
-    h.push_str("<table><tr><th>Finished</th><th>File</th><th>Outcome</th><th>Rows</th><th>Scored</th><th>Rejected</th><th>Model or reason</th></tr>");
-    for b in batches {
-        let outcome = format!("{:?}", b.outcome);
-        let class = if outcome == "processed" && b.rejected == 0 {
-            "ok"
-        } else if outcome == "processed" {
-            "warn"
-        } else {
-            "bad"
-        };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td><span class=\"badge {class}\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&b.finished_at),
-            esc(&b.file),
-            esc(&outcome),
-            b.rows,
-            b.scored,
-            b.rejected,
-            esc(&b.detail)
-        );
-    }
-    h.push_str("</table></section>");
 }
 
-fn events_section(h: &mut String, events: &[ModelEvent]) {
-    h.push_str("<section><h2>Promotions, rollbacks and gate rejections</h2>");
-    if events.is_empty() {
-        h.push_str("<p>None recorded in the model store yet.</p></section>");
-        return;
+fn events_section(events: &[ModelEvent]) -> Markup {
+    html! {
+        section {
+            h2 { "Promotions, rollbacks and gate rejections" }
+            @if events.is_empty() {
+                p { "None recorded in the model store yet." }
+            } @else {
+                table {
+                    tr { th { "When" } th { "Action" } th { "Version" } th { "From / against" } th { "Reason" } }
+                    @for e in events {
+                        @let class = if e.action.starts_with("gate") {
+                            "bad"
+                        } else if e.action == "rollback" {
+                            "warn"
+                        } else {
+                            "ok"
+                        };
+                        tr {
+                            td { (e.at) }
+                            td { span class={ "badge " (class) } { (e.action) } }
+                            td { (e.version) }
+                            td { (e.from) }
+                            td { (e.reason) }
+                        }
+                    }
+                }
+            }
+        }
     }
-    h.push_str("<table><tr><th>When</th><th>Action</th><th>Version</th><th>From / against</th><th>Reason</th></tr>");
-    for e in events {
-        let class = if e.action.starts_with("gate") {
-            "bad"
-        } else if e.action == "rollback" {
-            "warn"
-        } else {
-            "ok"
-        };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td><span class=\"badge {class}\">{}</span></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&e.at),
-            esc(&e.action),
-            esc(&e.version),
-            esc(&e.from),
-            esc(&e.reason)
-        );
-    }
-    h.push_str("</table></section>");
 }
 
 #[cfg(test)]
@@ -459,9 +444,20 @@ mod tests {
 
     #[test]
     fn names_from_the_input_are_escaped() {
-        assert_eq!(
-            esc("<script>alert('x')</script> & \"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        let batches = [RecentBatch {
+            finished_at: "now".into(),
+            file: "<script>alert('x')</script> & \"q\".csv".into(),
+            outcome: crate::telemetry::metrics::BatchOutcome::processed,
+            rows: 1,
+            scored: 1,
+            rejected: 0,
+            detail: String::new(),
+        }];
+        let html = batches_section(&batches).into_string();
+        assert!(
+            html.contains("&lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot;.csv"),
+            "{html}"
         );
+        assert!(!html.contains("<script>"), "{html}");
     }
 }

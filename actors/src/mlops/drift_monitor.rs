@@ -178,7 +178,7 @@ impl DriftMonitor {
         std::fs::create_dir_all(&dir)?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
         let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-        let html = drift::render_html(report);
+        let html = sentimentd_tracking::report::drift_report_html(report);
         let path = dir.join(format!("drift-{stamp}.json"));
         sentimentd_data::atomic::write_bytes_atomic(&path, &json)?;
         sentimentd_data::atomic::write_bytes_atomic(&path.with_extension("html"), html.as_bytes())?;
