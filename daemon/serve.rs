@@ -1,21 +1,12 @@
 //! `sentimentd serve`: builds the actor topology, serves until SIGTERM/SIGINT, drains.
 
-use actix::{Actor, AsyncContext, SyncArbiter};
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpServer};
 use anyhow::Context as _;
 use clap::Args;
-use sentimentd_actors::http::{self, AdminApi, HttpState};
-use sentimentd_actors::mlops::baseliner::Baseliner;
-use sentimentd_actors::mlops::drift_monitor::{DriftMonitor, new_report_cell};
-use sentimentd_actors::mlops::reputation::{Reputation, ReputationKeeper};
-use sentimentd_actors::mlops::tracker::Tracker;
-use sentimentd_actors::mlops::trainer::Trainer;
+use sentimentd_actors::http;
 use sentimentd_actors::runtime::systemd::Notifier;
-use sentimentd_actors::serving::batcher::Batcher;
-use sentimentd_actors::serving::observations::ObservationSink;
-use sentimentd_actors::serving::scorer::Scorer;
-use sentimentd_actors::sources::{self, SourceContext, SourceHandle};
-use sentimentd_actors::{Faults, Inference, Lifecycle, Metrics, ModelRegistry, new_model_cell};
+use sentimentd_actors::topology::Topology;
+use sentimentd_actors::{Faults, Metrics};
 use sentimentd_config::Config;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,33 +41,15 @@ pub fn serve(cfg: &Config, args: ServeArgs, reload: ReloadSource) -> anyhow::Res
     system.block_on(run(Arc::new(cfg), args.port, reload))
 }
 
-/// The actors and state a reload reconfigures.
-struct ReloadTargets {
-    /// Token files, read again on every SIGHUP (a rotation needs no restart).
-    token_files: Vec<Arc<http::TokenFile>>,
-    /// The sources read their settings from here.
-    sources: sources::ConfigSender,
-    monitor: actix::Addr<DriftMonitor>,
-    trainer: actix::Addr<Trainer>,
-    http: web::Data<HttpState>,
-}
-
 /// SIGHUP: re-reads and validates the file, applies what a running daemon can change, and
 /// says which changed keys wait for a restart. An invalid file changes nothing.
 fn reload(
     running: &Config,
     port: Option<u16>,
     source: &ReloadSource,
-    targets: &ReloadTargets,
+    topology: &Topology,
 ) -> Config {
-    for token in &targets.token_files {
-        match token.reload() {
-            Ok(()) => tracing::info!(file = %token.path().display(), "token file read again"),
-            Err(e) => {
-                tracing::error!(error = %e, "the token file cannot be used; requests that need it are refused until a reload reads it")
-            }
-        }
-    }
+    topology.reload_tokens();
     let Some(path) = &source.path else {
         tracing::warn!(
             "SIGHUP: the daemon runs on built-in defaults (no --config file); nothing to reload"
@@ -120,13 +93,7 @@ fn reload(
             ),
         }
     }
-    let effective = Arc::new(plan.effective.clone());
-    let message = sentimentd_actors::messages::Reconfigure(effective.clone());
-    // No source is listening only while none runs; nothing is lost then.
-    let _ = targets.sources.send(effective.clone());
-    targets.monitor.do_send(message.clone());
-    targets.trainer.do_send(message);
-    targets.http.set_limits(&effective);
+    topology.reconfigure(Arc::new(plan.effective.clone()));
     tracing::info!(
         file = %path.display(),
         applied = %plan.applied.join(","),
@@ -171,194 +138,8 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         sentimentd_model::LexiconClassifier::load(path)
             .with_context(|| format!("[data] lexicon {}", path.display()))?;
     }
-    let cell = new_model_cell();
-    remove_stale_state_temp_files(&cfg);
-    let reputation = Arc::new(Reputation::open(&cfg, metrics.clone()));
-    {
-        let (reputation, metrics) = (reputation.clone(), metrics.clone());
-        let every = Duration::from_secs(cfg.reputation.save_every_secs);
-        ReputationKeeper::new(reputation, every, metrics).start();
-    }
-    let lifecycle = Arc::new(Lifecycle::default());
-
-    // A configured but unreadable token file stops the start, before anything runs.
-    let admin_token = match &cfg.admin.token_file {
-        Some(path) => Some(Arc::new(
-            http::TokenFile::open("[admin] token_file", path).map_err(anyhow::Error::msg)?,
-        )),
-        None => None,
-    };
-    let feedback_token = match &cfg.feedback.token_file {
-        Some(path) => Some(Arc::new(
-            http::TokenFile::open("[feedback] token_file", path).map_err(anyhow::Error::msg)?,
-        )),
-        None => admin_token.clone(),
-    };
-    let mut token_files: Vec<Arc<http::TokenFile>> = admin_token.iter().cloned().collect();
-    if let Some(t) = &feedback_token
-        && !admin_token.as_ref().is_some_and(|a| Arc::ptr_eq(a, t))
-    {
-        token_files.push(t.clone());
-    }
-
-    // Each source checks its settings and recovers from a crash before anything runs (the
-    // folder: leftovers cleared, claimed files left unfinished resumed first).
-    let mut sources = sources::from_config(&cfg);
-    for source in &mut sources {
-        source
-            .prepare(&cfg)
-            .map_err(|e| anyhow::anyhow!("source {}: {e}", source.name()))?;
-    }
-    let (config_tx, config_rx) = sources::config_channel(cfg.clone());
-
-    // The MLOps loop: registry -> baseliner -> drift monitor -> trainer -> registry. The
-    // registry's address exists before it starts, which closes the cycle.
-    let observations = ObservationSink::new(cfg.drift.window, cfg.drift.enabled);
-    let reports = new_report_cell();
-    let tracker = Tracker::new(&cfg, metrics.clone())
-        .context("cannot open the run log")?
-        .start();
-    // Drift checks take up to a few hundred milliseconds: an arbiter of their own.
-    let drift_arbiter = actix::Arbiter::new();
-    // The registry (loads and checksums models) and the trainer (reads the whole labelled
-    // store to decide whether a retrain may start) block for seconds at times: an arbiter of
-    // their own, so the one that watches the inbox, answers signals and pings the systemd
-    // watchdog never waits for them. Built there, since the registry's context must run on
-    // the arbiter it lives on; the addresses come back over a channel.
-    let mlops_arbiter = actix::Arbiter::new();
-    let (built_tx, built_rx) = std::sync::mpsc::channel();
-    {
-        let (cfg, cell, metrics, tracker, observations, reports) = (
-            cfg.clone(),
-            cell.clone(),
-            metrics.clone(),
-            tracker.clone(),
-            observations.clone(),
-            reports.clone(),
-        );
-        let drift_handle = drift_arbiter.handle();
-        let spawned = mlops_arbiter.spawn_fn(move || {
-            let registry_ctx = actix::Context::<ModelRegistry>::new();
-            let registry = registry_ctx.address();
-            let trainer = Trainer::new(
-                cfg.clone(),
-                cell.clone(),
-                registry.clone(),
-                Some(tracker.clone()),
-                metrics.clone(),
-            )
-            .start();
-            let monitor = {
-                let (cfg, metrics) = (cfg.clone(), metrics.clone());
-                let trainer = trainer.clone().recipient();
-                let tracker = tracker.clone().recipient();
-                DriftMonitor::start_in_arbiter(&drift_handle, move |_| {
-                    DriftMonitor::new(
-                        cfg,
-                        observations,
-                        metrics,
-                        reports,
-                        Some(trainer),
-                        Some(tracker),
-                    )
-                })
-            };
-            let baseliner = {
-                let (cfg, metrics) = (cfg.clone(), metrics.clone());
-                let monitor = monitor.clone().recipient();
-                SyncArbiter::start(1, move || {
-                    Baseliner::new(cfg.clone(), monitor.clone(), metrics.clone())
-                })
-            };
-            registry_ctx.run(ModelRegistry::new(
-                cfg,
-                cell,
-                metrics,
-                Some(baseliner.recipient()),
-                Some(tracker),
-            ));
-            let _ = built_tx.send((registry, trainer, monitor));
-        });
-        if !spawned {
-            anyhow::bail!("cannot start the MLOps arbiter");
-        }
-    }
-    let (registry, trainer, monitor) = built_rx
-        .recv()
-        .context("the MLOps arbiter stopped while starting")?;
-    let admin = admin_token.map(|token| AdminApi {
-        token,
-        retrain: trainer.clone().recipient(),
-        promote: registry.clone().recipient(),
-        rollback: registry.clone().recipient(),
-    });
-
-    let inference = {
-        let (cell, metrics, faults, observations) = (
-            cell.clone(),
-            metrics.clone(),
-            faults.clone(),
-            observations.clone(),
-        );
-        SyncArbiter::start(cfg.server.inference_threads, move || {
-            Inference::new(
-                cell.clone(),
-                metrics.clone(),
-                faults.clone(),
-                observations.clone(),
-            )
-        })
-    };
-    let batcher = {
-        let (pool, t) = (inference.clone().recipient(), cfg.transformer.clone());
-        let slots = cfg.server.inference_threads;
-        let metrics = metrics.clone();
-        actix::Supervisor::start(move |_| {
-            Batcher::new(
-                pool,
-                metrics,
-                t.max_batch,
-                Duration::from_millis(t.max_wait_ms),
-                slots,
-            )
-        })
-    };
-    // The one scoring path: HTTP and the folder hand it their texts.
-    let scorer = Arc::new(
-        Scorer::new(
-            &cfg,
-            cell.clone(),
-            metrics.clone(),
-            faults.clone(),
-            observations.clone(),
-            reputation.clone(),
-        )
-        .with_pool(inference.recipient())
-        .with_batcher(batcher.recipient()),
-    );
-    let source_cx = SourceContext {
-        config: config_rx,
-        scorer: scorer.clone(),
-        shutdown: lifecycle.clone(),
-        metrics: metrics.clone(),
-        faults: faults.clone(),
-        reputation: reputation.clone(),
-    };
-    let sources: Vec<SourceHandle> = sources
-        .into_iter()
-        .map(|source| source.start(source_cx.clone()))
-        .collect();
-
-    let state = web::Data::new(HttpState::new(
-        &cfg,
-        scorer,
-        metrics.clone(),
-        reports,
-        admin,
-        feedback_token,
-        reputation.clone(),
-    ));
-    let http_state = state.clone();
+    let topology = Topology::build(&cfg, metrics, faults)?;
+    let state = topology.http.clone();
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .workers(cfg.server.workers)
         .disable_signals()
@@ -379,7 +160,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     // READY=1 means "answers /predict", so wait for the registry's first model (the
     // fallback takes microseconds, a trained model well under a second).
     let waiting = Instant::now();
-    while cell.load().is_none() && waiting.elapsed() < Duration::from_secs(60) {
+    while topology.cell.load().is_none() && waiting.elapsed() < Duration::from_secs(60) {
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
     notifier.ready(&format!("serving on {}", addrs.join(",")));
@@ -398,17 +179,10 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         });
     }
 
-    let targets = ReloadTargets {
-        token_files,
-        sources: config_tx,
-        monitor,
-        trainer: trainer.clone(),
-        http: http_state,
-    };
     let mut running = (*cfg).clone();
     let signal_name = loop {
         match next_signal(&mut sigterm, &mut sigint, &mut sighup).await {
-            "SIGHUP" => running = reload(&running, port, &source, &targets),
+            "SIGHUP" => running = reload(&running, port, &source, &topology),
             other => break other,
         }
     };
@@ -420,14 +194,11 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         "shutting down: no new work, draining"
     );
     notifier.stopping();
-    lifecycle.stopping.store(true, Ordering::SeqCst);
-    for source in &sources {
-        source.stop_intake();
-    }
+    topology.stop_intake();
     // The journal makes an unfinished batch safe to abandon, so the bound is enforced even if
     // something hangs: nothing is lost by exiting. The reputation counts are saved first,
     // and the exit status says the drain did not finish, so systemd records it.
-    let forced_reputation = reputation.clone();
+    let forced_reputation = topology.reputation.clone();
     std::thread::spawn(move || {
         std::thread::sleep(bound + Duration::from_millis(500));
         if let Err(e) = forced_reputation.save() {
@@ -441,13 +212,13 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     });
     handle.stop(true).await;
     let _ = server_task.await;
-    while lifecycle.busy.load(Ordering::SeqCst) > 0 && started.elapsed() < bound {
+    while topology.lifecycle.busy.load(Ordering::SeqCst) > 0 && started.elapsed() < bound {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Err(e) = reputation.save() {
+    if let Err(e) = topology.reputation.save() {
         tracing::warn!(error = %e, "cannot save the reputation state");
     }
-    if lifecycle.busy.load(Ordering::SeqCst) > 0 {
+    if topology.lifecycle.busy.load(Ordering::SeqCst) > 0 {
         // A batch still holds its thread: what it did is in the journal and resumes on the
         // next start, but the drain did not finish, and the exit status says so.
         tracing::error!(
@@ -461,22 +232,13 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         seconds = started.elapsed().as_secs_f64(),
         "drained; exiting"
     );
-    drift_arbiter.stop();
-    mlops_arbiter.stop();
+    topology.stop();
     actix::System::current().stop();
     Ok(())
 }
 
 /// Exit status when the drain outlasts `server.shutdown_timeout_secs`.
 pub const FORCED_EXIT_CODE: i32 = 2;
-
-/// Removes temp files a crash left in the state folders (`<state_dir>` and the folders the
-/// daemon writes atomically inside it).
-fn remove_stale_state_temp_files(cfg: &Config) {
-    for dir in cfg.paths.atomic_dirs() {
-        sentimentd_data::atomic::remove_stale_temp_files(&dir);
-    }
-}
 
 /// Waits for the first of SIGTERM and SIGINT and names it.
 async fn next_signal(

@@ -303,7 +303,7 @@ fn no_file_depends_on_itself_through_others() {
 }
 
 /// Ingestion hands texts to the scorer; only the scorer and the batcher talk to the inference
-/// pool.
+/// pool (and the topology, which starts it).
 #[test]
 fn only_the_scorer_reaches_the_inference_pool() {
     let src = repo().join("actors/src");
@@ -312,7 +312,11 @@ fn only_the_scorer_reaches_the_inference_pool() {
         let code = code_of(&path);
         let allowed = matches!(
             module.join("::").as_str(),
-            "" | "serving::scorer" | "serving::batcher" | "serving::inference" | "messages"
+            "" | "topology"
+                | "serving::scorer"
+                | "serving::batcher"
+                | "serving::inference"
+                | "messages"
         );
         if !allowed && (code.contains("ScoreChunk") || code.contains("serving::inference")) {
             offenders.push(path.display().to_string());

@@ -8,7 +8,8 @@
 //! - [`sources`]: where batches come from (`file/`: the watched folder, its claim, journal,
 //!   streaming processor and output names);
 //! - [`mlops`]: model registry, trainer, baseliner, drift monitor, run tracker, reputation;
-//! - [`http`]: the HTTP API, its OpenAPI document and the status page.
+//! - [`http`]: the HTTP API, its OpenAPI document and the status page;
+//! - [`topology`]: the running system built from the config.
 //!
 //! They talk through the typed messages of [`messages`]; the ML core they call never sees
 //! actix.
@@ -20,6 +21,7 @@ pub mod runtime;
 pub mod serving;
 pub mod sources;
 pub mod telemetry;
+pub mod topology;
 
 pub use mlops::registry::ModelRegistry;
 pub use runtime::containment::{Containment, Faults};

@@ -2,7 +2,6 @@
 //! token.
 
 use crate::messages::{PromoteVersion, Retrain, RetrainTrigger, Rollback, Switched};
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::errors::*;
@@ -16,10 +15,12 @@ pub(crate) fn admin<'a>(
     state: &'a HttpState,
 ) -> Result<&'a AdminApi, Box<HttpResponse>> {
     let Some(api) = &state.admin else {
-        return Err(Box::new(json_error(
-            StatusCode::NOT_FOUND,
-            "the admin API is disabled (set [admin] token_file to enable it)",
-        )));
+        return Err(Box::new(
+            ApiError::NotFound(
+                "the admin API is disabled (set [admin] token_file to enable it)".into(),
+            )
+            .response(),
+        ));
     };
     api.token.check(req)?;
     Ok(api)
@@ -28,11 +29,8 @@ pub(crate) fn admin<'a>(
 pub(crate) fn switched(r: Result<Result<Switched, String>, actix::MailboxError>) -> HttpResponse {
     match r {
         Ok(Ok(s)) => HttpResponse::Ok().json(s),
-        Ok(Err(e)) => json_error(StatusCode::CONFLICT, e),
-        Err(e) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("model registry unavailable: {e}"),
-        ),
+        Ok(Err(e)) => ApiError::Conflict(e).response(),
+        Err(e) => ApiError::Unavailable(format!("model registry unavailable: {e}")).response(),
     }
 }
 
@@ -56,11 +54,8 @@ pub(crate) async fn admin_retrain(req: HttpRequest, state: web::Data<HttpState>)
         .await
     {
         Ok(Ok(m)) => HttpResponse::Accepted().json(serde_json::json!({"status": m})),
-        Ok(Err(reason)) => json_error(StatusCode::CONFLICT, reason),
-        Err(e) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("trainer unavailable: {e}"),
-        ),
+        Ok(Err(reason)) => ApiError::Conflict(reason).response(),
+        Err(e) => ApiError::Unavailable(format!("trainer unavailable: {e}")).response(),
     }
 }
 
@@ -84,10 +79,8 @@ pub(crate) async fn admin_promote(
     let r: PromoteRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"version\": string}}: {e}"),
-            );
+            return ApiError::BadRequest(format!("expected {{\"version\": string}}: {e}"))
+                .response();
         }
     };
     switched(

@@ -1,10 +1,77 @@
-//! The JSON answers every handler builds: `{"error": "..."}` with a status, and the checks of
-//! a request's content type, body and texts that produce them.
+//! The JSON answers every handler builds: [`ApiError`], one variant per status, answered as
+//! `{"error": "..."}`; the mapping from the core's errors to it; and the checks of a
+//! request's content type, body and texts that produce them.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
+
+use crate::serving::scorer::ScoreError;
+
+/// Every error the API answers with. The message says what was wrong with the request (or,
+/// for a 5xx, that the error was logged).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    InsufficientStorage(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+        }
+    }
+
+    /// The answer: the status, and `{"error": message}`.
+    pub fn response(&self) -> HttpResponse {
+        json_error(self.status(), self.to_string())
+    }
+}
+
+/// Why the scorer gave no predictions, as the API says it (a refused admission is answered
+/// with `Retry-After` by `/predict` itself).
+impl From<ScoreError> for ApiError {
+    fn from(e: ScoreError) -> ApiError {
+        match e {
+            ScoreError::NoModel => ApiError::Unavailable(e.to_string()),
+            ScoreError::Busy { .. } | ScoreError::Failed(_) => {
+                ApiError::Internal("internal error while scoring; the error was logged".into())
+            }
+        }
+    }
+}
 
 pub fn json_error(status: StatusCode, message: impl AsRef<str>) -> HttpResponse {
     #[derive(Serialize)]
@@ -65,10 +132,7 @@ pub(crate) fn json_ok<T: Serialize>(value: &T) -> HttpResponse {
         Ok(body) => HttpResponse::Ok()
             .insert_header(ContentType::json())
             .body(body),
-        Err(e) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the response: {e}"),
-        ),
+        Err(e) => ApiError::Internal(format!("cannot encode the response: {e}")).response(),
     }
 }
 
@@ -83,19 +147,15 @@ pub(crate) fn json_body(
         .map_err(|e| {
             let status = e.as_response_error().status_code();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                json_error(
-                    status,
-                    format!("request body is larger than the limit of {limit} bytes"),
-                )
+                ApiError::PayloadTooLarge(format!(
+                    "request body is larger than the limit of {limit} bytes"
+                ))
+                .response()
             } else {
-                json_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                )
+                ApiError::BadRequest(format!("cannot read the request body: {e}")).response()
             }
         })
         .map_err(Box::new)?;
-    content_type_ok(req)
-        .map_err(|m| Box::new(json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m)))?;
+    content_type_ok(req).map_err(|m| Box::new(ApiError::UnsupportedMediaType(m).response()))?;
     Ok(body)
 }

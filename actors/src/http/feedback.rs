@@ -1,7 +1,6 @@
 //! `POST /feedback`: labelled rows for retraining, stored before the answer.
 
 use crate::telemetry::events::{FeedbackReceived, InternalEvent};
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sentimentd_data::Label;
 
@@ -27,10 +26,11 @@ pub(crate) async fn feedback(
     state: web::Data<HttpState>,
 ) -> HttpResponse {
     let Some(token) = &state.feedback_token else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "feedback is disabled: set [feedback] token_file or [admin] token_file to enable it",
-        );
+        return ApiError::NotFound(
+            "feedback is disabled: set [feedback] token_file or [admin] token_file to enable it"
+                .into(),
+        )
+        .response();
     };
     if let Err(refused) = token.check(&req) {
         return *refused;
@@ -42,12 +42,9 @@ pub(crate) async fn feedback(
     let parsed: FeedbackRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!(
+            return ApiError::BadRequest(format!(
                     "expected {{\"text\": string, \"label\": \"negative\"|\"neutral\"|\"positive\", \"source\"?: string}} or {{\"items\": [...]}}: {e}"
-                ),
-            );
+                )).response();
         }
     };
     let items = match parsed {
@@ -55,17 +52,15 @@ pub(crate) async fn feedback(
         FeedbackRequest::Many { items } => items,
     };
     if items.is_empty() {
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"items\" is empty");
+        return ApiError::Unprocessable("\"items\" is empty".into()).response();
     }
     if items.len() > state.limits.max_batch_texts() {
-        return json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "too many items: {} (at most {})",
-                items.len(),
-                state.limits.max_batch_texts()
-            ),
-        );
+        return ApiError::Unprocessable(format!(
+            "too many items: {} (at most {})",
+            items.len(),
+            state.limits.max_batch_texts()
+        ))
+        .response();
     }
     let arrived_at = chrono::Utc::now();
     let mut rows = Vec::with_capacity(items.len());
@@ -76,7 +71,7 @@ pub(crate) async fn feedback(
             state.limits.max_text_chars(),
             &format!("{what}.text"),
         ) {
-            return json_error(StatusCode::UNPROCESSABLE_ENTITY, m);
+            return ApiError::Unprocessable(m).response();
         }
         let label = match &item.label {
             serde_json::Value::String(s) => Label::parse(s),
@@ -88,24 +83,20 @@ pub(crate) async fn feedback(
             _ => None,
         };
         let Some(label) = label else {
-            return json_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "{what}.label must be negative, neutral or positive (or 0, 1, 2), got {}",
-                    item.label
-                ),
-            );
+            return ApiError::Unprocessable(format!(
+                "{what}.label must be negative, neutral or positive (or 0, 1, 2), got {}",
+                item.label
+            ))
+            .response();
         };
         if let Some(source) = &item.source
             && source.chars().count() > state.feedback_limits.max_source_chars
         {
-            return json_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "{what}.source is longer than {} characters ([feedback] max_source_chars)",
-                    state.feedback_limits.max_source_chars
-                ),
-            );
+            return ApiError::Unprocessable(format!(
+                "{what}.source is longer than {} characters ([feedback] max_source_chars)",
+                state.feedback_limits.max_source_chars
+            ))
+            .response();
         }
         rows.push(sentimentd_data::labelled::LabelledRow {
             text: item.text,
@@ -137,13 +128,11 @@ pub(crate) async fn feedback(
     })
     .await;
     match written {
-        Ok(Ok(Err(held))) => json_error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!(
-                "the labelled-data store holds {held} bytes, at its limit of {max_bytes} \
+        Ok(Ok(Err(held))) => ApiError::InsufficientStorage(format!(
+            "the labelled-data store holds {held} bytes, at its limit of {max_bytes} \
                  ([feedback] max_store_bytes); no more feedback is taken until there is room"
-            ),
-        ),
+        ))
+        .response(),
         Ok(Ok(Ok(_))) => {
             FeedbackReceived {
                 rows: n,
@@ -154,14 +143,8 @@ pub(crate) async fn feedback(
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot store feedback");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot store the feedback; the error was logged",
-            )
+            ApiError::Internal("cannot store the feedback; the error was logged".into()).response()
         }
-        Err(_) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot store the feedback",
-        ),
+        Err(_) => ApiError::Internal("cannot store the feedback".into()).response(),
     }
 }

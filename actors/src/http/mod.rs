@@ -27,11 +27,11 @@ pub use crate::serving::scorer::INLINE_BATCH_TEXTS;
 pub use errors::json_error;
 pub use state::{AdminApi, HttpState, Limits, TokenFile};
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use self::admin::{admin_promote, admin_retrain, admin_rollback};
+use self::errors::ApiError;
 use self::feedback::feedback;
 use self::health::{health, ready};
 use self::predict::predict;
@@ -118,18 +118,17 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    json_error(
-        StatusCode::NOT_FOUND,
-        format!("no such endpoint: {} {}", req.method(), req.path()),
-    )
+    ApiError::NotFound(format!("no such endpoint: {} {}", req.method(), req.path())).response()
 }
 
 /// 405 with the `Allow` header RFC 9110 requires: the path's documented methods.
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let mut response = json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method {} is not allowed on {}", req.method(), req.path()),
-    );
+    let mut response = ApiError::MethodNotAllowed(format!(
+        "method {} is not allowed on {}",
+        req.method(),
+        req.path()
+    ))
+    .response();
     if let Some(allow) = crate::http::openapi::allowed_methods(req.path()) {
         response.headers_mut().insert(header::ALLOW, allow);
     }

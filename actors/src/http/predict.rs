@@ -54,10 +54,10 @@ pub(crate) fn predict_inner(
         && *first != b'{'
         && (*first == b'[' || first.is_ascii_digit() || b"\"tfn-".contains(first))
     {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "wrong type in request: expected a JSON object with \"text\" or \"texts\"",
+        return ApiError::BadRequest(
+            "wrong type in request: expected a JSON object with \"text\" or \"texts\"".into(),
         )
+        .response()
         .into();
     }
     let request: PredictRequest<'_> = match serde_json::from_slice(&body) {
@@ -67,19 +67,21 @@ pub(crate) fn predict_inner(
                 serde_json::error::Category::Data => "wrong type in request",
                 _ => "malformed JSON",
             };
-            return json_error(StatusCode::BAD_REQUEST, format!("{what}: {e}")).into();
+            return ApiError::BadRequest(format!("{what}: {e}"))
+                .response()
+                .into();
         }
     };
     // A guard, not an `Arc` clone: no reference-count traffic shared by all workers.
     let guard = state.cell.load();
     let Some(model) = guard.as_deref() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet").into();
+        return ApiError::from(ScoreError::NoModel).response().into();
     };
     let source = request.source.as_deref();
     match (request.text, request.texts) {
         (Some(text), None) => {
             if let Err(message) = check_text(&text, state.limits.max_text_chars(), "text") {
-                return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
+                return ApiError::Unprocessable(message).response().into();
             }
             let route = state.scorer.route(model, 1);
             if route != Route::Inline {
@@ -95,19 +97,19 @@ pub(crate) fn predict_inner(
                     state.scorer.record(Channel::http, source, [p.label]);
                     json_ok(&PredictionBody::new(&p, &model.version)).into()
                 }
-                Err(_) => scoring_failed().into(),
+                Err(e) => ApiError::from(e).response().into(),
             }
         }
         (None, Some(texts)) => predict_batch(state, model, &texts, source),
-        (Some(_), Some(_)) => json_error(
-            StatusCode::BAD_REQUEST,
-            "give either \"text\" or \"texts\", not both",
+        (Some(_), Some(_)) => {
+            ApiError::BadRequest("give either \"text\" or \"texts\", not both".into())
+                .response()
+                .into()
+        }
+        (None, None) => ApiError::BadRequest(
+            "missing field \"text\" (a string), or \"texts\" (an array of strings)".into(),
         )
-        .into(),
-        (None, None) => json_error(
-            StatusCode::BAD_REQUEST,
-            "missing field \"text\" (a string), or \"texts\" (an array of strings)",
-        )
+        .response()
         .into(),
     }
 }
@@ -119,22 +121,22 @@ pub(crate) fn predict_batch(
     source: Option<&str>,
 ) -> Work {
     if texts.is_empty() {
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "\"texts\" is empty").into();
+        return ApiError::Unprocessable("\"texts\" is empty".into())
+            .response()
+            .into();
     }
     if texts.len() > state.limits.max_batch_texts() {
-        return json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "too many texts: {} (at most {})",
-                texts.len(),
-                state.limits.max_batch_texts()
-            ),
-        )
+        return ApiError::Unprocessable(format!(
+            "too many texts: {} (at most {})",
+            texts.len(),
+            state.limits.max_batch_texts()
+        ))
+        .response()
         .into();
     }
     for (i, t) in texts.iter().enumerate() {
         if let Err(message) = check_text(t, state.limits.max_text_chars(), &format!("texts[{i}]")) {
-            return json_error(StatusCode::UNPROCESSABLE_ENTITY, message).into();
+            return ApiError::Unprocessable(message).response().into();
         }
     }
     let route = state.scorer.route(model, texts.len());
@@ -149,15 +151,8 @@ pub(crate) fn predict_batch(
     let refs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
     match state.scorer.score_inline(model, &refs) {
         Ok(predictions) => batch_answer(state, &predictions, &model.version, source).into(),
-        Err(_) => scoring_failed().into(),
+        Err(e) => ApiError::from(e).response().into(),
     }
-}
-
-pub(crate) fn scoring_failed() -> HttpResponse {
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error while scoring; the error was logged",
-    )
 }
 
 pub(crate) fn batch_answer(
@@ -219,15 +214,12 @@ pub(crate) async fn score_routed(
             );
             match scored.predictions.first() {
                 Some(first) => json_ok(&PredictionBody::new(first, &scored.version)),
-                None => scoring_failed(),
+                None => ApiError::from(ScoreError::Failed("no prediction".into())).response(),
             }
         }
         Ok(scored) => batch_answer(state, &scored.predictions, &scored.version, source),
         Err(ScoreError::Busy { busy, texts, limit }) => too_busy(busy, Some(texts), limit),
-        Err(ScoreError::NoModel) => {
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet")
-        }
-        Err(ScoreError::Failed(_)) => scoring_failed(),
+        Err(e) => ApiError::from(e).response(),
     }
 }
 

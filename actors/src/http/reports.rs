@@ -1,7 +1,6 @@
 //! What the daemon knows, read-only: `/model`, `/metrics`, `/drift`, `/drift/report.html`,
 //! `/reputation`.
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -16,7 +15,7 @@ use super::types::*;
         (status = 503, description = "No model is loaded yet", body = ErrorBody)))]
 pub(crate) async fn model(state: web::Data<HttpState>) -> HttpResponse {
     let Some(m) = state.cell.load_full() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no model is loaded yet");
+        return ApiError::Unavailable("no model is loaded yet".into()).response();
     };
     let store = state.model_store.clone();
     let candidates = web::block(move || crate::mlops::registry::recent_candidates(&store, 5))
@@ -57,10 +56,7 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> Ht
         Ok(text) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, content_type))
             .body(text),
-        Err(_) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot encode the metrics",
-        ),
+        Err(_) => ApiError::Internal("cannot encode the metrics".into()).response(),
     }
 }
 
@@ -72,10 +68,11 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> Ht
 pub(crate) async fn drift(state: web::Data<HttpState>) -> HttpResponse {
     match state.reports.load_full() {
         Some(r) => HttpResponse::Ok().json(&*r),
-        None => json_error(
-            StatusCode::NOT_FOUND,
-            "no drift check has run yet (see [drift] check_every_secs and check_every_samples)",
-        ),
+        None => ApiError::NotFound(
+            "no drift check has run yet (see [drift] check_every_secs and check_every_samples)"
+                .into(),
+        )
+        .response(),
     }
 }
 
@@ -104,6 +101,6 @@ pub(crate) async fn drift_html(state: web::Data<HttpState>) -> HttpResponse {
         Some(r) => HttpResponse::Ok()
             .insert_header(ContentType::html())
             .body(sentimentd_tracking::report::drift_report_html(&r)),
-        None => json_error(StatusCode::NOT_FOUND, "no drift check has run yet"),
+        None => ApiError::NotFound("no drift check has run yet".into()).response(),
     }
 }

@@ -6,8 +6,7 @@ use crate::mlops::reputation::Reputation;
 use crate::serving::model_cell::ModelCell;
 use crate::serving::scorer::Scorer;
 use crate::telemetry::metrics::Metrics;
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, ContentType};
+use actix_web::http::header::{self};
 use actix_web::{HttpRequest, HttpResponse};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -177,10 +176,9 @@ impl TokenFile {
             Ok(t) => t,
             Err(why) => {
                 tracing::warn!(path = req.path(), error = %why, "request refused: the token file is unusable");
-                return Err(Box::new(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{why}; fix it and reload (SIGHUP)"),
-                )));
+                return Err(Box::new(
+                    ApiError::Unavailable(format!("{why}; fix it and reload (SIGHUP)")).response(),
+                ));
             }
         };
         use subtle::ConstantTimeEq;
@@ -188,12 +186,12 @@ impl TokenFile {
             return Ok(());
         }
         tracing::warn!(path = req.path(), peer = ?req.peer_addr(), key = self.key, "request refused: missing or wrong bearer token");
-        Err(Box::new(
-            HttpResponse::Unauthorized()
-                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-                .insert_header(ContentType::json())
-                .body(r#"{"error":"missing or wrong bearer token"}"#),
-        ))
+        let mut refused = ApiError::Unauthorized("missing or wrong bearer token".into()).response();
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Err(Box::new(refused))
     }
 }
 
