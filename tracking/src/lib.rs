@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 mod local;
 mod mlflow;
+mod mlflow_api;
 mod record;
 pub mod records;
 pub mod report;

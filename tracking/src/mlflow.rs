@@ -1,5 +1,10 @@
 //! A blocking client for MLflow's REST API 2.0.
 
+use crate::mlflow_api::{
+    ArtifactsAnswer, CreatedExperiment, ExperimentAnswer, Ignored, MetricHistoryAnswer,
+    ModelVersionAnswer, RegisteredModelAnswer, Run, RunAnswer, SearchModelVersionsAnswer,
+    SearchRunsAnswer,
+};
 use crate::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -88,11 +93,11 @@ impl MlflowClient {
 
     /// Sends a request and returns the JSON body of a 2xx answer; everything else becomes an
     /// error naming the endpoint and, when the server said one, its error code and message.
-    fn call(
+    fn call<T: serde::de::DeserializeOwned>(
         &self,
         endpoint: &str,
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<serde_json::Value, TrackingError> {
+    ) -> Result<T, TrackingError> {
         let mut resp = result.map_err(|e| TrackingError::Transport {
             endpoint: endpoint.to_string(),
             message: e.to_string(),
@@ -106,10 +111,8 @@ impl MlflowClient {
                 message: format!("reading the response: {e}"),
             })?;
         if (200..300).contains(&status) {
-            if body.trim().is_empty() {
-                return Ok(serde_json::Value::Object(Default::default()));
-            }
-            return serde_json::from_str(&body).map_err(|e| TrackingError::Protocol {
+            let text = if body.trim().is_empty() { "{}" } else { &body };
+            return serde_json::from_str(text).map_err(|e| TrackingError::Protocol {
                 endpoint: endpoint.to_string(),
                 message: format!("{e}: {}", truncate(&body, 300)),
             });
@@ -130,7 +133,11 @@ impl MlflowClient {
         })
     }
 
-    fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, TrackingError> {
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, TrackingError> {
         let endpoint = format!("GET /api/2.0/mlflow/{path}");
         let mut req = self.agent.get(self.api(path));
         for (k, v) in query {
@@ -139,11 +146,11 @@ impl MlflowClient {
         self.call(&endpoint, req.call())
     }
 
-    fn post(
+    fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &serde_json::Value,
-    ) -> Result<serde_json::Value, TrackingError> {
+    ) -> Result<T, TrackingError> {
         let endpoint = format!("POST /api/2.0/mlflow/{path}");
         self.call(&endpoint, self.agent.post(self.api(path)).send_json(body))
     }
@@ -175,30 +182,24 @@ impl MlflowClient {
 
     /// The id of the experiment called `name`, created when missing.
     pub fn get_or_create_experiment(&self, name: &str) -> Result<String, TrackingError> {
-        match self.get("experiments/get-by-name", &[("experiment_name", name)]) {
-            Ok(v) => {
-                return str_at(
-                    &v,
-                    &["experiment", "experiment_id"],
-                    "experiments/get-by-name",
-                );
-            }
+        match self.get::<ExperimentAnswer>("experiments/get-by-name", &[("experiment_name", name)])
+        {
+            Ok(v) => return Ok(v.experiment.experiment_id),
             Err(TrackingError::Server { error_code, .. })
                 if error_code == "RESOURCE_DOES_NOT_EXIST" => {}
             Err(e) => return Err(e),
         }
-        match self.post("experiments/create", &serde_json::json!({ "name": name })) {
-            Ok(v) => str_at(&v, &["experiment_id"], "experiments/create"),
+        match self
+            .post::<CreatedExperiment>("experiments/create", &serde_json::json!({ "name": name }))
+        {
+            Ok(v) => Ok(v.experiment_id),
             // Another client created it between our two calls.
             Err(TrackingError::Server { error_code, .. })
                 if error_code == "RESOURCE_ALREADY_EXISTS" =>
             {
-                let v = self.get("experiments/get-by-name", &[("experiment_name", name)])?;
-                str_at(
-                    &v,
-                    &["experiment", "experiment_id"],
-                    "experiments/get-by-name",
-                )
+                let v: ExperimentAnswer =
+                    self.get("experiments/get-by-name", &[("experiment_name", name)])?;
+                Ok(v.experiment.experiment_id)
             }
             Err(e) => Err(e),
         }
@@ -217,13 +218,13 @@ impl MlflowClient {
             "start_time": start_time_ms,
             "tags": key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
         });
-        let v = self.post("runs/create", &body)?;
-        parse_run(&v, "runs/create")
+        let v: RunAnswer = self.post("runs/create", &body)?;
+        run_of(v.run, "runs/create")
     }
 
     pub fn get_run(&self, run_id: &str) -> Result<MlflowRun, TrackingError> {
-        let v = self.get("runs/get", &[("run_id", run_id)])?;
-        parse_run(&v, "runs/get")
+        let v: RunAnswer = self.get("runs/get", &[("run_id", run_id)])?;
+        run_of(v.run, "runs/get")
     }
 
     /// The newest active run of the experiment whose tag `key` equals `value`.
@@ -239,13 +240,9 @@ impl MlflowClient {
             "max_results": 1,
             "order_by": ["attributes.start_time DESC"],
         });
-        let v = self.post("runs/search", &body)?;
-        match v
-            .get("runs")
-            .and_then(|r| r.as_array())
-            .and_then(|r| r.first())
-        {
-            Some(run) => parse_run(&serde_json::json!({ "run": run }), "runs/search").map(Some),
+        let v: SearchRunsAnswer = self.post("runs/search", &body)?;
+        match v.runs.into_iter().next() {
+            Some(run) => run_of(run, "runs/search").map(Some),
             None => Ok(None),
         }
     }
@@ -286,7 +283,7 @@ impl MlflowClient {
                 "tags": ts.unwrap_or_default(),
                 "metrics": ms.unwrap_or_default(),
             });
-            self.post("runs/log-batch", &body)?;
+            self.post::<Ignored>("runs/log-batch", &body)?;
         }
     }
 
@@ -354,7 +351,7 @@ impl MlflowClient {
             .timeout_global(Some(UPLOAD_TIMEOUT))
             .build()
             .header("Content-Type", "application/octet-stream");
-        self.call(&endpoint, req.send(data)).map(|_| ())
+        self.call::<Ignored>(&endpoint, req.send(data)).map(|_| ())
     }
 
     /// Artifact paths directly under `path` of a run (`""` = its root).
@@ -363,16 +360,9 @@ impl MlflowClient {
         run: &MlflowRun,
         path: &str,
     ) -> Result<Vec<String>, TrackingError> {
-        let v = self.get("artifacts/list", &[("run_id", &run.run_id), ("path", path)])?;
-        Ok(v.get("files")
-            .and_then(|f| f.as_array())
-            .map(|files| {
-                files
-                    .iter()
-                    .filter_map(|f| f.get("path").and_then(|p| p.as_str()).map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let v: ArtifactsAnswer =
+            self.get("artifacts/list", &[("run_id", &run.run_id), ("path", path)])?;
+        Ok(v.files.into_iter().map(|f| f.path).collect())
     }
 
     pub fn update_run(
@@ -386,7 +376,7 @@ impl MlflowClient {
             "status": status.mlflow_name(),
             "end_time": end_time_ms,
         });
-        self.post("runs/update", &body).map(|_| ())
+        self.post::<Ignored>("runs/update", &body).map(|_| ())
     }
 
     pub fn get_metric_history(
@@ -394,28 +384,16 @@ impl MlflowClient {
         run_id: &str,
         key: &str,
     ) -> Result<Vec<MlflowMetric>, TrackingError> {
-        let v = self.get(
+        let v: MetricHistoryAnswer = self.get(
             "metrics/get-history",
             &[("run_id", run_id), ("metric_key", key)],
         )?;
-        let metrics = v.get("metrics").and_then(|m| m.as_array());
-        Ok(metrics
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| MlflowMetric {
-                        key: m["key"].as_str().unwrap_or(key).to_string(),
-                        value: m["value"].as_f64().unwrap_or(f64::NAN),
-                        timestamp_ms: int_field(&m["timestamp"]),
-                        step: int_field(&m["step"]),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(v.metrics.into_iter().map(|m| m.into_metric(key)).collect())
     }
 
     /// Creates the registered model unless it exists.
     pub fn ensure_registered_model(&self, name: &str) -> Result<(), TrackingError> {
-        match self.post(
+        match self.post::<Ignored>(
             "registered-models/create",
             &serde_json::json!({ "name": name }),
         ) {
@@ -442,8 +420,8 @@ impl MlflowClient {
             "run_id": run_id,
             "tags": key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
         });
-        let v = self.post("model-versions/create", &body)?;
-        parse_model_version(&v["model_version"], "model-versions/create")
+        let v: ModelVersionAnswer = self.post("model-versions/create", &body)?;
+        Ok(v.model_version.into())
     }
 
     /// Versions of `name` registered from `run_id`.
@@ -457,20 +435,15 @@ impl MlflowClient {
             escape_filter_value(name),
             escape_filter_value(run_id)
         );
-        let v = self.get("model-versions/search", &[("filter", &filter)])?;
-        v.get("model_versions")
-            .and_then(|m| m.as_array())
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| parse_model_version(m, "model-versions/search"))
-                    .collect()
-            })
-            .unwrap_or_else(|| Ok(Vec::new()))
+        let v: SearchModelVersionsAnswer =
+            self.get("model-versions/search", &[("filter", &filter)])?;
+        Ok(v.model_versions.into_iter().map(Into::into).collect())
     }
 
     pub fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<(), TrackingError> {
         let body = serde_json::json!({ "name": name, "alias": alias, "version": version });
-        self.post("registered-models/alias", &body).map(|_| ())
+        self.post::<Ignored>("registered-models/alias", &body)
+            .map(|_| ())
     }
 
     /// The version `alias` points at, `None` when the model or the alias does not exist.
@@ -481,32 +454,30 @@ impl MlflowClient {
     ) -> Result<Option<MlflowModelVersion>, TrackingError> {
         // `registered-models/alias` answers a missing alias with a generic 400, which cannot be
         // told from a bad request without matching its text; the model's alias list can.
-        let model = match self.get("registered-models/get", &[("name", name)]) {
-            Ok(v) => v,
-            Err(TrackingError::Server { error_code, .. })
-                if error_code == "RESOURCE_DOES_NOT_EXIST" =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        let version = model["registered_model"]["aliases"]
-            .as_array()
-            .and_then(|aliases| {
-                aliases
-                    .iter()
-                    .find(|a| a["alias"].as_str() == Some(alias))
-                    .map(|a| str_at(a, &["version"], "registered-models/get"))
-            })
-            .transpose()?;
-        let Some(version) = version else {
+        let model: RegisteredModelAnswer =
+            match self.get("registered-models/get", &[("name", name)]) {
+                Ok(v) => v,
+                Err(TrackingError::Server { error_code, .. })
+                    if error_code == "RESOURCE_DOES_NOT_EXIST" =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+        let Some(version) = model
+            .registered_model
+            .aliases
+            .into_iter()
+            .find(|a| a.alias == alias)
+            .map(|a| a.version)
+        else {
             return Ok(None);
         };
-        let v = self.get(
+        let v: ModelVersionAnswer = self.get(
             "model-versions/get",
             &[("name", name), ("version", version.as_str())],
         )?;
-        parse_model_version(&v["model_version"], "model-versions/get").map(Some)
+        Ok(Some(v.model_version.into()))
     }
 
     /// Mirrors a local record as one MLflow run, idempotently: a run already tagged with this
@@ -678,11 +649,12 @@ pub(crate) fn metric_json(v: f64) -> serde_json::Value {
     }
 }
 
-/// Protobuf's JSON mapping writes int64 as a string.
-pub(crate) fn int_field(v: &serde_json::Value) -> i64 {
-    v.as_i64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or(0)
+/// The run an answer names; an answer without a run id is a protocol error.
+fn run_of(run: Run, endpoint: &str) -> Result<MlflowRun, TrackingError> {
+    run.into_run().ok_or_else(|| TrackingError::Protocol {
+        endpoint: endpoint.to_string(),
+        message: "no run.info.run_id in the answer".into(),
+    })
 }
 
 pub(crate) fn escape_filter_value(v: &str) -> String {
@@ -706,61 +678,4 @@ pub(crate) fn encode_path(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
-}
-
-pub(crate) fn str_at(
-    v: &serde_json::Value,
-    path: &[&str],
-    endpoint: &str,
-) -> Result<String, TrackingError> {
-    let mut cur = v;
-    for k in path {
-        cur = &cur[*k];
-    }
-    match cur {
-        serde_json::Value::String(s) => Ok(s.clone()),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        _ => Err(TrackingError::Protocol {
-            endpoint: endpoint.to_string(),
-            message: format!("no {} in the answer", path.join(".")),
-        }),
-    }
-}
-
-pub(crate) fn parse_run(v: &serde_json::Value, endpoint: &str) -> Result<MlflowRun, TrackingError> {
-    let info = &v["run"]["info"];
-    let run_id =
-        str_at(info, &["run_id"], endpoint).or_else(|_| str_at(info, &["run_uuid"], endpoint))?;
-    Ok(MlflowRun {
-        run_id,
-        experiment_id: str_at(info, &["experiment_id"], endpoint)?,
-        artifact_uri: str_at(info, &["artifact_uri"], endpoint).unwrap_or_default(),
-        status: str_at(info, &["status"], endpoint).unwrap_or_else(|_| "RUNNING".to_string()),
-    })
-}
-
-pub(crate) fn parse_model_version(
-    v: &serde_json::Value,
-    endpoint: &str,
-) -> Result<MlflowModelVersion, TrackingError> {
-    let tags = v["tags"]
-        .as_array()
-        .map(|ts| {
-            ts.iter()
-                .filter_map(|t| {
-                    Some((
-                        t["key"].as_str()?.to_string(),
-                        t["value"].as_str().unwrap_or_default().to_string(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(MlflowModelVersion {
-        name: str_at(v, &["name"], endpoint)?,
-        version: str_at(v, &["version"], endpoint)?,
-        source: str_at(v, &["source"], endpoint).unwrap_or_default(),
-        run_id: str_at(v, &["run_id"], endpoint).unwrap_or_default(),
-        tags,
-    })
 }

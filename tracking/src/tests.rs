@@ -134,7 +134,14 @@ fn helpers_encode_what_mlflow_expects() {
     assert_eq!(sanitize_key("val loss (ℓ)"), "val loss ___");
     assert_eq!(metric_json(f64::NAN), serde_json::json!("NaN"));
     assert_eq!(escape_filter_value("it's"), "it\\'s");
-    assert_eq!(int_field(&serde_json::json!("17")), 17);
+    // Protobuf's JSON: int64 as a string, non-finite doubles as names.
+    let h: crate::mlflow_api::MetricHistoryAnswer = serde_json::from_value(serde_json::json!({
+        "metrics": [{"key": "k", "value": "NaN", "timestamp": "17", "step": 2}]
+    }))
+    .unwrap();
+    let m = h.metrics.into_iter().next().unwrap().into_metric("k");
+    assert_eq!((m.timestamp_ms, m.step), (17, 2));
+    assert!(m.value.is_nan());
     let c = MlflowClient::new("http://127.0.0.1:5000/");
     let run = |uri: &str| MlflowRun {
         run_id: "r".into(),
@@ -213,4 +220,43 @@ fn a_down_server_queues_persistently_and_fast() {
         "{entries:?}"
     );
     assert!(matches!(&entries[1].op, MlflowOp::Champion { .. }));
+}
+
+#[test]
+fn mlflow_answers_are_read_by_type_and_a_missing_field_is_an_error() {
+    use crate::mlflow_api::{RunAnswer, SearchModelVersionsAnswer};
+    // Servers send the old `run_uuid` beside `run_id`; ids may be numbers.
+    let run: RunAnswer = serde_json::from_value(serde_json::json!({"run": {"info": {
+        "run_id": "abc", "run_uuid": "abc", "experiment_id": 3, "artifact_uri": "mlflow-artifacts:/3/abc"
+    }}}))
+    .unwrap();
+    let run = run.run.into_run().unwrap();
+    assert_eq!(
+        (
+            run.run_id.as_str(),
+            run.experiment_id.as_str(),
+            run.status.as_str()
+        ),
+        ("abc", "3", "RUNNING")
+    );
+    // No experiment id: not a run this client can use.
+    assert!(
+        serde_json::from_value::<RunAnswer>(
+            serde_json::json!({"run": {"info": {"run_id": "abc"}}})
+        )
+        .is_err()
+    );
+    let versions: SearchModelVersionsAnswer = serde_json::from_value(serde_json::json!({
+        "model_versions": [{"name": "m", "version": "2", "tags": [{"key": "sentimentd.version", "value": "v1"}]}]
+    }))
+    .unwrap();
+    let v: MlflowModelVersion = versions.model_versions.into_iter().next().unwrap().into();
+    assert_eq!(v.version, "2");
+    assert_eq!(
+        v.tags.get("sentimentd.version").map(String::as_str),
+        Some("v1")
+    );
+    // An empty answer has no versions.
+    let none: SearchModelVersionsAnswer = serde_json::from_str("{}").unwrap();
+    assert!(none.model_versions.is_empty());
 }

@@ -1,0 +1,213 @@
+//! The bodies of MLflow's REST API 2.0 that this client reads, as types: an answer that
+//! lacks a field the client needs is a protocol error naming the endpoint, not a silent
+//! default. Protobuf's JSON mapping writes int64 fields as strings and ids as either, so
+//! those accept both.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+
+use crate::mlflow::{MlflowMetric, MlflowModelVersion, MlflowRun};
+
+/// A string, or a number written as one (ids, versions).
+fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        N(serde_json::Number),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::S(s) => s,
+        Id::N(n) => n.to_string(),
+    })
+}
+
+/// An int64: a number, or a string holding one; absent or unreadable is 0.
+fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0))
+}
+
+/// A double: a number, or `"NaN"`, `"Infinity"`, `"-Infinity"`.
+fn double<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(f64::NAN))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ExperimentAnswer {
+    pub experiment: Experiment,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Experiment {
+    #[serde(deserialize_with = "id")]
+    pub experiment_id: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CreatedExperiment {
+    #[serde(deserialize_with = "id")]
+    pub experiment_id: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RunAnswer {
+    pub run: Run,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Run {
+    pub info: RunInfo,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RunInfo {
+    #[serde(default)]
+    run_id: Option<String>,
+    /// The older name of `run_id`, which servers still send beside it.
+    #[serde(default)]
+    run_uuid: Option<String>,
+    #[serde(deserialize_with = "id")]
+    experiment_id: String,
+    #[serde(default)]
+    artifact_uri: String,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+impl Run {
+    /// The run, or `None` when the server named no run id.
+    pub fn into_run(self) -> Option<MlflowRun> {
+        let i = self.info;
+        Some(MlflowRun {
+            run_id: i.run_id.or(i.run_uuid)?,
+            experiment_id: i.experiment_id,
+            artifact_uri: i.artifact_uri,
+            status: i.status.unwrap_or_else(|| "RUNNING".to_string()),
+        })
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct SearchRunsAnswer {
+    #[serde(default)]
+    pub runs: Vec<Run>,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct MetricHistoryAnswer {
+    #[serde(default)]
+    pub metrics: Vec<HistoryMetric>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HistoryMetric {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default = "nan", deserialize_with = "double")]
+    value: f64,
+    #[serde(default, deserialize_with = "int64")]
+    timestamp: i64,
+    #[serde(default, deserialize_with = "int64")]
+    step: i64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+impl HistoryMetric {
+    pub fn into_metric(self, asked: &str) -> MlflowMetric {
+        MlflowMetric {
+            key: self.key.unwrap_or_else(|| asked.to_string()),
+            value: self.value,
+            timestamp_ms: self.timestamp,
+            step: self.step,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ModelVersionAnswer {
+    pub model_version: ModelVersion,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct SearchModelVersionsAnswer {
+    #[serde(default)]
+    pub model_versions: Vec<ModelVersion>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ModelVersion {
+    name: String,
+    #[serde(deserialize_with = "id")]
+    version: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    run_id: String,
+    #[serde(default)]
+    tags: Vec<Tag>,
+}
+
+#[derive(Deserialize)]
+struct Tag {
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+impl From<ModelVersion> for MlflowModelVersion {
+    fn from(v: ModelVersion) -> MlflowModelVersion {
+        MlflowModelVersion {
+            name: v.name,
+            version: v.version,
+            source: v.source,
+            run_id: v.run_id,
+            tags: v
+                .tags
+                .into_iter()
+                .map(|t| (t.key, t.value))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RegisteredModelAnswer {
+    pub registered_model: RegisteredModel,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RegisteredModel {
+    #[serde(default)]
+    pub aliases: Vec<Alias>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Alias {
+    pub alias: String,
+    #[serde(deserialize_with = "id")]
+    pub version: String,
+}
+
+/// An answer whose fields this client does not read.
+#[derive(Deserialize, Default)]
+pub(crate) struct Ignored {}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct ArtifactsAnswer {
+    #[serde(default)]
+    pub files: Vec<ArtifactFile>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ArtifactFile {
+    pub path: String,
+}
