@@ -5,39 +5,11 @@ use crate::mlflow_api::{
     ModelVersionAnswer, RegisteredModelAnswer, Run, RunAnswer, SearchModelVersionsAnswer,
     SearchRunsAnswer,
 };
+pub use crate::mlflow_api::{MlflowMetric, MlflowModelVersion, MlflowRun};
 use crate::*;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// The parts of an MLflow run this crate needs.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct MlflowRun {
-    pub run_id: String,
-    pub experiment_id: String,
-    pub artifact_uri: String,
-    pub status: String,
-}
-
-/// A model registry version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MlflowModelVersion {
-    pub name: String,
-    pub version: String,
-    pub source: String,
-    pub run_id: String,
-    pub tags: BTreeMap<String, String>,
-}
-
-/// One metric value as MLflow stores it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MlflowMetric {
-    pub key: String,
-    pub value: f64,
-    pub timestamp_ms: i64,
-    pub step: i64,
-}
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);

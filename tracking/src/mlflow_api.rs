@@ -6,7 +6,33 @@
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 
-use crate::mlflow::{MlflowMetric, MlflowModelVersion, MlflowRun};
+/// The parts of an MLflow run this crate needs.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct MlflowRun {
+    pub run_id: String,
+    pub experiment_id: String,
+    pub artifact_uri: String,
+    pub status: String,
+}
+
+/// A model registry version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlflowModelVersion {
+    pub name: String,
+    pub version: String,
+    pub source: String,
+    pub run_id: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One metric value as MLflow stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlflowMetric {
+    pub key: String,
+    pub value: f64,
+    pub timestamp_ms: i64,
+    pub step: i64,
+}
 
 /// A string, or a number written as one (ids, versions).
 fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
