@@ -255,9 +255,10 @@ pub(crate) async fn predict(
         400..=499 => RequestOutcome::client_error,
         _ => RequestOutcome::server_error,
     };
-    state.metrics.request(outcome);
+    state.metrics.serving.request(outcome);
     state
         .metrics
+        .serving
         .latency
         .observe(started.elapsed().as_secs_f64());
     response

@@ -47,7 +47,7 @@ pub async fn page(state: web::Data<HttpState>) -> HttpResponse {
         .reputation
         .report(crate::mlops::reputation::now_unix());
     let drift = state.reports.load_full();
-    let batches = state.metrics.recent_batches();
+    let batches = state.metrics.ingest.recent_batches();
     let html = render(model.as_ref(), &report, drift.as_deref(), &batches, &events);
     HttpResponse::Ok()
         .insert_header(ContentType::html())

@@ -87,6 +87,7 @@ impl DriftMonitor {
         let dropped = self.sink.dropped();
         if dropped > self.dropped_seen {
             self.metrics
+                .mlops
                 .observations_dropped(dropped - self.dropped_seen);
             self.dropped_seen = dropped;
         }

@@ -144,7 +144,7 @@ impl ModelRegistry {
         let Some(now) = self.cell.load_full() else {
             return;
         };
-        self.metrics.model_changed(
+        self.metrics.mlops.model_changed(
             &now.info.version,
             now.info.kind,
             now.info.fallback,

@@ -110,7 +110,7 @@ impl Reputation {
 
     fn counters<'a>(&self, inner: &'a mut Inner, name: &str) -> &'a SourceCounters {
         if !inner.counters.contains_key(name) {
-            let c = self.metrics.source_counters(name);
+            let c = self.metrics.reputation.source_counters(name);
             inner.counters.insert(name.to_string(), c);
         }
         &inner.counters[name]
@@ -171,7 +171,7 @@ impl Reputation {
         for name in &removed {
             inner.counters.remove(name);
             inner.alerting.remove(name);
-            self.metrics.remove_source(name);
+            self.metrics.reputation.remove_source(name);
             inner.dirty = true;
         }
         if !removed.is_empty() {

@@ -200,7 +200,10 @@ fn worker(
 ) {
     let mut cooldown = None;
     let dead_letter = sink.pending_path().with_file_name(DEAD_LETTER_FILE);
-    metrics.tracking_pending.set(sink.pending_len() as i64);
+    metrics
+        .mlops
+        .tracking_pending
+        .set(sink.pending_len() as i64);
     loop {
         let wait = cooldown
             .take()
@@ -224,7 +227,10 @@ fn worker(
             }
             .emit(&metrics);
         }
-        metrics.tracking_pending.set(sink.pending_len() as i64);
+        metrics
+            .mlops
+            .tracking_pending
+            .set(sink.pending_len() as i64);
     }
     tracing::debug!(
         pending = sink.pending_len(),

@@ -164,7 +164,7 @@ impl Trainer {
             return Err(reason);
         }
         self.running = true;
-        self.metrics.retrain_running.set(1);
+        self.metrics.mlops.retrain_running.set(1);
         let job = RetrainRun {
             cfg: self.cfg.clone(),
             cell: self.cell.clone(),
@@ -206,7 +206,7 @@ impl Trainer {
             }
             Err(e) => {
                 self.running = false;
-                self.metrics.retrain_running.set(0);
+                self.metrics.mlops.retrain_running.set(0);
                 Err(format!("cannot start the retrain thread: {e}"))
             }
         }
@@ -662,7 +662,7 @@ impl Handler<RetrainFinished> for Trainer {
 
     fn handle(&mut self, msg: RetrainFinished, _ctx: &mut Context<Self>) {
         self.running = false;
-        self.metrics.retrain_running.set(0);
+        self.metrics.mlops.retrain_running.set(0);
         tracing::info!(outcome = msg.outcome, "retrain finished");
     }
 }

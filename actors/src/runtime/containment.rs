@@ -44,7 +44,7 @@ impl Containment {
                 panic = %message,
                 "actor handler panicked; contained, the actor keeps serving"
             );
-            self.metrics.actor_restart(self.actor);
+            self.metrics.runtime.actor_restart(self.actor);
             Panicked {
                 actor: self.actor,
                 message,

@@ -100,7 +100,7 @@ impl Batcher {
             texts.append(&mut w.texts);
         }
         let n = texts.len();
-        self.metrics.batched_texts.observe(n as f64);
+        self.metrics.serving.batched_texts.observe(n as f64);
         self.busy += 1;
         let sent = self.pool.send(ScoreChunk {
             texts: Arc::new(texts),

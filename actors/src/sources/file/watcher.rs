@@ -210,7 +210,7 @@ impl Actor for FolderWatcher {
                     act.scan();
                     act.dispatch(ctx);
                     let backlog = act.candidates.len() + act.taken.len() + act.retry_at.len();
-                    act.metrics.inbox_backlog.set(backlog as i64);
+                    act.metrics.ingest.inbox_backlog.set(backlog as i64);
                 })
                 .is_err()
             {

@@ -10,8 +10,8 @@ pub struct FeedbackReceived<'a> {
 
 impl InternalEvent for FeedbackReceived<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.feedback_rows(self.rows as u64);
-        metrics.labelled_rows(self.rows as u64);
+        metrics.mlops.feedback_rows(self.rows as u64);
+        metrics.ingest.labelled_rows(self.rows as u64);
         tracing::info!(rows = self.rows, file = self.file, "feedback stored");
     }
 }

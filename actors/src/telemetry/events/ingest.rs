@@ -21,7 +21,7 @@ pub struct BatchProcessed<'a> {
 
 impl InternalEvent for BatchProcessed<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(RecentBatch {
+        metrics.ingest.batch(RecentBatch {
             file: self.file.to_string(),
             outcome: BatchOutcome::processed,
             rows: self.rows,
@@ -30,11 +30,11 @@ impl InternalEvent for BatchProcessed<'_> {
             detail: self.model_version.to_string(),
             finished_at: now_rfc3339(),
         });
-        metrics.batch_attempt(AttemptResult::finished);
-        metrics.batch_duration(self.seconds);
-        metrics.rows(RowOutcome::scored, self.scored);
-        metrics.rows(RowOutcome::rejected, self.rejected);
-        metrics.labelled_rows(self.labelled);
+        metrics.ingest.batch_attempt(AttemptResult::finished);
+        metrics.ingest.batch_duration(self.seconds);
+        metrics.ingest.rows(RowOutcome::scored, self.scored);
+        metrics.ingest.rows(RowOutcome::rejected, self.rejected);
+        metrics.ingest.labelled_rows(self.labelled);
         tracing::info!(
             file = self.file,
             output = self.output,
@@ -61,13 +61,13 @@ pub struct BatchRejected<'a> {
 
 impl InternalEvent for BatchRejected<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(RecentBatch::unread(
+        metrics.ingest.batch(RecentBatch::unread(
             self.file,
             BatchOutcome::rejected,
             self.reason,
         ));
-        metrics.batch_attempt(AttemptResult::finished);
-        metrics.batch_duration(self.seconds);
+        metrics.ingest.batch_attempt(AttemptResult::finished);
+        metrics.ingest.batch_duration(self.seconds);
         tracing::warn!(
             file = self.file,
             reason = self.reason,
@@ -86,12 +86,12 @@ pub struct BatchRefused<'a> {
 
 impl InternalEvent for BatchRefused<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(RecentBatch::unread(
+        metrics.ingest.batch(RecentBatch::unread(
             self.file,
             BatchOutcome::refused,
             self.reason,
         ));
-        metrics.batch_attempt(AttemptResult::finished);
+        metrics.ingest.batch_attempt(AttemptResult::finished);
         tracing::warn!(
             file = self.file,
             reason = self.reason,
@@ -112,7 +112,7 @@ pub struct BatchAttemptFailed<'a> {
 
 impl InternalEvent for BatchAttemptFailed<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch_attempt(AttemptResult::failed);
+        metrics.ingest.batch_attempt(AttemptResult::failed);
         tracing::error!(
             file = self.file,
             attempt = self.attempt,
@@ -134,12 +134,12 @@ pub struct BatchQuarantined<'a> {
 
 impl InternalEvent for BatchQuarantined<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch(RecentBatch::unread(
+        metrics.ingest.batch(RecentBatch::unread(
             self.file,
             BatchOutcome::quarantined,
             self.last_error,
         ));
-        metrics.batch_attempt(AttemptResult::failed);
+        metrics.ingest.batch_attempt(AttemptResult::failed);
         tracing::error!(
             file = self.file,
             attempts = self.attempts,
@@ -157,7 +157,7 @@ pub struct BatchInterrupted<'a> {
 
 impl InternalEvent for BatchInterrupted<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.batch_attempt(AttemptResult::interrupted);
+        metrics.ingest.batch_attempt(AttemptResult::interrupted);
         tracing::info!(
             file = self.file,
             "batch interrupted by shutdown; it resumes on the next start"

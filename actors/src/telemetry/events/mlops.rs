@@ -21,7 +21,7 @@ impl InternalEvent for DriftChecked<'_> {
         };
         let scores: Vec<(String, f64)> =
             r.tests.iter().map(|t| (t.test.clone(), t.score)).collect();
-        metrics.drift_checked(outcome, &scores, r.drift_score);
+        metrics.mlops.drift_checked(outcome, &scores, r.drift_score);
         match r.verdict {
             Verdict::Drift => tracing::warn!(
                 model_version = %r.model_version,
@@ -54,7 +54,9 @@ pub struct DriftCheckFailed<'a> {
 
 impl InternalEvent for DriftCheckFailed<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.drift_checked(DriftCheckOutcome::failed, &[], 0.0);
+        metrics
+            .mlops
+            .drift_checked(DriftCheckOutcome::failed, &[], 0.0);
         tracing::warn!(reason = self.reason, "drift check not run");
     }
 }
@@ -66,7 +68,7 @@ pub struct RetrainSkipped<'a> {
 
 impl InternalEvent for RetrainSkipped<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.retrain(RetrainOutcome::skipped);
+        metrics.mlops.retrain(RetrainOutcome::skipped);
         tracing::info!(
             trigger = self.trigger.as_str(),
             reason = self.reason,
@@ -82,7 +84,7 @@ pub struct RetrainFailed<'a> {
 
 impl InternalEvent for RetrainFailed<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.retrain(RetrainOutcome::failed);
+        metrics.mlops.retrain(RetrainOutcome::failed);
         tracing::error!(
             trigger = self.trigger.as_str(),
             error = self.error,
@@ -99,7 +101,7 @@ pub struct CandidateRejected<'a> {
 
 impl InternalEvent for CandidateRejected<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.retrain(RetrainOutcome::rejected);
+        metrics.mlops.retrain(RetrainOutcome::rejected);
         tracing::warn!(
             candidate = self.version,
             serving = self.against,
@@ -117,7 +119,7 @@ pub struct CandidatePromoted<'a> {
 
 impl InternalEvent for CandidatePromoted<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.retrain(RetrainOutcome::promoted);
+        metrics.mlops.retrain(RetrainOutcome::promoted);
         tracing::info!(
             candidate = self.version,
             from = self.from,
@@ -135,7 +137,7 @@ pub struct RolledBack<'a> {
 
 impl InternalEvent for RolledBack<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.rollback();
+        metrics.mlops.rollback();
         tracing::warn!(
             from = self.from,
             to = self.to,
@@ -153,7 +155,7 @@ pub struct TrackingRecordDropped<'a> {
 
 impl InternalEvent for TrackingRecordDropped<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.tracking_dropped();
+        metrics.mlops.tracking_dropped();
         tracing::error!(
             op = %self.record.op,
             attempts = self.record.attempts,

@@ -18,7 +18,9 @@ pub struct ReputationAlert<'a> {
 
 impl InternalEvent for ReputationAlert<'_> {
     fn emit(self, metrics: &Metrics) {
-        metrics.reputation(self.source, self.negative_share, self.alert);
+        metrics
+            .reputation
+            .set(self.source, self.negative_share, self.alert);
         if !self.changed {
             return;
         }
