@@ -205,6 +205,15 @@ fn resolve(
         .find(|m| known.contains_key(m))
 }
 
+/// Whether `code` names `name::…` as a path of its own (not `other::name::…`).
+fn names_child(code: &str, name: &str) -> bool {
+    let pattern = format!("{name}::");
+    code.match_indices(&pattern).any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+    })
+}
+
 /// The cycles of a graph, as its strongly connected components of more than one node.
 fn cycles(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<Vec<String>>> {
     // Kosaraju: finish order on the graph, then components on the reversed graph.
@@ -267,7 +276,20 @@ fn file_graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let mut graph = BTreeMap::new();
     for (module, path) in &known {
         let mut edges = BTreeSet::new();
-        for named in named_paths(&code_of(path)) {
+        let code = code_of(path);
+        let mut named = named_paths(&code);
+        // A parent naming its own child module by its bare name (`use model::Trained;`,
+        // `features::Featurizer`).
+        for child in known
+            .keys()
+            .filter(|k| k.len() == module.len() + 1 && k.starts_with(module))
+        {
+            let name = &child[module.len()];
+            if names_child(&code, name) {
+                named.push(vec!["self".to_string(), name.clone()]);
+            }
+        }
+        for named in named {
             if let Some(target) = resolve(module, &named, &known) {
                 // A module's own file, and the parent a child's `super::` reaches through.
                 let is_ancestor = module.starts_with(&target);
@@ -341,4 +363,18 @@ fn the_checker_finds_a_cycle_and_resolves_groups() {
         found,
         vec![vec![vec!["a".to_string()], vec!["b".to_string()]]]
     );
+    // A parent that names a child by its bare path, and a file the child names back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("p")).expect("p");
+    std::fs::write(dir.path().join("lib.rs"), "mod p;\nmod q;\n").expect("lib");
+    std::fs::write(dir.path().join("p/mod.rs"), "mod c;\nuse c::C;\n").expect("p");
+    std::fs::write(dir.path().join("p/c.rs"), "pub struct C;\n").expect("c");
+    std::fs::write(
+        dir.path().join("q.rs"),
+        "pub struct Q;\nfn f(_: crate::p::X) {}\n",
+    )
+    .expect("q");
+    std::fs::write(dir.path().join("p/c.rs"), "pub struct C(crate::q::Q);\n").expect("c");
+    let found = cycles(&file_graph(dir.path()));
+    assert_eq!(found.len(), 1, "{found:?}");
 }

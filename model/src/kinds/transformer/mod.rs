@@ -33,15 +33,7 @@ impl Kind for Transformer {
     }
 
     fn train(&self, t: TrainInputs<'_>) -> Result<Box<dyn Candidate>, ModelError> {
-        Ok(Box::new(model::train(
-            t.cfg,
-            t.params,
-            t.train_set,
-            t.sel_set,
-            t.weights,
-            t.chosen_fast,
-            t.observer,
-        )?))
+        Ok(Box::new(model::train(t)?))
     }
 
     fn load(&self, l: LoadInputs<'_>) -> Result<Arc<dyn Classifier>, ModelError> {

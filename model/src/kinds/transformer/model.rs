@@ -12,15 +12,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::classifier::{Analysis, Classifier, ModelKind, Prediction};
 use crate::error::ModelError;
+use crate::kinds::TrainInputs;
 use crate::kinds::fast::model::FastModel;
-use crate::kinds::fast::train::{EpochReport, SplitWeights, TrainObserver, TrainParams};
+use crate::kinds::fast::train::EpochReport;
 use crate::kinds::transformer::encoder::SentenceEncoder;
 use crate::kinds::transformer::finetune::{FineTuneParams, fine_tune};
 use crate::kinds::transformer::head::{HeadParams, HeadReport, LinearHead};
 use crate::kinds::transformer::params::{EnsembleParams, FineTuneInfo, TransformerParams};
 use crate::metrics::EvalMetrics;
-use sentimentd_config::Config;
-use sentimentd_data::Dataset;
 
 /// Loaded encoders, shared by every model over the same files: a hot swap between two
 /// versions of this kind holds one encoder in memory, not two.
@@ -474,32 +473,27 @@ fn prune_cache(dir: &Path) {
 /// here for the encoder's parallel work, instead of the global pool serving uses: a daemon
 /// retrain then keeps to `[retrain] threads`, and its threads inherit the calling thread's
 /// lowered priority.
-pub fn train(
-    cfg: &Config,
-    fast: &TrainParams,
-    train_set: &Dataset,
-    sel_set: &Dataset,
-    weights: &SplitWeights,
-    partner: Option<crate::pipeline::FastTrained>,
-    observer: &mut dyn TrainObserver,
-) -> Result<Trained, ModelError> {
+pub fn train(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(crate::kinds::fast::train::resolve_threads(fast.threads))
+        .num_threads(crate::kinds::fast::train::resolve_threads(
+            inputs.params.threads,
+        ))
         .thread_name(|i| format!("train-{i}"))
         .build()
         .map_err(|e| ModelError::Training(format!("cannot start the training threads: {e}")))?;
-    pool.install(|| train_on_pool(cfg, fast, train_set, sel_set, weights, partner, observer))
+    pool.install(|| train_on_pool(inputs))
 }
 
-fn train_on_pool(
-    cfg: &Config,
-    fast: &TrainParams,
-    train_set: &Dataset,
-    sel_set: &Dataset,
-    weights: &SplitWeights,
-    partner: Option<crate::pipeline::FastTrained>,
-    observer: &mut dyn TrainObserver,
-) -> Result<Trained, ModelError> {
+fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
+    let TrainInputs {
+        cfg,
+        params: fast,
+        train_set,
+        sel_set,
+        weights,
+        chosen_fast: partner,
+        observer,
+    } = inputs;
     let started = std::time::Instant::now();
     let t = &cfg.transformer;
     let base = shared_encoder(
@@ -644,7 +638,7 @@ fn train_on_pool(
             Some(p) => p,
             None => {
                 observer.on_message("training the fast model of the ensemble");
-                crate::pipeline::train_fast(fast, train_set, sel_set, weights, observer)?
+                crate::kinds::fast::train_fast(fast, train_set, sel_set, weights, observer)?
             }
         };
         let own: Vec<[f32; 3]> = sel_x.iter().map(|x| head.probabilities(x)).collect();
