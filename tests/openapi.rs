@@ -94,10 +94,11 @@ fn document(d: &Daemon) -> Value {
 /// (method, path) of every route `configure` in actors/src/http/mod.rs registers, read from its
 /// source: each `.service(web::resource(...)...route(web::METHOD()...))`.
 fn registered_routes() -> BTreeSet<(String, String)> {
-    let source = std::fs::read_to_string(repo().join("actors/src/http/mod.rs")).expect("http.rs");
+    let source = std::fs::read_to_string(repo().join("actors/src/http/mod.rs"))
+        .expect("actors/src/http/mod.rs");
     let start = source
         .find("pub fn configure(")
-        .expect("http.rs has configure");
+        .expect("actors/src/http/mod.rs has configure");
     let body = &source[start..];
     let end = body
         .find(".default_service(web::to(not_found))")

@@ -36,8 +36,10 @@ pub enum TopologyError {
     Source { name: &'static str, reason: String },
     #[error("cannot open the run log: {0}")]
     RunLog(String),
-    #[error("the MLOps arbiter could not start")]
+    #[error("cannot start the MLOps arbiter")]
     Arbiter,
+    #[error("the MLOps arbiter stopped while starting")]
+    ArbiterStopped,
 }
 
 /// What the daemon keeps of the running system.
@@ -185,7 +187,8 @@ impl Topology {
                 return Err(TopologyError::Arbiter);
             }
         }
-        let (registry, trainer, monitor) = built_rx.recv().map_err(|_| TopologyError::Arbiter)?;
+        let (registry, trainer, monitor) =
+            built_rx.recv().map_err(|_| TopologyError::ArbiterStopped)?;
         let admin = admin_token.map(|token| AdminApi {
             token,
             retrain: trainer.clone().recipient(),

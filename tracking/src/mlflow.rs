@@ -334,7 +334,7 @@ impl MlflowClient {
     ) -> Result<Vec<String>, TrackingError> {
         let v: ArtifactsAnswer =
             self.get("artifacts/list", &[("run_id", &run.run_id), ("path", path)])?;
-        Ok(v.files.into_iter().map(|f| f.path).collect())
+        Ok(v.files.into_iter().filter_map(|f| f.path).collect())
     }
 
     pub fn update_run(

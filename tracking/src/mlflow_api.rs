@@ -182,11 +182,13 @@ pub(crate) struct ModelVersion {
     tags: Vec<Tag>,
 }
 
+/// A tag; one without a key is skipped, a missing or null value is empty.
 #[derive(Deserialize)]
 struct Tag {
-    key: String,
     #[serde(default)]
-    value: String,
+    key: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
 }
 
 impl From<ModelVersion> for MlflowModelVersion {
@@ -199,7 +201,7 @@ impl From<ModelVersion> for MlflowModelVersion {
             tags: v
                 .tags
                 .into_iter()
-                .map(|t| (t.key, t.value))
+                .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
                 .collect::<BTreeMap<_, _>>(),
         }
     }
@@ -207,10 +209,11 @@ impl From<ModelVersion> for MlflowModelVersion {
 
 #[derive(Deserialize)]
 pub(crate) struct RegisteredModelAnswer {
+    #[serde(default)]
     pub registered_model: RegisteredModel,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub(crate) struct RegisteredModel {
     #[serde(default)]
     pub aliases: Vec<Alias>,
@@ -223,9 +226,8 @@ pub(crate) struct Alias {
     pub version: String,
 }
 
-/// An answer whose fields this client does not read.
-#[derive(Deserialize, Default)]
-pub(crate) struct Ignored {}
+/// An answer whose content this client does not read (any JSON).
+pub(crate) type Ignored = serde::de::IgnoredAny;
 
 #[derive(Deserialize, Default)]
 pub(crate) struct ArtifactsAnswer {
@@ -233,7 +235,9 @@ pub(crate) struct ArtifactsAnswer {
     pub files: Vec<ArtifactFile>,
 }
 
+/// A listed artifact; one without a path is skipped.
 #[derive(Deserialize)]
 pub(crate) struct ArtifactFile {
-    pub path: String,
+    #[serde(default)]
+    pub path: Option<String>,
 }

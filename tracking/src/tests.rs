@@ -259,4 +259,16 @@ fn mlflow_answers_are_read_by_type_and_a_missing_field_is_an_error() {
     // An empty answer has no versions.
     let none: SearchModelVersionsAnswer = serde_json::from_str("{}").unwrap();
     assert!(none.model_versions.is_empty());
+    // What the client does not need may be missing: a tag without a key or value, a
+    // registered model without aliases, an answer it ignores that is not an object.
+    let v: crate::mlflow_api::ModelVersionAnswer = serde_json::from_value(serde_json::json!({
+        "model_version": {"name": "m", "version": 1, "tags": [{"value": "x"}, {"key": "k", "value": null}]}
+    }))
+    .unwrap();
+    let v: MlflowModelVersion = v.model_version.into();
+    assert_eq!(v.tags.get("k").map(String::as_str), Some(""));
+    assert_eq!(v.tags.len(), 1);
+    let m: crate::mlflow_api::RegisteredModelAnswer = serde_json::from_str("{}").unwrap();
+    assert!(m.registered_model.aliases.is_empty());
+    assert!(serde_json::from_str::<crate::mlflow_api::Ignored>("null").is_ok());
 }

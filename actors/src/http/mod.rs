@@ -3,12 +3,14 @@
 //! `/admin/rollback`, bearer token from `[admin] token_file`). Each handler's
 //! `#[utoipa::path]` documents it in `GET /openapi.json` (see `openapi.rs`).
 //!
-//! `/predict` is the hot path: for one text or a few, the handler reads the serving model from
-//! the lock-free [`ModelCell`] and records metrics with atomic counters, instead of a mailbox
-//! round-trip to the inference pool, which would cost more than scoring one short text.
-//! Larger batches go to the inference pool, off the HTTP workers, so a flood of them cannot
-//! starve `/health` or single texts; at most `server.max_inflight_texts` of their texts are in
-//! flight, and a batch beyond that gets 429 with `Retry-After`.
+//! `/predict` is the hot path. It scores through the [`Scorer`], which reads the serving model
+//! from the lock-free model cell and scores one text or a few on the HTTP worker (a mailbox
+//! round-trip would cost more than scoring one short text). Larger batches go to the inference
+//! pool, off the HTTP workers, so a flood of them cannot starve `/health` or single texts; at
+//! most `server.max_inflight_texts` of their texts are in flight, and a batch beyond that gets
+//! 429 with `Retry-After`.
+//!
+//! [`Scorer`]: crate::serving::scorer::Scorer
 //!
 //! Every error is JSON `{"error": "..."}` and bad input never yields a 500.
 

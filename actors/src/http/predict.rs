@@ -45,6 +45,7 @@ pub(crate) fn predict_inner(
     // A body this large is a batch for the pool; when the pool is full it would be refused
     // after parsing anyway, and a flood should not cost a parse per refused request.
     if body.len() > EARLY_THROTTLE_BYTES
+        && state.scorer.has_pool()
         && state.scorer.inflight_texts() >= state.scorer.max_inflight_texts()
     {
         return Work::Done(throttled(state));

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use utoipa::openapi::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Ref, RefOr, Schema, Type};
 use utoipa::{IntoResponses, PartialSchema, ToSchema};
 
-/// The fields of a `/predict` request; `openapi::PredictInput` adds that exactly one of
+/// The fields of a `/predict` request; `PredictInput` adds that exactly one of
 /// `text` and `texts` is given.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct PredictRequest<'a> {

@@ -145,6 +145,11 @@ impl Scorer {
         self.max_inflight.load(Ordering::Relaxed)
     }
 
+    /// Whether larger batches go to an inference pool (else everything is scored inline).
+    pub fn has_pool(&self) -> bool {
+        self.pool.is_some()
+    }
+
     /// Texts of requests being scored off the caller's thread right now.
     pub fn inflight_texts(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)

@@ -2,8 +2,8 @@
 //! every row.
 //!
 //! The steps and their journal protocol are in `journal.rs`; claiming and what may be taken
-//! in `claim.rs`; naming in `output_names.rs`; the chunked read-score-write in
-//! `batch_stream.rs`. This file ties them together and decides what happens after a
+//! in `claim.rs`; naming in `names.rs`; the chunked read-score-write in
+//! `stream.rs`. This file ties them together and decides what happens after a
 //! failure: a file that fails for a reason other than its content is retried with
 //! exponential backoff (`ingest.retry_initial_ms` .. `retry_max_ms`), and after
 //! `ingest.max_attempts` failures moves to `rejected/` with an `error.txt` listing each one.
