@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::zero_series;
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
 #[allow(non_camel_case_types)]
 pub enum BatchOutcome {
@@ -85,23 +87,10 @@ pub struct IngestMetrics {
 
 impl IngestMetrics {
     pub(super) fn register(registry: &mut Registry) -> IngestMetrics {
-        let batches = Family::<BatchLabels, Counter>::default();
-        registry.register(
-            "sentiment_batches",
-            "Inbox files by final outcome (processed, rejected, refused, quarantined)",
-            batches.clone(),
-        );
-        let attempts = Family::<AttemptLabels, Counter>::default();
-        registry.register(
-            "sentiment_batch_attempts",
-            "Attempts at inbox files, by result (a file that fails is attempted again)",
-            attempts.clone(),
-        );
-        let inbox_backlog = Gauge::default();
-        registry.register(
-            "sentiment_inbox_backlog_files",
-            "Batch files waiting in the inbox or claimed and not yet finished",
-            inbox_backlog.clone(),
+        registered!(registry;
+            batches: Family<BatchLabels, Counter> = ("sentiment_batches", "Inbox files by final outcome (processed, rejected, refused, quarantined)"),
+            attempts: Family<AttemptLabels, Counter> = ("sentiment_batch_attempts", "Attempts at inbox files, by result (a file that fails is attempted again)"),
+            inbox_backlog: Gauge = ("sentiment_inbox_backlog_files", "Batch files waiting in the inbox or claimed and not yet finished"),
         );
         // From 10 ms to ~45 min.
         let batch_duration = Histogram::new(
@@ -112,37 +101,26 @@ impl IngestMetrics {
             "Time to process one inbox file, from claim to archive, per attempt that finished",
             batch_duration.clone(),
         );
-        let rows = Family::<RowLabels, Counter>::default();
-        registry.register(
-            "sentiment_batch_rows",
-            "Inbox rows handled, by outcome",
-            rows.clone(),
+        registered!(registry;
+            rows: Family<RowLabels, Counter> = ("sentiment_batch_rows", "Inbox rows handled, by outcome"),
+            labelled_rows: Counter = ("sentiment_labelled_rows", "Labelled rows appended to the labelled-data store"),
         );
-        let labelled_rows = Counter::default();
-        registry.register(
-            "sentiment_labelled_rows",
-            "Labelled rows appended to the labelled-data store",
-            labelled_rows.clone(),
+        // Zero series from the start, so dashboards see zeros rather than missing series.
+        use BatchOutcome as B;
+        zero_series(
+            &batches,
+            [B::processed, B::rejected, B::refused, B::quarantined]
+                .map(|outcome| BatchLabels { outcome }),
         );
-        // Pre-create so dashboards see zeros rather than missing series.
-        for outcome in [
-            BatchOutcome::processed,
-            BatchOutcome::rejected,
-            BatchOutcome::refused,
-            BatchOutcome::quarantined,
-        ] {
-            drop(batches.get_or_create(&BatchLabels { outcome }));
-        }
-        for result in [
-            AttemptResult::finished,
-            AttemptResult::failed,
-            AttemptResult::interrupted,
-        ] {
-            drop(attempts.get_or_create(&AttemptLabels { result }));
-        }
-        for outcome in [RowOutcome::scored, RowOutcome::rejected] {
-            drop(rows.get_or_create(&RowLabels { outcome }));
-        }
+        use AttemptResult as A;
+        zero_series(
+            &attempts,
+            [A::finished, A::failed, A::interrupted].map(|result| AttemptLabels { result }),
+        );
+        zero_series(
+            &rows,
+            [RowOutcome::scored, RowOutcome::rejected].map(|outcome| RowLabels { outcome }),
+        );
         IngestMetrics {
             batches,
             attempts,

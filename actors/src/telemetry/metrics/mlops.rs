@@ -6,6 +6,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use super::zero_series;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -71,107 +73,41 @@ pub struct MlopsMetrics {
 
 impl MlopsMetrics {
     pub(super) fn register(registry: &mut Registry) -> MlopsMetrics {
-        let drift_score = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "sentiment_drift_score",
-            "Largest threshold-normalised score of the latest drift check (1.0 = at threshold)",
-            drift_score.clone(),
-        );
-        let drift_test_score = Family::<DriftTestLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "sentiment_drift_test_score",
-            "Threshold-normalised score of each drift test in the latest check (1.0 = at threshold)",
-            drift_test_score.clone(),
-        );
-        let drift_checks = Family::<DriftCheckLabels, Counter>::default();
-        registry.register(
-            "sentiment_drift_checks",
-            "Drift checks, by outcome",
-            drift_checks.clone(),
-        );
-        let drift_last_check = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "sentiment_drift_last_check_timestamp_seconds",
-            "Unix time of the last drift check that gave a verdict",
-            drift_last_check.clone(),
-        );
-        let observations_dropped = Counter::default();
-        registry.register(
-            "sentiment_drift_observations_dropped",
-            "Observations dropped because the drift monitor fell behind (serving never waits)",
-            observations_dropped.clone(),
-        );
-        let retrains = Family::<RetrainLabels, Counter>::default();
-        registry.register(
-            "sentiment_retrains",
-            "Retraining runs, by outcome (promoted, rejected by the gate, skipped, failed)",
-            retrains.clone(),
-        );
-        let rollbacks = Counter::default();
-        registry.register(
-            "sentiment_model_rollbacks",
-            "Rollbacks to the previously served model version",
-            rollbacks.clone(),
-        );
-        let feedback_rows = Counter::default();
-        registry.register(
-            "sentiment_feedback_rows",
-            "Labelled rows received by POST /feedback",
-            feedback_rows.clone(),
-        );
-        let tracking_pending = Gauge::default();
-        registry.register(
-            "sentiment_tracking_pending",
-            "Run records waiting to be sent to MLflow (kept in the local run log meanwhile)",
-            tracking_pending.clone(),
-        );
-        let tracking_dropped = Counter::default();
-        registry.register(
-            "sentiment_tracking_dropped",
-            "Run records MLflow refused or kept answering wrongly, moved to the dead-letter file",
-            tracking_dropped.clone(),
-        );
-        let retrain_running = Gauge::default();
-        registry.register(
-            "sentiment_retrain_running",
-            "1 while a retrain runs in the background, else 0",
-            retrain_running.clone(),
-        );
-        let model_info = Family::<ModelInfoLabels, Gauge>::default();
-        registry.register(
-            "sentiment_model_info",
-            "The model currently serving (value 1)",
-            model_info.clone(),
-        );
-        let model_swaps = Counter::default();
-        registry.register(
-            "sentiment_model_swaps",
-            "Times a new model was swapped in while serving",
-            model_swaps.clone(),
+        registered!(registry;
+            drift_score: Gauge<f64, AtomicU64> = ("sentiment_drift_score", "Largest threshold-normalised score of the latest drift check (1.0 = at threshold)"),
+            drift_test_score: Family<DriftTestLabels, Gauge<f64, AtomicU64>> = ("sentiment_drift_test_score", "Threshold-normalised score of each drift test in the latest check (1.0 = at threshold)"),
+            drift_checks: Family<DriftCheckLabels, Counter> = ("sentiment_drift_checks", "Drift checks, by outcome"),
+            drift_last_check: Gauge<f64, AtomicU64> = ("sentiment_drift_last_check_timestamp_seconds", "Unix time of the last drift check that gave a verdict"),
+            observations_dropped: Counter = ("sentiment_drift_observations_dropped", "Observations dropped because the drift monitor fell behind (serving never waits)"),
+            retrains: Family<RetrainLabels, Counter> = ("sentiment_retrains", "Retraining runs, by outcome (promoted, rejected by the gate, skipped, failed)"),
+            rollbacks: Counter = ("sentiment_model_rollbacks", "Rollbacks to the previously served model version"),
+            feedback_rows: Counter = ("sentiment_feedback_rows", "Labelled rows received by POST /feedback"),
+            tracking_pending: Gauge = ("sentiment_tracking_pending", "Run records waiting to be sent to MLflow (kept in the local run log meanwhile)"),
+            tracking_dropped: Counter = ("sentiment_tracking_dropped", "Run records MLflow refused or kept answering wrongly, moved to the dead-letter file"),
+            retrain_running: Gauge = ("sentiment_retrain_running", "1 while a retrain runs in the background, else 0"),
+            model_info: Family<ModelInfoLabels, Gauge> = ("sentiment_model_info", "The model currently serving (value 1)"),
+            model_swaps: Counter = ("sentiment_model_swaps", "Times a new model was swapped in while serving"),
         );
         // Families written only once they have a series: without these, a dashboard panel or
         // an alert on them would see nothing until the first drift check.
-        for test in sentimentd_data::drift::TESTS {
-            drop(drift_test_score.get_or_create(&DriftTestLabels {
-                test: test.to_string(),
-            }));
-        }
-        for outcome in [
-            DriftCheckOutcome::no_drift,
-            DriftCheckOutcome::drift,
-            DriftCheckOutcome::insufficient,
-            DriftCheckOutcome::failed,
-        ] {
-            drop(drift_checks.get_or_create(&DriftCheckLabels { outcome }));
-        }
-        for outcome in [
-            RetrainOutcome::promoted,
-            RetrainOutcome::rejected,
-            RetrainOutcome::skipped,
-            RetrainOutcome::failed,
-        ] {
-            drop(retrains.get_or_create(&RetrainLabels { outcome }));
-        }
+        zero_series(
+            &drift_test_score,
+            sentimentd_data::drift::TESTS.map(|t| DriftTestLabels {
+                test: t.to_string(),
+            }),
+        );
+        use DriftCheckOutcome as D;
+        zero_series(
+            &drift_checks,
+            [D::no_drift, D::drift, D::insufficient, D::failed]
+                .map(|outcome| DriftCheckLabels { outcome }),
+        );
+        use RetrainOutcome as R;
+        zero_series(
+            &retrains,
+            [R::promoted, R::rejected, R::skipped, R::failed]
+                .map(|outcome| RetrainLabels { outcome }),
+        );
         MlopsMetrics {
             retrain_running,
             model_info,

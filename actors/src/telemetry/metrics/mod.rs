@@ -6,6 +6,29 @@
 //! The metrics are split by domain (serving, reputation, ingest, mlops, runtime), each
 //! registered into the one registry `/metrics` renders.
 
+/// Declares each metric as a local and registers it under its name and help, in order. Every
+/// metric listed starts from `Default` (histograms, which need buckets, are registered by hand).
+macro_rules! registered {
+    ($registry:ident; $($var:ident: $ty:ty = ($name:literal, $help:literal)),* $(,)?) => {
+        $(
+            let $var = <$ty>::default();
+            $registry.register($name, $help, $var.clone());
+        )*
+    };
+}
+
+/// Creates a family's series for each label set, so they are exported at zero from the start.
+fn zero_series<L, M>(
+    family: &prometheus_client::metrics::family::Family<L, M>,
+    labels: impl IntoIterator<Item = L>,
+) where
+    L: Clone + std::hash::Hash + Eq,
+{
+    for l in labels {
+        drop(family.get_or_create(&l));
+    }
+}
+
 mod ingest;
 mod mlops;
 mod reputation;

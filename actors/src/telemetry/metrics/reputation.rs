@@ -36,23 +36,10 @@ pub struct ReputationMetrics {
 
 impl ReputationMetrics {
     pub(super) fn register(registry: &mut Registry) -> ReputationMetrics {
-        let predictions = Family::<PredictionLabels, Counter>::default();
-        registry.register(
-            "sentiment_predictions",
-            "Texts classified, by predicted label, channel (http or batch) and source ([reputation])",
-            predictions.clone(),
-        );
-        let negative_share = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "sentiment_negative_share",
-            "Share of negative predictions in each source's latest time bucket ([reputation] bucket_secs)",
-            negative_share.clone(),
-        );
-        let reputation_alert = Family::<SourceLabels, Gauge>::default();
-        registry.register(
-            "sentiment_reputation_alert",
-            "1 while a source's latest bucket is a negative spike against its own history",
-            reputation_alert.clone(),
+        registered!(registry;
+            predictions: Family<PredictionLabels, Counter> = ("sentiment_predictions", "Texts classified, by predicted label, channel (http or batch) and source ([reputation])"),
+            negative_share: Family<SourceLabels, Gauge<f64, AtomicU64>> = ("sentiment_negative_share", "Share of negative predictions in each source's latest time bucket ([reputation] bucket_secs)"),
+            reputation_alert: Family<SourceLabels, Gauge> = ("sentiment_reputation_alert", "1 while a source's latest bucket is a negative spike against its own history"),
         );
         ReputationMetrics {
             predictions,

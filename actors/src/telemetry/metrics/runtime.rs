@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::zero_series;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActorLabels {
     actor: &'static str,
@@ -37,11 +39,8 @@ pub struct RuntimeMetrics {
 
 impl RuntimeMetrics {
     pub(super) fn register(registry: &mut Registry) -> RuntimeMetrics {
-        let restarts = Family::<ActorLabels, Counter>::default();
-        registry.register(
-            "sentiment_actor_restarts",
-            "Panics contained in an actor or handler (the actor kept serving)",
-            restarts.clone(),
+        registered!(registry;
+            restarts: Family<ActorLabels, Counter> = ("sentiment_actor_restarts", "Panics contained in an actor or handler (the actor kept serving)"),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -51,9 +50,7 @@ impl RuntimeMetrics {
             .set(1);
         registry.register("sentiment_build_info", "Build information (value 1)", build);
         // A zero series per actor from the start, for the dashboard and the alert.
-        for actor in ACTORS {
-            drop(restarts.get_or_create(&ActorLabels { actor }));
-        }
+        zero_series(&restarts, ACTORS.map(|actor| ActorLabels { actor }));
         RuntimeMetrics { restarts }
     }
 

@@ -42,11 +42,8 @@ pub struct ServingMetrics {
 
 impl ServingMetrics {
     pub(super) fn register(registry: &mut Registry) -> ServingMetrics {
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "sentiment_requests",
-            "POST /predict requests, by outcome",
-            requests.clone(),
+        registered!(registry;
+            requests: Family<RequestLabels, Counter> = ("sentiment_requests", "POST /predict requests, by outcome"),
         );
         // From 50 µs to ~1.6 s: the interesting range of an in-process model.
         let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
