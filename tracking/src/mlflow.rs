@@ -5,6 +5,10 @@ use crate::mlflow_api::{
     ModelVersionAnswer, RegisteredModelAnswer, Run, RunAnswer, SearchModelVersionsAnswer,
     SearchRunsAnswer,
 };
+use crate::mlflow_api::{
+    CreateModelVersion, CreateRun, KeyValue, LogBatch, MetricBody, Named, SearchRuns, SetAlias,
+    UpdateRun,
+};
 pub use crate::mlflow_api::{MlflowMetric, MlflowModelVersion, MlflowRun};
 use crate::*;
 use std::collections::BTreeMap;
@@ -121,7 +125,7 @@ impl MlflowClient {
     fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
-        body: &serde_json::Value,
+        body: &impl serde::Serialize,
     ) -> Result<T, TrackingError> {
         let endpoint = format!("POST /api/2.0/mlflow/{path}");
         self.call(&endpoint, self.agent.post(self.api(path)).send_json(body))
@@ -161,9 +165,7 @@ impl MlflowClient {
                 if error_code == "RESOURCE_DOES_NOT_EXIST" => {}
             Err(e) => return Err(e),
         }
-        match self
-            .post::<CreatedExperiment>("experiments/create", &serde_json::json!({ "name": name }))
-        {
+        match self.post::<CreatedExperiment>("experiments/create", &Named { name }) {
             Ok(v) => Ok(v.experiment_id),
             // Another client created it between our two calls.
             Err(TrackingError::Server { error_code, .. })
@@ -184,12 +186,12 @@ impl MlflowClient {
         start_time_ms: i64,
         tags: &BTreeMap<String, String>,
     ) -> Result<MlflowRun, TrackingError> {
-        let body = serde_json::json!({
-            "experiment_id": experiment_id,
-            "run_name": run_name,
-            "start_time": start_time_ms,
-            "tags": key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
-        });
+        let body = CreateRun {
+            experiment_id,
+            run_name,
+            start_time: start_time_ms,
+            tags: key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
+        };
         let v: RunAnswer = self.post("runs/create", &body)?;
         run_of(v.run, "runs/create")
     }
@@ -206,12 +208,12 @@ impl MlflowClient {
         key: &str,
         value: &str,
     ) -> Result<Option<MlflowRun>, TrackingError> {
-        let body = serde_json::json!({
-            "experiment_ids": [experiment_id],
-            "filter": format!("tags.`{key}` = '{}'", escape_filter_value(value)),
-            "max_results": 1,
-            "order_by": ["attributes.start_time DESC"],
-        });
+        let body = SearchRuns {
+            experiment_ids: [experiment_id],
+            filter: format!("tags.`{key}` = '{}'", escape_filter_value(value)),
+            max_results: 1,
+            order_by: ["attributes.start_time DESC"],
+        };
         let v: SearchRunsAnswer = self.post("runs/search", &body)?;
         match v.runs.into_iter().next() {
             Some(run) => run_of(run, "runs/search").map(Some),
@@ -229,15 +231,13 @@ impl MlflowClient {
     ) -> Result<(), TrackingError> {
         let params = key_values(params.iter(), MAX_PARAM_VAL_LENGTH);
         let tags = key_values(tags.iter(), MAX_TAG_VAL_LENGTH);
-        let metrics: Vec<serde_json::Value> = metrics
+        let metrics: Vec<MetricBody> = metrics
             .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "key": sanitize_key(&m.key),
-                    "value": metric_json(m.value),
-                    "timestamp": m.timestamp_ms,
-                    "step": m.step,
-                })
+            .map(|m| MetricBody {
+                key: sanitize_key(&m.key),
+                value: metric_json(m.value),
+                timestamp: m.timestamp_ms,
+                step: m.step,
             })
             .collect();
         let mut p = params.chunks(MAX_PARAMS_TAGS_PER_BATCH);
@@ -249,12 +249,12 @@ impl MlflowClient {
             if ps.is_none() && ts.is_none() && ms.is_none() {
                 return Ok(());
             }
-            let body = serde_json::json!({
-                "run_id": run_id,
-                "params": ps.unwrap_or_default(),
-                "tags": ts.unwrap_or_default(),
-                "metrics": ms.unwrap_or_default(),
-            });
+            let body = LogBatch {
+                run_id,
+                params: ps.unwrap_or_default(),
+                tags: ts.unwrap_or_default(),
+                metrics: ms.unwrap_or_default(),
+            };
             self.post::<Ignored>("runs/log-batch", &body)?;
         }
     }
@@ -343,11 +343,11 @@ impl MlflowClient {
         status: RunStatus,
         end_time_ms: i64,
     ) -> Result<(), TrackingError> {
-        let body = serde_json::json!({
-            "run_id": run_id,
-            "status": status.mlflow_name(),
-            "end_time": end_time_ms,
-        });
+        let body = UpdateRun {
+            run_id,
+            status: status.mlflow_name(),
+            end_time: end_time_ms,
+        };
         self.post::<Ignored>("runs/update", &body).map(|_| ())
     }
 
@@ -365,10 +365,7 @@ impl MlflowClient {
 
     /// Creates the registered model unless it exists.
     pub fn ensure_registered_model(&self, name: &str) -> Result<(), TrackingError> {
-        match self.post::<Ignored>(
-            "registered-models/create",
-            &serde_json::json!({ "name": name }),
-        ) {
+        match self.post::<Ignored>("registered-models/create", &Named { name }) {
             Ok(_) => Ok(()),
             Err(TrackingError::Server { error_code, .. })
                 if error_code == "RESOURCE_ALREADY_EXISTS" =>
@@ -386,12 +383,12 @@ impl MlflowClient {
         run_id: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<MlflowModelVersion, TrackingError> {
-        let body = serde_json::json!({
-            "name": name,
-            "source": source,
-            "run_id": run_id,
-            "tags": key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
-        });
+        let body = CreateModelVersion {
+            name,
+            source,
+            run_id,
+            tags: key_values(tags.iter(), MAX_TAG_VAL_LENGTH),
+        };
         let v: ModelVersionAnswer = self.post("model-versions/create", &body)?;
         Ok(v.model_version.into())
     }
@@ -413,7 +410,11 @@ impl MlflowClient {
     }
 
     pub fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<(), TrackingError> {
-        let body = serde_json::json!({ "name": name, "alias": alias, "version": version });
+        let body = SetAlias {
+            name,
+            alias,
+            version,
+        };
         self.post::<Ignored>("registered-models/alias", &body)
             .map(|_| ())
     }
@@ -600,11 +601,12 @@ pub(crate) fn sanitize_key(key: &str) -> String {
 pub(crate) fn key_values<'a>(
     items: impl Iterator<Item = (&'a String, &'a String)>,
     max_value: usize,
-) -> Vec<serde_json::Value> {
+) -> Vec<KeyValue> {
     items
-        .map(
-            |(k, v)| serde_json::json!({ "key": sanitize_key(k), "value": truncate(v, max_value) }),
-        )
+        .map(|(k, v)| KeyValue {
+            key: sanitize_key(k),
+            value: truncate(v, max_value).to_string(),
+        })
         .collect()
 }
 

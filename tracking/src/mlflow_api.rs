@@ -241,3 +241,73 @@ pub(crate) struct ArtifactFile {
     #[serde(default)]
     pub path: Option<String>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// A key and a value, as params and tags are sent.
+#[derive(serde::Serialize)]
+pub(crate) struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// A metric as `runs/log-batch` takes it (`value` in protobuf's JSON: non-finite as names).
+#[derive(serde::Serialize)]
+pub(crate) struct MetricBody {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub timestamp: i64,
+    pub step: i64,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct Named<'a> {
+    pub name: &'a str,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct CreateRun<'a> {
+    pub experiment_id: &'a str,
+    pub run_name: &'a str,
+    pub start_time: i64,
+    pub tags: Vec<KeyValue>,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct SearchRuns<'a> {
+    pub experiment_ids: [&'a str; 1],
+    pub filter: String,
+    pub max_results: u32,
+    pub order_by: [&'a str; 1],
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct LogBatch<'a> {
+    pub run_id: &'a str,
+    pub params: &'a [KeyValue],
+    pub tags: &'a [KeyValue],
+    pub metrics: &'a [MetricBody],
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct UpdateRun<'a> {
+    pub run_id: &'a str,
+    pub status: &'a str,
+    pub end_time: i64,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct CreateModelVersion<'a> {
+    pub name: &'a str,
+    pub source: &'a str,
+    pub run_id: &'a str,
+    pub tags: Vec<KeyValue>,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct SetAlias<'a> {
+    pub name: &'a str,
+    pub alias: &'a str,
+    pub version: &'a str,
+}
