@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs: Debian's prometheus (tests/monitoring.rs) and chromium
+# Installs what the test suite needs: Debian's prometheus (tests/monitoring.rs), nats-server
+# (tests/cluster.rs) and chromium
 # (tests/status_page.rs) packages, and a virtualenv with MLflow, whose server and Python client
 # tests/mlflow.rs runs against, and schemathesis, which tests/openapi.rs runs against the
 # daemon's /openapi.json. Idempotent: a stamp file inside the venv records what was installed,
@@ -26,10 +27,12 @@ WANT="mlflow==$MLFLOW_VERSION schemathesis==$SCHEMATHESIS_VERSION"
 log() { echo "test-deps: $*" >&2; }
 
 # Debian's packages: prometheus (promtool and a real Prometheus, tests/monitoring.rs) and
-# chromium (the headless browser of tests/status_page.rs).
+# chromium (the headless browser of tests/status_page.rs), nats-server (JetStream, for
+# tests/cluster.rs).
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 if ((${#missing[@]})); then
     if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
         log "installing Debian packages: ${missing[*]}"

@@ -23,6 +23,7 @@ pub struct Config {
     pub tracking: TrackingConfig,
     pub reputation: ReputationConfig,
     pub transformer: TransformerConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[paths]`
@@ -714,5 +715,53 @@ impl TransformerConfig {
     /// The encoder's directory.
     pub fn encoder_dir(&self) -> PathBuf {
         self.pretrained_dir.join(&self.encoder)
+    }
+}
+
+/// `[cluster]`: shared ingestion through NATS JetStream. Without `nats_url` the node takes no
+/// part in a cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `nats://host:port` of the NATS server (JetStream enabled). Unset = no cluster source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// Work-queue stream of input messages, and the subject they are published on.
+    pub input_stream: String,
+    pub input_subject: String,
+    /// Stream of scored messages, and their subject.
+    pub output_stream: String,
+    pub output_subject: String,
+    /// Subject of messages refused (malformed, or past `max_deliver`), with the reason.
+    pub rejected_subject: String,
+    /// The durable pull consumer every node shares.
+    pub consumer: String,
+    /// Seconds a node has to acknowledge a message before it is delivered again.
+    pub ack_wait_secs: u64,
+    /// Deliveries of one message before it is refused.
+    pub max_deliver: i64,
+    /// Seconds within which a repeated message id is dropped by the streams; at least
+    /// `ack_wait_secs * max_deliver` plus a minute, so a redelivered message never yields a
+    /// second output.
+    pub duplicate_window_secs: u64,
+    /// Messages fetched and scored together.
+    pub batch: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: None,
+            input_stream: "SENTIMENTD_IN".into(),
+            input_subject: "sentimentd.in".into(),
+            output_stream: "SENTIMENTD_OUT".into(),
+            output_subject: "sentimentd.out".into(),
+            rejected_subject: "sentimentd.rejected".into(),
+            consumer: "sentimentd".into(),
+            ack_wait_secs: 30,
+            max_deliver: 5,
+            duplicate_window_secs: 300,
+            batch: 256,
+        }
     }
 }

@@ -89,7 +89,7 @@ fn unknown_section_is_reported_at_top_level() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        msg.starts_with("/etc/sentimentd/test.toml:2:2: unknown key `sever` in the top level (expected one of: paths, data, model, train, server, ingest, logging, drift, retrain, gate, admin, feedback, tracking, reputation, transformer)"),
+        msg.starts_with("/etc/sentimentd/test.toml:2:2: unknown key `sever` in the top level (expected one of: paths, data, model, train, server, ingest, logging, drift, retrain, gate, admin, feedback, tracking, reputation, transformer, cluster)"),
         "{msg}"
     );
 }

@@ -278,6 +278,57 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         100_000,
     );
     k.at_least("feedback.max_store_bytes", c.feedback.max_store_bytes, 1);
+    let cl = &c.cluster;
+    if cl.nats_url.is_some() {
+        k.range("cluster.ack_wait_secs", cl.ack_wait_secs, 1, 3600);
+        k.range("cluster.max_deliver", cl.max_deliver, 1, 100);
+        k.range("cluster.batch", cl.batch, 1, 10_000);
+        let needed = cl
+            .ack_wait_secs
+            .saturating_mul(cl.max_deliver.max(0) as u64)
+            + 60;
+        if cl.duplicate_window_secs < needed {
+            k.fail(
+                "cluster.duplicate_window_secs",
+                format!(
+                    "must be at least ack_wait_secs * max_deliver + 60 = {needed} (a message \
+                     delivered again after that window would be scored twice), got {}",
+                    cl.duplicate_window_secs
+                ),
+            );
+        }
+        for (key, name) in [
+            ("cluster.input_stream", &cl.input_stream),
+            ("cluster.output_stream", &cl.output_stream),
+            ("cluster.consumer", &cl.consumer),
+        ] {
+            if name.is_empty() || name.contains(|ch: char| ch.is_whitespace() || ".*>".contains(ch))
+            {
+                k.fail(
+                    key,
+                    format!("must be a name without spaces, '.', '*' or '>', got {name:?}"),
+                );
+            }
+        }
+        for (key, subject) in [
+            ("cluster.input_subject", &cl.input_subject),
+            ("cluster.output_subject", &cl.output_subject),
+            ("cluster.rejected_subject", &cl.rejected_subject),
+        ] {
+            if subject.is_empty() || subject.contains(char::is_whitespace) {
+                k.fail(
+                    key,
+                    format!("must be a NATS subject without spaces, got {subject:?}"),
+                );
+            }
+        }
+        if cl.input_subject == cl.output_subject {
+            k.fail(
+                "cluster.output_subject",
+                "must differ from cluster.input_subject".into(),
+            );
+        }
+    }
     if let Some(uri) = &c.tracking.mlflow_uri
         && !(uri.starts_with("http://") || uri.starts_with("https://"))
     {

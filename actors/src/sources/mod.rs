@@ -4,10 +4,12 @@
 //! reputation view. A source never talks to the inference pool itself, and accounts for each
 //! record it takes (scored, or rejected with a reason) before it lets go of it.
 //!
-//! `file`: CSV files dropped into the watched inbox. Adding a source is a module here, one
+//! `file`: CSV files dropped into the watched inbox; `jetstream`: a NATS JetStream work queue
+//! shared by the nodes of a cluster. Adding a source is a module here, one
 //! config section, and one line in [`from_config`].
 
 pub mod file;
+pub mod jetstream;
 
 use actix::Recipient;
 use sentimentd_config::Config;
@@ -45,17 +47,26 @@ pub struct SourceContext {
 /// A started source, as the daemon's shutdown sees it.
 pub struct SourceHandle {
     pub name: &'static str,
-    stop_intake: Recipient<StopIntake>,
+    stop: Box<dyn Fn()>,
 }
 
 impl SourceHandle {
+    /// A source whose intake an actor stops on `StopIntake`.
     pub fn new(name: &'static str, stop_intake: Recipient<StopIntake>) -> SourceHandle {
-        SourceHandle { name, stop_intake }
+        SourceHandle::with_stop(name, move || stop_intake.do_send(StopIntake))
+    }
+
+    /// A source whose intake `stop` stops.
+    pub fn with_stop(name: &'static str, stop: impl Fn() + 'static) -> SourceHandle {
+        SourceHandle {
+            name,
+            stop: Box::new(stop),
+        }
     }
 
     /// Stops taking new work (the drain on SIGTERM).
     pub fn stop_intake(&self) {
-        self.stop_intake.do_send(StopIntake);
+        (self.stop)();
     }
 }
 
@@ -73,7 +84,12 @@ pub trait Source {
     fn start(self: Box<Self>, cx: SourceContext) -> SourceHandle;
 }
 
-/// The sources `cfg` asks for: the watched folder (`[ingest]`) always.
-pub fn from_config(_cfg: &Config) -> Vec<Box<dyn Source>> {
-    vec![Box::new(file::FileSource::default())]
+/// The sources `cfg` asks for: the watched folder (`[ingest]`) always, and the JetStream
+/// work queue when `[cluster] nats_url` is set.
+pub fn from_config(cfg: &Config) -> Vec<Box<dyn Source>> {
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(file::FileSource::default())];
+    if let Some(url) = &cfg.cluster.nats_url {
+        sources.push(Box::new(jetstream::JetStreamSource::new(url.clone())));
+    }
+    sources
 }
