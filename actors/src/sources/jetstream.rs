@@ -219,6 +219,9 @@ async fn handle(
             return;
         }
     };
+    // Every result is published first and the stores are awaited together, then the inputs
+    // are acknowledged together: one round trip per batch, not two per message.
+    let mut published = Vec::new();
     for ((m, input), result) in good.iter().zip(scored.results) {
         let p = match result {
             Ok(p) => p,
@@ -240,25 +243,40 @@ async fn handle(
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, input.id.as_str());
-        let stored = match js
+        match js
             .publish_with_headers(c.output_subject.clone(), headers, payload.into())
             .await
         {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match stored {
-            Ok(()) => {
+            Ok(ack) => published.push((m, input, p.label, ack)),
+            Err(e) => {
+                tracing::warn!(id = %input.id, error = %e, "result not published; the message will be delivered again")
+            }
+        }
+    }
+    let stored = futures_util::future::join_all(
+        published
+            .into_iter()
+            .map(|(m, input, label, ack)| async move { (m, input, label, ack.await) }),
+    )
+    .await;
+    let mut to_ack = Vec::new();
+    for (m, input, label, result) in stored {
+        match result {
+            Ok(_) => {
                 cx.reputation
-                    .record(Channel::batch, input.source.as_deref(), [p.label]);
-                if let Err(e) = m.double_ack().await {
-                    // The result is stored; a redelivery is dropped as a duplicate.
-                    tracing::warn!(id = %input.id, error = %e, "JetStream ack failed");
-                }
+                    .record(Channel::batch, input.source.as_deref(), [label]);
+                to_ack.push((m, input));
             }
             Err(e) => {
                 tracing::warn!(id = %input.id, error = %e, "result not stored; the message will be delivered again")
             }
+        }
+    }
+    let acked = futures_util::future::join_all(to_ack.iter().map(|(m, _)| m.double_ack())).await;
+    for ((_, input), result) in to_ack.iter().zip(acked) {
+        if let Err(e) = result {
+            // The result is stored; a redelivery is dropped as a duplicate.
+            tracing::warn!(id = %input.id, error = %e, "JetStream ack failed");
         }
     }
 }
