@@ -406,9 +406,20 @@ impl RetrainRun {
                 m
             }
         };
+        // The serving model scores the holdout once: its figure on the whole holdout and each
+        // origin's label agreement come from the same predictions.
+        let cur_predicted: Vec<Label> = {
+            let texts: Vec<&str> = holdout.texts.iter().map(String::as_str).collect();
+            current
+                .predict_batch(&texts)
+                .into_iter()
+                .map(|p| p.label)
+                .collect()
+        };
         let (cand_hold, cur_hold) = (
             eval(candidate.as_ref(), &holdout),
-            eval(current.as_ref(), &holdout),
+            (!holdout.texts.is_empty())
+                .then(|| EvalMetrics::compute(&holdout.labels, &cur_predicted)),
         );
         // Each origin's labels are judged by themselves too, so honest rows from one sender
         // cannot carry contradicting rows from another past the label-agreement rule.
@@ -418,13 +429,13 @@ impl RetrainRun {
                 .filter(|o| holdout_origins[*o] >= MIN_POLAR_ROWS as usize)
                 .filter(|_| holdout_origins.len() > 1)
                 .map(|o| {
-                    let part: Vec<labelled::LabelledRow> = holdout_rows
+                    let (labels, predicted): (Vec<Label>, Vec<Label>) = holdout_rows
                         .iter()
-                        .filter(|r| r.origin == *o)
-                        .cloned()
-                        .collect();
-                    let (agree, n) =
-                        polar_agreement(&pipeline::evaluate(current.as_ref(), &to_dataset(&part)));
+                        .zip(&cur_predicted)
+                        .filter(|(r, _)| r.origin == *o)
+                        .map(|(r, p)| (r.label, *p))
+                        .unzip();
+                    let (agree, n) = polar_agreement(&EvalMetrics::compute(&labels, &predicted));
                     (o.to_string(), agree, n)
                 })
                 .collect()
