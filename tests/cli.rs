@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 fn bin() -> Command {
     common::sentimentd()
@@ -22,23 +22,15 @@ fn head(file: &str, rows: usize, out: &Path) {
     std::fs::write(out, lines.join("\n") + "\n").unwrap();
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
+type Env = common::CliEnv;
 
-impl Env {
-    /// A small, fast training setup; the store lives in the temp dir.
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
+/// A small, fast training setup; the store lives in the temp dir.
+fn small_env() -> Env {
+    Env::write(|d| {
         head("train.csv", 3000, &d.join("train.csv"));
         head("val.csv", 400, &d.join("val.csv"));
-        let config = d.join("sentimentd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[paths]
+        format!(
+            r#"[paths]
 model_store = "{d}/models"
 
 [data]
@@ -53,32 +45,15 @@ buckets = 4096
 [train]
 epochs = 2
 "#,
-                d = d.display()
-            ),
+            d = d.display()
         )
-        .unwrap();
-        Env { dir, config }
-    }
+    })
+}
 
-    fn run(&self, args: &[&str]) -> Output {
-        bin()
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
-    }
-
+impl Env {
+    /// Standard output of a command that must succeed.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        String::from_utf8(self.success(args).stdout).unwrap()
     }
 }
 
@@ -91,7 +66,7 @@ fn current_version(env: &Env) -> String {
 
 #[test]
 fn train_eval_predict_and_inspect() {
-    let env = Env::new();
+    let env = small_env();
 
     let out = env.ok(&["train"]);
     assert!(out.contains("version"), "{out}");
@@ -152,9 +127,7 @@ fn train_eval_predict_and_inspect() {
     // predict: arguments, stdin, JSON.
     let out = env.ok(&["predict", "I love this so much", "worst day ever"]);
     assert_eq!(out.lines().count(), 2, "{out}");
-    let mut child = bin()
-        .arg("--config")
-        .arg(&env.config)
+    let mut child = common::with_config(&env.config)
         .args(["predict", "--json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -241,7 +214,7 @@ fn train_eval_predict_and_inspect() {
 
 #[test]
 fn predict_without_a_model_uses_the_lexicon_fallback() {
-    let env = Env::new();
+    let env = small_env();
     let out = env.run(&["predict", "I love it"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("positive"));
@@ -250,7 +223,7 @@ fn predict_without_a_model_uses_the_lexicon_fallback() {
 
 #[test]
 fn train_reports_a_bad_data_file() {
-    let env = Env::new();
+    let env = small_env();
     let bad = env.dir.path().join("bad.csv");
     std::fs::write(&bad, "id,body\n1,hello\n").unwrap();
     let out = env.run(&["train", "--data", bad.to_str().unwrap()]);
@@ -273,7 +246,7 @@ fn train_reports_a_bad_data_file() {
 
 #[test]
 fn config_check_names_file_line_and_key() {
-    let env = Env::new();
+    let env = small_env();
     let out = env.run(&["config", "check"]);
     assert!(out.status.success());
     let effective = String::from_utf8_lossy(&out.stdout);

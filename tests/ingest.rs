@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::{Daemon, names, read_csv};
+use common::{Daemon, csv_text, names, read_csv};
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const SLOW_TEXT: &str = "__sentimentd_test_fault_slow__";
@@ -82,13 +83,9 @@ fn symlinks_hard_links_fifos_and_directories_are_refused_once_and_never_read() {
 fn a_file_rewritten_in_the_inbox_after_its_claim_is_a_new_batch() {
     let d = Daemon::start_with("test_faults = true", "chunk_rows = 5", "", "");
     // Slow rows keep the first batch in flight long enough to write the inbox path again.
-    let mut first = String::from("id,text\n");
-    for i in 0..20 {
-        first.push_str(&format!("a{i},{SLOW_TEXT}\n"));
-    }
+    let first = csv_text("id,text", (0..20).map(|i| format!("a{i},{SLOW_TEXT}")));
     d.drop_file("export.csv", first.as_bytes());
-    let claimed = d.root().join("processing/export.csv");
-    d.wait_for("the claim", Duration::from_secs(30), || claimed.exists());
+    d.wait_claimed("export.csv");
     d.drop_file("export.csv", b"id,text\nb0,second export\nb1,also second\n");
     d.wait_for("both batches", Duration::from_secs(60), || {
         names(&d.root().join("archive")).len() == 2
@@ -128,8 +125,7 @@ fn a_file_still_written_after_its_claim_is_scored_again_whole() {
             .expect("write");
     }
     f.flush().expect("flush");
-    let claimed = d.root().join("processing/slow-writer.csv");
-    d.wait_for("the claim", Duration::from_secs(30), || claimed.exists());
+    d.wait_claimed("slow-writer.csv");
     f.write_all(b"10,written after the claim\n")
         .expect("append");
     drop(f);
@@ -145,19 +141,20 @@ fn a_file_still_written_after_its_claim_is_scored_again_whole() {
     );
 }
 
-#[test]
-fn a_file_that_keeps_failing_backs_off_then_is_quarantined_with_every_error() {
-    let d = Daemon::start_with(
-        "",
-        "retry_initial_ms = 300\nretry_max_ms = 600\nmax_attempts = 3",
-        "",
-        "",
-    );
-    // The outbox replaced by a plain file: every attempt fails to write its output, a cause
-    // that has nothing to do with the file's content.
+/// A daemon with the `[ingest]` retry settings `retry` whose outbox is a plain file: every
+/// attempt fails to write its output, a cause that has nothing to do with the file's content.
+fn blocked_outbox_daemon(retry: &str) -> (Daemon, PathBuf) {
+    let d = Daemon::start_with("", retry, "", "");
     let outbox = d.root().join("outbox");
     std::fs::remove_dir_all(&outbox).expect("remove outbox");
     std::fs::write(&outbox, "not a folder").expect("block outbox");
+    (d, outbox)
+}
+
+#[test]
+fn a_file_that_keeps_failing_backs_off_then_is_quarantined_with_every_error() {
+    let (d, _outbox) =
+        blocked_outbox_daemon("retry_initial_ms = 300\nretry_max_ms = 600\nmax_attempts = 3");
     d.drop_file("doomed.csv", b"id,text,label\n1,fine text,positive\n");
     d.wait_for("the quarantine", Duration::from_secs(30), || {
         d.root().join("rejected/doomed.csv").exists()
@@ -169,18 +166,11 @@ fn a_file_that_keeps_failing_backs_off_then_is_quarantined_with_every_error() {
     }
     assert!(!report.contains("attempt 4"), "{report}");
     assert!(report.contains("outbox"), "names what failed: {report}");
-    assert_eq!(
-        d.metric(r#"sentiment_batch_attempts_total{result="failed"}"#),
-        3.0
-    );
-    assert_eq!(
-        d.metric(r#"sentiment_batches_total{outcome="quarantined"}"#),
-        1.0
-    );
-    assert_eq!(
-        d.metric(r#"sentiment_batches_total{outcome="processed"}"#),
-        0.0
-    );
+    d.assert_metrics(&[
+        (r#"sentiment_batch_attempts_total{result="failed"}"#, 3.0),
+        (r#"sentiment_batches_total{outcome="quarantined"}"#, 1.0),
+        (r#"sentiment_batches_total{outcome="processed"}"#, 0.0),
+    ]);
     assert!(
         names(&d.root().join("labelled")).is_empty(),
         "a quarantined file delivers nothing"
@@ -367,17 +357,10 @@ fn a_file_that_kills_the_process_is_quarantined_after_max_attempts_starts() {
 
 #[test]
 fn a_new_file_never_takes_a_name_a_pending_batch_will_write() {
-    let d = Daemon::start_with(
-        "",
-        "retry_initial_ms = 1500\nretry_max_ms = 1500\nmax_attempts = 5",
-        "",
-        "",
-    );
     // The first attempt at a.csv fails (the outbox is not a folder), so its entry waits for
     // a retry, holding the names a.csv and a.csv.errors.csv.
-    let outbox = d.root().join("outbox");
-    std::fs::remove_dir_all(&outbox).expect("remove outbox");
-    std::fs::write(&outbox, "not a folder").expect("block outbox");
+    let (d, outbox) =
+        blocked_outbox_daemon("retry_initial_ms = 1500\nretry_max_ms = 1500\nmax_attempts = 5");
     d.drop_file("a.csv", b"id,text\n1,every row of this file is fine\n");
     d.wait_for("the first attempt to fail", Duration::from_secs(30), || {
         d.metric(r#"sentiment_batch_attempts_total{result="failed"}"#) >= 1.0

@@ -340,14 +340,19 @@ fn records_made_while_mlflow_is_down_arrive_once_it_is_up() {
     let log = LocalRunLog::open(&runs).unwrap();
     let model = model_dir(tmp.path());
 
+    // Opened again after a restart, on the same queue.
+    let open_sink = || {
+        MlflowSink::open(
+            MlflowClient::new(&uri),
+            "sentimentd-retry",
+            "retry-model",
+            &runs,
+        )
+        .unwrap()
+    };
+
     let stored = log.store(&training_record(tmp.path())).unwrap();
-    let mut sink = MlflowSink::open(
-        MlflowClient::new(&uri),
-        "sentimentd-retry",
-        "retry-model",
-        &runs,
-    )
-    .unwrap();
+    let mut sink = open_sink();
     let t = Instant::now();
     assert_eq!(
         sink.submit(MlflowOp::Run {
@@ -379,13 +384,7 @@ fn records_made_while_mlflow_is_down_arrive_once_it_is_up() {
     // A restart of the daemon, then the server comes up.
     drop(sink);
     let server = MlflowServer::start(tmp.path(), port);
-    let mut sink = MlflowSink::open(
-        MlflowClient::new(&uri),
-        "sentimentd-retry",
-        "retry-model",
-        &runs,
-    )
-    .unwrap();
+    let mut sink = open_sink();
     assert_eq!(sink.pending_len(), 2);
     assert_eq!(
         sink.flush_pending().unwrap(),

@@ -373,16 +373,11 @@ fn drift_on_labelled_batches_retrains_passes_the_gate_and_promotes() {
     let before = model_version(&d);
 
     // Labelled batches from a domain the model never saw arrive through the inbox.
-    for (i, seed) in [11u64, 12, 13].into_iter().enumerate() {
-        let name = format!("reviews-{i}.csv");
-        d.drop_file(&name, reviews_csv(400, seed, &format!("r{i}")).as_bytes());
-        d.wait_processed(&name, Duration::from_secs(60));
-    }
-    d.wait_for(
-        "drift, a retrain and a promotion",
-        Duration::from_secs(180),
-        || d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#) >= 1.0,
-    );
+    let batches = [11u64, 12, 13].into_iter().enumerate().map(|(i, seed)| {
+        let csv = reviews_csv(400, seed, &format!("r{i}"));
+        (format!("reviews-{i}.csv"), csv)
+    });
+    feed_until_promoted(&d, batches, Duration::from_secs(180));
     assert!(d.metric(r#"sentiment_drift_checks_total{outcome="drift"}"#) >= 1.0);
     let after = model_version(&d);
     assert_ne!(after, before);
@@ -466,9 +461,25 @@ fn sst2_csv(skip: usize, rows: usize, swap: bool) -> String {
     String::from_utf8(w.into_inner().expect("csv")).expect("utf-8")
 }
 
+/// Drops each `(name, csv)` of labelled rows into the inbox, one after the other, then waits
+/// for the drift they cause to retrain and promote a candidate.
+fn feed_until_promoted(
+    d: &Daemon,
+    batches: impl Iterator<Item = (String, String)>,
+    within: Duration,
+) {
+    for (name, csv) in batches {
+        d.drop_file(&name, csv.as_bytes());
+        d.wait_processed(&name, Duration::from_secs(60));
+    }
+    d.wait_for("drift, a retrain and a promotion", within, || {
+        d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#) >= 1.0
+    });
+}
+
 /// `sentimentd eval --json` macro-recall of `version` on `data`.
 fn eval_recall(config: &Path, version: &str, data: &Path) -> f64 {
-    let out = cli(
+    let out = cli_ok(
         config,
         &[
             "eval",
@@ -478,11 +489,6 @@ fn eval_recall(config: &Path, version: &str, data: &Path) -> f64 {
             &data.to_string_lossy(),
             "--json",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval json");
     m["macro_recall"].as_f64().expect("macro_recall")
@@ -501,16 +507,8 @@ fn a_retrain_learns_a_drifted_domain_and_shows_what_each_part_weighed() {
     );
     let before = model_version(&d);
     // Labelled movie-review phrases, a real domain the tweets do not cover.
-    for i in 0..3 {
-        let name = format!("sst2-{i}.csv");
-        d.drop_file(&name, sst2_csv(i * 300, 300, false).as_bytes());
-        d.wait_processed(&name, Duration::from_secs(60));
-    }
-    d.wait_for(
-        "drift, a retrain and a promotion",
-        Duration::from_secs(240),
-        || d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#) >= 1.0,
-    );
+    let batches = (0..3).map(|i| (format!("sst2-{i}.csv"), sst2_csv(i * 300, 300, false)));
+    feed_until_promoted(&d, batches, Duration::from_secs(240));
     let after = model_version(&d);
     assert_ne!(after, before);
 
@@ -577,17 +575,8 @@ fn a_retrain_learns_a_drifted_domain_and_shows_what_each_part_weighed() {
 fn retrain_and_expect_rejection(d: &Daemon) {
     let (status, body) = admin_post(d, "/admin/retrain", Some(TOKEN), "");
     assert_eq!(status, 202, "{body}");
-    d.wait_for("the gate's decision", Duration::from_secs(180), || {
-        d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#)
-            + d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#)
-            >= 1.0
-    });
-    assert_eq!(
-        d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#),
-        1.0,
-        "{}",
-        d.logs()
-    );
+    d.wait_gate_decision(Duration::from_secs(180));
+    d.assert_metrics(&[(r#"sentiment_retrains_total{outcome="rejected"}"#, 1.0)]);
 }
 
 #[test]
@@ -683,23 +672,23 @@ fn a_candidate_trained_on_wrong_labels_is_rejected_and_never_served() {
 }
 
 fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-    common::sentimentd()
-        .arg("--config")
-        .arg(config)
+    common::with_config(config)
         .args(args)
         .output()
         .expect("run sentimentd")
 }
 
+/// [`cli`] for a command that must succeed.
+fn cli_ok(config: &Path, args: &[&str]) -> std::process::Output {
+    let out = cli(config, args);
+    common::assert_success(args, &out);
+    out
+}
+
 /// The serving version, and a second one trained into the same store by the CLI (not current).
 fn serving_and_second_version(d: &Daemon) -> (String, String) {
     let v1 = model_version(d);
-    let out = cli(&d.config, &["train", "--no-promote"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&d.config, &["train", "--no-promote"]);
     let v2 = names(&d.root().join("models/versions"))
         .into_iter()
         .find(|v| v != &v1)
@@ -789,21 +778,11 @@ fn a_version_promoted_from_outside_is_hot_reloaded_and_a_broken_one_is_refused()
     let data = Data::new();
     let d = trained_daemon(&data, "enabled = false", "enabled = false", "");
     let (v1, v2) = serving_and_second_version(&d);
-    let out = cli(&d.config, &["model", "promote", &v2]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&d.config, &["model", "promote", &v2]);
     d.wait_for("the daemon to swap in v2", Duration::from_secs(20), || {
         model_version(&d) == v2
     });
-    let out = cli(&d.config, &["model", "rollback"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&d.config, &["model", "rollback"]);
     d.wait_for(
         "the daemon to swap v1 back in",
         Duration::from_secs(20),
@@ -829,38 +808,18 @@ fn a_version_promoted_from_outside_is_hot_reloaded_and_a_broken_one_is_refused()
 #[test]
 fn drift_cli_exits_zero_without_drift_and_three_with_it() {
     let data = Data::new();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("sentimentd.toml");
-    std::fs::write(
-        &config,
+    let common::CliEnv { dir, config } = common::CliEnv::write(|d| {
         format!(
-            "[paths]\nmodel_store = \"{}/models\"\nstate_dir = \"{}/state\"\n\n[train]\nepochs = 2\n\n{}",
-            dir.path().display(),
-            dir.path().display(),
-            data.sections("", "", "", false)
-        ),
-    )
-    .expect("config");
-    let out = cli(&config, &["train"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cli(&config, &["baseline"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+            "[paths]\nmodel_store = \"{d}/models\"\nstate_dir = \"{d}/state\"\n\n[train]\nepochs = 2\n\n{}",
+            data.sections("", "", "", false),
+            d = d.display(),
+        )
+    });
+    cli_ok(&config, &["train"]);
+    let out = cli_ok(&config, &["baseline"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("baseline of"));
     // The CLI's training run is in the run log.
-    let out = cli(&config, &["runs", "--kind", "training", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cli_ok(&config, &["runs", "--kind", "training", "--json"]);
     let runs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("run json"))
@@ -922,12 +881,7 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
     assert_eq!(report["verdict"], "drift");
 
     // Every CLI training, evaluation and drift check is in the run log.
-    let out = cli(&config, &["eval"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&config, &["eval"]);
     let out = cli(&config, &["runs", "--json"]);
     let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -1030,12 +984,7 @@ fn a_promotion_that_cannot_be_recorded_never_serves_and_a_torn_history_loses_no_
     let data = Data::new();
     let d = trained_daemon(&data, "enabled = false", "enabled = false", "");
     let (v1, v2) = serving_and_second_version(&d);
-    let out = cli(&d.config, &["train", "--no-promote"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&d.config, &["train", "--no-promote"]);
     let v3 = names(&d.root().join("models/versions"))
         .into_iter()
         .find(|v| v != &v1 && v != &v2)
@@ -1200,15 +1149,20 @@ fn old_runs_lose_their_artifacts_beyond_keep_runs_and_keep_their_records() {
         .map(|r| r["run_id"].as_str().expect("run_id").to_string())
         .collect();
     assert!(with_artifacts.len() >= 5, "{checks:?}");
-    let kept: Vec<&String> = with_artifacts
-        .iter()
-        .filter(|id| d.root().join("state/runs/artifacts").join(id).exists())
-        .collect();
-    assert_eq!(
-        kept,
-        with_artifacts[with_artifacts.len() - 2..]
+    let kept = || -> Vec<&String> {
+        with_artifacts
             .iter()
-            .collect::<Vec<_>>(),
+            .filter(|id| d.root().join("state/runs/artifacts").join(id).exists())
+            .collect()
+    };
+    let newest_two: Vec<&String> = with_artifacts[with_artifacts.len() - 2..].iter().collect();
+    // Old artifacts go right after the newest record is written, so allow that moment.
+    d.wait_for("old artifacts removed", Duration::from_secs(10), || {
+        kept() == newest_two
+    });
+    assert_eq!(
+        kept(),
+        newest_two,
         "the newest two drift checks keep their artifacts"
     );
     // The training run is another kind: its artifacts are kept.

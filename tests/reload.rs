@@ -16,21 +16,19 @@ fn rewrite(d: &Daemon, edit: impl Fn(&str) -> String) {
     std::fs::write(&d.config, edit(&text)).expect("config");
 }
 
-/// The newest log line that contains `needle`, or "".
-fn last_line(logs: &str, needle: &str) -> String {
-    logs.lines()
-        .rev()
-        .find(|l| l.contains(needle))
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn reload_and_wait(d: &Daemon, expect: &str) {
+/// Sends SIGHUP, waits for one more log line containing `expect`, and returns the newest.
+fn reload_and_wait(d: &Daemon, expect: &str) -> String {
     let before = d.logs().matches(expect).count();
     d.signal("HUP");
     d.wait_for(expect, Duration::from_secs(10), || {
         d.logs().matches(expect).count() > before
     });
+    d.logs()
+        .lines()
+        .rev()
+        .find(|l| l.contains(expect))
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -48,11 +46,10 @@ fn sighup_applies_live_keys_names_the_rest_and_refuses_an_invalid_file() {
             )
             .replace("/inbox\"", "/inbox-elsewhere\"")
     });
-    reload_and_wait(&d, "config reloaded");
-    let logs = d.logs();
-    let line = last_line(&logs, "config reloaded");
+    let line = reload_and_wait(&d, "config reloaded");
     assert!(line.contains("server.max_batch_texts"), "{line}");
     assert!(line.contains("ingest.neutralize_formulas"), "{line}");
+    let logs = d.logs();
     assert!(
         logs.contains("changed keys take effect only after a restart")
             && logs.contains("ingest.inbox"),
@@ -75,9 +72,7 @@ fn sighup_applies_live_keys_names_the_rest_and_refuses_an_invalid_file() {
             "max_batch_texts = 300\nmax_batch_textz = 1",
         )
     });
-    reload_and_wait(&d, "config reload refused");
-    let logs = d.logs();
-    let refused = last_line(&logs, "config reload refused");
+    let refused = reload_and_wait(&d, "config reload refused");
     assert!(refused.contains("max_batch_textz"), "{refused}");
     assert!(refused.contains("sentimentd.toml:"), "{refused}");
     assert_eq!(post(250).status, 422, "the running limit (200) stays");
@@ -94,11 +89,10 @@ fn a_reload_whose_live_keys_break_a_rule_with_the_running_ones_is_refused() {
         t.replace("window = 1000", "window = 20000")
             .replace("min_samples = 500", "min_samples = 5000")
     });
-    reload_and_wait(&d, "config reload failed");
-    let logs = d.logs();
-    let refused = last_line(&logs, "config reload failed");
+    let refused = reload_and_wait(&d, "config reload failed");
     assert!(refused.contains("drift.min_samples"), "{refused}");
     assert!(refused.contains("drift.window"), "{refused}");
+    let logs = d.logs();
     assert!(!logs.contains("config reloaded"), "{logs}");
     assert_eq!(d.get("/health").status, 200, "still serving");
 }

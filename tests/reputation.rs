@@ -130,14 +130,16 @@ fn sentiment_per_source_over_time_with_a_spike_alert_that_survives_a_restart() {
     );
     let share = d.metric(r#"sentiment_negative_share{source="acme"}"#);
     assert!((share - 16.0 / 21.0).abs() < 1e-9, "{share}");
-    assert_eq!(
-        d.metric(r#"sentiment_predictions_total{label="negative",channel="batch",source="acme"}"#),
-        24.0
-    );
-    assert_eq!(
-        d.metric(r#"sentiment_predictions_total{label="positive",channel="http",source="acme"}"#),
-        1.0
-    );
+    d.assert_metrics(&[
+        (
+            r#"sentiment_predictions_total{label="negative",channel="batch",source="acme"}"#,
+            24.0,
+        ),
+        (
+            r#"sentiment_predictions_total{label="positive",channel="http",source="acme"}"#,
+            1.0,
+        ),
+    ]);
     assert!(
         d.logs().contains("reputation alert: negative spike"),
         "{}",
@@ -160,10 +162,10 @@ fn sentiment_per_source_over_time_with_a_spike_alert_that_survives_a_restart() {
 #[test]
 fn sources_stay_bounded_whatever_the_input() {
     let d = Daemon::start_with("", "", "", "[reputation]\nmax_sources = 2\n");
-    let mut csv = String::from("text,source\n");
-    for i in 0..60 {
-        csv.push_str(&format!("\"{POS}\",account-{i}\n"));
-    }
+    let csv = common::csv_text(
+        "text,source",
+        (0..60).map(|i| format!("\"{POS}\",account-{i}")),
+    );
     d.drop_file("many.csv", csv.as_bytes());
     d.wait_processed("many.csv", Duration::from_secs(60));
     for i in 0..30 {

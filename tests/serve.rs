@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, metric_in, metric_sum, names, read_csv};
+use common::{Daemon, csv_text, metric_in, metric_sum, names, read_csv};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -59,108 +59,29 @@ fn every_error_status_is_json_with_a_reason() {
         "",
         "[data]\nmax_text_chars = 50",
     );
-    let cases: Vec<(&str, Option<&str>, String, u16, &str)> = vec![
-        (
-            "malformed",
-            Some("application/json"),
-            r#"{"text": "#.into(),
-            400,
-            "malformed JSON",
-        ),
-        (
-            "wrong type",
-            Some("application/json"),
-            r#"{"text": 42}"#.into(),
-            400,
-            "wrong type",
-        ),
-        (
-            "texts wrong type",
-            Some("application/json"),
-            r#"{"texts": "a"}"#.into(),
-            400,
-            "wrong type",
-        ),
-        (
-            "not an object",
-            Some("application/json"),
-            r#"["a"]"#.into(),
-            400,
-            "wrong type",
-        ),
-        (
-            "missing field",
-            Some("application/json"),
-            r#"{"txt": "a"}"#.into(),
-            400,
-            "missing field",
-        ),
-        (
-            "both fields",
-            Some("application/json"),
-            r#"{"text": "a", "texts": ["b"]}"#.into(),
-            400,
-            "not both",
-        ),
-        (
-            "too big",
-            Some("application/json"),
-            format!(r#"{{"text": "{}"}}"#, "a".repeat(3000)),
-            413,
-            "larger than the limit",
-        ),
-        (
-            "content type",
-            Some("text/plain"),
-            r#"{"text": "a"}"#.into(),
-            415,
-            "content type",
-        ),
-        (
-            "form",
-            Some("application/x-www-form-urlencoded"),
-            "text=a".into(),
-            415,
-            "content type",
-        ),
-        (
-            "empty",
-            Some("application/json"),
-            r#"{"text": "   "}"#.into(),
-            422,
-            "empty",
-        ),
-        (
-            "too long",
-            Some("application/json"),
-            format!(r#"{{"text": "{}"}}"#, "é".repeat(51)),
-            422,
-            "too long",
-        ),
-        (
-            "too many",
-            Some("application/json"),
-            r#"{"texts": ["a", "b", "c", "d"]}"#.into(),
-            422,
-            "too many texts",
-        ),
-        (
-            "empty list",
-            Some("application/json"),
-            r#"{"texts": []}"#.into(),
-            422,
-            "empty",
-        ),
-        (
-            "empty in list",
-            Some("application/json"),
-            r#"{"texts": ["a", ""]}"#.into(),
-            422,
-            "texts[1] is empty",
-        ),
+    let too_big = format!(r#"{{"text": "{}"}}"#, "a".repeat(3000));
+    let too_long = format!(r#"{{"text": "{}"}}"#, "é".repeat(51));
+    let json = Some("application/json");
+    // One row a case, so the table reads as a table.
+    #[rustfmt::skip]
+    let cases: [(&str, Option<&str>, &str, u16, &str); 14] = [
+        ("malformed",        json,                     r#"{"text": "#,                       400, "malformed JSON"),
+        ("wrong type",       json,                     r#"{"text": 42}"#,                    400, "wrong type"),
+        ("texts wrong type", json,                     r#"{"texts": "a"}"#,                  400, "wrong type"),
+        ("not an object",    json,                     r#"["a"]"#,                           400, "wrong type"),
+        ("missing field",    json,                     r#"{"txt": "a"}"#,                    400, "missing field"),
+        ("both fields",      json,                     r#"{"text": "a", "texts": ["b"]}"#,   400, "not both"),
+        ("too big",          json,                     &too_big,                             413, "larger than the limit"),
+        ("content type",     Some("text/plain"),       r#"{"text": "a"}"#,                   415, "content type"),
+        ("form",             Some("application/x-www-form-urlencoded"), "text=a",            415, "content type"),
+        ("empty",            json,                     r#"{"text": "   "}"#,                 422, "empty"),
+        ("too long",         json,                     &too_long,                            422, "too long"),
+        ("too many",         json,                     r#"{"texts": ["a", "b", "c", "d"]}"#, 422, "too many texts"),
+        ("empty list",       json,                     r#"{"texts": []}"#,                   422, "empty"),
+        ("empty in list",    json,                     r#"{"texts": ["a", ""]}"#,            422, "texts[1] is empty"),
     ];
     for (name, ct, body, status, needle) in cases {
-        let r = d.post("/predict", ct, &body);
+        let r = d.post("/predict", ct, body);
         assert_eq!(r.status, status, "{name}: {}", r.body);
         let err = r.json()["error"].as_str().unwrap_or("").to_string();
         assert!(err.contains(needle), "{name}: {err:?} lacks {needle:?}");
@@ -175,14 +96,10 @@ fn every_error_status_is_json_with_a_reason() {
     assert_eq!(r.status, 405);
     assert!(r.json()["error"].is_string());
     // Bad input is counted as client errors, never as server errors.
-    assert_eq!(
-        d.metric(r#"sentiment_requests_total{outcome="server_error"}"#),
-        0.0
-    );
-    assert_eq!(
-        d.metric(r#"sentiment_requests_total{outcome="client_error"}"#),
-        14.0
-    );
+    d.assert_metrics(&[
+        (r#"sentiment_requests_total{outcome="server_error"}"#, 0.0),
+        (r#"sentiment_requests_total{outcome="client_error"}"#, 14.0),
+    ]);
 }
 
 #[test]
@@ -397,18 +314,11 @@ fn batch_with_good_and_bad_rows_is_accounted_row_by_row() {
         labelled[1][5]
     );
 
-    assert_eq!(
-        d.metric(r#"sentiment_batches_total{outcome="processed"}"#),
-        1.0
-    );
-    assert_eq!(
-        d.metric(r#"sentiment_batch_rows_total{outcome="scored"}"#),
-        4.0
-    );
-    assert_eq!(
-        d.metric(r#"sentiment_batch_rows_total{outcome="rejected"}"#),
-        4.0
-    );
+    d.assert_metrics(&[
+        (r#"sentiment_batches_total{outcome="processed"}"#, 1.0),
+        (r#"sentiment_batch_rows_total{outcome="scored"}"#, 4.0),
+        (r#"sentiment_batch_rows_total{outcome="rejected"}"#, 4.0),
+    ]);
     let batch_predictions: f64 = ["negative", "neutral", "positive"]
         .iter()
         .map(|l| {
@@ -936,14 +846,13 @@ fn batches_beyond_the_in_flight_limit_get_429_with_retry_after_and_never_a_5xx()
         throttled >= 1,
         "concurrent batches beyond the limit are throttled"
     );
-    assert_eq!(
-        d.metric(r#"sentiment_requests_total{outcome="throttled"}"#),
-        f64::from(throttled)
-    );
-    assert_eq!(
-        d.metric(r#"sentiment_requests_total{outcome="server_error"}"#),
-        0.0
-    );
+    d.assert_metrics(&[
+        (
+            r#"sentiment_requests_total{outcome="throttled"}"#,
+            f64::from(throttled),
+        ),
+        (r#"sentiment_requests_total{outcome="server_error"}"#, 0.0),
+    ]);
     // Once the pool is free, the same batch is accepted again.
     assert_eq!(
         d.post("/predict", Some("application/json"), &body).status,
@@ -1009,13 +918,9 @@ fn a_drain_past_its_bound_saves_the_reputation_then_exits_non_zero() {
     let r = d.predict(r#"{"text": "what a great product", "source": "acme"}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     // A chunk of 50 slow rows takes 10 s: far past the 1 s drain bound.
-    let mut content = String::from("id,text\n");
-    for i in 0..50 {
-        content.push_str(&format!("{i},{SLOW_TEXT}\n"));
-    }
+    let content = csv_text("id,text", (0..50).map(|i| format!("{i},{SLOW_TEXT}")));
     d.drop_file("slow.csv", content.as_bytes());
-    let claimed = d.root().join("processing/slow.csv");
-    d.wait_for("the claim", Duration::from_secs(30), || claimed.exists());
+    d.wait_claimed("slow.csv");
     d.signal("TERM");
     let status = d.wait_exit(Duration::from_secs(8));
     assert_eq!(status.code(), Some(2), "{}", d.logs());

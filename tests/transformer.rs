@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use common::{Daemon, pretrained_root};
@@ -55,10 +54,7 @@ max_seq_len = 64
     )
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
+type Env = common::CliEnv;
 
 impl Env {
     /// Small data and a short head run; `pretrained` is the encoders' directory.
@@ -67,17 +63,13 @@ impl Env {
     }
 
     fn sized(pretrained: &Path, extra: &str, train: usize, val: usize) -> Env {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        let sections = small_transformer(
-            d,
-            (train, val),
-            pretrained,
-            &format!("head_epochs = 150\n{extra}"),
-        );
-        let config = d.join("sentimentd.toml");
-        std::fs::write(
-            &config,
+        Env::write(|d| {
+            let sections = small_transformer(
+                d,
+                (train, val),
+                pretrained,
+                &format!("head_epochs = 150\n{extra}"),
+            );
             format!(
                 r#"[paths]
 model_store = "{d}/models"
@@ -90,30 +82,12 @@ threads = 1
 {sections}
 "#,
                 d = d.display(),
-            ),
-        )
-        .expect("write config");
-        Env { dir, config }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        common::sentimentd()
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run sentimentd")
+            )
+        })
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = self.success(args);
         // Progress and messages go to stderr, results to stdout: both are checked.
         format!(
             "{}{}",
@@ -124,23 +98,13 @@ threads = 1
 
     /// Standard output only, for the commands that print JSON.
     fn stdout(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        String::from_utf8_lossy(&self.success(args).stdout).to_string()
     }
 
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(!out.status.success(), "{args:?} should fail");
         String::from_utf8_lossy(&out.stderr).to_string()
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
     }
 
     fn current(&self) -> String {
@@ -438,9 +402,7 @@ fn fine_tuning_killed_mid_epoch_resumes_to_the_result_of_an_uninterrupted_run() 
 
     // The same job, killed after a checkpoint in the second epoch, then run again.
     let cut = Env::sized(&root, tuning, 300, 100);
-    let mut child = common::sentimentd()
-        .arg("--config")
-        .arg(&cut.config)
+    let mut child = common::with_config(&cut.config)
         .arg("train")
         .current_dir(cut.root())
         .stdout(std::process::Stdio::null())
@@ -571,17 +533,8 @@ token_file = "{d}/token"
         .send("")
         .expect("retrain request");
     assert_eq!(r.status().as_u16(), 202);
-    d.wait_for("the gate's decision", Duration::from_secs(300), || {
-        d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#)
-            + d.metric(r#"sentiment_retrains_total{outcome="rejected"}"#)
-            >= 1.0
-    });
-    assert_eq!(
-        d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#),
-        1.0,
-        "{}",
-        d.logs()
-    );
+    d.wait_gate_decision(Duration::from_secs(300));
+    d.assert_metrics(&[(r#"sentiment_retrains_total{outcome="promoted"}"#, 1.0)]);
     let m = d.get("/model").json();
     assert_eq!(m["kind"], "transformer", "{m}");
     let second = m["version"].as_str().unwrap_or_default().to_string();

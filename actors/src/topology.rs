@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::http::{self, AdminApi, HttpState, TokenFile};
 use crate::messages::Reconfigure;
 use crate::mlops::baseliner::Baseliner;
-use crate::mlops::drift_monitor::{DriftMonitor, new_report_cell};
+use crate::mlops::drift_monitor::{DriftLinks, DriftMonitor, new_report_cell};
 use crate::mlops::registry::ModelRegistry;
 use crate::mlops::reputation::{Reputation, ReputationKeeper};
 use crate::mlops::tracker::Tracker;
@@ -157,14 +157,14 @@ impl Topology {
                     let trainer = trainer.clone().recipient();
                     let tracker = tracker.clone().recipient();
                     DriftMonitor::start_in_arbiter(&drift_handle, move |_| {
-                        DriftMonitor::new(
+                        DriftMonitor::new(DriftLinks {
                             cfg,
-                            observations,
+                            sink: observations,
                             metrics,
                             reports,
-                            Some(trainer),
-                            Some(tracker),
-                        )
+                            trainer: Some(trainer),
+                            tracker: Some(tracker),
+                        })
                     })
                 };
                 let baseliner = {

@@ -18,6 +18,14 @@ fn read(text: &[u8]) -> sentimentd_data::CsvBatch {
     }
 }
 
+/// The error reading `bytes` as the file `name` gives, or "" when it reads.
+fn read_error(bytes: &[u8], name: &str, o: &ReadOptions) -> String {
+    read_batch_bytes(bytes, name, o)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 fn rejections(batch: &sentimentd_data::CsvBatch) -> Vec<(u64, String)> {
     batch
         .rejected
@@ -86,19 +94,17 @@ fn invalid_utf8_rejects_only_its_row() {
 
 #[test]
 fn missing_text_column_is_a_clear_error() {
-    let err = read_batch_bytes(b"id,body\n1,hello\n", "batch.csv", &opts(100, false)).err();
     assert_eq!(
-        err.map(|e| e.to_string()).as_deref(),
-        Some("batch.csv: no `text` column (found: id, body)")
+        read_error(b"id,body\n1,hello\n", "batch.csv", &opts(100, false)),
+        "batch.csv: no `text` column (found: id, body)"
     );
 }
 
 #[test]
 fn training_data_needs_a_label_column_and_labels() {
-    let err = read_batch_bytes(b"text\nhello\n", "t.csv", &opts(100, true)).err();
     assert_eq!(
-        err.map(|e| e.to_string()).as_deref(),
-        Some("t.csv: no `label` column (found: text)")
+        read_error(b"text\nhello\n", "t.csv", &opts(100, true)),
+        "t.csv: no `label` column (found: text)"
     );
     let batch = read_batch_bytes(b"text,label\nhello,\nhi,1\n", "t.csv", &opts(100, true));
     let batch = batch.unwrap_or_default();
@@ -111,12 +117,7 @@ fn training_data_needs_a_label_column_and_labels() {
 #[test]
 fn file_level_errors() {
     let o = opts(100, false);
-    let msg = |bytes: &[u8]| {
-        read_batch_bytes(bytes, "f.csv", &o)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    };
+    let msg = |bytes: &[u8]| read_error(bytes, "f.csv", &o);
     assert!(msg(b"").contains("f.csv: file is empty"));
     assert!(msg(b"\n \n").contains("f.csv: file is empty"));
     assert!(msg(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").starts_with("f.csv: not a CSV file"));

@@ -16,6 +16,14 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     path
 }
 
+/// A temp directory, its failure a [`DataError`] like the rest of these tests'.
+fn temp_dir() -> Result<tempfile::TempDir, DataError> {
+    tempfile::tempdir().map_err(|source| DataError::Io {
+        path: "tmp".into(),
+        source,
+    })
+}
+
 #[test]
 fn bundled_train_and_val_load_with_documented_counts() -> Result<(), DataError> {
     let t0 = Instant::now();
@@ -76,10 +84,7 @@ fn text_stats_and_frame() -> Result<(), DataError> {
 
 #[test]
 fn fingerprint_depends_on_content_not_spelling() -> Result<(), DataError> {
-    let dir = tempfile::tempdir().map_err(|source| DataError::Io {
-        path: "tmp".into(),
-        source,
-    })?;
+    let dir = temp_dir()?;
     let a = write(dir.path(), "a.csv", "text,label\nhello,positive\nbye,0\n");
     let b = write(
         dir.path(),
@@ -101,10 +106,7 @@ fn fingerprint_depends_on_content_not_spelling() -> Result<(), DataError> {
 
 #[test]
 fn rejected_rows_are_kept_and_all_rejected_is_an_error() -> Result<(), DataError> {
-    let dir = tempfile::tempdir().map_err(|source| DataError::Io {
-        path: "tmp".into(),
-        source,
-    })?;
+    let dir = temp_dir()?;
     let some = write(
         dir.path(),
         "some.csv",

@@ -1,10 +1,10 @@
 //! Train on a small sample of the bundled data, store, reload, predict; the store's guarantees;
 //! the pipeline's three splits.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
 
-use sentimentd_config::Config;
+use std::collections::BTreeMap;
+
 use sentimentd_data::{Dataset, Label, load_dataset};
 use sentimentd_model::kinds::fast::FastFiles;
 use sentimentd_model::kinds::fast::features::FeatureConfig;
@@ -14,11 +14,7 @@ use sentimentd_model::pipeline::{self, TrainJob};
 use sentimentd_model::store::NewVersion;
 use sentimentd_model::{Classifier, ModelError, ModelStore};
 
-fn data(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../data/datasets/tweeteval")
-        .join(file)
-}
+use common::{data, small_config};
 
 fn small_params() -> TrainParams {
     TrainParams {
@@ -357,30 +353,10 @@ fn temperature_fitted_on_selection_calibrates_unseen_data() {
     );
 }
 
-fn head(file: &str, rows: usize, out: &Path) {
-    let text = std::fs::read_to_string(data(file)).unwrap();
-    let lines: Vec<&str> = text.lines().take(rows + 1).collect();
-    std::fs::write(out, lines.join("\n") + "\n").unwrap();
-}
-
-fn small_config(dir: &Path) -> Config {
-    head("train.csv", 3000, &dir.join("train.csv"));
-    head("val.csv", 400, &dir.join("val.csv"));
-    let mut cfg = Config::default();
-    cfg.data.train = vec![dir.join("train.csv")];
-    cfg.data.val = dir.join("val.csv");
-    cfg.paths.model_store = dir.join("models");
-    cfg.model.embedding_dim = 16;
-    cfg.model.vocab_size = 2000;
-    cfg.model.buckets = 4096;
-    cfg.train.epochs = 2;
-    cfg
-}
-
 #[test]
 fn pipeline_selects_on_a_carved_split_and_reports_on_validation() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = small_config(dir.path());
+    let cfg = small_config(dir.path(), 3000, 400);
     // Labelled rows from "serving", appended before the carve.
     let more = load_dataset(&[data("train.csv")], 1000).unwrap();
     let extra = Dataset::from_examples(
@@ -458,7 +434,7 @@ fn pipeline_selects_on_a_carved_split_and_reports_on_validation() {
 #[test]
 fn manifest_of_the_old_format_still_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = small_config(dir.path());
+    let cfg = small_config(dir.path(), 3000, 400);
     let mut cfg = cfg;
     cfg.train.epochs = 1;
     let trained = pipeline::train_and_store(&cfg, &TrainJob::default(), &mut Quiet).unwrap();
@@ -503,7 +479,7 @@ fn manifest_of_the_old_format_still_loads() {
 #[test]
 fn a_version_of_an_unknown_kind_or_newer_format_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = small_config(dir.path());
+    let mut cfg = small_config(dir.path(), 3000, 400);
     cfg.train.epochs = 1;
     let trained = pipeline::train_and_store(&cfg, &TrainJob::default(), &mut Quiet).unwrap();
     let store = ModelStore::open(&trained.store_root).unwrap();

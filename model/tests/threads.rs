@@ -7,26 +7,14 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sentimentd_config::Config;
 use sentimentd_model::kinds::fast::train::Quiet;
 use sentimentd_model::pipeline::{self, TrainJob};
-
-fn data(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../data/datasets/tweeteval")
-        .join(file)
-}
-
-fn head(file: &str, rows: usize, out: &Path) {
-    let text = std::fs::read_to_string(data(file)).unwrap();
-    let lines: Vec<&str> = text.lines().take(rows + 1).collect();
-    std::fs::write(out, lines.join("\n") + "\n").unwrap();
-}
 
 fn task_count() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -61,12 +49,7 @@ fn peak_extra_threads(f: impl FnOnce()) -> usize {
 fn train_threads_bounds_the_threads_training_uses() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    head("train.csv", 4000, &d.join("train.csv"));
-    head("val.csv", 200, &d.join("val.csv"));
-    let mut cfg = Config::default();
-    cfg.data.train = vec![d.join("train.csv")];
-    cfg.data.val = d.join("val.csv");
-    cfg.paths.model_store = d.join("models");
+    let mut cfg = common::small_config(d, 4000, 200);
     cfg.model.embedding_dim = 8;
     cfg.model.vocab_size = 1000;
     cfg.model.buckets = 2048;

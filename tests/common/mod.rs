@@ -6,7 +6,7 @@ pub mod reviews;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `sentimentd` binary, with the environment that would override a test's config
@@ -16,6 +16,59 @@ pub fn sentimentd() -> Command {
     c.env_remove("SENTIMENTD_CONFIG")
         .env_remove("SENTIMENTD_LOG");
     c
+}
+
+/// [`sentimentd`] with `--config <config>` given.
+pub fn with_config(config: &Path) -> Command {
+    let mut c = sentimentd();
+    c.arg("--config").arg(config);
+    c
+}
+
+/// A temp directory holding a config file, to run CLI commands in.
+pub struct CliEnv {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl CliEnv {
+    /// Writes the config `text` makes for the new temp directory into it.
+    pub fn write(text: impl FnOnce(&Path) -> String) -> CliEnv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("sentimentd.toml");
+        std::fs::write(&config, text(dir.path())).expect("write config");
+        CliEnv { dir, config }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `sentimentd --config <config> <args>` in the directory, to its end.
+    pub fn run(&self, args: &[&str]) -> Output {
+        with_config(&self.config)
+            .args(args)
+            .current_dir(self.root())
+            .output()
+            .expect("run sentimentd")
+    }
+
+    /// Like [`CliEnv::run`], for a command that must succeed.
+    pub fn success(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert_success(args, &out);
+        out
+    }
+}
+
+/// Fails the test, showing both streams, unless the command `args` ended well.
+pub fn assert_success(args: &[&str], out: &Output) {
+    assert!(
+        out.status.success(),
+        "{args:?} failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Where `scripts/fetch-pretrained.sh` put the encoders for the tests:
@@ -308,6 +361,22 @@ settle_ms = 100
         metric_in(&text, series)
     }
 
+    /// Asserts the value of each `(series, value)`, as [`Daemon::metric`] reads it.
+    pub fn assert_metrics(&self, want: &[(&str, f64)]) {
+        for (series, value) in want {
+            assert_eq!(self.metric(series), *value, "{series}\n{}", self.logs());
+        }
+    }
+
+    /// Waits until the gate has decided on a retrained candidate, either way.
+    pub fn wait_gate_decision(&self, within: Duration) {
+        self.wait_for("the gate's decision", within, || {
+            self.metric(r#"sentiment_retrains_total{outcome="promoted"}"#)
+                + self.metric(r#"sentiment_retrains_total{outcome="rejected"}"#)
+                >= 1.0
+        });
+    }
+
     /// [`metric_sum`] over the daemon's current `/metrics`.
     pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
         metric_sum(&self.get("/metrics").body, name, labels)
@@ -368,6 +437,12 @@ settle_ms = 100
         panic!("timed out waiting for {what}:\n{}", self.logs());
     }
 
+    /// Waits until the daemon has claimed the inbox file `name` (moved it to processing).
+    pub fn wait_claimed(&self, name: &str) {
+        let claimed = self.root().join("processing").join(name);
+        self.wait_for("the claim", Duration::from_secs(30), || claimed.exists());
+    }
+
     /// Waits until `name` has left the inbox, and the processing folder and the journal
     /// are empty.
     pub fn wait_processed(&self, name: &str, within: Duration) {
@@ -418,6 +493,16 @@ pub fn metric_in(text: &str, series: &str) -> f64 {
                 .and_then(|v| v.trim().parse::<f64>().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// A CSV file's text: the `header` line, then one line a row.
+pub fn csv_text(header: &str, rows: impl IntoIterator<Item = String>) -> String {
+    let mut text = format!("{header}\n");
+    for row in rows {
+        text.push_str(&row);
+        text.push('\n');
+    }
+    text
 }
 
 pub fn read_csv(path: &Path) -> Vec<Vec<String>> {

@@ -72,16 +72,10 @@ pub(crate) async fn admin_promote(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    let body = match json_body(&req, body, state.max_body_bytes) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let r: PromoteRequest = match serde_json::from_slice(&body) {
+    let expected = r#"{"version": string}"#;
+    let r: PromoteRequest = match json_request(&req, body, state.max_body_bytes, expected) {
         Ok(r) => r,
-        Err(e) => {
-            return ApiError::BadRequest(format!("expected {{\"version\": string}}: {e}"))
-                .response();
-        }
+        Err(r) => return *r,
     };
     switched(
         api.promote

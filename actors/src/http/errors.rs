@@ -159,3 +159,15 @@ pub(crate) fn json_body(
     content_type_ok(req).map_err(|m| Box::new(ApiError::UnsupportedMediaType(m).response()))?;
     Ok(body)
 }
+
+/// [`json_body`] read as a `T`; a body that is not one is a 400 saying what was `expected`.
+pub(crate) fn json_request<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+    limit: usize,
+    expected: &str,
+) -> Result<T, Box<HttpResponse>> {
+    let body = json_body(req, body, limit)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Box::new(ApiError::BadRequest(format!("expected {expected}: {e}")).response()))
+}

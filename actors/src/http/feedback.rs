@@ -35,17 +35,10 @@ pub(crate) async fn feedback(
     if let Err(refused) = token.check(&req) {
         return *refused;
     }
-    let body = match json_body(&req, body, state.max_body_bytes) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let parsed: FeedbackRequest = match serde_json::from_slice(&body) {
+    let expected = r#"{"text": string, "label": "negative"|"neutral"|"positive", "source"?: string} or {"items": [...]}"#;
+    let parsed: FeedbackRequest = match json_request(&req, body, state.max_body_bytes, expected) {
         Ok(r) => r,
-        Err(e) => {
-            return ApiError::BadRequest(format!(
-                    "expected {{\"text\": string, \"label\": \"negative\"|\"neutral\"|\"positive\", \"source\"?: string}} or {{\"items\": [...]}}: {e}"
-                )).response();
-        }
+        Err(r) => return *r,
     };
     let items = match parsed {
         FeedbackRequest::One(i) => vec![i],

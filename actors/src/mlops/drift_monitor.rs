@@ -35,13 +35,18 @@ const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// Nice value of the monitor's thread.
 const DRIFT_NICE: i32 = 10;
 
+/// What the monitor is built from; the rest of its state starts empty.
+pub struct DriftLinks {
+    pub cfg: Arc<Config>,
+    pub sink: Arc<ObservationSink>,
+    pub metrics: Arc<Metrics>,
+    pub reports: ReportCell,
+    pub trainer: Option<Recipient<DriftDetected>>,
+    pub tracker: Option<Recipient<crate::messages::Track>>,
+}
+
 pub struct DriftMonitor {
-    cfg: Arc<Config>,
-    sink: Arc<ObservationSink>,
-    metrics: Arc<Metrics>,
-    reports: ReportCell,
-    trainer: Option<Recipient<DriftDetected>>,
-    tracker: Option<Recipient<crate::messages::Track>>,
+    links: DriftLinks,
     containment: Containment,
     window: VecDeque<Observed>,
     baseline: Option<(String, Arc<Baseline>)>,
@@ -52,22 +57,10 @@ pub struct DriftMonitor {
 }
 
 impl DriftMonitor {
-    pub fn new(
-        cfg: Arc<Config>,
-        sink: Arc<ObservationSink>,
-        metrics: Arc<Metrics>,
-        reports: ReportCell,
-        trainer: Option<Recipient<DriftDetected>>,
-        tracker: Option<Recipient<crate::messages::Track>>,
-    ) -> DriftMonitor {
+    pub fn new(links: DriftLinks) -> DriftMonitor {
         DriftMonitor {
-            containment: Containment::new("drift_monitor", metrics.clone()),
-            cfg,
-            sink,
-            metrics,
-            reports,
-            trainer,
-            tracker,
+            containment: Containment::new("drift_monitor", links.metrics.clone()),
+            links,
             window: VecDeque::new(),
             baseline: None,
             since_check: 0,
@@ -83,10 +76,11 @@ impl DriftMonitor {
 
     fn drain(&mut self) {
         let mut fresh = Vec::new();
-        self.sink.drain_into(&mut fresh);
-        let dropped = self.sink.dropped();
+        self.links.sink.drain_into(&mut fresh);
+        let dropped = self.links.sink.dropped();
         if dropped > self.dropped_seen {
-            self.metrics
+            self.links
+                .metrics
                 .mlops
                 .observations_dropped(dropped - self.dropped_seen);
             self.dropped_seen = dropped;
@@ -100,13 +94,13 @@ impl DriftMonitor {
             }
             self.window.push_back(o);
         }
-        while self.window.len() > self.cfg.drift.window {
+        while self.window.len() > self.links.cfg.drift.window {
             self.window.pop_front();
         }
     }
 
     fn due(&self) -> bool {
-        let d = &self.cfg.drift;
+        let d = &self.links.cfg.drift;
         let elapsed = self.last_check.elapsed();
         (self.since_check >= d.check_every_samples
             && elapsed >= Duration::from_secs(d.min_check_interval_secs))
@@ -120,7 +114,7 @@ impl DriftMonitor {
             DriftCheckFailed {
                 reason: "no baseline for the serving model yet",
             }
-            .emit(&self.metrics);
+            .emit(&self.links.metrics);
             return;
         };
         let obs: Vec<_> = self
@@ -133,10 +127,10 @@ impl DriftMonitor {
         let report = drift::check(
             &baseline,
             &obs,
-            &self.cfg.drift,
+            &self.links.cfg.drift,
             &version,
             &chrono::Utc::now().to_rfc3339(),
-            self.cfg.train.seed ^ self.checks,
+            self.links.cfg.train.seed ^ self.checks,
         );
         let file = match self.write_report(&report) {
             Ok(p) => p.display().to_string(),
@@ -149,21 +143,23 @@ impl DriftMonitor {
             report: &report,
             report_file: &file,
         }
-        .emit(&self.metrics);
+        .emit(&self.links.metrics);
         let report = Arc::new(report);
         if report.verdict != Verdict::Insufficient {
             self.track(&report, &file);
         }
-        self.reports.store(Some(report.clone()));
+        self.links.reports.store(Some(report.clone()));
         if report.verdict == Verdict::Drift
-            && let Some(t) = &self.trainer
+            && let Some(t) = &self.links.trainer
         {
             t.do_send(DriftDetected { report });
         }
     }
 
     fn track(&self, report: &DriftReport, file: &str) {
-        let Some(tracker) = &self.tracker else { return };
+        let Some(tracker) = &self.links.tracker else {
+            return;
+        };
         let mut rec = drift_record(report, "drift check");
         if !file.is_empty() {
             rec.artifacts.push(PathBuf::from(file));
@@ -175,7 +171,7 @@ impl DriftMonitor {
 
     /// `<stamp>.json` and `<stamp>.html`, plus `latest.json` / `latest.html`; old ones pruned.
     fn write_report(&self, report: &DriftReport) -> std::io::Result<PathBuf> {
-        let dir = Self::reports_dir(&self.cfg);
+        let dir = Self::reports_dir(&self.links.cfg);
         std::fs::create_dir_all(&dir)?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
         let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
@@ -185,7 +181,7 @@ impl DriftMonitor {
         sentimentd_data::atomic::write_bytes_atomic(&path.with_extension("html"), html.as_bytes())?;
         sentimentd_data::atomic::write_bytes_atomic(&dir.join("latest.json"), &json)?;
         sentimentd_data::atomic::write_bytes_atomic(&dir.join("latest.html"), html.as_bytes())?;
-        prune(&dir, self.cfg.drift.reports_kept);
+        prune(&dir, self.links.cfg.drift.reports_kept);
         Ok(path)
     }
 }
@@ -230,7 +226,7 @@ impl Handler<crate::messages::Reconfigure> for DriftMonitor {
     type Result = ();
 
     fn handle(&mut self, msg: crate::messages::Reconfigure, _ctx: &mut Context<Self>) {
-        self.cfg = msg.0;
+        self.links.cfg = msg.0;
     }
 }
 

@@ -176,6 +176,15 @@ impl ModelRegistry {
         Ok(())
     }
 
+    /// Runs a switch `f` with a panic in it turned into its error, so the actor keeps serving.
+    fn switch_contained(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<Switched, String>,
+    ) -> Result<Switched, String> {
+        let containment = self.containment.clone();
+        containment.run(|| f(self)).map_err(|p| p.to_string())?
+    }
+
     /// Makes `version` current in the store, then serves it.
     fn switch(
         &mut self,
@@ -380,11 +389,9 @@ impl Handler<PromoteCandidate> for ModelRegistry {
                 serving.as_deref().unwrap_or("no model")
             ));
         }
-        let containment = self.containment.clone();
-        let switched = containment
-            .run(|| self.switch(&msg.version, "gate", &msg.reason, msg.extra_reference))
-            .map_err(|p| p.to_string())??;
-        Ok(switched)
+        self.switch_contained(|me| {
+            me.switch(&msg.version, "gate", &msg.reason, msg.extra_reference)
+        })
     }
 }
 
@@ -392,10 +399,8 @@ impl Handler<PromoteVersion> for ModelRegistry {
     type Result = Result<Switched, String>;
 
     fn handle(&mut self, msg: PromoteVersion, _ctx: &mut Context<Self>) -> Self::Result {
-        let containment = self.containment.clone();
-        let switched = containment
-            .run(|| self.switch(&msg.version, "promote", &msg.reason, Vec::new()))
-            .map_err(|p| p.to_string())??;
+        let switched = self
+            .switch_contained(|me| me.switch(&msg.version, "promote", &msg.reason, Vec::new()))?;
         tracing::info!(from = switched.from.as_deref().unwrap_or("none"), to = %switched.to, reason = %msg.reason, "model version promoted by the admin API");
         Ok(switched)
     }
@@ -405,17 +410,14 @@ impl Handler<Rollback> for ModelRegistry {
     type Result = Result<Switched, String>;
 
     fn handle(&mut self, msg: Rollback, _ctx: &mut Context<Self>) -> Self::Result {
-        let containment = self.containment.clone();
-        let switched = containment
-            .run(|| -> Result<Switched, String> {
-                let store = ModelStore::for_config(&self.cfg, None).map_err(|e| e.to_string())?;
-                let target = store
-                    .rollback_target()
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| "no earlier version to roll back to".to_string())?;
-                self.switch(&target, "rollback", &msg.reason, Vec::new())
-            })
-            .map_err(|p| p.to_string())??;
+        let switched = self.switch_contained(|me| {
+            let store = ModelStore::for_config(&me.cfg, None).map_err(|e| e.to_string())?;
+            let target = store
+                .rollback_target()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no earlier version to roll back to".to_string())?;
+            me.switch(&target, "rollback", &msg.reason, Vec::new())
+        })?;
         RolledBack {
             from: switched.from.as_deref().unwrap_or("none"),
             to: &switched.to,

@@ -45,13 +45,20 @@ struct RetrainState {
 
 pub struct Trainer {
     cfg: Arc<Config>,
+    links: Links,
+    containment: Containment,
+    running: bool,
+}
+
+/// What the trainer hands each run besides the config (which a reload may change between
+/// runs): the run works in another thread on clones of these.
+#[derive(Clone)]
+struct Links {
     cell: ModelCell,
     registry: Addr<ModelRegistry>,
     tracker: Option<actix::Recipient<Track>>,
     champion: Option<actix::Recipient<RegisterChampion>>,
     metrics: Arc<Metrics>,
-    containment: Containment,
-    running: bool,
     serving_val: ServingValCache,
 }
 
@@ -79,13 +86,15 @@ impl Trainer {
         Trainer {
             containment: Containment::new("trainer", metrics.clone()),
             cfg,
-            cell,
-            registry,
-            champion: tracker.clone().map(|t| t.recipient()),
-            tracker: tracker.map(|t| t.recipient()),
-            metrics,
+            links: Links {
+                cell,
+                registry,
+                champion: tracker.clone().map(|t| t.recipient()),
+                tracker: tracker.map(|t| t.recipient()),
+                metrics,
+                serving_val: ServingValCache::default(),
+            },
             running: false,
-            serving_val: ServingValCache::default(),
         }
     }
 
@@ -154,8 +163,8 @@ impl Trainer {
                 trigger,
                 reason: &reason,
             }
-            .emit(&self.metrics);
-            if let Some(t) = &self.tracker {
+            .emit(&self.links.metrics);
+            if let Some(t) = &self.links.tracker {
                 let mut rec = RunRecord::new(RunKind::RetrainSkipped, "retrain skipped");
                 rec.tags.insert("trigger".into(), trigger.as_str().into());
                 rec.tags.insert("reason".into(), reason.clone());
@@ -164,25 +173,20 @@ impl Trainer {
             return Err(reason);
         }
         self.running = true;
-        self.metrics.mlops.retrain_running.set(1);
+        self.links.metrics.mlops.retrain_running.set(1);
         let job = RetrainRun {
             cfg: self.cfg.clone(),
-            cell: self.cell.clone(),
-            registry: self.registry.clone(),
-            tracker: self.tracker.clone(),
-            champion: self.champion.clone(),
-            metrics: self.metrics.clone(),
+            links: self.links.clone(),
             trigger,
-            serving_val: self.serving_val.clone(),
         };
         let me = ctx.address();
-        let containment = Containment::new("trainer", self.metrics.clone());
+        let containment = Containment::new("trainer", self.links.metrics.clone());
         let spawned = std::thread::Builder::new()
             .name("retrain".into())
             .spawn(move || {
                 crate::runtime::background::lower_priority(job.cfg.retrain.nice);
                 let trigger = job.trigger;
-                let metrics = job.metrics.clone();
+                let metrics = job.links.metrics.clone();
                 let outcome = match containment.run(|| job.run()) {
                     Ok(o) => o,
                     Err(p) => {
@@ -206,7 +210,7 @@ impl Trainer {
             }
             Err(e) => {
                 self.running = false;
-                self.metrics.mlops.retrain_running.set(0);
+                self.links.metrics.mlops.retrain_running.set(0);
                 Err(format!("cannot start the retrain thread: {e}"))
             }
         }
@@ -240,18 +244,13 @@ fn new_labelled_rows(cfg: &Config, state: &RetrainState) -> Result<usize, String
 
 struct RetrainRun {
     cfg: Arc<Config>,
-    cell: ModelCell,
-    registry: Addr<ModelRegistry>,
-    tracker: Option<actix::Recipient<Track>>,
-    champion: Option<actix::Recipient<RegisterChampion>>,
-    metrics: Arc<Metrics>,
+    links: Links,
     trigger: RetrainTrigger,
-    serving_val: ServingValCache,
 }
 
 impl RetrainRun {
     fn track(&self, rec: RunRecord) {
-        if let Some(t) = &self.tracker {
+        if let Some(t) = &self.links.tracker {
             t.do_send(Track(rec));
         }
     }
@@ -276,7 +275,7 @@ impl RetrainRun {
                     trigger: self.trigger,
                     error: &error,
                 }
-                .emit(&self.metrics);
+                .emit(&self.links.metrics);
                 let mut rec = RunRecord::new(RunKind::Training, "retrain");
                 rec.tags
                     .insert("trigger".into(), self.trigger.as_str().into());
@@ -365,6 +364,7 @@ impl RetrainRun {
             .load(&version)
             .map_err(|e| format!("loading the candidate {version}: {e}"))?;
         let serving = self
+            .links
             .cell
             .load_full()
             .ok_or_else(|| "no model is serving".to_string())?;
@@ -386,6 +386,7 @@ impl RetrainRun {
             .and_then(|_| m.metrics.get("validation").cloned())
             .unwrap_or_else(|| pipeline::evaluate(candidate.as_ref(), &val));
         let cached = self
+            .links
             .serving_val
             .lock()
             .ok()
@@ -396,7 +397,7 @@ impl RetrainRun {
             Some(m) => m,
             None => {
                 let m = pipeline::evaluate(current.as_ref(), &val);
-                if let Ok(mut c) = self.serving_val.lock() {
+                if let Ok(mut c) = self.links.serving_val.lock() {
                     *c = Some((
                         current.version().to_string(),
                         val.fingerprint.clone(),
@@ -468,7 +469,7 @@ impl RetrainRun {
         let promotion = verdict.passed.then(|| {
             let mut extra_reference: Vec<String> = holdout.texts.clone();
             extra_reference.extend(extra.texts.iter().rev().take(2000).cloned());
-            futures_executor::block_on(self.registry.send(PromoteCandidate {
+            futures_executor::block_on(self.links.registry.send(PromoteCandidate {
                 version: version.clone(),
                 reason: reason.clone(),
                 against: current.version().to_string(),
@@ -563,7 +564,7 @@ impl RetrainRun {
                     against: current.version(),
                     reason: &reason,
                 }
-                .emit(&self.metrics);
+                .emit(&self.links.metrics);
                 Ok("rejected")
             }
             Some(Ok(switched)) => {
@@ -572,8 +573,8 @@ impl RetrainRun {
                     from: switched.from.as_deref().unwrap_or("none"),
                     reason: &reason,
                 }
-                .emit(&self.metrics);
-                if let Some(t) = &self.champion {
+                .emit(&self.links.metrics);
+                if let Some(t) = &self.links.champion {
                     t.do_send(RegisterChampion {
                         version: version.clone(),
                         run_id,
@@ -589,7 +590,7 @@ impl RetrainRun {
                         "candidate {version} passed the gate but was not promoted: {e}"
                     ),
                 }
-                .emit(&self.metrics);
+                .emit(&self.links.metrics);
                 Ok("failed")
             }
         }
@@ -673,7 +674,7 @@ impl Handler<RetrainFinished> for Trainer {
 
     fn handle(&mut self, msg: RetrainFinished, _ctx: &mut Context<Self>) {
         self.running = false;
-        self.metrics.mlops.retrain_running.set(0);
+        self.links.metrics.mlops.retrain_running.set(0);
         tracing::info!(outcome = msg.outcome, "retrain finished");
     }
 }

@@ -22,25 +22,29 @@ impl InternalEvent for DriftChecked<'_> {
         let scores: Vec<(String, f64)> =
             r.tests.iter().map(|t| (t.test.clone(), t.score)).collect();
         metrics.mlops.drift_checked(outcome, &scores, r.drift_score);
+        // Every verdict's line starts with the model and the window it judged.
+        macro_rules! log {
+            ($level:ident, $($rest:tt)+) => {
+                tracing::$level!(model_version = %r.model_version, samples = r.samples, $($rest)+)
+            };
+        }
+        let report = self.report_file;
         match r.verdict {
-            Verdict::Drift => tracing::warn!(
-                model_version = %r.model_version,
-                samples = r.samples,
+            Verdict::Drift => log!(
+                warn,
                 drift_score = r.drift_score,
                 fired = %r.fired.join(","),
-                report = self.report_file,
+                report,
                 "drift detected"
             ),
-            Verdict::NoDrift => tracing::info!(
-                model_version = %r.model_version,
-                samples = r.samples,
+            Verdict::NoDrift => log!(
+                info,
                 drift_score = r.drift_score,
-                report = self.report_file,
+                report,
                 "drift check: no drift"
             ),
-            Verdict::Insufficient => tracing::info!(
-                model_version = %r.model_version,
-                samples = r.samples,
+            Verdict::Insufficient => log!(
+                info,
                 min_samples = r.min_samples,
                 "drift check: too few observations for a verdict"
             ),
@@ -48,103 +52,67 @@ impl InternalEvent for DriftChecked<'_> {
     }
 }
 
-pub struct DriftCheckFailed<'a> {
-    pub reason: &'a str,
+/// An event that is a struct of borrowed fields, counted by `$count` and logged as one line;
+/// the fields are in scope by name in both.
+macro_rules! event {
+    (
+        $name:ident { $($field:ident: $ty:ty),+ $(,)? }
+        => |$metrics:ident| $count:expr;
+        $level:ident!($($log:tt)+)
+    ) => {
+        pub struct $name<'a> {
+            $(pub $field: $ty),+
+        }
+
+        impl InternalEvent for $name<'_> {
+            fn emit(self, $metrics: &Metrics) {
+                let $name { $($field),+ } = self;
+                $count;
+                tracing::$level!($($log)+);
+            }
+        }
+    };
 }
 
-impl InternalEvent for DriftCheckFailed<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics
-            .mlops
-            .drift_checked(DriftCheckOutcome::failed, &[], 0.0);
-        tracing::warn!(reason = self.reason, "drift check not run");
-    }
+event! {
+    DriftCheckFailed { reason: &'a str }
+    => |m| m.mlops.drift_checked(DriftCheckOutcome::failed, &[], 0.0);
+    warn!(reason, "drift check not run")
 }
 
-pub struct RetrainSkipped<'a> {
-    pub trigger: RetrainTrigger,
-    pub reason: &'a str,
+event! {
+    RetrainSkipped { trigger: RetrainTrigger, reason: &'a str }
+    => |m| m.mlops.retrain(RetrainOutcome::skipped);
+    info!(trigger = trigger.as_str(), reason, "retrain skipped")
 }
 
-impl InternalEvent for RetrainSkipped<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics.mlops.retrain(RetrainOutcome::skipped);
-        tracing::info!(
-            trigger = self.trigger.as_str(),
-            reason = self.reason,
-            "retrain skipped"
-        );
-    }
+event! {
+    RetrainFailed { trigger: RetrainTrigger, error: &'a str }
+    => |m| m.mlops.retrain(RetrainOutcome::failed);
+    error!(trigger = trigger.as_str(), error, "retrain failed; still serving the current model")
 }
 
-pub struct RetrainFailed<'a> {
-    pub trigger: RetrainTrigger,
-    pub error: &'a str,
+event! {
+    CandidateRejected { version: &'a str, against: &'a str, reason: &'a str }
+    => |m| m.mlops.retrain(RetrainOutcome::rejected);
+    warn!(
+        candidate = version,
+        serving = against,
+        reason,
+        "candidate rejected by the gate; still serving the current model"
+    )
 }
 
-impl InternalEvent for RetrainFailed<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics.mlops.retrain(RetrainOutcome::failed);
-        tracing::error!(
-            trigger = self.trigger.as_str(),
-            error = self.error,
-            "retrain failed; still serving the current model"
-        );
-    }
+event! {
+    CandidatePromoted { version: &'a str, from: &'a str, reason: &'a str }
+    => |m| m.mlops.retrain(RetrainOutcome::promoted);
+    info!(candidate = version, from, reason, "candidate passed the gate and was promoted")
 }
 
-pub struct CandidateRejected<'a> {
-    pub version: &'a str,
-    pub against: &'a str,
-    pub reason: &'a str,
-}
-
-impl InternalEvent for CandidateRejected<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics.mlops.retrain(RetrainOutcome::rejected);
-        tracing::warn!(
-            candidate = self.version,
-            serving = self.against,
-            reason = self.reason,
-            "candidate rejected by the gate; still serving the current model"
-        );
-    }
-}
-
-pub struct CandidatePromoted<'a> {
-    pub version: &'a str,
-    pub from: &'a str,
-    pub reason: &'a str,
-}
-
-impl InternalEvent for CandidatePromoted<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics.mlops.retrain(RetrainOutcome::promoted);
-        tracing::info!(
-            candidate = self.version,
-            from = self.from,
-            reason = self.reason,
-            "candidate passed the gate and was promoted"
-        );
-    }
-}
-
-pub struct RolledBack<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
-    pub reason: &'a str,
-}
-
-impl InternalEvent for RolledBack<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics.mlops.rollback();
-        tracing::warn!(
-            from = self.from,
-            to = self.to,
-            reason = self.reason,
-            "rolled back to the previous model version"
-        );
-    }
+event! {
+    RolledBack { from: &'a str, to: &'a str, reason: &'a str }
+    => |m| m.mlops.rollback();
+    warn!(from, to, reason, "rolled back to the previous model version")
 }
 
 /// A record was taken off the MLflow queue without reaching MLflow.
