@@ -5,51 +5,89 @@ mod common;
 
 use async_nats::jetstream;
 use common::{Daemon, free_port};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Nats {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
     fn start() -> Nats {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        let mut nats = Nats::stopped();
+        nats.spawn();
+        nats
+    }
+
+    /// A server's port and store, not started yet.
+    fn stopped() -> Nats {
+        Nats {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Starts the server (again) on the same port and store.
+    fn spawn(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server (scripts/test-deps.sh installs it)");
+        self.child = Some(child);
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "nats-server did not listen"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Nats {
-            child,
-            port,
-            _dir: dir,
+    }
+
+    /// A clean stop (SIGTERM): the server writes its store out, as on a reboot.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
         }
     }
 
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(async_nats::connect(self.url()).await.expect("connect"))
+    }
+
+    /// The `[cluster]` section for this server, with `extra` keys.
+    fn section(&self, extra: &str) -> String {
+        format!("[cluster]\nnats_url = \"{}\"\n{extra}\n", self.url())
+    }
 }
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -60,15 +98,149 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Waits until the daemon has created the input stream.
+async fn wait_for_streams(js: &jetstream::Context, d: &Daemon) {
+    let started = Instant::now();
+    while js.get_stream("SENTIMENTD_IN").await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes each `(id, body)` with `Nats-Msg-Id` = id, without waiting for each store: the
+/// acks are awaited every 500 messages (the client bounds how many may be outstanding).
+async fn publish(js: &jetstream::Context, messages: impl IntoIterator<Item = (String, String)>) {
+    let mut acks = Vec::new();
+    for (id, body) in messages {
+        if acks.len() == 500 {
+            for a in acks.drain(..) {
+                let a: jetstream::context::PublishAckFuture = a;
+                a.await.expect("stored");
+            }
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        acks.push(
+            js.publish_with_headers("sentimentd.in", headers, body.into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for a in acks {
+        a.await.expect("stored");
+    }
+}
+
+/// Messages in the output stream and in the input stream (not yet acknowledged).
+async fn counts(js: &jetstream::Context) -> (u64, u64) {
+    let mut o = js.get_stream("SENTIMENTD_OUT").await.expect("output");
+    let mut i = js.get_stream("SENTIMENTD_IN").await.expect("input");
+    (
+        o.info().await.expect("info").state.messages,
+        i.info().await.expect("info").state.messages,
+    )
+}
+
+/// Waits until `outputs` results are stored and the input stream is empty.
+async fn wait_settled(js: &jetstream::Context, outputs: u64, within: Duration, d: &Daemon) {
+    let started = Instant::now();
+    loop {
+        let (out, waiting) = counts(js).await;
+        if out >= outputs && waiting == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{out} of {outputs} scored, {waiting} waiting\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every result in the output stream.
+async fn outputs(js: &jetstream::Context) -> Vec<serde_json::Value> {
+    let mut o = js.get_stream("SENTIMENTD_OUT").await.expect("output");
+    let info = o.info().await.expect("info").clone();
+    let mut all = Vec::new();
+    if info.state.messages == 0 {
+        return all;
+    }
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = o.get_raw_message(seq).await.expect("output message");
+        all.push(serde_json::from_slice(&m.payload).expect("JSON"));
+    }
+    all
+}
+
+/// The ids of `outputs`, with how often each appears.
+fn id_counts(outputs: &[serde_json::Value]) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for v in outputs {
+        *ids.entry(v["id"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    ids
+}
+
+/// Waits for `n` messages on a core subscription, as text.
+async fn receive(sub: &mut async_nats::Subscriber, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(sub))
+            .await
+            .expect("a message on the subscription")
+            .expect("subscription open");
+        got.push(String::from_utf8_lossy(&m.payload).to_string());
+    }
+    got
+}
+
+/// Connects, waits for the daemon's streams and publishes `n` messages with ids `{prefix}{i}`.
+fn load(
+    rt: &tokio::runtime::Runtime,
+    nats: &Nats,
+    d: &Daemon,
+    prefix: &str,
+    n: u64,
+) -> jetstream::Context {
+    rt.block_on(async {
+        let js = nats.jetstream().await;
+        wait_for_streams(&js, d).await;
+        publish(
+            &js,
+            (0..n).map(|i| {
+                let id = format!("{prefix}{i}");
+                let body = serde_json::json!({"id": id, "text": format!("text number {i}, not bad at all")});
+                (id, body.to_string())
+            }),
+        )
+        .await;
+        js
+    })
+}
+
+/// Waits until `n` results are stored and nothing waits; each id appears exactly once.
+fn assert_exactly_once(
+    rt: &tokio::runtime::Runtime,
+    nats: &Nats,
+    d: &Daemon,
+    n: u64,
+) -> BTreeMap<String, usize> {
+    rt.block_on(async {
+        let js = nats.jetstream().await;
+        wait_settled(&js, n, Duration::from_secs(120), d).await;
+        let ids = id_counts(&outputs(&js).await);
+        assert_eq!(ids.len() as u64, n, "nothing lost");
+        assert!(ids.values().all(|&c| c == 1), "no duplicate");
+        ids
+    })
+}
+
 #[test]
 fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
     let nats = Nats::start();
-    let d = Daemon::start_with(
-        "",
-        "",
-        "",
-        &format!("[cluster]\nnats_url = \"{}\"\nbatch = 64\n", nats.url()),
-    );
+    let d = Daemon::start_with("", "", "", &nats.section("batch = 64\nmax_in_flight = 256"));
     let rt = runtime();
     rt.block_on(async {
         let client = async_nats::connect(nats.url()).await.expect("connect");
@@ -77,88 +249,41 @@ fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
             .await
             .expect("subscribe");
         let js = jetstream::new(client.clone());
-        // The daemon creates the streams; wait for the input one.
-        let started = Instant::now();
-        let mut input = loop {
-            if let Ok(s) = js.get_stream("SENTIMENTD_IN").await {
-                break s;
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "{}", d.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let publish = |id: String, body: Vec<u8>| {
-            let js = js.clone();
-            async move {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                js.publish_with_headers("sentimentd.in", headers, body.into())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("stored");
-            }
-        };
+        wait_for_streams(&js, &d).await;
         let n = 300;
-        for i in 0..n {
-            let body = serde_json::json!({
-                "id": format!("m{i}"),
-                "text": format!("message {i}: this is great, I love it"),
-                "source": "acme",
-            });
-            publish(format!("m{i}"), body.to_string().into_bytes()).await;
-        }
+        let message = |i: u64, text: &str| {
+            let body = serde_json::json!({"id": format!("m{i}"), "text": text, "source": "acme"});
+            (format!("m{i}"), body.to_string())
+        };
+        publish(
+            &js,
+            (0..n).map(|i| message(i, &format!("message {i}: this is great, I love it"))),
+        )
+        .await;
         // Published again within the duplicate window: dropped by the input stream.
-        for i in 0..50 {
-            let body = serde_json::json!({"id": format!("m{i}"), "text": "again"});
-            publish(format!("m{i}"), body.to_string().into_bytes()).await;
-        }
-        publish("bad-1".into(), b"not json".to_vec()).await;
-        publish("bad-2".into(), br#"{"id": "x", "text": "  "}"#.to_vec()).await;
-
-        let mut output = js
-            .get_stream("SENTIMENTD_OUT")
-            .await
-            .expect("output stream");
-        let started = Instant::now();
-        loop {
-            let stored = output.info().await.expect("info").state.messages;
-            let waiting = input.info().await.expect("info").state.messages;
-            if stored >= n && waiting == 0 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{stored} of {n} scored, {waiting} waiting\n{}",
-                d.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let info = output.info().await.expect("info").clone();
-        assert_eq!(info.state.messages, n, "each input scored exactly once");
-        let mut ids = BTreeSet::new();
-        for seq in info.state.first_sequence..=info.state.last_sequence {
-            let m = output.get_raw_message(seq).await.expect("output message");
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+        publish(&js, (0..50).map(|i| message(i, "again"))).await;
+        publish(
+            &js,
+            [
+                ("bad-1".to_string(), "not json".to_string()),
+                ("bad-2".into(), r#"{"id": "x", "text": "  "}"#.into()),
+            ],
+        )
+        .await;
+        wait_settled(&js, n, Duration::from_secs(60), &d).await;
+        let all = outputs(&js).await;
+        assert_eq!(all.len() as u64, n, "each input scored exactly once");
+        for v in &all {
             assert_eq!(v["label"], "positive", "{v}");
             assert_eq!(v["source"], "acme", "{v}");
             assert!(v["model_version"].is_string(), "{v}");
-            ids.insert(v["id"].as_str().unwrap_or_default().to_string());
         }
+        let ids: Vec<String> = id_counts(&all).into_keys().collect();
         let expected: BTreeSet<String> = (0..n).map(|i| format!("m{i}")).collect();
-        assert_eq!(ids, expected);
+        assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), expected);
 
         // The two malformed messages were refused with a reason, and acknowledged.
-        let mut reasons = Vec::new();
-        while reasons.len() < 2 {
-            let m = tokio::time::timeout(
-                Duration::from_secs(10),
-                futures_util::StreamExt::next(&mut rejected),
-            )
-            .await
-            .expect("a rejection")
-            .expect("subscription open");
-            reasons.push(String::from_utf8_lossy(&m.payload).to_string());
-        }
+        let reasons = receive(&mut rejected, 2).await;
         assert!(
             reasons.iter().any(|r| r.contains("not a JSON object")),
             "{reasons:?}"
@@ -173,29 +298,181 @@ fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
         &["channel=\"batch\"", "source=\"acme\""],
     );
     assert_eq!(predictions, 300.0, "counted in the reputation view");
+    d.assert_metrics(&[
+        (
+            "sentiment_cluster_messages_total{outcome=\"scored\"}",
+            300.0,
+        ),
+        (
+            "sentiment_cluster_messages_total{outcome=\"rejected\"}",
+            2.0,
+        ),
+        ("sentiment_cluster_messages_total{outcome=\"retried\"}", 0.0),
+        ("sentiment_cluster_connected", 1.0),
+        ("sentiment_cluster_pending", 0.0),
+    ]);
+    assert!(d.metric("sentiment_cluster_settle_seconds_count") >= 5.0);
 }
 
 #[test]
-fn a_duplicate_window_shorter_than_the_redelivery_span_is_refused() {
+fn cluster_settings_that_cannot_hold_their_guarantee_are_refused_by_config_check() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("s.toml");
-    std::fs::write(
-        &config,
-        "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nack_wait_secs = 60\nmax_deliver = 5\nduplicate_window_secs = 120\n",
-    )
-    .expect("config");
-    let out = common::sentimentd()
-        .args(["--config"])
-        .arg(&config)
-        .args(["config", "check"])
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    for (section, key, says) in [
+        (
+            "ack_wait_secs = 60\nmax_deliver = 5\nduplicate_window_secs = 120",
+            "cluster.duplicate_window_secs",
+            "360",
+        ),
+        (
+            "batch = 512\nmax_in_flight = 100",
+            "cluster.max_in_flight",
+            "cluster.batch = 512",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!("[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n{section}\n"),
+        )
+        .expect("config");
+        let out = common::with_config(&config)
+            .args(["config", "check"])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(key) && err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn a_server_running_other_settings_than_the_config_refuses_the_start_naming_the_setting() {
+    let nats = Nats::start();
+    let rt = runtime();
+    rt.block_on(async {
+        // What another node (or an operator) created earlier with max_deliver = 3.
+        let js = nats.jetstream().await;
+        let input = js
+            .create_stream(jetstream::stream::Config {
+                name: "SENTIMENTD_IN".into(),
+                subjects: vec!["sentimentd.in".into()],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                duplicate_window: Duration::from_secs(300),
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        input
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("sentimentd".into()),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 3,
+                max_ack_pending: 4096,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+    });
+    let mut d = Daemon::configure("", "", "", &nats.section(""));
+    d.spawn_no_wait(&[]);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let logs = d.logs();
     assert!(
-        err.contains("cluster.duplicate_window_secs") && err.contains("360"),
-        "{err}"
+        logs.contains("max_deliver") && logs.contains("cluster.max_deliver asks for 5"),
+        "{logs}"
     );
+}
+
+#[test]
+fn results_the_output_stream_cannot_store_are_retried_then_refused_on_the_last_delivery() {
+    let nats = Nats::start();
+    let rt = runtime();
+    rt.block_on(async {
+        // An output stream that takes five results and refuses the rest.
+        let js = nats.jetstream().await;
+        js.create_stream(jetstream::stream::Config {
+            name: "SENTIMENTD_OUT".into(),
+            subjects: vec!["sentimentd.out".into()],
+            duplicate_window: Duration::from_secs(300),
+            max_messages: 5,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    });
+    let d = Daemon::start_with(
+        "",
+        "",
+        "",
+        &nats.section("ack_wait_secs = 1\nmax_deliver = 2\nbatch = 10\nmax_in_flight = 20"),
+    );
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let mut rejected = client
+            .subscribe("sentimentd.rejected")
+            .await
+            .expect("subscribe");
+        let js = jetstream::new(client);
+        wait_for_streams(&js, &d).await;
+        publish(
+            &js,
+            (0..8).map(|i| {
+                let body = serde_json::json!({"id": format!("r{i}"), "text": "fine, thanks"});
+                (format!("r{i}"), body.to_string())
+            }),
+        )
+        .await;
+        wait_settled(&js, 5, Duration::from_secs(30), &d).await;
+        let reasons = receive(&mut rejected, 3).await;
+        for r in &reasons {
+            assert!(
+                r.contains("not stored") && r.contains("delivery 2 of cluster.max_deliver = 2"),
+                "{r}"
+            );
+        }
+        assert_eq!(id_counts(&outputs(&js).await).len(), 5);
+    });
+    d.assert_metrics(&[
+        ("sentiment_cluster_messages_total{outcome=\"scored\"}", 5.0),
+        (
+            "sentiment_cluster_messages_total{outcome=\"rejected\"}",
+            3.0,
+        ),
+        ("sentiment_cluster_messages_total{outcome=\"retried\"}", 3.0),
+    ]);
+}
+
+#[test]
+fn a_node_started_before_its_server_consumes_once_it_is_up_and_a_server_restart_loses_nothing() {
+    let mut nats = Nats::stopped();
+    let d = Daemon::start_with(
+        "",
+        "",
+        "",
+        &nats.section(
+            "batch = 100\nack_wait_secs = 2\nmax_deliver = 20\nduplicate_window_secs = 120",
+        ),
+    );
+    // Serving without its server: HTTP answers, and the metric says the source is down.
+    assert_eq!(d.predict(r#"{"text": "still here"}"#).status, 200);
+    assert_eq!(d.metric("sentiment_cluster_connected"), 0.0);
+    nats.spawn();
+    let rt = runtime();
+    let n: u64 = 10_000;
+    let js = load(&rt, &nats, &d, "s", n);
+    assert_eq!(d.metric("sentiment_cluster_connected"), 1.0);
+    d.wait_for("some messages scored", Duration::from_secs(60), || {
+        rt.block_on(counts(&js)).0 > 200
+    });
+    let before = rt.block_on(counts(&js)).0;
+    drop(js);
+    // A server restart on the same store, mid-stream.
+    nats.stop();
+    assert!(before < n, "restarted mid-stream ({before} of {n} scored)");
+    nats.spawn();
+    assert_exactly_once(&rt, &nats, &d, n);
 }
 
 #[test]
@@ -206,94 +483,20 @@ fn a_node_killed_mid_stream_and_restarted_scores_every_message_exactly_once() {
         "",
         "",
         "",
-        &format!(
-            "[cluster]\nnats_url = \"{}\"\nbatch = 200\nack_wait_secs = 2\nmax_deliver = 20\nduplicate_window_secs = 120\n",
-            nats.url()
+        &nats.section(
+            "batch = 200\nack_wait_secs = 2\nmax_deliver = 20\nduplicate_window_secs = 120",
         ),
     );
     let rt = runtime();
     let n: u64 = 10_000;
-    let js = rt.block_on(async {
-        let client = async_nats::connect(nats.url()).await.expect("connect");
-        let js = jetstream::new(client);
-        let started = Instant::now();
-        while js.get_stream("SENTIMENTD_IN").await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "{}", d.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Published without waiting for each ack; the acks are awaited every 500 messages
-        // (the client bounds how many may be outstanding).
-        let mut acks = Vec::new();
-        for i in 0..n {
-            if acks.len() == 500 {
-                for a in acks.drain(..) {
-                    let a: async_nats::jetstream::context::PublishAckFuture = a;
-                    a.await.expect("stored");
-                }
-            }
-            let body = serde_json::json!({"id": format!("k{i}"), "text": format!("text number {i}, not bad at all")});
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("k{i}").as_str());
-            acks.push(
-                js.publish_with_headers("sentimentd.in", headers, body.to_string().into())
-                    .await
-                    .expect("publish"),
-            );
-        }
-        for a in acks {
-            a.await.expect("stored");
-        }
-        js
-    });
-    let stored = || {
-        rt.block_on(async {
-            let mut s = js
-                .get_stream("SENTIMENTD_OUT")
-                .await
-                .expect("output stream");
-            s.info().await.expect("info").state.messages
-        })
-    };
+    let js = load(&rt, &nats, &d, "k", n);
     d.wait_for("some messages scored", Duration::from_secs(60), || {
-        stored() > 500
+        rt.block_on(counts(&js)).0 > 500
     });
-    let before = stored();
+    let before = rt.block_on(counts(&js)).0;
     d.kill9();
     assert!(before < n, "killed mid-stream ({before} of {n} scored)");
     d.spawn(&[]);
-    let started = Instant::now();
-    loop {
-        let (out, waiting) = rt.block_on(async {
-            let mut o = js.get_stream("SENTIMENTD_OUT").await.expect("output");
-            let mut i = js.get_stream("SENTIMENTD_IN").await.expect("input");
-            (
-                o.info().await.expect("info").state.messages,
-                i.info().await.expect("info").state.messages,
-            )
-        });
-        if out >= n && waiting == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{out} of {n} scored, {waiting} waiting\n{}",
-            d.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Exactly once: as many results as inputs, every id among them.
-    let ids = rt.block_on(async {
-        let mut o = js.get_stream("SENTIMENTD_OUT").await.expect("output");
-        let info = o.info().await.expect("info").clone();
-        assert_eq!(info.state.messages, n, "no duplicate and nothing lost");
-        let mut ids = BTreeSet::new();
-        for seq in info.state.first_sequence..=info.state.last_sequence {
-            let m = o.get_raw_message(seq).await.expect("message");
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
-            ids.insert(v["id"].as_str().unwrap_or_default().to_string());
-        }
-        ids
-    });
-    assert_eq!(ids.len() as u64, n);
-    assert!((0..n).all(|i| ids.contains(&format!("k{i}"))));
+    let ids = assert_exactly_once(&rt, &nats, &d, n);
+    assert!((0..n).all(|i| ids.contains_key(&format!("k{i}"))));
 }

@@ -120,6 +120,9 @@ impl Config {
         if let Some(p) = self.feedback.token_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.cluster.credentials_file.as_mut() {
+            fix(p);
+        }
         let g = &mut self.ingest;
         for p in [
             &mut g.inbox,

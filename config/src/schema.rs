@@ -726,6 +726,9 @@ pub struct ClusterConfig {
     /// `nats://host:port` of the NATS server (JetStream enabled). Unset = no cluster source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
+    /// A NATS credentials file (`.creds`: JWT and NKey seed), when the server wants one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
     /// Work-queue stream of input messages, and the subject they are published on.
     pub input_stream: String,
     pub input_subject: String,
@@ -746,6 +749,10 @@ pub struct ClusterConfig {
     pub duplicate_window_secs: u64,
     /// Messages fetched and scored together.
     pub batch: usize,
+    /// Messages the whole cluster holds unacknowledged at most: the shared consumer's
+    /// `max_ack_pending`, so every node must say the same. A node holds two batches at once
+    /// (one scored while the next is fetched), so full speed wants `2 * batch * nodes`.
+    pub max_in_flight: usize,
 }
 
 impl Default for ClusterConfig {
@@ -762,6 +769,8 @@ impl Default for ClusterConfig {
             max_deliver: 5,
             duplicate_window_secs: 300,
             batch: 256,
+            max_in_flight: 4096,
+            credentials_file: None,
         }
     }
 }

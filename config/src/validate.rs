@@ -37,6 +37,12 @@ impl Checker {
         }
     }
 
+    fn non_negative(&mut self, key: &str, value: f64) {
+        if !(value.is_finite() && value >= 0.0) {
+            self.fail(key, format!("must be >= 0, got {value}"));
+        }
+    }
+
     fn path(&mut self, key: &str, path: &Path) {
         if path.as_os_str().is_empty() {
             self.fail(key, "must not be empty".to_string());
@@ -78,12 +84,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("transformer.embed_batch", t.embed_batch, 1, 1024);
     k.range("transformer.head_epochs", t.head_epochs, 1, 100_000);
     k.positive("transformer.head_learning_rate", t.head_learning_rate);
-    if !(t.head_l2.is_finite() && t.head_l2 >= 0.0) {
-        k.fail(
-            "transformer.head_l2",
-            format!("must be >= 0, got {}", t.head_l2),
-        );
-    }
+    k.non_negative("transformer.head_l2", t.head_l2);
     k.range("transformer.finetune_layers", t.finetune_layers, 0, 64);
     k.range("transformer.finetune_epochs", t.finetune_epochs, 1, 100);
     k.range("transformer.finetune_batch", t.finetune_batch, 1, 1024);
@@ -122,12 +123,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("train.epochs", t.epochs, 1, 10_000);
     k.range("train.batch_size", t.batch_size, 1, 1_000_000);
     k.positive("train.learning_rate", t.learning_rate);
-    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-        k.fail(
-            "train.weight_decay",
-            format!("must be >= 0, got {}", t.weight_decay),
-        );
-    }
+    k.non_negative("train.weight_decay", t.weight_decay);
     if !(t.dropout.is_finite() && (0.0..1.0).contains(&t.dropout)) {
         k.fail(
             "train.dropout",
@@ -283,6 +279,20 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         k.range("cluster.ack_wait_secs", cl.ack_wait_secs, 1, 3600);
         k.range("cluster.max_deliver", cl.max_deliver, 1, 100);
         k.range("cluster.batch", cl.batch, 1, 10_000);
+        if let Some(p) = &cl.credentials_file {
+            k.path("cluster.credentials_file", p);
+        }
+        k.range("cluster.max_in_flight", cl.max_in_flight, 1, 100_000);
+        if cl.max_in_flight < cl.batch {
+            k.fail(
+                "cluster.max_in_flight",
+                format!(
+                    "must be at least cluster.batch = {} (a fetch cannot hold more than the \
+                     consumer lets out unacknowledged), got {}",
+                    cl.batch, cl.max_in_flight
+                ),
+            );
+        }
         let needed = cl
             .ack_wait_secs
             .saturating_mul(cl.max_deliver.max(0) as u64)

@@ -2,11 +2,13 @@
 //! journal line and updates its metrics together (Vector's `internal_events` pattern), so a
 //! log line and its counter can never disagree, and handlers stay free of logging noise.
 
+mod cluster;
 mod feedback;
 mod ingest;
 mod mlops;
 mod reputation;
 
+pub use cluster::*;
 pub use feedback::*;
 pub use ingest::*;
 pub use mlops::*;

@@ -3,7 +3,7 @@
 //! atomic adds and never an actor round-trip. The hot label sets are resolved once at start-up
 //! (a `Family` lookup takes a lock and hashes the labels).
 //!
-//! The metrics are split by domain (serving, reputation, ingest, mlops, runtime), each
+//! The metrics are split by domain (serving, reputation, ingest, mlops, runtime, cluster), each
 //! registered into the one registry `/metrics` renders.
 
 /// Declares each metric as a local and registers it under its name and help, in order. Every
@@ -29,12 +29,14 @@ fn zero_series<L, M>(
     }
 }
 
+mod cluster;
 mod ingest;
 mod mlops;
 mod reputation;
 mod runtime;
 mod serving;
 
+pub use cluster::*;
 pub use ingest::*;
 pub use mlops::*;
 pub use reputation::*;
@@ -50,6 +52,7 @@ pub struct Metrics {
     pub ingest: IngestMetrics,
     pub mlops: MlopsMetrics,
     pub runtime: RuntimeMetrics,
+    pub cluster: ClusterMetrics,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,7 @@ impl Metrics {
         let mlops = MlopsMetrics::register(&mut registry);
         let ingest = IngestMetrics::register(&mut registry);
         let runtime = RuntimeMetrics::register(&mut registry);
+        let cluster = ClusterMetrics::register(&mut registry);
         Metrics {
             registry,
             serving,
@@ -73,6 +77,7 @@ impl Metrics {
             ingest,
             mlops,
             runtime,
+            cluster,
         }
     }
 

@@ -1,0 +1,253 @@
+//! Settling one fetched batch: score it, store each result, and only then acknowledge.
+
+use async_nats::jetstream::{self, AckKind};
+use futures_util::future::join_all;
+use sentimentd_config::ClusterConfig;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::wire::{Input, Output, Rejected};
+use crate::sources::SourceContext;
+use crate::telemetry::events::{
+    ClusterBatchSettled, ClusterMessageRejected, ClusterMessagesRetried, InternalEvent,
+};
+use crate::telemetry::metrics::Channel;
+
+/// What settling a batch needs; cloned (cheaply) into each batch's task.
+#[derive(Clone)]
+pub struct Settler {
+    pub js: jetstream::Context,
+    pub client: async_nats::Client,
+    pub cluster: Arc<ClusterConfig>,
+    pub cx: SourceContext,
+}
+
+#[derive(Default)]
+struct Counts {
+    scored: usize,
+    rejected: usize,
+    retried: usize,
+}
+
+impl Settler {
+    /// Scores `messages` and settles every one of them: acknowledged once its result is
+    /// stored, refused with a reason, or left for redelivery (refused instead on its last
+    /// allowed delivery, so nothing stays in the work queue for ever).
+    pub async fn settle(&self, messages: Vec<jetstream::Message>, fetched: Instant) {
+        let mut counts = Counts::default();
+        let pending = messages
+            .last()
+            .and_then(|m| m.info().ok())
+            .map(|i| i.pending);
+        let mut good = Vec::with_capacity(messages.len());
+        for m in messages {
+            match serde_json::from_slice::<Input>(&m.payload) {
+                Ok(input) if !input.text.trim().is_empty() && !input.id.is_empty() => {
+                    good.push((m, input))
+                }
+                Ok(input) => {
+                    self.reject(&m, Some(&input.id), "empty id or text", &mut counts)
+                        .await
+                }
+                Err(e) => {
+                    let reason =
+                        format!("not a JSON object {{\"id\", \"text\", \"source\"?}}: {e}");
+                    self.reject(&m, None, &reason, &mut counts).await
+                }
+            }
+        }
+        if !good.is_empty() {
+            self.score_and_store(good, &mut counts).await;
+        }
+        ClusterBatchSettled {
+            scored: counts.scored,
+            rejected: counts.rejected,
+            retried: counts.retried,
+            pending,
+            elapsed: fetched.elapsed(),
+        }
+        .emit(&self.cx.metrics);
+    }
+
+    async fn score_and_store(&self, good: Vec<(jetstream::Message, Input)>, counts: &mut Counts) {
+        let texts: Arc<Vec<String>> = Arc::new(good.iter().map(|(_, i)| i.text.clone()).collect());
+        let scored = match self.score_with_progress(&good, texts).await {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!("not scored: {e}");
+                self.retry(good.iter().map(|(m, i)| (m, i)), &reason, counts)
+                    .await;
+                return;
+            }
+        };
+        // Every result is published first and the stores are awaited together, then the
+        // inputs are acknowledged together: one round trip per batch, not two per message.
+        let mut published = Vec::with_capacity(good.len());
+        let mut unpublished = Vec::new();
+        for ((m, input), result) in good.iter().zip(scored.results) {
+            let p = match result {
+                Ok(p) => p,
+                Err(reason) => {
+                    self.reject(m, Some(&input.id), &reason, counts).await;
+                    continue;
+                }
+            };
+            let body = Output {
+                id: &input.id,
+                label: p.label.as_str(),
+                score: p.score,
+                probabilities: p.probabilities,
+                model_version: &scored.model_version,
+                source: input.source.as_deref(),
+                created_at: input.created_at.as_deref(),
+            };
+            let payload = match serde_json::to_vec(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.reject(
+                        m,
+                        Some(&input.id),
+                        &format!("result not encoded: {e}"),
+                        counts,
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, input.id.as_str());
+            match self
+                .js
+                .publish_with_headers(self.cluster.output_subject.clone(), headers, payload.into())
+                .await
+            {
+                Ok(ack) => published.push((m, input, p.label, ack)),
+                Err(_) => unpublished.push((m, input)),
+            }
+        }
+        self.retry(unpublished.into_iter(), "result not published", counts)
+            .await;
+        let stored = join_all(
+            published
+                .into_iter()
+                .map(|(m, input, label, ack)| async move { (m, input, label, ack.await) }),
+        )
+        .await;
+        let mut to_ack = Vec::with_capacity(stored.len());
+        let mut unstored = Vec::new();
+        for (m, input, label, result) in stored {
+            match result {
+                Ok(_) => {
+                    self.cx
+                        .reputation
+                        .record(Channel::batch, input.source.as_deref(), [label]);
+                    to_ack.push((m, input));
+                }
+                Err(_) => unstored.push((m, input)),
+            }
+        }
+        self.retry(
+            unstored.into_iter(),
+            "result not stored by the output stream",
+            counts,
+        )
+        .await;
+        let acked = join_all(to_ack.iter().map(|(m, _)| m.double_ack())).await;
+        for ((_, input), result) in to_ack.iter().zip(acked) {
+            if let Err(e) = result {
+                // The result is stored; a redelivery is dropped as a duplicate by the output
+                // stream, so this message still yields one output.
+                tracing::warn!(id = %input.id, error = %e, "JetStream ack failed; the stored result stands");
+            }
+        }
+        counts.scored += to_ack.len();
+    }
+
+    /// Scores the texts, telling the server every third of `ack_wait` that the messages are
+    /// in progress, so a slow model (the transformer on a big batch) is not redelivered.
+    async fn score_with_progress(
+        &self,
+        good: &[(jetstream::Message, Input)],
+        texts: Arc<Vec<String>>,
+    ) -> Result<crate::messages::ScoredChunk, crate::serving::scorer::ScoreError> {
+        let scoring = self.cx.scorer.score_chunk(texts);
+        tokio::pin!(scoring);
+        let every =
+            (Duration::from_secs(self.cluster.ack_wait_secs) / 3).max(Duration::from_millis(200));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                scored = &mut scoring => return scored,
+                _ = tick.tick() => {
+                    join_all(good.iter().map(|(m, _)| m.ack_with(AckKind::Progress))).await;
+                }
+            }
+        }
+    }
+
+    /// Leaves messages for redelivery, except those on their last allowed delivery: those are
+    /// refused with the reason, since the server would never deliver them again.
+    async fn retry<'a>(
+        &self,
+        messages: impl Iterator<Item = (&'a jetstream::Message, &'a Input)>,
+        reason: &str,
+        counts: &mut Counts,
+    ) {
+        let mut left = 0;
+        for (m, input) in messages {
+            if delivered(m) >= self.cluster.max_deliver {
+                let last = format!(
+                    "{reason}, on delivery {} of cluster.max_deliver = {}",
+                    delivered(m),
+                    self.cluster.max_deliver
+                );
+                self.reject(m, Some(&input.id), &last, counts).await;
+            } else {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            counts.retried += left;
+            ClusterMessagesRetried {
+                messages: left,
+                reason,
+            }
+            .emit(&self.cx.metrics);
+        }
+    }
+
+    /// Publishes a refused message's reason, then acknowledges it.
+    async fn reject(
+        &self,
+        m: &jetstream::Message,
+        id: Option<&str>,
+        reason: &str,
+        counts: &mut Counts,
+    ) {
+        let delivered = delivered(m);
+        ClusterMessageRejected {
+            id,
+            reason,
+            delivered,
+        }
+        .emit(&self.cx.metrics);
+        counts.rejected += 1;
+        if let Ok(body) = serde_json::to_vec(&Rejected {
+            id,
+            reason,
+            delivered,
+        }) {
+            let _ = self
+                .client
+                .publish(self.cluster.rejected_subject.clone(), body.into())
+                .await;
+        }
+        if let Err(e) = m.double_ack().await {
+            tracing::warn!(error = %e, "JetStream ack of a refused message failed");
+        }
+    }
+}
+
+fn delivered(m: &jetstream::Message) -> i64 {
+    m.info().map(|i| i.delivered).unwrap_or(1)
+}

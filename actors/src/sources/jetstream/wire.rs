@@ -1,0 +1,38 @@
+//! What travels on the cluster's subjects, as JSON. `sentimentd publish` writes [`Input`]s.
+
+use serde::{Deserialize, Serialize};
+
+/// One input message, on `[cluster] input_subject`, published with `Nats-Msg-Id` = `id`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Input {
+    pub id: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// One result, on `output_subject`, published with `Nats-Msg-Id` = the input's id.
+#[derive(Debug, Serialize)]
+pub struct Output<'a> {
+    pub id: &'a str,
+    pub label: &'static str,
+    pub score: f32,
+    /// Negative, neutral, positive.
+    pub probabilities: [f32; 3],
+    pub model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<&'a str>,
+}
+
+/// A refused message, on `rejected_subject`.
+#[derive(Debug, Serialize)]
+pub struct Rejected<'a> {
+    pub id: Option<&'a str>,
+    pub reason: &'a str,
+    /// Deliveries of the message so far.
+    pub delivered: i64,
+}
