@@ -1,5 +1,6 @@
 //! sentimentd: parse the command line, load the config, run one command.
 
+mod cluster;
 mod commands;
 mod mlops;
 mod progress;
@@ -51,6 +52,9 @@ enum Command {
     Drift(mlops::DriftArgs),
     /// List the recorded runs: trainings, drift checks, gate decisions, skipped retrains.
     Runs(mlops::RunsArgs),
+    /// Load a CSV file into the cluster's input stream ([cluster]); loading it again within
+    /// the duplicate window publishes nothing new.
+    Publish(cluster::PublishArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -115,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Baseline(a) => mlops::baseline(&cfg, a),
         Command::Drift(a) => return mlops::drift(&cfg, a),
         Command::Runs(a) => mlops::runs(&cfg, a),
+        Command::Publish(a) => cluster::publish(&cfg, a),
         Command::Config(_) => Ok(()),
     }?;
     Ok(std::process::ExitCode::SUCCESS)

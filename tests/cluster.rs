@@ -500,3 +500,224 @@ fn a_node_killed_mid_stream_and_restarted_scores_every_message_exactly_once() {
     let ids = assert_exactly_once(&rt, &nats, &d, n);
     assert!((0..n).all(|i| ids.contains_key(&format!("k{i}"))));
 }
+
+/// `n` nodes of one cluster on `nats`, named `node-0`, ..., with the admin API on `token`.
+fn nodes(nats: &Nats, n: usize, token_file: &std::path::Path, cluster: &str) -> Vec<Daemon> {
+    (0..n)
+        .map(|i| {
+            Daemon::start_with(
+                "",
+                "",
+                "",
+                &format!(
+                    "{}[admin]\ntoken_file = \"{}\"\n",
+                    nats.section(&format!("node_name = \"node-{i}\"\n{cluster}")),
+                    token_file.display()
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The nodes that say they hold the training lease.
+fn holders(nodes: &[&Daemon]) -> Vec<usize> {
+    (0..nodes.len())
+        .filter(|&i| nodes[i].metric("sentiment_cluster_lease_holder") == 1.0)
+        .collect()
+}
+
+#[test]
+fn one_node_holds_the_training_lease_a_paused_holder_is_replaced_and_then_switches_nothing() {
+    let nats = Nats::start();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let token_file = secrets.path().join("admin.token");
+    common::write_secret(&token_file, "admin-token-0123456789\n");
+    let token = "admin-token-0123456789";
+    let ttl = 3;
+    let all = nodes(&nats, 3, &token_file, &format!("lease_ttl_secs = {ttl}"));
+    let refs: Vec<&Daemon> = all.iter().collect();
+    all[0].wait_for("one lease holder", Duration::from_secs(30), || {
+        holders(&refs).len() == 1
+    });
+    let leader = holders(&refs)[0];
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let role = all[leader].get("/model").json();
+    assert_eq!(role["cluster"]["role"], "leader", "{role}");
+    assert_eq!(role["cluster"]["node"], format!("node-{leader}"));
+    let first_token = role["cluster"]["token"].as_u64().expect("token");
+    assert_eq!(role["cluster"]["lag"], 0, "{role}");
+    let page = all[leader].get("/").body;
+    assert!(
+        page.contains(&format!("node-{leader}: leader (lease token {first_token}")),
+        "{page}"
+    );
+    for &f in &followers {
+        let m = all[f].get("/model").json();
+        assert_eq!(m["cluster"]["role"], "follower", "{m}");
+        assert_eq!(m["cluster"]["leader"], format!("node-{leader}"), "{m}");
+        // A follower trains and switches nothing; it names the node that does.
+        for path in ["/admin/retrain", "/admin/rollback"] {
+            let r = all[f].post_auth(path, token, "{}");
+            assert_eq!(r.status, 409, "{path}: {}", r.body);
+            assert!(
+                r.body.contains(&format!("node-{leader} does")),
+                "{}",
+                r.body
+            );
+        }
+    }
+
+    // The holder stops answering (SIGSTOP): another node holds the lease within the TTL
+    // plus one renewal period.
+    all[leader].signal("STOP");
+    let paused = Instant::now();
+    let others: Vec<&Daemon> = followers.iter().map(|&f| &all[f]).collect();
+    all[followers[0]].wait_for("another lease holder", Duration::from_secs(ttl * 3), || {
+        holders(&others).len() == 1
+    });
+    let takeover = paused.elapsed();
+    eprintln!(
+        "lease taken over {:.1} s after the holder paused (ttl {ttl} s)",
+        takeover.as_secs_f64()
+    );
+    assert!(takeover < Duration::from_secs(ttl * 2), "{takeover:?}");
+    let new_leader = followers[holders(&others)[0]];
+    let m = all[new_leader].get("/model").json();
+    assert!(
+        m["cluster"]["token"].as_u64().expect("token") > first_token,
+        "{m}"
+    );
+
+    // Resumed, the old holder promotes nothing: its renewal fails and it steps down.
+    all[leader].signal("CONT");
+    let r = all[leader].post_auth("/admin/rollback", token, "{}");
+    assert_eq!(r.status, 409, "{}", r.body);
+    // It says follower at once (its last renewal is older than the TTL); its keeper then
+    // learns the lease is gone.
+    assert_eq!(
+        all[leader].get("/model").json()["cluster"]["role"],
+        "follower"
+    );
+    all[leader].wait_for(
+        "the old holder steps down",
+        Duration::from_secs(ttl * 2),
+        || all[leader].metric("sentiment_cluster_lease_holder") == 0.0,
+    );
+    assert!(
+        all[leader].logs().contains("renewal failed"),
+        "{}",
+        all[leader].logs()
+    );
+    assert_eq!(holders(&refs), vec![new_leader]);
+}
+
+#[test]
+fn publish_loads_a_csv_once_and_three_nodes_score_it_exactly_once_through_a_kill() {
+    let nats = Nats::start();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let token_file = secrets.path().join("admin.token");
+    common::write_secret(&token_file, "admin-token-0123456789\n");
+    let mut all = nodes(
+        &nats,
+        3,
+        &token_file,
+        "batch = 200\nack_wait_secs = 2\nmax_deliver = 20\nduplicate_window_secs = 600",
+    );
+    let n: u64 = 100_000;
+    let csv = secrets.path().join("load.csv");
+    let mut text = String::from("text,source\n");
+    for i in 0..n {
+        text.push_str(&format!("\"message {i}, rather good\",acme\n"));
+    }
+    std::fs::write(&csv, &text).expect("csv");
+    // The publisher reads the same [cluster] section as the nodes.
+    let config = secrets.path().join("publisher.toml");
+    std::fs::write(
+        &config,
+        nats.section("ack_wait_secs = 2\nmax_deliver = 20\nduplicate_window_secs = 600"),
+    )
+    .expect("config");
+    let publish = || {
+        common::with_config(&config)
+            .args(["publish", "--csv"])
+            .arg(&csv)
+            .output()
+            .expect("run publish")
+    };
+    let out = publish();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("published {n} new rows")),
+        "{stdout}"
+    );
+    // Node 1 is killed mid-stream and started again.
+    let rt = runtime();
+    let js = rt.block_on(nats.jetstream());
+    all[1].wait_for("some messages scored", Duration::from_secs(60), || {
+        rt.block_on(counts(&js)).0 > 5_000
+    });
+    all[1].kill9();
+    let before = rt.block_on(counts(&js)).0;
+    assert!(before < n, "killed mid-stream ({before} of {n} scored)");
+    all[1].spawn(&[]);
+    // The same file again: nothing new.
+    let again = publish();
+    let stdout = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("published 0 new rows") && stdout.contains(&format!("skipped   {n} rows")),
+        "{stdout}"
+    );
+    let ids = assert_exactly_once(&rt, &nats, &all[0], n);
+    // Ids are the file's fingerprint and the line (the header is line 1).
+    assert!(
+        ids.keys()
+            .all(|id| id.ends_with(|c: char| c.is_ascii_digit()) && id.contains(':'))
+    );
+    let scored: f64 = all
+        .iter()
+        .map(|d| d.metric("sentiment_cluster_messages_total{outcome=\"scored\"}"))
+        .sum();
+    // The restarted node's counters started again; the others' each did a share.
+    assert!(scored > 0.0 && scored <= n as f64, "{scored}");
+    for d in [&all[0], &all[2]] {
+        assert!(
+            d.metric("sentiment_cluster_messages_total{outcome=\"scored\"}") > 0.0,
+            "every node takes part"
+        );
+    }
+}
+
+#[test]
+fn publish_names_the_line_of_a_row_it_cannot_send_and_needs_a_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, "text\nfine\n\"\"\n").expect("csv");
+    let out = common::sentimentd()
+        .args(["publish", "--csv"])
+        .arg(&csv)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("[cluster] nats_url") && err.contains("--nats"),
+        "{err}"
+    );
+    let nats = Nats::start();
+    let out = common::sentimentd()
+        .args(["publish", "--csv"])
+        .arg(&csv)
+        .args(["--nats", &nats.url()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("{}:3:", csv.display())), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published 1 new rows"));
+}

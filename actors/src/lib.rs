@@ -14,6 +14,7 @@
 //! They talk through the typed messages of [`messages`]; the ML core they call never sees
 //! actix.
 
+pub mod cluster;
 pub mod http;
 pub mod messages;
 pub mod mlops;

@@ -188,6 +188,9 @@ pub struct PromoteCandidate {
     /// now (an admin promotion, a rollback), the promotion is refused.
     pub against: String,
     pub extra_reference: Vec<String>,
+    /// The training lease's fencing token when the retrain started (0 standalone): a
+    /// candidate is promoted only while this node still holds that same lease.
+    pub fencing: Option<u64>,
 }
 
 /// Admin API / CLI -> ModelRegistry: serve this stored version (`action` is `promote`).

@@ -9,6 +9,7 @@ use sentimentd_config::Config;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::lease::Lease;
 use crate::http::{self, AdminApi, HttpState, TokenFile};
 use crate::messages::Reconfigure;
 use crate::mlops::baseliner::Baseliner;
@@ -57,6 +58,8 @@ pub struct Topology {
     token_files: Vec<Arc<TokenFile>>,
     drift_arbiter: actix::Arbiter,
     mlops_arbiter: actix::Arbiter,
+    /// Tells the training lease's keeper to give the lease back (the drain).
+    lease_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Topology {
@@ -115,6 +118,29 @@ impl Topology {
         }
         let (config_tx, config_rx) = sources::config_channel(cfg.clone());
 
+        // Which node trains: in a cluster the holder of the lease, kept from here on.
+        let (lease_stop, lease_stopped) = tokio::sync::watch::channel(false);
+        let lease = match &cfg.cluster.nats_url {
+            Some(url) => {
+                let lease = Lease::clustered(
+                    cfg.cluster.node(),
+                    Duration::from_secs(cfg.cluster.lease_ttl_secs),
+                );
+                actix::Arbiter::current().spawn(crate::cluster::lease::keep(
+                    lease.clone(),
+                    url.clone(),
+                    cfg.cluster.clone(),
+                    metrics.clone(),
+                    lease_stopped,
+                ));
+                lease
+            }
+            None => {
+                metrics.cluster.lease_holder.set(1);
+                Lease::standalone()
+            }
+        };
+
         // The MLOps loop: registry -> baseliner -> drift monitor -> trainer -> registry. The
         // registry's address exists before it starts, which closes the cycle.
         let observations = ObservationSink::new(cfg.drift.window, cfg.drift.enabled);
@@ -132,13 +158,14 @@ impl Topology {
         let mlops_arbiter = actix::Arbiter::new();
         let (built_tx, built_rx) = std::sync::mpsc::channel();
         {
-            let (cfg, cell, metrics, tracker, observations, reports) = (
+            let (cfg, cell, metrics, tracker, observations, reports, lease) = (
                 cfg.clone(),
                 cell.clone(),
                 metrics.clone(),
                 tracker.clone(),
                 observations.clone(),
                 reports.clone(),
+                lease.clone(),
             );
             let drift_handle = drift_arbiter.handle();
             let spawned = mlops_arbiter.spawn_fn(move || {
@@ -151,6 +178,7 @@ impl Topology {
                     Some(tracker.clone()),
                     metrics.clone(),
                 )
+                .with_lease(lease.clone())
                 .start();
                 let monitor = {
                     let (cfg, metrics) = (cfg.clone(), metrics.clone());
@@ -174,13 +202,16 @@ impl Topology {
                         Baseliner::new(cfg.clone(), monitor.clone(), metrics.clone())
                     })
                 };
-                registry_ctx.run(ModelRegistry::new(
-                    cfg,
-                    cell,
-                    metrics,
-                    Some(baseliner.recipient()),
-                    Some(tracker),
-                ));
+                registry_ctx.run(
+                    ModelRegistry::new(
+                        cfg,
+                        cell,
+                        metrics,
+                        Some(baseliner.recipient()),
+                        Some(tracker),
+                    )
+                    .with_lease(lease),
+                );
                 let _ = built_tx.send((registry, trainer, monitor));
             });
             if !spawned {
@@ -252,15 +283,18 @@ impl Topology {
             .map(|source| source.start(source_cx.clone()))
             .collect();
 
-        let http = web::Data::new(HttpState::new(
-            &cfg,
-            scorer,
-            metrics.clone(),
-            reports,
-            admin,
-            feedback_token,
-            reputation.clone(),
-        ));
+        let http = web::Data::new(
+            HttpState::new(
+                &cfg,
+                scorer,
+                metrics.clone(),
+                reports,
+                admin,
+                feedback_token,
+                reputation.clone(),
+            )
+            .with_lease(lease),
+        );
         Ok(Topology {
             cell,
             http,
@@ -273,6 +307,7 @@ impl Topology {
             token_files,
             drift_arbiter,
             mlops_arbiter,
+            lease_stop,
         })
     }
 
@@ -306,6 +341,7 @@ impl Topology {
         for source in &self.sources {
             source.stop_intake();
         }
+        let _ = self.lease_stop.send(true);
     }
 
     /// Stops the arbiters of the MLOps loop.

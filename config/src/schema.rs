@@ -753,6 +753,32 @@ pub struct ClusterConfig {
     /// `max_ack_pending`, so every node must say the same. A node holds two batches at once
     /// (one scored while the next is fetched), so full speed wants `2 * batch * nodes`.
     pub max_in_flight: usize,
+    /// This node's name in the training lease, logs and `/model`; empty = `hostname-pid`.
+    pub node_name: String,
+    /// JetStream KV bucket of the training lease: exactly one node trains, retrains and
+    /// switches models.
+    pub lease_bucket: String,
+    /// Seconds a lease lasts unless renewed (renewed every third of it): how long the
+    /// cluster goes without a trainer when the holder dies.
+    pub lease_ttl_secs: u64,
+}
+
+impl ClusterConfig {
+    /// [`ClusterConfig::node_name`], or `hostname-pid` when it is empty.
+    pub fn node(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let host = if host.is_empty() {
+            "node".to_string()
+        } else {
+            host
+        };
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 impl Default for ClusterConfig {
@@ -771,6 +797,9 @@ impl Default for ClusterConfig {
             batch: 256,
             max_in_flight: 4096,
             credentials_file: None,
+            node_name: String::new(),
+            lease_bucket: "sentimentd_lease".into(),
+            lease_ttl_secs: 15,
         }
     }
 }

@@ -282,6 +282,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         if let Some(p) = &cl.credentials_file {
             k.path("cluster.credentials_file", p);
         }
+        k.range("cluster.lease_ttl_secs", cl.lease_ttl_secs, 3, 3600);
         k.range("cluster.max_in_flight", cl.max_in_flight, 1, 100_000);
         if cl.max_in_flight < cl.batch {
             k.fail(
@@ -311,6 +312,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
             ("cluster.input_stream", &cl.input_stream),
             ("cluster.output_stream", &cl.output_stream),
             ("cluster.consumer", &cl.consumer),
+            ("cluster.lease_bucket", &cl.lease_bucket),
         ] {
             if name.is_empty() || name.contains(|ch: char| ch.is_whitespace() || ".*>".contains(ch))
             {

@@ -23,6 +23,7 @@ pub(crate) async fn model(state: web::Data<HttpState>) -> HttpResponse {
         .unwrap_or_default();
     let mut info = m.info.clone();
     info.candidates = candidates;
+    info.cluster = state.cluster_view();
     HttpResponse::Ok().json(&info)
 }
 

@@ -1,5 +1,6 @@
 //! What every handler shares: the scorer, the model cell, metrics, limits, tokens.
 
+use crate::cluster::lease::Lease;
 use crate::messages::{PromoteVersion, Retrain, Rollback};
 use crate::mlops::drift_monitor::ReportCell;
 use crate::mlops::reputation::Reputation;
@@ -43,6 +44,8 @@ pub struct HttpState {
     pub reputation: Arc<Reputation>,
     /// The model store, for the status page's promotion history.
     pub model_store: std::path::PathBuf,
+    /// This node's role in a cluster, for `/model` and the status page.
+    pub lease: Lease,
 }
 
 /// A `/predict` body larger than this (more than one text can be) is refused before it is
@@ -77,7 +80,25 @@ impl HttpState {
             feedback_limits: cfg.feedback.clone(),
             reputation,
             model_store: cfg.paths.model_store.clone(),
+            lease: Lease::standalone(),
         }
+    }
+
+    pub fn with_lease(mut self, lease: Lease) -> HttpState {
+        self.lease = lease;
+        self
+    }
+
+    /// This node's role, and in a cluster the input messages no node has taken yet (`lag`),
+    /// for `/model` and the status page.
+    pub fn cluster_view(&self) -> serde_json::Value {
+        let mut view = serde_json::to_value(self.lease.role()).unwrap_or_default();
+        if let Some(o) = view.as_object_mut()
+            && o.get("role").and_then(|r| r.as_str()) != Some("standalone")
+        {
+            o.insert("lag".into(), self.metrics.cluster.pending.get().into());
+        }
+        view
     }
 
     /// Takes the request limits of a reloaded config.

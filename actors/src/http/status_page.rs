@@ -42,7 +42,11 @@ pub async fn page(state: web::Data<HttpState>) -> HttpResponse {
     let events = web::block(move || model_events(store))
         .await
         .unwrap_or_default();
-    let model = state.cell.load_full().map(|m| m.info.clone());
+    let model = state.cell.load_full().map(|m| {
+        let mut info = m.info.clone();
+        info.cluster = state.cluster_view();
+        info
+    });
     let report = state
         .reputation
         .report(crate::mlops::reputation::now_unix());
@@ -183,6 +187,17 @@ fn model_section(model: Option<&ModelInfo>) -> Markup {
                         tr { th { "Created" } td { (m.created_at.as_deref().unwrap_or("-")) } }
                         tr { th { "Parent" } td { (m.parent.as_deref().unwrap_or("-")) } }
                         tr { th { "Loaded" } td { (m.loaded_at) } }
+                        @if let Some(role) = m.cluster["role"].as_str().filter(|r| *r != "standalone") {
+                            tr {
+                                th { "Cluster" }
+                                td {
+                                    (m.cluster["node"].as_str().unwrap_or("-")) ": " (role)
+                                    @if let Some(t) = m.cluster["token"].as_u64() { " (lease token " (t) ", trains and switches models)" }
+                                    @if let Some(l) = m.cluster["leader"].as_str() { " (" (l) " trains and switches models)" }
+                                    @if let Some(lag) = m.cluster["lag"].as_i64() { "; " (lag) " input messages waiting for a node" }
+                                }
+                            }
+                        }
                     }
                     // Metrics per split: {"val": {"macro_recall": .., ...}, ...}.
                     @if let Some(splits) = m.metrics.as_object().filter(|o| !o.is_empty()) {

@@ -18,6 +18,7 @@ use sentimentd_model::{Classifier, LexiconClassifier, Manifest, ModelStore};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cluster::lease::Lease;
 use crate::messages::{
     ModelServing, PromoteCandidate, PromoteVersion, Rollback, SwapModel, Switched, TrainingFailed,
 };
@@ -87,6 +88,8 @@ pub struct ModelRegistry {
     tracker: Option<Addr<crate::mlops::tracker::Tracker>>,
     /// A `current` that failed to load, so a broken version is reported once, not every tick.
     refused: Option<String>,
+    /// In a cluster only the training lease's holder switches models.
+    lease: Lease,
 }
 
 impl ModelRegistry {
@@ -107,7 +110,13 @@ impl ModelRegistry {
             baseliner,
             tracker,
             refused: None,
+            lease: Lease::standalone(),
         }
+    }
+
+    pub fn with_lease(mut self, lease: Lease) -> ModelRegistry {
+        self.lease = lease;
+        self
     }
 
     /// The lexicon fallback of `[data] lexicon`. The daemon checked the file at start-up; if
@@ -181,6 +190,9 @@ impl ModelRegistry {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<Switched, String>,
     ) -> Result<Switched, String> {
+        if let Some(refusal) = self.lease.refusal() {
+            return Err(refusal);
+        }
         let containment = self.containment.clone();
         containment.run(|| f(self)).map_err(|p| p.to_string())?
     }
@@ -387,6 +399,16 @@ impl Handler<PromoteCandidate> for ModelRegistry {
                 msg.version,
                 msg.against,
                 serving.as_deref().unwrap_or("no model")
+            ));
+        }
+        let now = self.lease.token();
+        if now.is_some() && now != msg.fencing {
+            return Err(format!(
+                "{} was trained under training lease token {}, but this node holds token {} \
+                 now (the lease was lost and taken again meanwhile); not promoted",
+                msg.version,
+                msg.fencing.map_or("none".into(), |t| t.to_string()),
+                now.map_or("none".into(), |t| t.to_string()),
             ));
         }
         self.switch_contained(|me| {

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cluster::lease::Lease;
 use crate::messages::{DriftDetected, PromoteCandidate, Retrain, RetrainFinished, RetrainTrigger};
 use crate::messages::{RegisterChampion, Track};
 use crate::mlops::registry::ModelRegistry;
@@ -60,6 +61,8 @@ struct Links {
     champion: Option<actix::Recipient<RegisterChampion>>,
     metrics: Arc<Metrics>,
     serving_val: ServingValCache,
+    /// In a cluster only the training lease's holder retrains.
+    lease: Lease,
 }
 
 /// The serving model's reporting-split figures, scored once by this process for each
@@ -93,9 +96,15 @@ impl Trainer {
                 tracker: tracker.map(|t| t.recipient()),
                 metrics,
                 serving_val: ServingValCache::default(),
+                lease: Lease::standalone(),
             },
             running: false,
         }
+    }
+
+    pub fn with_lease(mut self, lease: Lease) -> Trainer {
+        self.links.lease = lease;
+        self
     }
 
     fn state_path(cfg: &Config) -> PathBuf {
@@ -121,6 +130,9 @@ impl Trainer {
 
     /// The reason a run cannot start now, or `None` when it may.
     fn refusal(&self, trigger: RetrainTrigger) -> Option<String> {
+        if let Some(refusal) = self.links.lease.refusal() {
+            return Some(refusal);
+        }
         if !self.cfg.retrain.enabled {
             return Some("retraining is disabled ([retrain] enabled = false)".into());
         }
@@ -178,6 +190,7 @@ impl Trainer {
             cfg: self.cfg.clone(),
             links: self.links.clone(),
             trigger,
+            fencing: self.links.lease.token(),
         };
         let me = ctx.address();
         let containment = Containment::new("trainer", self.links.metrics.clone());
@@ -246,6 +259,8 @@ struct RetrainRun {
     cfg: Arc<Config>,
     links: Links,
     trigger: RetrainTrigger,
+    /// The training lease's token when the run started.
+    fencing: Option<u64>,
 }
 
 impl RetrainRun {
@@ -462,6 +477,7 @@ impl RetrainRun {
             "holdout_origins": &holdout_origins,
             "weighting": &trained.manifest.weighting,
             "train_seconds": started.elapsed().as_secs_f64(),
+            "fencing_token": self.fencing,
         });
         let mut reason = verdict.reasons.join("; ");
         // The registry switches only if the model the gate compared with still serves; the
@@ -474,6 +490,7 @@ impl RetrainRun {
                 reason: reason.clone(),
                 against: current.version().to_string(),
                 extra_reference,
+                fencing: self.fencing,
             }))
             .map_err(|e| format!("the registry did not answer: {e}"))
             .and_then(|r| r)

@@ -33,6 +33,13 @@ pub struct ModelInfo {
     /// The newest retrain candidates, newest first: what they weighed and why the gate
     /// promoted or rejected them. Filled in by `GET /model`.
     pub candidates: Vec<CandidateSummary>,
+    /// This node's role: `{"role": "standalone"}`, or in a cluster `leader` (with its `node`
+    /// and fencing `token`) or `follower` (with its `node` and the `leader`, if known), and
+    /// `lag`: input messages no node has taken
+    /// yet, as this node last saw it. Only the leader trains and switches models. Filled in by
+    /// `GET /model`.
+    #[schema(value_type = Object)]
+    pub cluster: serde_json::Value,
 }
 
 /// One retrain candidate and the gate's decision on it.
@@ -81,6 +88,7 @@ impl ServingModel {
                 .and_then(|m| m.weighting.as_ref())
                 .and_then(|w| serde_json::to_value(w).ok()),
             candidates: Vec::new(),
+            cluster: serde_json::Value::Null,
         };
         ServingModel {
             classifier,

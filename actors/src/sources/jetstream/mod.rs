@@ -11,6 +11,7 @@
 //! `setup` connects and checks the server's settings, `settle` handles one batch, `wire` is
 //! the JSON on the subjects.
 
+pub mod publish;
 mod settle;
 pub mod setup;
 pub mod wire;

@@ -24,7 +24,8 @@ pub struct Link {
     pub consumer: consumer::PullConsumer,
 }
 
-pub async fn connect(url: &str, c: &ClusterConfig) -> Result<Link, SetupError> {
+/// A client of the server at `url`, with the configured credentials.
+pub async fn client(url: &str, c: &ClusterConfig) -> Result<async_nats::Client, SetupError> {
     let options = match &c.credentials_file {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
@@ -33,12 +34,16 @@ pub async fn connect(url: &str, c: &ClusterConfig) -> Result<Link, SetupError> {
             })?,
         None => async_nats::ConnectOptions::new(),
     };
-    let client = options
-        .name("sentimentd")
+    options
+        .name(format!("sentimentd {}", c.node()))
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|e| SetupError::Unreachable(format!("cannot connect to {url}: {e}")))?;
+        .map_err(|e| SetupError::Unreachable(format!("cannot connect to {url}: {e}")))
+}
+
+pub async fn connect(url: &str, c: &ClusterConfig) -> Result<Link, SetupError> {
+    let client = client(url, c).await?;
     let js = jetstream::new(client.clone());
     let unreachable = |what: &str, e: &dyn std::fmt::Display| {
         SetupError::Unreachable(format!("{what}: {e} (is JetStream enabled on {url}?)"))
@@ -88,11 +93,50 @@ pub async fn connect(url: &str, c: &ClusterConfig) -> Result<Link, SetupError> {
         .config
         .clone();
     check_consumer(c, &echoed)?;
+    lease_bucket(&js, c).await?;
     Ok(Link {
         client,
         js,
         consumer,
     })
+}
+
+/// The training lease's KV bucket, made if missing, with its TTL checked.
+pub async fn lease_bucket(
+    js: &jetstream::Context,
+    c: &ClusterConfig,
+) -> Result<async_nats::jetstream::kv::Store, SetupError> {
+    // The bucket's stream is made here rather than by `create_key_value`, which first asks
+    // for account information in a form nats-server 2.9 does not answer; the settings are
+    // those of a KV bucket (one value per key), with `max_age` = the lease's TTL.
+    let bucket = &c.lease_bucket;
+    let ttl = Duration::from_secs(c.lease_ttl_secs);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| SetupError::Unreachable(format!("lease bucket {bucket}: {e}")))?;
+    let runs = stream.cached_info().config.max_age;
+    if runs != ttl {
+        return Err(mismatch(
+            format!("the lease bucket {bucket} (max_age)"),
+            runs,
+            "cluster.lease_ttl_secs",
+            ttl,
+        ));
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| SetupError::Unreachable(format!("lease bucket {bucket}: {e}")))
 }
 
 fn mismatch(

@@ -100,3 +100,40 @@ impl InternalEvent for ClusterConnection<'_> {
         }
     }
 }
+
+/// This node took the training lease, or stopped holding it.
+pub struct LeaseChanged<'a> {
+    pub node: &'a str,
+    pub held: bool,
+    /// The fencing token of a lease taken.
+    pub token: Option<u64>,
+    pub holder: Option<&'a str>,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for LeaseChanged<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.cluster.lease_holder.set(i64::from(self.held));
+        if let Some(t) = self.token {
+            metrics
+                .cluster
+                .lease_token
+                .set(i64::try_from(t).unwrap_or(i64::MAX));
+        }
+        if self.held {
+            tracing::info!(
+                node = self.node,
+                token = self.token,
+                reason = self.reason,
+                "training lease held: this node trains and switches models"
+            );
+        } else {
+            tracing::warn!(
+                node = self.node,
+                holder = self.holder,
+                reason = self.reason,
+                "training lease not held: this node trains and switches nothing"
+            );
+        }
+    }
+}

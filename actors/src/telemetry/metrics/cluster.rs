@@ -31,6 +31,10 @@ pub struct ClusterMetrics {
     /// 1 while this node's JetStream source is connected and consuming.
     pub connected: Gauge,
     pub settle_seconds: Histogram,
+    /// 1 while this node holds the training lease.
+    pub lease_holder: Gauge,
+    /// The fencing token of the lease this node holds or last held.
+    pub lease_token: Gauge,
 }
 
 impl ClusterMetrics {
@@ -39,6 +43,8 @@ impl ClusterMetrics {
             messages: Family<MessageLabels, Counter> = ("sentiment_cluster_messages", "JetStream input messages this node settled, by outcome (scored, rejected, retried)"),
             pending: Gauge = ("sentiment_cluster_pending", "Input messages not yet delivered to any node (the shared consumer's lag), as this node last saw it"),
             connected: Gauge = ("sentiment_cluster_connected", "1 while this node's JetStream source is connected and consuming"),
+            lease_holder: Gauge = ("sentiment_cluster_lease_holder", "1 while this node holds the training lease (trains and switches models); always 1 without [cluster]"),
+            lease_token: Gauge = ("sentiment_cluster_lease_token", "Fencing token of the training lease this node holds or last held"),
         );
         // From 1 ms to ~65 s: one batch of the fast kind takes milliseconds, of the
         // transformer seconds, and `ack_wait_secs` bounds it.
@@ -61,6 +67,8 @@ impl ClusterMetrics {
             pending,
             connected,
             settle_seconds,
+            lease_holder,
+            lease_token,
         }
     }
 
