@@ -4,92 +4,11 @@
 mod common;
 
 use async_nats::jetstream;
-use common::{Daemon, free_port};
+use common::Daemon;
+use common::nats::Nats;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
-
-struct Nats {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let mut nats = Nats::stopped();
-        nats.spawn();
-        nats
-    }
-
-    /// A server's port and store, not started yet.
-    fn stopped() -> Nats {
-        Nats {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    /// Starts the server (again) on the same port and store.
-    fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (scripts/test-deps.sh installs it)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "nats-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// A clean stop (SIGTERM): the server writes its store out, as on a reboot.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.url()).await.expect("connect"))
-    }
-
-    /// The `[cluster]` section for this server, with `extra` keys.
-    fn section(&self, extra: &str) -> String {
-        format!("[cluster]\nnats_url = \"{}\"\n{extra}\n", self.url())
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -720,4 +639,175 @@ fn publish_names_the_line_of_a_row_it_cannot_send_and_needs_a_server() {
     assert!(!out.status.success());
     assert!(err.contains(&format!("{}:3:", csv.display())), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("published 1 new rows"));
+}
+
+#[test]
+fn followers_serve_the_leaders_champion_from_mlflow_and_say_so_when_they_cannot() {
+    let nats = Nats::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let server = common::mlflow::MlflowServer::start(tmp.path(), common::free_port());
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let train_text = std::fs::read_to_string(repo.join("data/datasets/tweeteval/train.csv"))
+        .expect("bundled train.csv");
+    let train: Vec<&str> = train_text.lines().take(3001).collect();
+    std::fs::write(tmp.path().join("train.csv"), train.join("\n") + "\n").expect("train");
+    let token_file = tmp.path().join("admin.token");
+    common::write_secret(&token_file, "admin-token-0123456789\n");
+    // Every node is configured alike; whoever holds the lease trains on its first start.
+    let node = |i: usize| {
+        Daemon::start_with(
+            "",
+            "",
+            "on_start = \"if-missing\"\nepochs = 2",
+            &format!(
+                "[data]\ntrain = [\"{train}\"]\nval = \"{val}\"\n\n[model]\nembedding_dim = 16\n\
+                 vocab_size = 3000\nbuckets = 8192\n\n[tracking]\nmlflow_uri = \"{uri}\"\n\
+                 registered_model = \"cluster\"\n\n[admin]\ntoken_file = \"{token}\"\n\n{cluster}",
+                token = token_file.display(),
+                train = tmp.path().join("train.csv").display(),
+                val = repo.join("data/datasets/tweeteval/val.csv").display(),
+                uri = server.uri,
+                cluster =
+                    nats.section(&format!("node_name = \"node-{i}\"\nchampion_poll_secs = 1")),
+            ),
+        )
+    };
+    let leader = node(0);
+    leader.wait_for("the leader's first model", Duration::from_secs(180), || {
+        leader.get("/model").json()["fallback"] == false
+    });
+    let model = leader.get("/model").json();
+    assert_eq!(model["cluster"]["role"], "leader", "{model}");
+    let version = model["version"].as_str().expect("version").to_string();
+    let client = sentimentd_tracking::MlflowClient::new(&server.uri);
+    let champion = || {
+        client
+            .get_model_version_by_alias("cluster", "champion")
+            .ok()
+            .flatten()
+    };
+    leader.wait_for("the champion alias", Duration::from_secs(120), || {
+        champion().is_some_and(|c| c.tags.get("sentimentd.version") == Some(&version))
+    });
+    let registered = champion().expect("champion");
+    assert!(
+        registered.tags.contains_key("sentimentd.fencing_token"),
+        "{:?}",
+        registered.tags
+    );
+
+    // A follower started now does not train: it downloads the champion, checks it and
+    // serves it.
+    let started = Instant::now();
+    let follower = node(1);
+    follower.wait_for(
+        "the follower serves the champion",
+        Duration::from_secs(60),
+        || follower.get("/model").json()["version"] == version.as_str(),
+    );
+    eprintln!(
+        "a follower served the champion {:.1} s after it started",
+        started.elapsed().as_secs_f64()
+    );
+    let m = follower.get("/model").json();
+    assert_eq!(m["cluster"]["role"], "follower", "{m}");
+    assert!(m["cluster"]["champion_error"].is_null(), "{m}");
+    assert_eq!(follower.metric("sentiment_cluster_champion_synced"), 1.0);
+    let logs = follower.logs();
+    assert!(logs.contains("serving the leader's champion"), "{logs}");
+    assert!(!logs.contains("background training finished"), "{logs}");
+
+    // A version promoted on the leader reaches the follower within its poll interval plus
+    // the download.
+    let trained = common::with_config(&leader.root().join("sentimentd.toml"))
+        .args(["train", "--no-promote"])
+        .output()
+        .expect("train");
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let v2 = std::fs::read_dir(leader.root().join("models/versions"))
+        .expect("versions")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .find(|v| *v != version)
+        .expect("a second version");
+    let promoted = Instant::now();
+    let r = leader.post_auth(
+        "/admin/promote",
+        "admin-token-0123456789",
+        &format!(r#"{{"version": "{v2}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    follower.wait_for(
+        "the follower serves the promotion",
+        Duration::from_secs(60),
+        || follower.get("/model").json()["version"] == v2.as_str(),
+    );
+    eprintln!(
+        "a promotion on the leader served by the follower after {:.1} s (champion_poll_secs = 1)",
+        promoted.elapsed().as_secs_f64()
+    );
+
+    // A champion whose files no longer match their checksums is not served; the node says why.
+    let registered = champion().expect("champion");
+    assert_eq!(registered.tags.get("sentimentd.version"), Some(&v2));
+    let run = client.get_run(&registered.run_id).expect("run");
+    let files = client.list_artifacts(&run, "model").expect("files");
+    let garbage = tmp.path().join("garbage");
+    std::fs::write(&garbage, b"not the weights").expect("garbage");
+    for f in files.iter().filter(|f| !f.ends_with("manifest.json")) {
+        client
+            .upload_artifact(&run, f, &garbage)
+            .expect("overwrite");
+    }
+    let broken = node(2);
+    broken.wait_for("the refusal", Duration::from_secs(60), || {
+        broken.metric("sentiment_cluster_champion_synced") == 0.0
+    });
+    let m = broken.get("/model").json();
+    assert_eq!(m["fallback"], true, "keeps serving what it served: {m}");
+    let error = m["cluster"]["champion_error"].as_str().unwrap_or_default();
+    assert!(error.contains("checksum"), "{m}");
+    assert!(
+        broken.logs().contains("is not served here"),
+        "{}",
+        broken.logs()
+    );
+}
+
+#[test]
+fn a_followers_drift_observations_reach_the_lease_holder() {
+    let nats = Nats::start();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let token_file = secrets.path().join("admin.token");
+    common::write_secret(&token_file, "admin-token-0123456789\n");
+    let all = nodes(&nats, 2, &token_file, "observation_share = 1.0");
+    let refs: Vec<&Daemon> = all.iter().collect();
+    all[0].wait_for("one lease holder", Duration::from_secs(30), || {
+        holders(&refs).len() == 1
+    });
+    let leader = holders(&refs)[0];
+    let follower = 1 - leader;
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("\"text {i}: the service was awful\""))
+        .collect();
+    let r = all[follower].predict(&format!("{{\"texts\": [{}]}}", texts.join(",")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    all[leader].wait_for(
+        "observations at the leader",
+        Duration::from_secs(30),
+        || all[leader].metric("sentiment_cluster_observations_received_total") >= 40.0,
+    );
+    assert!(all[follower].metric("sentiment_cluster_observations_sent_total") >= 40.0);
+    // The leader's own traffic stays in its own window; it sends nothing.
+    assert_eq!(
+        all[leader].metric("sentiment_cluster_observations_sent_total"),
+        0.0
+    );
+    assert_eq!(
+        all[follower].metric("sentiment_cluster_observations_received_total"),
+        0.0
+    );
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::mlflow::MlflowServer;
 use sentimentd_actors::Metrics;
 use sentimentd_actors::messages::{RegisterChampion, Track};
 use sentimentd_actors::mlops::tracker::Tracker;
@@ -13,103 +14,14 @@ use sentimentd_tracking::{
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn venv() -> PathBuf {
-    common::venv(&["mlflow", "python"])
-}
-
-/// `mlflow server` in its own process group, stopped with the whole group on drop.
-struct MlflowServer {
-    child: Child,
-    uri: String,
-    log: PathBuf,
-}
-
-impl MlflowServer {
-    fn start(dir: &Path, port: u16) -> MlflowServer {
-        let log = dir.join(format!("mlflow-server-{port}.log"));
-        let out = std::fs::File::create(&log).expect("server log file");
-        let err = out.try_clone().expect("server log file");
-        let mut cmd = Command::new(venv().join("bin/mlflow"));
-        cmd.arg("server")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-            .arg("--artifacts-destination")
-            .arg(dir.join("mlartifacts"))
-            .args(["--workers", "1"])
-            // The job runner (huey consumers for GenAI jobs) is several idle processes here.
-            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().expect("start mlflow server");
-        let mut server = MlflowServer {
-            child,
-            uri: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        server.wait_healthy();
-        server
-    }
-
-    fn wait_healthy(&mut self) {
-        let client = MlflowClient::new(&self.uri);
-        // Cold start (imports, database migrations) takes 10-20 s on a busy 2-core machine.
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if client.health().is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("mlflow server exited ({status}):\n{}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mlflow server not healthy after 180 s:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MlflowServer {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let kill = |signal: &str| {
-            let _ = Command::new("kill")
-                .args([signal, "--", &group])
-                .stderr(Stdio::null())
-                .status();
-        };
-        kill("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Whatever ignored SIGTERM (uvicorn's worker, say) goes now.
-        kill("-KILL");
-        let _ = self.child.wait();
-    }
-}
 
 /// Facts about the run mirroring `local_run_id`, as MLflow's Python client sees them.
 fn check(uri: &str, experiment: &str, local_run_id: &str, extra: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlflow_check.py");
-    let out = Command::new(venv().join("bin/python"))
+    let out = Command::new(common::mlflow::venv().join("bin/python"))
         .arg(script)
         .args([uri, experiment, local_run_id])
         .args(extra)
@@ -155,7 +67,7 @@ fn model_dir(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(model.join("baseline.json"), r#"{"labels":[0.3,0.4,0.3]}"#).unwrap();
-    // Over the tracker's small-file cut: stays local.
+    // Weights of several MiB: they go up too, since followers install from MLflow.
     std::fs::write(model.join("model.mpk"), vec![7u8; 3 * 1024 * 1024]).unwrap();
     model
 }
@@ -181,17 +93,33 @@ fn training_run_and_champion_reach_mlflow() {
     assert_eq!(client.log_run(&exp, &stored).unwrap().run_id, run.run_id);
 
     let model = model_dir(tmp.path());
+    // Weights bigger than the old 1 MiB cut go up too: followers install from these files.
+    let weights: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(model.join("weights.bin"), &weights).unwrap();
     let files = vec![
         model.join("manifest.json"),
         model.join("confusion_matrix.png"),
+        model.join("weights.bin"),
     ];
     let v = client
-        .register_champion("sentimentd-test-model", &run, "v7", &files)
+        .register_champion(
+            "sentimentd-test-model",
+            &run,
+            "v7",
+            &files,
+            &Default::default(),
+        )
         .unwrap();
     assert_eq!(v, "1");
     assert_eq!(
         client
-            .register_champion("sentimentd-test-model", &run, "v7", &files)
+            .register_champion(
+                "sentimentd-test-model",
+                &run,
+                "v7",
+                &files,
+                &Default::default()
+            )
             .unwrap(),
         "1",
         "registering the same store version twice must not add a registry version"
@@ -205,6 +133,20 @@ fn training_run_and_champion_reach_mlflow() {
     assert_eq!(
         champion.tags.get("sentimentd.version").map(String::as_str),
         Some("v7")
+    );
+    let fetched = tmp.path().join("fetched.bin");
+    let bytes = client
+        .download_artifact(&run, "model/weights.bin", &fetched)
+        .unwrap();
+    assert_eq!(bytes, weights.len() as u64);
+    assert!(
+        std::fs::read(&fetched).unwrap() == weights,
+        "the weights came back intact"
+    );
+    let listed = client.list_artifacts(&run, "model").unwrap();
+    assert!(
+        listed.contains(&"model/weights.bin".to_string()),
+        "{listed:?}"
     );
     assert!(
         client
@@ -259,7 +201,11 @@ fn training_run_and_champion_reach_mlflow() {
     );
     assert_eq!(
         facts["model_artifacts"],
-        serde_json::json!(["model/confusion_matrix.png", "model/manifest.json"])
+        serde_json::json!([
+            "model/confusion_matrix.png",
+            "model/manifest.json",
+            "model/weights.bin"
+        ])
     );
     assert_eq!(
         facts["downloads"]["report.json"],
@@ -293,6 +239,7 @@ fn training_run_and_champion_reach_mlflow() {
                 version: "v7".to_string(),
                 run_id: record.run_id.clone(),
                 model_dir: model.clone(),
+                fencing: None,
             })
             .await
             .unwrap()
@@ -324,9 +271,11 @@ fn training_run_and_champion_reach_mlflow() {
         serde_json::json!([
             "model/baseline.json",
             "model/confusion_matrix.png",
-            "model/manifest.json"
+            "model/manifest.json",
+            "model/model.mpk",
+            "model/weights.bin"
         ]),
-        "the big weights file stays local: {facts}"
+        "every file of the version, weights included: {facts}"
     );
     assert!(!runs.join(PENDING_FILE).exists());
 }
@@ -366,6 +315,7 @@ fn records_made_while_mlflow_is_down_arrive_once_it_is_up() {
             version: "v7".to_string(),
             run_id: stored.run_id.clone(),
             files: vec![model.join("manifest.json")],
+            tags: Default::default(),
         })
         .unwrap(),
         Submitted::Queued
@@ -500,11 +450,14 @@ fn the_daemon_records_its_runs_and_moves_the_champion_alias() {
     });
     let v2 = serving(&d);
     assert_ne!(v2, v1);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Every file of the version goes up (weights too), and a call that timed out on a busy
+    // machine backs off before the retry: allow for both.
+    let deadline = Instant::now() + Duration::from_secs(180);
     while champion_version(Duration::from_secs(60)) != v2 {
         assert!(
             Instant::now() < deadline,
-            "the champion alias did not move to {v2}"
+            "the champion alias did not move to {v2}:\n{}",
+            d.logs()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

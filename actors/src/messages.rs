@@ -74,6 +74,14 @@ pub struct TrainingFailed {
     pub error: String,
 }
 
+/// Trainer thread -> ModelRegistry: first-start training was not needed after all (in a
+/// cluster, the leader's champion arrived while this node waited for the lease).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TrainingSkipped {
+    pub reason: String,
+}
+
 /// notify's callback thread -> FolderWatcher.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -231,6 +239,17 @@ pub struct RegisterChampion {
     pub version: String,
     pub run_id: String,
     pub model_dir: PathBuf,
+    /// The training lease's fencing token it was promoted under (0 standalone); tagged on
+    /// the registry version.
+    pub fencing: Option<u64>,
+}
+
+/// ChampionFollower -> ModelRegistry: serve `version`, installed from the leader's
+/// `champion` in MLflow. Not refused for lack of the lease: followers follow.
+#[derive(Message)]
+#[rtype(result = "Result<Switched, String>")]
+pub struct FollowChampion {
+    pub version: String,
 }
 
 #[derive(Debug, thiserror::Error)]

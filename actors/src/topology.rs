@@ -9,6 +9,7 @@ use sentimentd_config::Config;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::follower::{ChampionFollower, FollowError};
 use crate::cluster::lease::Lease;
 use crate::http::{self, AdminApi, HttpState, TokenFile};
 use crate::messages::Reconfigure;
@@ -143,7 +144,14 @@ impl Topology {
 
         // The MLOps loop: registry -> baseliner -> drift monitor -> trainer -> registry. The
         // registry's address exists before it starts, which closes the cycle.
-        let observations = ObservationSink::new(cfg.drift.window, cfg.drift.enabled);
+        let observations = match (&cfg.cluster.nats_url, cfg.cluster.observation_share) {
+            (Some(_), share) if share > 0.0 => ObservationSink::sharing(
+                cfg.drift.window,
+                cfg.drift.enabled,
+                (1.0 / share).round() as u64,
+            ),
+            _ => ObservationSink::new(cfg.drift.window, cfg.drift.enabled),
+        };
         let reports = new_report_cell();
         let tracker = Tracker::new(&cfg, metrics.clone())
             .map_err(|e| TopologyError::RunLog(e.to_string()))?
@@ -220,6 +228,33 @@ impl Topology {
         }
         let (registry, trainer, monitor) =
             built_rx.recv().map_err(|_| TopologyError::ArbiterStopped)?;
+        // The lease holder judges drift on the followers' observations too.
+        if let Some(url) = &cfg.cluster.nats_url
+            && cfg.drift.enabled
+        {
+            actix::Arbiter::current().spawn(crate::cluster::observations::exchange(
+                url.clone(),
+                cfg.cluster.clone(),
+                lease.clone(),
+                observations.clone(),
+                metrics.clone(),
+            ));
+        }
+        // Followers serve the leader's model, from MLflow.
+        let champion_error: FollowError = Default::default();
+        if cfg.cluster.nats_url.is_some() && cfg.tracking.mlflow_uri.is_some() {
+            let follower = ChampionFollower {
+                cfg: cfg.clone(),
+                lease: lease.clone(),
+                cell: cell.clone(),
+                registry: registry.clone().recipient(),
+                metrics: metrics.clone(),
+                error: champion_error.clone(),
+            };
+            if let Err(e) = follower.spawn() {
+                tracing::error!(error = %e, "cannot start the champion follower; this node serves its own models only");
+            }
+        }
         let admin = admin_token.map(|token| AdminApi {
             token,
             retrain: trainer.clone().recipient(),
@@ -293,7 +328,7 @@ impl Topology {
                 feedback_token,
                 reputation.clone(),
             )
-            .with_lease(lease),
+            .with_lease(lease, champion_error),
         );
         Ok(Topology {
             cell,

@@ -761,6 +761,15 @@ pub struct ClusterConfig {
     /// Seconds a lease lasts unless renewed (renewed every third of it): how long the
     /// cluster goes without a trainer when the holder dies.
     pub lease_ttl_secs: u64,
+    /// Seconds between a follower's looks at the MLflow alias `champion` (with
+    /// `[tracking] mlflow_uri`): a version the leader switched to is downloaded, verified and
+    /// served within this plus the download.
+    pub champion_poll_secs: u64,
+    /// Subject on which followers send a share of their drift observations to the lease
+    /// holder, so its drift checks judge all of the cluster's traffic.
+    pub observations_subject: String,
+    /// Share of a follower's observations it sends (0 to 1; 0 = none).
+    pub observation_share: f64,
 }
 
 impl ClusterConfig {
@@ -800,6 +809,9 @@ impl Default for ClusterConfig {
             node_name: String::new(),
             lease_bucket: "sentimentd_lease".into(),
             lease_ttl_secs: 15,
+            champion_poll_secs: 10,
+            observations_subject: "sentimentd.observations".into(),
+            observation_share: 0.25,
         }
     }
 }

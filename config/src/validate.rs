@@ -283,6 +283,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
             k.path("cluster.credentials_file", p);
         }
         k.range("cluster.lease_ttl_secs", cl.lease_ttl_secs, 3, 3600);
+        k.range(
+            "cluster.champion_poll_secs",
+            cl.champion_poll_secs,
+            1,
+            86_400,
+        );
         k.range("cluster.max_in_flight", cl.max_in_flight, 1, 100_000);
         if cl.max_in_flight < cl.batch {
             k.fail(
@@ -326,6 +332,7 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
             ("cluster.input_subject", &cl.input_subject),
             ("cluster.output_subject", &cl.output_subject),
             ("cluster.rejected_subject", &cl.rejected_subject),
+            ("cluster.observations_subject", &cl.observations_subject),
         ] {
             if subject.is_empty() || subject.contains(char::is_whitespace) {
                 k.fail(

@@ -160,6 +160,9 @@ pub struct SplitInfo {
     pub seed: Option<u64>,
 }
 
+/// The drift baseline a version gets attached once it serves (after training).
+pub const BASELINE: &str = "baseline.json";
+
 pub(crate) fn sha256_file(path: &Path) -> Result<String, ModelError> {
     let bytes = std::fs::read(path).map_err(ModelError::io(path))?;
     Ok(hex::encode(Sha256::digest(&bytes)))

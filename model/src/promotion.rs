@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub const HISTORY: &str = "history.jsonl";
 pub const DECISION: &str = "decision.json";
-pub const BASELINE: &str = "baseline.json";
+pub use crate::manifest::BASELINE;
 /// History action of a switch that was recorded but could not be made; the walk back treats
 /// it as a return to `version` (the one that kept serving).
 pub const ABORTED: &str = "aborted";

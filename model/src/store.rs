@@ -139,69 +139,119 @@ impl ModelStore {
         if !dir.is_dir() {
             return Err(ModelError::UnknownVersion(version.to_string()));
         }
-        let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Corrupt {
-            path: dir.clone(),
-            reason: format!("{MANIFEST}: {e}"),
-        })?;
-        let corrupt = |e: serde_json::Error| ModelError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
-        let raw: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
-        // A version this build cannot read is not damaged: say what it is instead.
-        let unsupported = |reason: String| ModelError::Unsupported {
-            version: version.to_string(),
-            reason,
-        };
-        if let Some(format) = raw.get("format").and_then(serde_json::Value::as_u64)
-            && format > u64::from(FORMAT)
-        {
-            return Err(unsupported(format!(
-                "its manifest format is {format}, written by a newer sentimentd; this build reads format {FORMAT}"
-            )));
-        }
-        if let Some(kind) = raw.get("kind").and_then(serde_json::Value::as_str)
-            && !LOADABLE_KINDS.contains(&kind)
-        {
-            return Err(unsupported(format!(
-                "it is of model kind `{kind}`; this build loads {}",
-                LOADABLE_KINDS.join(", ")
-            )));
-        }
-        let mut raw = raw;
-        if raw.get("format").and_then(serde_json::Value::as_u64) == Some(1)
-            && let Some(obj) = raw.as_object_mut()
-        {
-            // Format 1 stored only fast models, with untagged parameters.
-            if let Some(params) = obj.remove("params") {
-                obj.insert("params".into(), serde_json::json!({ "fast": params }));
-            }
-            obj.insert("format".into(), FORMAT.into());
-        }
-        let m: Manifest = serde_json::from_value(raw).map_err(corrupt)?;
-        if m.params.kind() != m.kind {
-            return Err(ModelError::Corrupt {
-                path,
-                reason: format!(
-                    "the manifest is of kind {} with parameters of kind {}",
-                    m.kind.as_str(),
-                    m.params.kind().as_str()
-                ),
-            });
-        }
-        if m.format != FORMAT || m.version != version {
-            return Err(ModelError::Corrupt {
-                path,
-                reason: format!(
-                    "manifest says format {} version {:?}, expected format {FORMAT} version {version:?}",
-                    m.format, m.version
-                ),
-            });
-        }
-        Ok(m)
+        read_manifest(&dir, version)
     }
 
+    /// Where a version fetched from another node is put together before [`install`]: inside
+    /// the store (so the install is one rename), under the prefix a start clears.
+    pub fn staging_dir(&self, version: &str) -> PathBuf {
+        self.root.join(format!(".tmp-install-{version}"))
+    }
+
+    /// Installs a version whose files were fetched into `staged` (from the cluster's leader):
+    /// every file its manifest lists must match its checksum, then the folder becomes
+    /// `versions/<version>` in one rename. A version already in the store is left as it is.
+    pub fn install(&self, version: &str, staged: &Path) -> Result<Manifest, ModelError> {
+        if !valid_version_name(version) {
+            return Err(ModelError::UnknownVersion(version.to_string()));
+        }
+        if self.version_dir(version).join(MANIFEST).exists() {
+            return self.manifest(version);
+        }
+        let manifest = read_manifest(staged, version)?;
+        if manifest.version != version {
+            return Err(ModelError::Corrupt {
+                path: staged.to_path_buf(),
+                reason: format!(
+                    "the manifest is of version {}, not {version}",
+                    manifest.version
+                ),
+            });
+        }
+        // The drift baseline is attached after training, so the leader may have registered
+        // the version before it existed; a node computes its own when it serves the version.
+        let files: Vec<&str> = manifest
+            .files
+            .keys()
+            .map(String::as_str)
+            .filter(|f| *f != crate::manifest::BASELINE || staged.join(f).exists())
+            .collect();
+        crate::manifest::verify(&manifest, staged, &files)?;
+        let versions = self.root.join("versions");
+        std::fs::create_dir_all(&versions).map_err(ModelError::io(&versions))?;
+        let final_dir = self.version_dir(version);
+        std::fs::rename(staged, &final_dir).map_err(ModelError::io(&final_dir))?;
+        Ok(manifest)
+    }
+}
+
+/// Reads and checks the manifest of `version` in `dir`.
+fn read_manifest(dir: &Path, version: &str) -> Result<Manifest, ModelError> {
+    let dir = dir.to_path_buf();
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Corrupt {
+        path: dir.clone(),
+        reason: format!("{MANIFEST}: {e}"),
+    })?;
+    let corrupt = |e: serde_json::Error| ModelError::Corrupt {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
+    // A version this build cannot read is not damaged: say what it is instead.
+    let unsupported = |reason: String| ModelError::Unsupported {
+        version: version.to_string(),
+        reason,
+    };
+    if let Some(format) = raw.get("format").and_then(serde_json::Value::as_u64)
+        && format > u64::from(FORMAT)
+    {
+        return Err(unsupported(format!(
+            "its manifest format is {format}, written by a newer sentimentd; this build reads format {FORMAT}"
+        )));
+    }
+    if let Some(kind) = raw.get("kind").and_then(serde_json::Value::as_str)
+        && !LOADABLE_KINDS.contains(&kind)
+    {
+        return Err(unsupported(format!(
+            "it is of model kind `{kind}`; this build loads {}",
+            LOADABLE_KINDS.join(", ")
+        )));
+    }
+    let mut raw = raw;
+    if raw.get("format").and_then(serde_json::Value::as_u64) == Some(1)
+        && let Some(obj) = raw.as_object_mut()
+    {
+        // Format 1 stored only fast models, with untagged parameters.
+        if let Some(params) = obj.remove("params") {
+            obj.insert("params".into(), serde_json::json!({ "fast": params }));
+        }
+        obj.insert("format".into(), FORMAT.into());
+    }
+    let m: Manifest = serde_json::from_value(raw).map_err(corrupt)?;
+    if m.params.kind() != m.kind {
+        return Err(ModelError::Corrupt {
+            path,
+            reason: format!(
+                "the manifest is of kind {} with parameters of kind {}",
+                m.kind.as_str(),
+                m.params.kind().as_str()
+            ),
+        });
+    }
+    if m.format != FORMAT || m.version != version {
+        return Err(ModelError::Corrupt {
+            path,
+            reason: format!(
+                "manifest says format {} version {:?}, expected format {FORMAT} version {version:?}",
+                m.format, m.version
+            ),
+        });
+    }
+    Ok(m)
+}
+
+impl ModelStore {
     /// Every complete version, oldest first.
     pub fn list(&self) -> Result<Vec<Manifest>, ModelError> {
         let dir = self.root.join("versions");

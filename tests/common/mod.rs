@@ -1,6 +1,8 @@
 //! Starts the real `sentimentd serve` binary on a free port with a temp state directory.
 #![allow(dead_code)]
 
+pub mod mlflow;
+pub mod nats;
 pub mod reviews;
 
 use std::io::Read;

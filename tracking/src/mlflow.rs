@@ -27,6 +27,14 @@ pub(crate) const MAX_ENTITY_KEY_LENGTH: usize = 250;
 /// Uploaded in one PUT; bigger files stay local (the proxy's multipart path is not worth it
 /// for the reports and plots a run carries).
 pub const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+/// A model file (weights) may be this big: it is streamed from and to disk, never held in
+/// memory whole.
+pub const MAX_MODEL_FILE_BYTES: u64 = 2 << 30;
+
+/// A transfer of `bytes` gets the upload timeout plus a second per 4 MiB.
+fn transfer_timeout(bytes: u64) -> Duration {
+    UPLOAD_TIMEOUT + Duration::from_secs(bytes / (4 << 20))
+}
 
 /// Blocking client of one MLflow tracking server (REST API 2.0 and the `mlflow-artifacts`
 /// proxy). Short timeouts: callers are never held long by a server that is down.
@@ -300,16 +308,27 @@ impl MlflowClient {
         artifact_path: &str,
         file: &Path,
     ) -> Result<(), TrackingError> {
+        self.put_file(run, artifact_path, file, MAX_ARTIFACT_BYTES)
+    }
+
+    /// Streams `file` (at most `limit` bytes) to `<run artifacts>/<artifact_path>`.
+    fn put_file(
+        &self,
+        run: &MlflowRun,
+        artifact_path: &str,
+        file: &Path,
+        limit: u64,
+    ) -> Result<(), TrackingError> {
         let size = std::fs::metadata(file)
             .map_err(|e| TrackingError::io(file, e))?
             .len();
-        if size > MAX_ARTIFACT_BYTES {
+        if size > limit {
             return Err(TrackingError::InvalidRecord(format!(
-                "artifact {} has {size} bytes, over the {MAX_ARTIFACT_BYTES}-byte upload limit",
+                "artifact {} has {size} bytes, over the {limit}-byte upload limit",
                 file.display()
             )));
         }
-        let data = std::fs::read(file).map_err(|e| TrackingError::io(file, e))?;
+        let data = std::fs::File::open(file).map_err(|e| TrackingError::io(file, e))?;
         let path = encode_path(artifact_path.trim_matches('/'));
         let url = format!("{}/{path}", self.artifact_base(run)?);
         let endpoint = format!(
@@ -320,10 +339,58 @@ impl MlflowClient {
             .agent
             .put(&url)
             .config()
-            .timeout_global(Some(UPLOAD_TIMEOUT))
+            .timeout_global(Some(transfer_timeout(size)))
             .build()
-            .header("Content-Type", "application/octet-stream");
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", size.to_string());
         self.call::<Ignored>(&endpoint, req.send(data)).map(|_| ())
+    }
+
+    /// Streams the artifact `artifact_path` of `run` into the file `dest`; returns its size.
+    pub fn download_artifact(
+        &self,
+        run: &MlflowRun,
+        artifact_path: &str,
+        dest: &Path,
+    ) -> Result<u64, TrackingError> {
+        let path = encode_path(artifact_path.trim_matches('/'));
+        let url = format!("{}/{path}", self.artifact_base(run)?);
+        let endpoint = format!(
+            "GET /api/2.0/mlflow-artifacts/artifacts/.../{}/artifacts/{path}",
+            run.run_id
+        );
+        let transport = |message: String| TrackingError::Transport {
+            endpoint: endpoint.clone(),
+            message,
+        };
+        let mut resp = self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_global(Some(transfer_timeout(MAX_MODEL_FILE_BYTES)))
+            .build()
+            .call()
+            .map_err(|e| transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(TrackingError::Server {
+                endpoint: endpoint.clone(),
+                status,
+                error_code: "-".into(),
+                message: truncate(body.trim(), 300).to_string(),
+            });
+        }
+        let mut out = std::fs::File::create(dest).map_err(|e| TrackingError::io(dest, e))?;
+        let mut body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_MODEL_FILE_BYTES)
+            .reader();
+        let bytes = std::io::copy(&mut body, &mut out)
+            .map_err(|e| transport(format!("reading into {}: {e}", dest.display())))?;
+        out.sync_all().map_err(|e| TrackingError::io(dest, e))?;
+        Ok(bytes)
     }
 
     /// Artifact paths directly under `path` of a run (`""` = its root).
@@ -523,8 +590,9 @@ impl MlflowClient {
         })
     }
 
-    /// Uploads a model version's files to `model/` of `run`, registers them as a version of
-    /// `registered_model` (once per run and store version) and points `champion` at it.
+    /// Uploads all of a model version's files to `model/` of `run`, registers them as a
+    /// version of `registered_model` (once per run and store version, with `tags`) and points
+    /// `champion` at it.
     /// Returns the registry's version number.
     pub fn register_champion(
         &self,
@@ -532,21 +600,19 @@ impl MlflowClient {
         run: &MlflowRun,
         store_version: &str,
         files: &[PathBuf],
+        tags: &BTreeMap<String, String>,
     ) -> Result<String, TrackingError> {
+        // Every file goes up, weights included: followers install the version from these.
         for file in files {
             let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
                 continue;
             };
-            if !uploadable(file) {
-                tracing::warn!(
-                    version = store_version,
-                    artifact = %file.display(),
-                    max_bytes = MAX_ARTIFACT_BYTES,
-                    "model file missing or too big to upload; version registered without it"
-                );
-                continue;
-            }
-            self.upload_artifact(run, &format!("{MODEL_ARTIFACT_PATH}/{name}"), file)?;
+            self.put_file(
+                run,
+                &format!("{MODEL_ARTIFACT_PATH}/{name}"),
+                file,
+                MAX_MODEL_FILE_BYTES,
+            )?;
         }
         self.ensure_registered_model(registered_model)?;
         let existing = self
@@ -556,7 +622,7 @@ impl MlflowClient {
         let version = match existing {
             Some(v) => v,
             None => {
-                let mut tags = BTreeMap::new();
+                let mut tags = tags.clone();
                 tags.insert(VERSION_TAG.to_string(), store_version.to_string());
                 let source = format!(
                     "{}/{MODEL_ARTIFACT_PATH}",

@@ -2,7 +2,7 @@
 
 use crate::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ pub enum MlflowOp {
         version: String,
         run_id: String,
         files: Vec<PathBuf>,
+        /// Tags of the registry version (the training lease's fencing token in a cluster).
+        #[serde(default)]
+        tags: BTreeMap<String, String>,
     },
 }
 
@@ -427,6 +430,7 @@ impl MlflowSink {
                 version,
                 run_id,
                 files,
+                tags,
             } => {
                 let run = match self
                     .client
@@ -444,9 +448,13 @@ impl MlflowSink {
                         self.client.log_run(&experiment_id, &record)?
                     }
                 };
-                let registry_version =
-                    self.client
-                        .register_champion(&self.registered_model, &run, version, files)?;
+                let registry_version = self.client.register_champion(
+                    &self.registered_model,
+                    &run,
+                    version,
+                    files,
+                    tags,
+                )?;
                 tracing::info!(
                     model = %self.registered_model,
                     version = %version,

@@ -189,6 +189,7 @@ fn a_down_server_queues_persistently_and_fast() {
             version: "v1".into(),
             run_id: r.run_id.clone(),
             files: vec![],
+            tags: Default::default(),
         })
         .unwrap();
     assert_eq!(outcome, Submitted::Queued);

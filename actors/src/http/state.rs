@@ -1,5 +1,6 @@
 //! What every handler shares: the scorer, the model cell, metrics, limits, tokens.
 
+use crate::cluster::follower::FollowError;
 use crate::cluster::lease::Lease;
 use crate::messages::{PromoteVersion, Retrain, Rollback};
 use crate::mlops::drift_monitor::ReportCell;
@@ -46,6 +47,8 @@ pub struct HttpState {
     pub model_store: std::path::PathBuf,
     /// This node's role in a cluster, for `/model` and the status page.
     pub lease: Lease,
+    /// Why this follower does not serve the leader's champion, if it does not.
+    pub champion_error: FollowError,
 }
 
 /// A `/predict` body larger than this (more than one text can be) is refused before it is
@@ -81,11 +84,13 @@ impl HttpState {
             reputation,
             model_store: cfg.paths.model_store.clone(),
             lease: Lease::standalone(),
+            champion_error: FollowError::default(),
         }
     }
 
-    pub fn with_lease(mut self, lease: Lease) -> HttpState {
+    pub fn with_lease(mut self, lease: Lease, champion_error: FollowError) -> HttpState {
         self.lease = lease;
+        self.champion_error = champion_error;
         self
     }
 
@@ -97,6 +102,12 @@ impl HttpState {
             && o.get("role").and_then(|r| r.as_str()) != Some("standalone")
         {
             o.insert("lag".into(), self.metrics.cluster.pending.get().into());
+            let error = self
+                .champion_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            o.insert("champion_error".into(), error.into());
         }
         view
     }

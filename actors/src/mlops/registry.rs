@@ -16,11 +16,12 @@ use sentimentd_config::{Config, TrainOnStart};
 use sentimentd_model::pipeline::{self, TrainJob};
 use sentimentd_model::{Classifier, LexiconClassifier, Manifest, ModelStore};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cluster::lease::Lease;
 use crate::messages::{
-    ModelServing, PromoteCandidate, PromoteVersion, Rollback, SwapModel, Switched, TrainingFailed,
+    FollowChampion, ModelServing, PromoteCandidate, PromoteVersion, Rollback, SwapModel, Switched,
+    TrainingFailed, TrainingSkipped,
 };
 use crate::mlops::train_log::LogObserver;
 use crate::runtime::containment::Containment;
@@ -185,6 +186,20 @@ impl ModelRegistry {
         Ok(())
     }
 
+    /// Points MLflow's `champion` at `version` after an admin switch (the trainer does it for
+    /// a gate promotion), so a cluster's followers follow a promotion or a rollback too. The
+    /// version's files go up with a run of their own when its training run is not in MLflow.
+    fn register_champion(&self, version: &str, action: &str) {
+        if let Some(t) = &self.tracker {
+            t.do_send(crate::messages::RegisterChampion {
+                version: version.to_string(),
+                run_id: format!("{action}-{version}"),
+                model_dir: self.cfg.paths.model_store.join("versions").join(version),
+                fencing: self.lease.token(),
+            });
+        }
+    }
+
     /// Runs a switch `f` with a panic in it turned into its error, so the actor keeps serving.
     fn switch_contained(
         &mut self,
@@ -299,9 +314,29 @@ impl ModelRegistry {
         let cfg = self.cfg.clone();
         let containment = Containment::new("trainer", self.metrics.clone());
         let tracker = self.tracker.clone();
+        let lease = self.lease.clone();
         let spawned = std::thread::Builder::new()
             .name("trainer".to_string())
             .spawn(move || {
+                // In a cluster only the lease holder trains. A follower waits, and stops
+                // waiting once the leader's champion serves here.
+                let mut waiting = false;
+                while let Some(why) = lease.refusal() {
+                    let has_model = ModelStore::for_config(&cfg, None)
+                        .and_then(|s| s.current_version())
+                        .is_ok_and(|v| v.is_some());
+                    if has_model {
+                        me.do_send(TrainingSkipped {
+                            reason: "the leader's champion serves".into(),
+                        });
+                        return;
+                    }
+                    if !waiting {
+                        tracing::info!(reason = %why, "first-start training waits for the training lease or the leader's champion");
+                        waiting = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
                 let started = Instant::now();
                 tracing::info!("training a model in the background from the configured data");
                 let outcome = containment.run(|| {
@@ -347,6 +382,7 @@ impl ModelRegistry {
                                 version: manifest.version.clone(),
                                 run_id,
                                 model_dir: dir,
+                                fencing: lease.token(),
                             });
                         }
                         me.do_send(SwapModel {
@@ -424,6 +460,7 @@ impl Handler<PromoteVersion> for ModelRegistry {
         let switched = self
             .switch_contained(|me| me.switch(&msg.version, "promote", &msg.reason, Vec::new()))?;
         tracing::info!(from = switched.from.as_deref().unwrap_or("none"), to = %switched.to, reason = %msg.reason, "model version promoted by the admin API");
+        self.register_champion(&switched.to, "promote");
         Ok(switched)
     }
 }
@@ -446,6 +483,7 @@ impl Handler<Rollback> for ModelRegistry {
             reason: &msg.reason,
         }
         .emit(&self.metrics);
+        self.register_champion(&switched.to, "rollback");
         Ok(switched)
     }
 }
@@ -458,6 +496,29 @@ impl Handler<SwapModel> for ModelRegistry {
         let _ = self
             .containment
             .run(|| self.publish(msg.classifier, msg.manifest.as_ref()));
+    }
+}
+
+impl Handler<TrainingSkipped> for ModelRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: TrainingSkipped, _ctx: &mut Context<Self>) {
+        self.training = false;
+        tracing::info!(reason = %msg.reason, "first-start training not needed");
+    }
+}
+
+impl Handler<FollowChampion> for ModelRegistry {
+    type Result = Result<Switched, String>;
+
+    fn handle(&mut self, msg: FollowChampion, _ctx: &mut Context<Self>) -> Self::Result {
+        let containment = self.containment.clone();
+        let reason = "the leader's champion (MLflow alias)";
+        let switched = containment
+            .run(|| self.switch(&msg.version, "follow", reason, Vec::new()))
+            .map_err(|p| p.to_string())??;
+        tracing::info!(from = switched.from.as_deref().unwrap_or("none"), to = %switched.to, "serving the leader's champion");
+        Ok(switched)
     }
 }
 

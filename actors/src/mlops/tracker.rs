@@ -25,10 +25,9 @@ use sentimentd_tracking::{
 
 use crate::messages::{RegisterChampion, Track, TrackError};
 
-/// Files of a model version always sent to MLflow; others only when at most
-/// [`SMALL_MODEL_FILE`] bytes (so tokenizer.json goes, multi-MB weights stay local).
-const CHAMPION_FILES: [&str; 3] = ["manifest.json", "confusion_matrix.png", "baseline.json"];
-const SMALL_MODEL_FILE: u64 = 1024 * 1024;
+/// Tag of a registry version: the training lease's fencing token it was promoted under.
+pub const FENCING_TAG: &str = "sentimentd.fencing_token";
+
 /// How often an idle worker re-reads the pending file (another process may have queued).
 const IDLE_RESCAN: Duration = Duration::from_secs(60);
 /// Pause after a contained panic, so a record that always panics cannot spin the thread.
@@ -158,16 +157,22 @@ impl Handler<RegisterChampion> for Tracker {
             return Ok(());
         }
         let files = self.containment.run(|| champion_files(&msg.model_dir))??;
+        let mut tags = std::collections::BTreeMap::new();
+        if let Some(token) = msg.fencing {
+            tags.insert(FENCING_TAG.to_string(), token.to_string());
+        }
         self.forward(MlflowOp::Champion {
             version: msg.version,
             run_id: msg.run_id,
             files,
+            tags,
         });
         Ok(())
     }
 }
 
-/// The files of a model version worth keeping in MLflow, sorted by name.
+/// The files of a model version, weights included (followers install the version from
+/// them), sorted by name.
 fn champion_files(model_dir: &Path) -> Result<Vec<PathBuf>, TrackingError> {
     let io = |e| TrackingError::Io {
         path: model_dir.to_path_buf(),
@@ -182,11 +187,7 @@ fn champion_files(model_dir: &Path) -> Result<Vec<PathBuf>, TrackingError> {
         if !meta.is_file() {
             continue;
         }
-        let name = entry.file_name();
-        let always = CHAMPION_FILES.iter().any(|f| name == *f);
-        if always || meta.len() <= SMALL_MODEL_FILE {
-            files.push(entry.path());
-        }
+        files.push(entry.path());
     }
     files.sort();
     Ok(files)
@@ -271,6 +272,7 @@ mod tests {
                 version: "v1".into(),
                 run_id: "x".into(),
                 model_dir: dir.path().join("nowhere"),
+                fencing: None,
             })
             .await
             .unwrap()
@@ -305,6 +307,7 @@ mod tests {
                 version: "v1".into(),
                 run_id: r.run_id.clone(),
                 model_dir: model_dir.clone(),
+                fencing: None,
             })
             .await
             .unwrap()
@@ -323,8 +326,8 @@ mod tests {
                 assert!(text.contains(&r.run_id));
                 assert!(text.contains("manifest.json"));
                 assert!(
-                    !text.contains("weights.bin"),
-                    "big weights are not uploaded"
+                    text.contains("weights.bin"),
+                    "the weights go up too: followers install the version from MLflow"
                 );
                 break;
             }
@@ -338,6 +341,7 @@ mod tests {
                 version: "v2".into(),
                 run_id: r.run_id.clone(),
                 model_dir: dir.path().join("missing"),
+                fencing: None,
             })
             .await
             .unwrap();

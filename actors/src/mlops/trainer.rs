@@ -596,6 +596,7 @@ impl RetrainRun {
                         version: version.clone(),
                         run_id,
                         model_dir: dir,
+                        fencing: self.fencing,
                     });
                 }
                 Ok("promoted")

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One observation and the model version that produced it: embeddings of different versions
 /// live in different spaces and must never be compared with one baseline.
+#[derive(Clone)]
 pub struct Observed {
     pub model_version: Arc<str>,
     pub observation: Observation,
@@ -26,6 +27,9 @@ pub struct ObservationSink {
     enabled: bool,
     recorded: AtomicU64,
     dropped: AtomicU64,
+    /// In a cluster, every `n`-th observation is also kept here for the lease holder's drift
+    /// checks (`[cluster] observation_share`).
+    shared: Option<(ArrayQueue<Observed>, u64)>,
 }
 
 impl ObservationSink {
@@ -37,7 +41,36 @@ impl ObservationSink {
             enabled,
             recorded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            shared: None,
         })
+    }
+
+    /// Like [`ObservationSink::new`], also keeping every `every`-th observation to share with
+    /// the cluster's lease holder.
+    pub fn sharing(capacity: usize, enabled: bool, every: u64) -> Arc<ObservationSink> {
+        Arc::new(ObservationSink {
+            queue: ArrayQueue::new(capacity.max(1)),
+            enabled,
+            recorded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            shared: Some((ArrayQueue::new(capacity.max(1)), every.max(1))),
+        })
+    }
+
+    /// Takes another node's observation (the lease holder judges drift on all traffic).
+    pub fn push(&self, observed: Observed) {
+        if self.enabled && self.queue.force_push(observed).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves the observations kept for sharing into `out`, oldest first.
+    pub fn drain_shared_into(&self, out: &mut Vec<Observed>) {
+        if let Some((shared, _)) = &self.shared {
+            while let Some(o) = shared.pop() {
+                out.push(o);
+            }
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -52,7 +85,12 @@ impl ObservationSink {
             model_version: model_version.clone(),
             observation: Observation::new(a.prediction.label, a.embedding, a.oov_share, text),
         };
-        self.recorded.fetch_add(1, Ordering::Relaxed);
+        let n = self.recorded.fetch_add(1, Ordering::Relaxed);
+        if let Some((shared, every)) = &self.shared
+            && n.is_multiple_of(*every)
+        {
+            let _ = shared.force_push(item.clone());
+        }
         if self.queue.force_push(item).is_some() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -137,3 +137,32 @@ impl InternalEvent for LeaseChanged<'_> {
         }
     }
 }
+
+/// A follower swapped in the leader's champion, or could not.
+pub struct ChampionFollowed<'a> {
+    /// The version swapped in, if one was.
+    pub version: Option<&'a str>,
+    pub error: Option<&'a str>,
+    /// The error differs from the previous poll's.
+    pub changed: bool,
+}
+
+impl InternalEvent for ChampionFollowed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .cluster
+            .champion_synced
+            .set(i64::from(self.error.is_none()));
+        match (self.version, self.error) {
+            (_, Some(error)) if self.changed => tracing::warn!(
+                error,
+                "the leader's champion is not served here; still serving the current model"
+            ),
+            (Some(version), None) => tracing::info!(version, "serving the leader's champion"),
+            (None, None) if self.changed => {
+                tracing::info!("the leader's champion is served here again")
+            }
+            _ => {}
+        }
+    }
+}

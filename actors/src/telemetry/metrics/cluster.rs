@@ -35,6 +35,12 @@ pub struct ClusterMetrics {
     pub lease_holder: Gauge,
     /// The fencing token of the lease this node holds or last held.
     pub lease_token: Gauge,
+    /// 0 while this follower cannot fetch, verify or swap in the leader's champion.
+    pub champion_synced: Gauge,
+    /// Drift observations this follower sent to the lease holder.
+    pub observations_sent: Counter,
+    /// Drift observations this lease holder took from followers.
+    pub observations_received: Counter,
 }
 
 impl ClusterMetrics {
@@ -45,6 +51,9 @@ impl ClusterMetrics {
             connected: Gauge = ("sentiment_cluster_connected", "1 while this node's JetStream source is connected and consuming"),
             lease_holder: Gauge = ("sentiment_cluster_lease_holder", "1 while this node holds the training lease (trains and switches models); always 1 without [cluster]"),
             lease_token: Gauge = ("sentiment_cluster_lease_token", "Fencing token of the training lease this node holds or last held"),
+            observations_sent: Counter = ("sentiment_cluster_observations_sent", "Drift observations this follower sent to the lease holder ([cluster] observation_share)"),
+            observations_received: Counter = ("sentiment_cluster_observations_received", "Drift observations this lease holder took from followers for its drift checks"),
+            champion_synced: Gauge = ("sentiment_cluster_champion_synced", "0 while this follower cannot fetch, verify or swap in the leader's champion model; 1 otherwise"),
         );
         // From 1 ms to ~65 s: one batch of the fast kind takes milliseconds, of the
         // transformer seconds, and `ack_wait_secs` bounds it.
@@ -56,6 +65,8 @@ impl ClusterMetrics {
             "Time from fetching a JetStream batch to acknowledging its messages",
             settle_seconds.clone(),
         );
+        // In step until a follower's poll says otherwise.
+        champion_synced.set(1);
         let messages = [
             MessageOutcome::scored,
             MessageOutcome::rejected,
@@ -69,6 +80,9 @@ impl ClusterMetrics {
             settle_seconds,
             lease_holder,
             lease_token,
+            champion_synced,
+            observations_sent,
+            observations_received,
         }
     }
 
