@@ -186,6 +186,10 @@ fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
             [
                 ("bad-1".to_string(), "not json".to_string()),
                 ("bad-2".into(), r#"{"id": "x", "text": "  "}"#.into()),
+                (
+                    "bad-3".into(),
+                    r#"{"id": "two\nlines", "text": "fine"}"#.into(),
+                ),
             ],
         )
         .await;
@@ -201,8 +205,14 @@ fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
         let expected: BTreeSet<String> = (0..n).map(|i| format!("m{i}")).collect();
         assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), expected);
 
-        // The two malformed messages were refused with a reason, and acknowledged.
-        let reasons = receive(&mut rejected, 2).await;
+        // The malformed messages were refused with a reason and their payload, and acked.
+        let reasons = receive(&mut rejected, 3).await;
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("control character") && r.contains("lines")),
+            "{reasons:?}"
+        );
         assert!(
             reasons.iter().any(|r| r.contains("not a JSON object")),
             "{reasons:?}"
@@ -217,6 +227,10 @@ fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
         &["channel=\"batch\"", "source=\"acme\""],
     );
     assert_eq!(predictions, 300.0, "counted in the reputation view");
+    // A batch is counted once all of it is settled, just after its rejections went out.
+    d.wait_for("the batch counts", Duration::from_secs(10), || {
+        d.metric("sentiment_cluster_messages_total{outcome=\"rejected\"}") == 3.0
+    });
     d.assert_metrics(&[
         (
             "sentiment_cluster_messages_total{outcome=\"scored\"}",
@@ -224,7 +238,7 @@ fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
         ),
         (
             "sentiment_cluster_messages_total{outcome=\"rejected\"}",
-            2.0,
+            3.0,
         ),
         ("sentiment_cluster_messages_total{outcome=\"retried\"}", 0.0),
         ("sentiment_cluster_connected", 1.0),
@@ -775,6 +789,30 @@ fn followers_serve_the_leaders_champion_from_mlflow_and_say_so_when_they_cannot(
         "{}",
         broken.logs()
     );
+
+    // An alias moved under an older fencing token (a node that lost the lease, replaying a
+    // queued registration) is not followed.
+    let exp = client
+        .get_or_create_experiment("stale")
+        .expect("experiment");
+    let stale_run = client
+        .create_run(&exp, "stale", 0, &Default::default())
+        .expect("run");
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sentimentd.fencing_token".to_string(), "0".to_string());
+    client
+        .register_champion("cluster", &stale_run, &version, &[], &tags)
+        .expect("stale champion");
+    follower.wait_for(
+        "the stale champion refused",
+        Duration::from_secs(30),
+        || {
+            follower.get("/model").json()["cluster"]["champion_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("older than token"))
+        },
+    );
+    assert_eq!(follower.get("/model").json()["version"], v2.as_str());
 }
 
 #[test]

@@ -244,6 +244,7 @@ impl Topology {
         let champion_error: FollowError = Default::default();
         if cfg.cluster.nats_url.is_some() && cfg.tracking.mlflow_uri.is_some() {
             let follower = ChampionFollower {
+                highest_token: Default::default(),
                 cfg: cfg.clone(),
                 lease: lease.clone(),
                 cell: cell.clone(),

@@ -142,15 +142,23 @@ impl ModelStore {
         read_manifest(&dir, version)
     }
 
-    /// Where a version fetched from another node is put together before [`install`]: inside
-    /// the store (so the install is one rename), under the prefix a start clears.
-    pub fn staging_dir(&self, version: &str) -> PathBuf {
-        self.root.join(format!(".tmp-install-{version}"))
+    /// Where a version fetched from another node is put together before [`install`]: beside
+    /// the versions (so the install is one rename), under the prefix a start clears. The
+    /// name comes from another node, so it is checked before it names any path.
+    pub fn staging_dir(&self, version: &str) -> Result<PathBuf, ModelError> {
+        if !valid_version_name(version) {
+            return Err(ModelError::UnknownVersion(version.to_string()));
+        }
+        Ok(self
+            .root
+            .join("versions")
+            .join(format!(".tmp-install-{version}")))
     }
 
     /// Installs a version whose files were fetched into `staged` (from the cluster's leader):
-    /// every file its manifest lists must match its checksum, then the folder becomes
-    /// `versions/<version>` in one rename. A version already in the store is left as it is.
+    /// every file its manifest lists must match its checksum, files it does not list are
+    /// removed, then the folder becomes `versions/<version>` in one rename. A version already
+    /// in the store is left as it is.
     pub fn install(&self, version: &str, staged: &Path) -> Result<Manifest, ModelError> {
         if !valid_version_name(version) {
             return Err(ModelError::UnknownVersion(version.to_string()));
@@ -158,29 +166,32 @@ impl ModelStore {
         if self.version_dir(version).join(MANIFEST).exists() {
             return self.manifest(version);
         }
-        let manifest = read_manifest(staged, version)?;
-        if manifest.version != version {
-            return Err(ModelError::Corrupt {
-                path: staged.to_path_buf(),
-                reason: format!(
-                    "the manifest is of version {}, not {version}",
-                    manifest.version
-                ),
-            });
-        }
+        let mut manifest = read_manifest(staged, version)?;
         // The drift baseline is attached after training, so the leader may have registered
-        // the version before it existed; a node computes its own when it serves the version.
-        let files: Vec<&str> = manifest
-            .files
-            .keys()
-            .map(String::as_str)
-            .filter(|f| *f != crate::manifest::BASELINE || staged.join(f).exists())
-            .collect();
+        // the version before it existed: without the file, the entry goes, and this node
+        // computes its own baseline when it serves the version.
+        let baseline = crate::manifest::BASELINE;
+        if manifest.files.contains_key(baseline) && !staged.join(baseline).exists() {
+            manifest.files.remove(baseline);
+            let json = serde_json::to_vec_pretty(&manifest).map_err(ModelError::json)?;
+            std::fs::write(staged.join(MANIFEST), json)
+                .map_err(ModelError::io(staged.join(MANIFEST)))?;
+        }
+        let files: Vec<&str> = manifest.files.keys().map(String::as_str).collect();
         crate::manifest::verify(&manifest, staged, &files)?;
-        let versions = self.root.join("versions");
-        std::fs::create_dir_all(&versions).map_err(ModelError::io(&versions))?;
+        // Nothing unchecked goes in.
+        let entries = std::fs::read_dir(staged).map_err(ModelError::io(staged))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != MANIFEST && !manifest.files.contains_key(&name) {
+                std::fs::remove_file(entry.path()).map_err(ModelError::io(entry.path()))?;
+            }
+        }
         let final_dir = self.version_dir(version);
         std::fs::rename(staged, &final_dir).map_err(ModelError::io(&final_dir))?;
+        if let Ok(dir) = std::fs::File::open(self.root.join("versions")) {
+            let _ = dir.sync_all();
+        }
         Ok(manifest)
     }
 }

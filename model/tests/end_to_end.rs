@@ -521,3 +521,57 @@ fn a_version_of_an_unknown_kind_or_newer_format_is_a_clear_error() {
     std::fs::write(&path, serde_json::to_string(&original).unwrap()).unwrap();
     store.load(&other).unwrap();
 }
+
+/// A version fetched from another node: installed only when every listed file matches its
+/// checksum, with nothing unlisted, and never under a name that is a path.
+#[test]
+fn install_takes_a_checked_copy_of_another_stores_version_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 3000, 400);
+    cfg.train.epochs = 1;
+    let trained = pipeline::train_and_store(&cfg, &TrainJob::default(), &mut Quiet).unwrap();
+    let source = ModelStore::open(&trained.store_root).unwrap();
+    let version = trained.manifest.version.clone();
+    let target = ModelStore::open(&dir.path().join("other")).unwrap();
+    let copy = |into: &std::path::Path| {
+        std::fs::create_dir_all(into).unwrap();
+        for e in std::fs::read_dir(source.version_dir(&version)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), into.join(e.file_name())).unwrap();
+        }
+    };
+    assert!(target.staging_dir("../escape").is_err());
+    assert!(target.staging_dir("a/b").is_err());
+
+    // A weights file that does not match: refused, nothing installed.
+    let staged = target.staging_dir(&version).unwrap();
+    copy(&staged);
+    std::fs::write(staged.join(WEIGHTS), b"tampered").unwrap();
+    let err = target.install(&version, &staged).unwrap_err().to_string();
+    assert!(err.contains("checksum"), "{err}");
+    assert!(!target.version_dir(&version).exists());
+    std::fs::remove_dir_all(&staged).unwrap();
+
+    // An intact copy with a stray file and a manifest that lists a baseline not sent.
+    copy(&staged);
+    std::fs::write(staged.join("stray.bin"), b"unchecked").unwrap();
+    let path = staged.join(MANIFEST);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["files"]["baseline.json"] = "00".into();
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let m = target.install(&version, &staged).unwrap();
+    assert!(!m.files.contains_key("baseline.json"));
+    let installed = target.version_dir(&version);
+    assert!(!installed.join("stray.bin").exists());
+    assert!(!staged.exists());
+    let model = target.load(&version).unwrap();
+    assert_eq!(model.version(), version);
+    assert!(
+        !target
+            .manifest(&version)
+            .unwrap()
+            .files
+            .contains_key("baseline.json")
+    );
+}

@@ -319,7 +319,11 @@ impl MlflowClient {
         file: &Path,
         limit: u64,
     ) -> Result<(), TrackingError> {
-        let size = std::fs::metadata(file)
+        // The size of the file opened, not of the path: a file replaced meanwhile (a
+        // manifest rewritten by an attach) must not be sent under another length.
+        let data = std::fs::File::open(file).map_err(|e| TrackingError::io(file, e))?;
+        let size = data
+            .metadata()
             .map_err(|e| TrackingError::io(file, e))?
             .len();
         if size > limit {
@@ -328,7 +332,6 @@ impl MlflowClient {
                 file.display()
             )));
         }
-        let data = std::fs::File::open(file).map_err(|e| TrackingError::io(file, e))?;
         let path = encode_path(artifact_path.trim_matches('/'));
         let url = format!("{}/{path}", self.artifact_base(run)?);
         let endpoint = format!(

@@ -10,11 +10,14 @@ use sentimentd_config::Config;
 use sentimentd_model::ModelStore;
 use sentimentd_tracking::{CHAMPION_ALIAS, MODEL_ARTIFACT_PATH, MlflowClient, VERSION_TAG};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::lease::Lease;
 use crate::messages::FollowChampion;
+use crate::mlops::tracker::FENCING_TAG;
+use crate::runtime::containment::Containment;
 use crate::serving::model_cell::ModelCell;
 use crate::telemetry::events::{ChampionFollowed, InternalEvent};
 use crate::telemetry::metrics::Metrics;
@@ -23,6 +26,9 @@ use crate::telemetry::metrics::Metrics;
 pub type FollowError = Arc<Mutex<Option<String>>>;
 
 pub struct ChampionFollower {
+    /// The highest fencing token of a champion followed so far: a champion registered under
+    /// an older token comes from a node that has since lost the lease, and is not followed.
+    pub highest_token: std::sync::atomic::AtomicU64,
     pub cfg: Arc<Config>,
     pub lease: Lease,
     pub cell: ModelCell,
@@ -39,8 +45,10 @@ impl ChampionFollower {
             .name("champion".into())
             .spawn(move || {
                 let every = Duration::from_secs(self.cfg.cluster.champion_poll_secs);
+                let containment = Containment::new("champion_follower", self.metrics.clone());
                 loop {
-                    self.poll_once();
+                    // A panic in one poll is counted and logged; the next poll comes anyway.
+                    let _ = containment.run(|| self.poll_once());
                     std::thread::sleep(every);
                 }
             })
@@ -88,13 +96,30 @@ impl ChampionFollower {
                 champion.version
             )
         })?;
+        let token = champion
+            .tags
+            .get(FENCING_TAG)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0);
+        let highest = self.highest_token.load(Ordering::Relaxed);
+        if token < highest {
+            return Err(format!(
+                "the alias {CHAMPION_ALIAS} names {version} under training lease token {token}, \
+                 older than token {highest} already followed: set by a node that has lost the \
+                 lease, so not followed"
+            ));
+        }
         let serving = self.cell.load().as_deref().map(|m| m.info.version.clone());
         if serving.as_deref() == Some(version.as_str()) {
+            self.highest_token.store(token, Ordering::Relaxed);
             return Ok(None);
         }
         let store = ModelStore::for_config(&self.cfg, None).map_err(|e| e.to_string())?;
+        // Checked before the name becomes a path.
+        let staging = store
+            .staging_dir(&version)
+            .map_err(|e| format!("champion tag {VERSION_TAG} = {version:?}: {e}"))?;
         if !store.version_dir(&version).join("manifest.json").exists() {
-            let staging = store.staging_dir(&version);
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
             let fetched = download(&client, &champion.run_id, &staging);
@@ -113,6 +138,7 @@ impl ChampionFollower {
         }))
         .map_err(|e| format!("the registry did not answer: {e}"))?
         .map_err(|e| format!("champion {version} not swapped in: {e}"))?;
+        self.highest_token.store(token, Ordering::Relaxed);
         Ok(Some(version))
     }
 }

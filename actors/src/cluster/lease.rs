@@ -160,7 +160,8 @@ pub async fn keep(
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => {}
+            // A dropped sender (the start failed) stops the keeper as a sent `true` does.
+            changed = stop.changed() => if changed.is_err() { break },
         }
     }
     if let (Some(kv), Some(rev)) = (&store, revision) {
@@ -210,14 +211,14 @@ async fn step(
     metrics: &Metrics,
 ) -> Option<u64> {
     let node = shared.node.as_bytes().to_vec();
+    // The server's max_age runs from when it stores the write, which is after this: counting
+    // from before the request keeps this node's view of the lease shorter than the server's.
+    let sent = Instant::now();
     if let Some(rev) = revision {
         match kv.update(KEY, node.into(), rev).await {
             Ok(next) => {
                 let token = lease.token_held();
-                lease.set(
-                    token.map(|t| (t, Instant::now())),
-                    Some(shared.node.clone()),
-                );
+                lease.set(token.map(|t| (t, sent)), Some(shared.node.clone()));
                 return Some(next);
             }
             Err(e) => {
@@ -229,7 +230,7 @@ async fn step(
     }
     match kv.create(KEY, node.into()).await {
         Ok(token) => {
-            lease.set(Some((token, Instant::now())), Some(shared.node.clone()));
+            lease.set(Some((token, sent)), Some(shared.node.clone()));
             LeaseChanged {
                 node: &shared.node,
                 held: true,

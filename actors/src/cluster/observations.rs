@@ -32,23 +32,40 @@ pub async fn exchange(
     sink: Arc<ObservationSink>,
     metrics: Arc<Metrics>,
 ) {
-    let client = loop {
-        match setup::client(&url, &cluster).await {
-            Ok(c) => break c,
+    let subject = cluster.observations_subject.clone();
+    loop {
+        let subscribed = async {
+            let client = setup::client(&url, &cluster)
+                .await
+                .map_err(|e| e.to_string())?;
+            let incoming = client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, incoming))
+        };
+        match subscribed.await {
+            Ok((client, incoming)) => {
+                relay(&client, incoming, &subject, &lease, &sink, &metrics).await;
+                tracing::warn!(subject = %subject, "the cluster's observations subscription ended; subscribing again");
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "observation exchange not connected; trying again");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tracing::warn!(error = %e, subject = %subject, "cannot exchange drift observations with the cluster; trying again in 5 s");
             }
         }
-    };
-    let subject = cluster.observations_subject.clone();
-    let mut incoming = match client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, subject = %subject, "cannot subscribe to the cluster's observations; drift is judged on this node's traffic only");
-            return;
-        }
-    };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Sends and takes observations until the subscription ends.
+async fn relay(
+    client: &async_nats::Client,
+    mut incoming: async_nats::Subscriber,
+    subject: &str,
+    lease: &Lease,
+    sink: &ObservationSink,
+    metrics: &Metrics,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut outgoing = Vec::new();
     loop {
@@ -61,9 +78,18 @@ pub async fn exchange(
                 }
                 for shared in batches(&outgoing) {
                     let n = shared.observations.len() as u64;
-                    let Ok(body) = serde_json::to_vec(&shared) else { continue };
-                    if client.publish(subject.clone(), body.into()).await.is_ok() {
-                        metrics.cluster.observations_sent.inc_by(n);
+                    let sent = match serde_json::to_vec(&shared) {
+                        Ok(body) => client
+                            .publish(subject.to_string(), body.into())
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match sent {
+                        Ok(()) => {
+                            metrics.cluster.observations_sent.inc_by(n);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "drift observations not sent"),
                     }
                 }
             }
@@ -73,8 +99,12 @@ pub async fn exchange(
                 if !matches!(lease.role(), Role::Leader { .. }) {
                     continue;
                 }
-                let Ok(shared) = serde_json::from_slice::<Shared>(&message.payload) else {
-                    continue;
+                let shared = match serde_json::from_slice::<Shared>(&message.payload) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a message on the observations subject is not observations");
+                        continue;
+                    }
                 };
                 let version: Arc<str> = Arc::from(shared.model_version.as_str());
                 let n = shared.observations.len() as u64;

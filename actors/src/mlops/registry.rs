@@ -188,7 +188,8 @@ impl ModelRegistry {
 
     /// Points MLflow's `champion` at `version` after an admin switch (the trainer does it for
     /// a gate promotion), so a cluster's followers follow a promotion or a rollback too. The
-    /// version's files go up with a run of their own when its training run is not in MLflow.
+    /// local training run's id is not kept with the version, so each admin switch gets an MLflow
+    /// run of its own carrying the version's files (the same switch again reuses it).
     fn register_champion(&self, version: &str, action: &str) {
         if let Some(t) = &self.tracker {
             t.do_send(crate::messages::RegisterChampion {
@@ -337,6 +338,8 @@ impl ModelRegistry {
                     }
                     std::thread::sleep(Duration::from_secs(1));
                 }
+                // The lease this training runs under: what it registers is fenced by it.
+                let fencing = lease.token();
                 let started = Instant::now();
                 tracing::info!("training a model in the background from the configured data");
                 let outcome = containment.run(|| {
@@ -377,13 +380,18 @@ impl ModelRegistry {
                             );
                             let run_id = rec.run_id.clone();
                             t.do_send(crate::messages::Track(rec));
-                            // The first model serves at once: it is the champion.
-                            t.do_send(crate::messages::RegisterChampion {
-                                version: manifest.version.clone(),
-                                run_id,
-                                model_dir: dir,
-                                fencing: lease.token(),
-                            });
+                            // The first model serves at once: it is the champion, unless the
+                            // lease was lost meanwhile (the new holder's champion wins).
+                            if lease.token() == fencing {
+                                t.do_send(crate::messages::RegisterChampion {
+                                    version: manifest.version.clone(),
+                                    run_id,
+                                    model_dir: dir,
+                                    fencing,
+                                });
+                            } else {
+                                tracing::warn!(version = %manifest.version, "the training lease was lost during first-start training; the version is not registered as the champion");
+                            }
                         }
                         me.do_send(SwapModel {
                             classifier,

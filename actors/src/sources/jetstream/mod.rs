@@ -31,6 +31,8 @@ use setup::SetupError;
 const LANES: usize = 2;
 /// How long an idle node's pull waits for the first message before asking again.
 const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// Pulls failing in a row before the consumer is set up again (it may have been deleted).
+const MAX_PULL_FAILURES: u32 = 5;
 
 pub struct JetStreamSource {
     url: String,
@@ -95,16 +97,17 @@ impl Source for JetStreamSource {
     }
 }
 
-/// Connects (again and again while the server is unreachable), then consumes until stopped.
+/// Connects (again and again while the server is unreachable), then consumes until stopped;
+/// a consumer whose pulls keep failing (deleted, JetStream restarting) is set up again.
 async fn run(url: &str, cx: SourceContext, mut stop: tokio::sync::watch::Receiver<bool>) {
     let cluster = Arc::new(cx.config.borrow().cluster.clone());
     let mut backoff = Duration::from_millis(500);
-    let link = loop {
+    loop {
         if stopping(&stop, &cx) {
             return;
         }
-        match setup::connect(url, &cluster).await {
-            Ok(link) => break link,
+        let link = match setup::connect(url, &cluster).await {
+            Ok(link) => link,
             Err(SetupError::Refused(why)) => {
                 // Only reached if the server's settings changed since the start's check.
                 ClusterConnection {
@@ -127,31 +130,33 @@ async fn run(url: &str, cx: SourceContext, mut stop: tokio::sync::watch::Receive
                     _ = stop.changed() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
             }
+        };
+        backoff = Duration::from_millis(500);
+        ClusterConnection {
+            url,
+            connected: true,
+            detail: &format!(
+                "stream {}, consumer {}",
+                cluster.input_stream, cluster.consumer
+            ),
         }
-    };
-    ClusterConnection {
-        url,
-        connected: true,
-        detail: &format!(
-            "stream {}, consumer {}",
-            cluster.input_stream, cluster.consumer
-        ),
+        .emit(&cx.metrics);
+        let settler = Settler {
+            js: link.js.clone(),
+            client: link.client.clone(),
+            cluster: cluster.clone(),
+            cx: cx.clone(),
+        };
+        let failing = consume(&link.consumer, &settler, &cluster, &mut stop).await;
+        ClusterConnection {
+            url,
+            connected: false,
+            detail: &failing.unwrap_or_else(|| "stopped on shutdown".into()),
+        }
+        .emit(&cx.metrics);
     }
-    .emit(&cx.metrics);
-    let settler = Settler {
-        js: link.js.clone(),
-        client: link.client.clone(),
-        cluster: cluster.clone(),
-        cx: cx.clone(),
-    };
-    consume(&link.consumer, &settler, &cluster, &mut stop).await;
-    ClusterConnection {
-        url,
-        connected: false,
-        detail: "stopped on shutdown",
-    }
-    .emit(&cx.metrics);
 }
 
 fn stopping(stop: &tokio::sync::watch::Receiver<bool>, cx: &SourceContext) -> bool {
@@ -160,21 +165,42 @@ fn stopping(stop: &tokio::sync::watch::Receiver<bool>, cx: &SourceContext) -> bo
 
 /// Fetches batches and settles each on its own task, at most [`LANES`] at once, so the next
 /// batch is on its way while one is scored. On stop, what is in hand is settled first.
+/// Returns why it gave up when pulls keep failing; `None` when stopped.
 async fn consume(
     consumer: &consumer::PullConsumer,
     settler: &Settler,
     cluster: &ClusterConfig,
     stop: &mut tokio::sync::watch::Receiver<bool>,
-) {
+) -> Option<String> {
     let lanes = Arc::new(tokio::sync::Semaphore::new(LANES));
     let mut idle = false;
+    let mut failures = 0;
+    let mut gave_up = None;
     while !stopping(stop, &settler.cx) {
         let Ok(lane) = lanes.clone().acquire_owned().await else {
-            return;
+            break;
         };
-        let messages = tokio::select! {
+        let fetched = tokio::select! {
             m = fetch(consumer, cluster.batch, idle) => m,
             _ = stop.changed() => break,
+        };
+        let messages = match fetched {
+            Ok(m) => {
+                failures = 0;
+                m
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "JetStream pull failed");
+                if failures >= MAX_PULL_FAILURES {
+                    gave_up = Some(format!(
+                        "{failures} pulls failed in a row ({e}); setting up again"
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
         idle = messages.is_empty();
         if idle {
@@ -189,6 +215,7 @@ async fn consume(
     }
     // The drain: every lane back means every batch in hand is settled.
     let _ = lanes.acquire_many(LANES as u32).await;
+    gave_up
 }
 
 /// Up to `batch` messages, at once. An idle node instead waits (up to [`IDLE_WAIT`]) for the
@@ -197,7 +224,7 @@ async fn fetch(
     consumer: &consumer::PullConsumer,
     batch: usize,
     idle: bool,
-) -> Vec<jetstream::Message> {
+) -> Result<Vec<jetstream::Message>, String> {
     let request = if idle {
         consumer
             .batch()
@@ -213,20 +240,18 @@ async fn fetch(
             .messages()
             .await
     };
-    let mut batch_stream = match request {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "JetStream fetch failed; trying again");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return Vec::new();
-        }
-    };
+    let mut batch_stream = request.map_err(|e| e.to_string())?;
     let mut messages = Vec::new();
+    let mut failed = None;
     while let Some(m) = futures_util::StreamExt::next(&mut batch_stream).await {
         match m {
             Ok(m) => messages.push(m),
-            Err(e) => tracing::warn!(error = %e, "JetStream message not received"),
+            Err(e) => failed = Some(e.to_string()),
         }
     }
-    messages
+    match failed {
+        // What arrived is settled; the failure shows on the next pull if it lasts.
+        Some(e) if messages.is_empty() => Err(e),
+        _ => Ok(messages),
+    }
 }

@@ -13,6 +13,9 @@ use crate::telemetry::events::{
 };
 use crate::telemetry::metrics::Channel;
 
+/// A refused message's payload is echoed on the rejected subject up to this many bytes.
+const MAX_ECHOED_BYTES: usize = 4096;
+
 /// What settling a batch needs; cloned (cheaply) into each batch's task.
 #[derive(Clone)]
 pub struct Settler {
@@ -42,6 +45,17 @@ impl Settler {
         let mut good = Vec::with_capacity(messages.len());
         for m in messages {
             match serde_json::from_slice::<Input>(&m.payload) {
+                // A control character in an id would be folded into a space in the
+                // `Nats-Msg-Id` header, so two ids could collide and one result be dropped.
+                Ok(input) if input.id.chars().any(char::is_control) => {
+                    self.reject(
+                        &m,
+                        None,
+                        "the id has a control character (a line break?)",
+                        &mut counts,
+                    )
+                    .await
+                }
                 Ok(input) if !input.text.trim().is_empty() && !input.id.is_empty() => {
                     good.push((m, input))
                 }
@@ -232,15 +246,24 @@ impl Settler {
         }
         .emit(&self.cx.metrics);
         counts.rejected += 1;
-        if let Ok(body) = serde_json::to_vec(&Rejected {
+        let payload = String::from_utf8_lossy(&m.payload[..m.payload.len().min(MAX_ECHOED_BYTES)]);
+        let body = serde_json::to_vec(&Rejected {
             id,
             reason,
             delivered,
-        }) {
-            let _ = self
+            payload: &payload,
+        });
+        let published = match body {
+            Ok(body) => self
                 .client
                 .publish(self.cluster.rejected_subject.clone(), body.into())
-                .await;
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = published {
+            // The journal line above keeps the id and the reason.
+            tracing::warn!(id = id.unwrap_or("-"), error = %e, subject = %self.cluster.rejected_subject, "the rejection was not published");
         }
         if let Err(e) = m.double_ack().await {
             tracing::warn!(error = %e, "JetStream ack of a refused message failed");

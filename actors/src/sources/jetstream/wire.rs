@@ -35,4 +35,6 @@ pub struct Rejected<'a> {
     pub reason: &'a str,
     /// Deliveries of the message so far.
     pub delivered: i64,
+    /// The message as it came (its first 4 KiB), so it can be mended and published again.
+    pub payload: &'a str,
 }

@@ -20,9 +20,10 @@ struct BuildLabels {
 
 /// Every actor name `Containment` uses, so `sentiment_actor_restarts_total` has a zero series
 /// for each from the start.
-pub const ACTORS: [&str; 10] = [
+pub const ACTORS: [&str; 11] = [
     "baseliner",
     "batch_processor",
+    "champion_follower",
     "drift_monitor",
     "folder_watcher",
     "http",
