@@ -172,6 +172,14 @@ async fn consume(
     cluster: &ClusterConfig,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<String> {
+    // Nothing is pulled before a model serves: a batch that cannot be scored waits out
+    // `ack_wait` before it comes again, and loading a trained model takes a moment at start.
+    while settler.cx.scorer.cell().load().is_none() {
+        if stopping(stop, &settler.cx) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let lanes = Arc::new(tokio::sync::Semaphore::new(LANES));
     let mut idle = false;
     let mut failures = 0;
