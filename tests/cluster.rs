@@ -849,3 +849,50 @@ fn a_followers_drift_observations_reach_the_lease_holder() {
         0.0
     );
 }
+
+#[test]
+fn labelled_messages_reach_the_labelled_store_before_they_are_acknowledged() {
+    let nats = Nats::start();
+    let d = Daemon::start_with("", "", "", &nats.section(""));
+    let rt = runtime();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let mut rejected = client.subscribe("sentimentd.rejected").await.expect("subscribe");
+        let js = jetstream::new(client);
+        wait_for_streams(&js, &d).await;
+        publish(
+            &js,
+            [
+                ("l1", r#"{"id": "l1", "text": "the refund never came", "label": "negative", "source": "acme"}"#),
+                ("l2", r#"{"id": "l2", "text": "works as promised", "label": 2}"#),
+                ("l3", r#"{"id": "l3", "text": "no label here"}"#),
+                ("l4", r#"{"id": "l4", "text": "what is this", "label": "angry"}"#),
+            ]
+            .map(|(id, body)| (id.to_string(), body.to_string())),
+        )
+        .await;
+        wait_settled(&js, 3, Duration::from_secs(30), &d).await;
+        let reasons = receive(&mut rejected, 1).await;
+        assert!(reasons[0].contains("label must be") && reasons[0].contains("angry"), "{reasons:?}");
+    });
+    let dir = d.root().join("labelled");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("labelled store")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().contains("-jetstream-"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rows = common::read_csv(&files[0]);
+    let col = |name: &str| rows[0].iter().position(|h| h == name).expect("column");
+    let (text, label, source, origin) = (col("text"), col("label"), col("source"), col("origin"));
+    let body = &rows[1..];
+    assert_eq!(body.len(), 2, "{rows:?}");
+    assert!(body.iter().any(|r| r[text] == "the refund never came"
+        && r[label] == "negative"
+        && r[source] == "acme"
+        && r[origin] == "jetstream"));
+    assert!(
+        body.iter()
+            .any(|r| r[text] == "works as promised" && r[label] == "positive")
+    );
+}

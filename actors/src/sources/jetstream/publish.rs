@@ -1,4 +1,5 @@
-//! `sentimentd publish --csv`: loads a CSV file into the cluster's input stream. Each row's
+//! `sentimentd publish --csv`: loads a CSV file into the cluster's input stream (a `label`
+//! column goes along, for the labelled store). Each row's
 //! id is the file's content fingerprint and the row's line, sent as `Nats-Msg-Id`, so loading
 //! the same file again within the duplicate window publishes nothing new.
 
@@ -92,6 +93,7 @@ pub async fn publish_csv(
             text: row.text().to_string(),
             source: source.map(str::to_string).or_else(|| field(source_col)),
             created_at: field(created_col),
+            label: row.label.map(|l| l.as_str().into()),
         };
         let body = serde_json::to_vec(&input).map_err(|e| PublishError::Publish {
             path: path.to_path_buf(),

@@ -12,6 +12,7 @@ use crate::telemetry::events::{
     ClusterBatchSettled, ClusterMessageRejected, ClusterMessagesRetried, InternalEvent,
 };
 use crate::telemetry::metrics::Channel;
+use sentimentd_data::labelled::LabelledRow;
 
 /// A refused message's payload is echoed on the rejected subject up to this many bytes.
 const MAX_ECHOED_BYTES: usize = 4096;
@@ -55,6 +56,10 @@ impl Settler {
                         &mut counts,
                     )
                     .await
+                }
+                Ok(input) if input.label().is_err() => {
+                    let reason = "label must be negative, neutral or positive (or 0, 1, 2)";
+                    self.reject(&m, Some(&input.id), reason, &mut counts).await
                 }
                 Ok(input) if !input.text.trim().is_empty() && !input.id.is_empty() => {
                     good.push((m, input))
@@ -166,6 +171,15 @@ impl Settler {
             counts,
         )
         .await;
+        // Labelled messages are in the labelled store before they are acknowledged.
+        if let Err(e) = self.store_labelled(&to_ack).await {
+            let (labelled, plain): (Vec<_>, Vec<_>) = to_ack
+                .into_iter()
+                .partition(|(_, input)| matches!(input.label(), Ok(Some(_))));
+            let reason = format!("labelled rows not stored: {e}");
+            self.retry(labelled.into_iter(), &reason, counts).await;
+            to_ack = plain;
+        }
         let acked = join_all(to_ack.iter().map(|(m, _)| m.double_ack())).await;
         for ((_, input), result) in to_ack.iter().zip(acked) {
             if let Err(e) = result {
@@ -175,6 +189,50 @@ impl Settler {
             }
         }
         counts.scored += to_ack.len();
+    }
+
+    /// Writes the labelled messages among `settled` as one file of the labelled store.
+    async fn store_labelled(
+        &self,
+        settled: &[(&jetstream::Message, &Input)],
+    ) -> Result<(), String> {
+        let now = chrono::Utc::now();
+        let rows: Vec<LabelledRow> = settled
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, input))| {
+                let label = input.label().ok().flatten()?;
+                Some(LabelledRow {
+                    text: input.text.clone(),
+                    label,
+                    source: input.source.clone().unwrap_or_default(),
+                    origin: "jetstream".into(),
+                    line: i as u64 + 1,
+                    arrived_at: now.to_rfc3339(),
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = sentimentd_data::labelled::file_name(
+            &now.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+            "jetstream",
+            &format!("{}-{seq}", std::process::id()),
+        );
+        let dir = self.cx.config.borrow().ingest.labelled_dir.clone();
+        let n = rows.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            sentimentd_data::labelled::LabelledStore::open(&dir)
+                .and_then(|store| store.write(&name, &rows))
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.cx.metrics.ingest.labelled_rows(n);
+        Ok(())
     }
 
     /// Scores the texts, telling the server every third of `ack_wait` that the messages are

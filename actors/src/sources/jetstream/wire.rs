@@ -11,6 +11,29 @@ pub struct Input {
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// A known label (`negative|neutral|positive` or `0|1|2`): the text also goes to the
+    /// labelled store, like a labelled row of a batch file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<serde_json::Value>,
+}
+
+impl Input {
+    /// The label, if the message has one: `Ok(None)` without, `Err` (the value, as sent) for
+    /// one not understood.
+    pub fn label(&self) -> Result<Option<sentimentd_data::Label>, String> {
+        let Some(value) = &self.label else {
+            return Ok(None);
+        };
+        let label = match value {
+            serde_json::Value::String(s) => sentimentd_data::Label::parse(s),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .and_then(|i| sentimentd_data::Label::from_index(i as usize)),
+            serde_json::Value::Null => return Ok(None),
+            _ => None,
+        };
+        label.map(Some).ok_or_else(|| value.to_string())
+    }
 }
 
 /// One result, on `output_subject`, published with `Nats-Msg-Id` = the input's id.
