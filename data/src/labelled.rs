@@ -22,9 +22,10 @@ pub struct LabelledRow {
     pub label: Label,
     /// What the producer called the source (a channel, brand or feed); may be empty.
     pub source: String,
-    /// The batch file the row came from, or `feedback`.
+    /// The batch file the row came from, `feedback`, or `jetstream` (a cluster's input).
     pub origin: String,
-    /// Line in the batch file (1 = header), or position in the feedback request (1-based).
+    /// Line in the batch file (1 = header), or position in the feedback request or the
+    /// fetched JetStream batch (1-based).
     pub line: u64,
     /// RFC 3339 arrival time; rows are time-ordered by it.
     pub arrived_at: String,
@@ -115,6 +116,18 @@ pub fn file_name(stamp: &str, kind: &str, tag: &str) -> String {
         .take(120)
         .collect();
     format!("{stamp}-{kind}-{safe}.csv")
+}
+
+/// A store file name no other writer of this process or another one takes: the arrival
+/// time, `kind` (`feedback`, `jetstream`), the process id and a sequence number.
+pub fn unique_file_name(arrived_at: chrono::DateTime<chrono::Utc>, kind: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    file_name(
+        &arrived_at.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+        kind,
+        &format!("{}-{seq}", std::process::id()),
+    )
 }
 
 impl LabelledStore {

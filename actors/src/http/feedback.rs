@@ -100,13 +100,7 @@ pub(crate) async fn feedback(
             arrived_at: arrived_at.to_rfc3339(),
         });
     }
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = sentimentd_data::labelled::file_name(
-        &arrived_at.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
-        "feedback",
-        &format!("{}-{seq}", std::process::id()),
-    );
+    let name = sentimentd_data::labelled::unique_file_name(arrived_at, "feedback");
     let dir = state.labelled_dir.clone();
     let n = rows.len();
     let file = name.clone();

@@ -215,13 +215,7 @@ impl Settler {
         if rows.is_empty() {
             return Ok(());
         }
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = sentimentd_data::labelled::file_name(
-            &now.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
-            "jetstream",
-            &format!("{}-{seq}", std::process::id()),
-        );
+        let name = sentimentd_data::labelled::unique_file_name(now, "jetstream");
         let dir = self.cx.config.borrow().ingest.labelled_dir.clone();
         let n = rows.len() as u64;
         tokio::task::spawn_blocking(move || {
