@@ -873,7 +873,7 @@ fn labelled_messages_reach_the_labelled_store_before_they_are_acknowledged() {
         .await;
         wait_settled(&js, 3, Duration::from_secs(30), &d).await;
         let reasons = receive(&mut rejected, 1).await;
-        assert!(reasons[0].contains("label must be") && reasons[0].contains("angry"), "{reasons:?}");
+        assert!(reasons[0].contains("label must be") && reasons[0].contains("got \\\"angry\\\""), "{reasons:?}");
     });
     let dir = d.root().join("labelled");
     let files: Vec<_> = std::fs::read_dir(&dir)

@@ -58,8 +58,11 @@ impl Settler {
                     .await
                 }
                 Ok(input) if input.label().is_err() => {
-                    let reason = "label must be negative, neutral or positive (or 0, 1, 2)";
-                    self.reject(&m, Some(&input.id), reason, &mut counts).await
+                    let reason = format!(
+                        "label must be negative, neutral or positive (or 0, 1, 2), got {}",
+                        input.label().err().unwrap_or_default()
+                    );
+                    self.reject(&m, Some(&input.id), &reason, &mut counts).await
                 }
                 Ok(input) if !input.text.trim().is_empty() && !input.id.is_empty() => {
                     good.push((m, input))
