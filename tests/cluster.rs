@@ -896,3 +896,87 @@ fn labelled_messages_reach_the_labelled_store_before_they_are_acknowledged() {
             .any(|r| r[text] == "works as promised" && r[label] == "positive")
     );
 }
+
+#[test]
+fn messages_a_crashed_node_held_past_max_deliver_are_refused_not_left_in_the_queue() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let n = 100;
+    let held = 10;
+    // The streams and consumer as the node will ask for them, 100 messages, and a "node"
+    // (this test) that takes 10 of them and crashes without acknowledging: with one delivery
+    // each, only the server's max-deliveries advisory can settle them.
+    let (js, mut rejections) = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let rejected = client
+            .subscribe("sentimentd.rejected")
+            .await
+            .expect("subscribe");
+        let js = jetstream::new(client);
+        let input = js
+            .create_stream(jetstream::stream::Config {
+                name: "SENTIMENTD_IN".into(),
+                subjects: vec!["sentimentd.in".into()],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                duplicate_window: Duration::from_secs(300),
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let consumer: jetstream::consumer::PullConsumer = input
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("sentimentd".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                // Long enough for the node to start and follow the advisories on a busy machine.
+                ack_wait: Duration::from_secs(10),
+                max_deliver: 1,
+                max_ack_pending: 4096,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        publish(
+            &js,
+            (0..n).map(|i| {
+                let body = serde_json::json!({"id": format!("h{i}"), "text": format!("text {i}")});
+                (format!("h{i}"), body.to_string())
+            }),
+        )
+        .await;
+        let mut taken = consumer
+            .fetch()
+            .max_messages(held)
+            .messages()
+            .await
+            .expect("fetch");
+        let mut got = 0;
+        while let Some(m) = futures_util::StreamExt::next(&mut taken).await {
+            m.expect("message");
+            got += 1;
+        }
+        assert_eq!(got, held);
+        (js, rejected)
+    });
+    let d = Daemon::start_with(
+        "",
+        "",
+        "",
+        &nats.section("ack_wait_secs = 10\nmax_deliver = 1\nbatch = 50"),
+    );
+    rt.block_on(async {
+        let reasons = receive(&mut rejections, held).await;
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.contains("without being settled") && r.contains("\"payload\"")),
+            "{reasons:?}"
+        );
+        wait_settled(&js, (n - held) as u64, Duration::from_secs(30), &d).await;
+        let ids = id_counts(&outputs(&js).await);
+        assert_eq!(ids.len(), n - held);
+        assert!(ids.values().all(|&c| c == 1), "no duplicate");
+    });
+    d.wait_for("the refusals counted", Duration::from_secs(10), || {
+        d.metric("sentiment_cluster_messages_total{outcome=\"rejected\"}") == held as f64
+    });
+}

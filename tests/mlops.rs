@@ -402,8 +402,15 @@ fn drift_on_labelled_batches_retrains_passes_the_gate_and_promotes() {
     assert_eq!(decision["status"], "promoted", "{decision:#}");
     assert!(decision["details"]["candidate"]["recent_holdout"]["macro_recall"].is_number());
     assert!(decision["details"]["serving"]["validation"]["macro_recall"].is_number());
+    // The file is written first and the manifest that checksums it right after.
+    let listed = || {
+        std::fs::read(vdir.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|m| m["files"]["baseline.json"].is_string())
+    };
     d.wait_for("the new baseline", Duration::from_secs(30), || {
-        vdir.join("baseline.json").exists()
+        vdir.join("baseline.json").exists() && listed()
     });
     let baseline: serde_json::Value =
         serde_json::from_slice(&std::fs::read(vdir.join("baseline.json")).expect("baseline"))

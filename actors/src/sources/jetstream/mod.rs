@@ -149,7 +149,13 @@ async fn run(url: &str, cx: SourceContext, mut stop: tokio::sync::watch::Receive
             cluster: cluster.clone(),
             cx: cx.clone(),
         };
+        // Lives as long as this connection's consumer: a set-up-again consumer gets its own.
+        let given_up = {
+            let settler = settler.clone();
+            tokio::task::spawn_local(async move { settler.refuse_given_up().await })
+        };
         let failing = consume(&link.consumer, &settler, &cluster, &mut stop).await;
+        given_up.abort();
         ClusterConnection {
             url,
             connected: false,

@@ -326,6 +326,96 @@ impl Settler {
     }
 }
 
+/// The server's advisory that a message reached `max_deliver` without being settled.
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: i64,
+}
+
+impl Settler {
+    /// Refuses the messages the server gave up on: a message that was delivered
+    /// `max_deliver` times without being settled (the nodes holding it crashed or stalled)
+    /// would otherwise stay in the work queue for ever. One node of the cluster takes each
+    /// advisory (a queue group): it publishes the rejection with the payload, then deletes
+    /// the message from the input stream.
+    pub async fn refuse_given_up(&self) {
+        let c = &self.cluster;
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            c.input_stream, c.consumer
+        );
+        let mut advisories = match self
+            .client
+            .queue_subscribe(subject.clone(), c.consumer.clone())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %subject, "cannot follow max-deliveries advisories; such messages stay in the input stream");
+                return;
+            }
+        };
+        while let Some(advisory) = futures_util::StreamExt::next(&mut advisories).await {
+            let Ok(a) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
+                continue;
+            };
+            if let Err(e) = self.refuse_sequence(a.stream_seq, a.deliveries).await {
+                tracing::warn!(stream_seq = a.stream_seq, error = %e, "a message past max_deliver was not refused");
+            }
+        }
+    }
+
+    async fn refuse_sequence(&self, seq: u64, deliveries: i64) -> Result<(), String> {
+        let stream = self
+            .js
+            .get_stream(&self.cluster.input_stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let message = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = serde_json::from_slice::<Input>(&message.payload)
+            .ok()
+            .map(|i| i.id);
+        let reason = format!(
+            "delivered {deliveries} times (cluster.max_deliver) without being settled: the \
+             nodes that took it crashed or stalled"
+        );
+        ClusterMessageRejected {
+            id: id.as_deref(),
+            reason: &reason,
+            delivered: deliveries,
+        }
+        .emit(&self.cx.metrics);
+        let payload = String::from_utf8_lossy(
+            &message.payload[..message.payload.len().min(MAX_ECHOED_BYTES)],
+        );
+        let body = serde_json::to_vec(&Rejected {
+            id: id.as_deref(),
+            reason: &reason,
+            delivered: deliveries,
+            payload: &payload,
+        })
+        .map_err(|e| e.to_string())?;
+        self.client
+            .publish(self.cluster.rejected_subject.clone(), body.into())
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .delete_message(seq)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.cx
+            .metrics
+            .cluster
+            .messages(crate::telemetry::metrics::MessageOutcome::rejected, 1);
+        Ok(())
+    }
+}
+
 fn delivered(m: &jetstream::Message) -> i64 {
     m.info().map(|i| i.delivered).unwrap_or(1)
 }
