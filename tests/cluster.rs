@@ -156,6 +156,36 @@ fn assert_exactly_once(
     })
 }
 
+/// The input stream and the shared consumer as a node asks for them, but with `ack_wait`
+/// and `max_deliver` of the test's choosing (what another node, or an operator, made).
+async fn input_consumer(
+    js: &jetstream::Context,
+    ack_wait: Duration,
+    max_deliver: i64,
+) -> jetstream::consumer::PullConsumer {
+    let input = js
+        .create_stream(jetstream::stream::Config {
+            name: "SENTIMENTD_IN".into(),
+            subjects: vec!["sentimentd.in".into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(300),
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    input
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("sentimentd".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver,
+            max_ack_pending: 4096,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer")
+}
+
 #[test]
 fn messages_through_jetstream_are_scored_once_each_and_nothing_stays_pending() {
     let nats = Nats::start();
@@ -285,26 +315,7 @@ fn a_server_running_other_settings_than_the_config_refuses_the_start_naming_the_
     rt.block_on(async {
         // What another node (or an operator) created earlier with max_deliver = 3.
         let js = nats.jetstream().await;
-        let input = js
-            .create_stream(jetstream::stream::Config {
-                name: "SENTIMENTD_IN".into(),
-                subjects: vec!["sentimentd.in".into()],
-                retention: jetstream::stream::RetentionPolicy::WorkQueue,
-                duplicate_window: Duration::from_secs(300),
-                ..Default::default()
-            })
-            .await
-            .expect("stream");
-        input
-            .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some("sentimentd".into()),
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 3,
-                max_ack_pending: 4096,
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
+        input_consumer(&js, Duration::from_secs(30), 3).await;
     });
     let mut d = Daemon::configure("", "", "", &nats.section(""));
     d.spawn_no_wait(&[]);
@@ -913,28 +924,8 @@ fn messages_a_crashed_node_held_past_max_deliver_are_refused_not_left_in_the_que
             .await
             .expect("subscribe");
         let js = jetstream::new(client);
-        let input = js
-            .create_stream(jetstream::stream::Config {
-                name: "SENTIMENTD_IN".into(),
-                subjects: vec!["sentimentd.in".into()],
-                retention: jetstream::stream::RetentionPolicy::WorkQueue,
-                duplicate_window: Duration::from_secs(300),
-                ..Default::default()
-            })
-            .await
-            .expect("stream");
-        let consumer: jetstream::consumer::PullConsumer = input
-            .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some("sentimentd".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                // Long enough for the node to start and follow the advisories on a busy machine.
-                ack_wait: Duration::from_secs(10),
-                max_deliver: 1,
-                max_ack_pending: 4096,
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
+        // Long enough for the node to start and follow the advisories on a busy machine.
+        let consumer = input_consumer(&js, Duration::from_secs(10), 1).await;
         publish(
             &js,
             (0..n).map(|i| {
