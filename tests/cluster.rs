@@ -445,8 +445,19 @@ fn a_node_killed_mid_stream_and_restarted_scores_every_message_exactly_once() {
     assert!((0..n).all(|i| ids.contains_key(&format!("k{i}"))));
 }
 
-/// `n` nodes of one cluster on `nats`, named `node-0`, ..., with the admin API on `token`.
-fn nodes(nats: &Nats, n: usize, token_file: &std::path::Path, cluster: &str) -> Vec<Daemon> {
+/// The admin API's bearer token in the cluster tests.
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// Writes [`ADMIN_TOKEN`] as a token file (mode 0600) in `dir`.
+fn admin_token_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("admin.token");
+    common::write_secret(&path, &format!("{ADMIN_TOKEN}\n"));
+    path
+}
+
+/// `n` nodes of one cluster on `nats`, with the admin API on a token file in `dir`.
+fn nodes(nats: &Nats, n: usize, dir: &std::path::Path, cluster: &str) -> Vec<Daemon> {
+    let token_file = admin_token_file(dir);
     (0..n)
         .map(|i| {
             Daemon::start_with(
@@ -474,11 +485,9 @@ fn holders(nodes: &[&Daemon]) -> Vec<usize> {
 fn one_node_holds_the_training_lease_a_paused_holder_is_replaced_and_then_switches_nothing() {
     let nats = Nats::start();
     let secrets = tempfile::tempdir().expect("temp dir");
-    let token_file = secrets.path().join("admin.token");
-    common::write_secret(&token_file, "admin-token-0123456789\n");
-    let token = "admin-token-0123456789";
+    let token = ADMIN_TOKEN;
     let ttl = 3;
-    let all = nodes(&nats, 3, &token_file, &format!("lease_ttl_secs = {ttl}"));
+    let all = nodes(&nats, 3, secrets.path(), &format!("lease_ttl_secs = {ttl}"));
     let refs: Vec<&Daemon> = all.iter().collect();
     all[0].wait_for("one lease holder", Duration::from_secs(30), || {
         holders(&refs).len() == 1
@@ -559,12 +568,10 @@ fn one_node_holds_the_training_lease_a_paused_holder_is_replaced_and_then_switch
 fn publish_loads_a_csv_once_and_three_nodes_score_it_exactly_once_through_a_kill() {
     let nats = Nats::start();
     let secrets = tempfile::tempdir().expect("temp dir");
-    let token_file = secrets.path().join("admin.token");
-    common::write_secret(&token_file, "admin-token-0123456789\n");
     let mut all = nodes(
         &nats,
         3,
-        &token_file,
+        secrets.path(),
         "batch = 200\nack_wait_secs = 2\nmax_deliver = 20\nduplicate_window_secs = 600",
     );
     let n: u64 = 100_000;
@@ -676,8 +683,7 @@ fn followers_serve_the_leaders_champion_from_mlflow_and_say_so_when_they_cannot(
         .expect("bundled train.csv");
     let train: Vec<&str> = train_text.lines().take(3001).collect();
     std::fs::write(tmp.path().join("train.csv"), train.join("\n") + "\n").expect("train");
-    let token_file = tmp.path().join("admin.token");
-    common::write_secret(&token_file, "admin-token-0123456789\n");
+    let token_file = admin_token_file(tmp.path());
     // Every node is configured alike; whoever holds the lease trains on its first start.
     let node = |i: usize| {
         Daemon::start_with(
@@ -725,14 +731,17 @@ fn followers_serve_the_leaders_champion_from_mlflow_and_say_so_when_they_cannot(
     // serves it.
     let started = Instant::now();
     let follower = node(1);
-    follower.wait_for(
-        "the follower serves the champion",
-        Duration::from_secs(60),
-        || follower.get("/model").json()["version"] == version.as_str(),
-    );
-    eprintln!(
-        "a follower served the champion {:.1} s after it started",
-        started.elapsed().as_secs_f64()
+    // Waits until the follower serves `v`, and says how long it took since `since`.
+    let serves = |what: &str, v: &str, since: Instant| {
+        follower.wait_for(what, Duration::from_secs(60), || {
+            follower.get("/model").json()["version"] == v
+        });
+        eprintln!("{what}: {:.1} s", since.elapsed().as_secs_f64());
+    };
+    serves(
+        "the follower serves the champion after its start",
+        &version,
+        started,
     );
     let m = follower.get("/model").json();
     assert_eq!(m["cluster"]["role"], "follower", "{m}");
@@ -761,18 +770,14 @@ fn followers_serve_the_leaders_champion_from_mlflow_and_say_so_when_they_cannot(
     let promoted = Instant::now();
     let r = leader.post_auth(
         "/admin/promote",
-        "admin-token-0123456789",
+        ADMIN_TOKEN,
         &format!(r#"{{"version": "{v2}"}}"#),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    follower.wait_for(
-        "the follower serves the promotion",
-        Duration::from_secs(60),
-        || follower.get("/model").json()["version"] == v2.as_str(),
-    );
-    eprintln!(
-        "a promotion on the leader served by the follower after {:.1} s (champion_poll_secs = 1)",
-        promoted.elapsed().as_secs_f64()
+    serves(
+        "the follower serves the leader's promotion (champion_poll_secs = 1)",
+        &v2,
+        promoted,
     );
 
     // A champion whose files no longer match their checksums is not served; the node says why.
@@ -830,9 +835,7 @@ fn followers_serve_the_leaders_champion_from_mlflow_and_say_so_when_they_cannot(
 fn a_followers_drift_observations_reach_the_lease_holder() {
     let nats = Nats::start();
     let secrets = tempfile::tempdir().expect("temp dir");
-    let token_file = secrets.path().join("admin.token");
-    common::write_secret(&token_file, "admin-token-0123456789\n");
-    let all = nodes(&nats, 2, &token_file, "observation_share = 1.0");
+    let all = nodes(&nats, 2, secrets.path(), "observation_share = 1.0");
     let refs: Vec<&Daemon> = all.iter().collect();
     all[0].wait_for("one lease holder", Duration::from_secs(30), || {
         holders(&refs).len() == 1
