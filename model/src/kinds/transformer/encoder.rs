@@ -11,7 +11,7 @@
 //! forward is tested against.
 
 mod bf16;
-mod cpu;
+pub(crate) mod cpu;
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
@@ -339,6 +339,13 @@ impl BurnEncoder<'_> {
     }
 }
 
+/// One f32 tensor of the encoder's file.
+pub(crate) struct NamedTensor {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) values: Vec<f32>,
+}
+
 /// The pretrained encoder with its tokenizer.
 pub struct SentenceEncoder {
     pub config: BertConfig,
@@ -489,14 +496,23 @@ impl SentenceEncoder {
     /// and as the reference the serving forward is held to. The caller keeps it as long as
     /// it needs it.
     pub fn burn(&self) -> Result<BurnEncoder<'_>, ModelError> {
+        // Nothing needs it tuned, and keeping the tuned layers' bytes for it would cost
+        // memory in every serving process.
+        let bytes = self.pretrained_bytes("the burn network is built for pretrained encoders")?;
+        let w = Weights::new(&self.dir, &bytes, None, &self.device)?;
+        Ok(BurnEncoder {
+            encoder: self,
+            bert: build_bert(&w, &self.config)?,
+        })
+    }
+
+    /// The bytes of `model.safetensors` as this (pretrained) encoder was loaded from them;
+    /// `what` says why a tuned encoder cannot give them.
+    fn pretrained_bytes(&self, what: &str) -> Result<Vec<u8>, ModelError> {
         if self.tuned {
-            // Nothing needs it, and keeping the tuned layers' bytes for it would cost memory
-            // in every serving process.
-            return Err(ModelError::Training(
-                "the burn network is built for pretrained encoders, and this one has \
-                 fine-tuned layers"
-                    .into(),
-            ));
+            return Err(ModelError::Training(format!(
+                "{what}, and this one has fine-tuned layers"
+            )));
         }
         let bytes = read_file(&self.dir, "model.safetensors")?;
         if fingerprint(&self.dir, &bytes, self.max_seq_len, None)? != self.fingerprint {
@@ -507,11 +523,63 @@ impl SentenceEncoder {
                     .into(),
             });
         }
+        Ok(bytes)
+    }
+
+    /// The pretrained tensors of layers `from..` by Hugging Face name, PyTorch layout
+    /// (`[out, in]` weights), read from the files this encoder was loaded from: where
+    /// fine-tuning starts.
+    pub(crate) fn layer_tensors(&self, from: usize) -> Result<Vec<NamedTensor>, ModelError> {
+        let bytes = self.pretrained_bytes("fine-tuning starts from a pretrained encoder")?;
         let w = Weights::new(&self.dir, &bytes, None, &self.device)?;
-        Ok(BurnEncoder {
-            encoder: self,
-            bert: build_bert(&w, &self.config)?,
-        })
+        let c = &self.config;
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let mut out = Vec::new();
+        for i in from..c.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            for (name, d_in, d_out) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", h, inter),
+                ("output.dense", inter, h),
+            ] {
+                let weight = format!("{p}.{name}.weight");
+                let bias = format!("{p}.{name}.bias");
+                out.push(NamedTensor {
+                    values: w.values(&weight, &[d_out, d_in])?,
+                    name: weight,
+                    shape: vec![d_out, d_in],
+                });
+                out.push(NamedTensor {
+                    values: w.values(&bias, &[d_out])?,
+                    name: bias,
+                    shape: vec![d_out],
+                });
+            }
+            for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                for part in ["weight", "bias"] {
+                    let name = format!("{p}.{norm}.{part}");
+                    out.push(NamedTensor {
+                        values: w.values(&name, &[h])?,
+                        name,
+                        shape: vec![h],
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`cpu::CpuBert::hidden_states`]: the serving forward's hidden states after `layers`
+    /// layers, the tokens of all texts one after another.
+    pub(crate) fn hidden_states(
+        &self,
+        batch: &[Vec<u32>],
+        layers: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.fast.hidden_states(batch, layers)
     }
 
     pub fn dir(&self) -> &Path {

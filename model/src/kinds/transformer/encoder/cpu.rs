@@ -155,21 +155,7 @@ impl CpuBert {
     /// L2-normalised mean-pooled embeddings of `batch`, `[batch, hidden]` row-major. An empty
     /// sequence has no tokens to average and gets the zero vector, as the burn forward gives.
     pub(super) fn embed(&self, batch: &[Vec<u32>]) -> Result<Vec<f32>, ModelError> {
-        for seq in batch {
-            if seq.len() > self.max_positions {
-                return Err(ModelError::Tokenizer(format!(
-                    "a sequence of {} tokens is longer than the encoder's {} positions",
-                    seq.len(),
-                    self.max_positions
-                )));
-            }
-            if let Some(&id) = seq.iter().find(|&&id| id as usize >= self.vocab) {
-                return Err(ModelError::Tokenizer(format!(
-                    "token id {id} is outside the encoder's vocabulary of {}",
-                    self.vocab
-                )));
-            }
-        }
+        self.check(batch)?;
         let mut out = vec![0.0; batch.len() * self.hidden];
         let groups = split_by_tokens(batch, rayon::current_num_threads());
         if groups.len() <= 1 {
@@ -191,8 +177,79 @@ impl CpuBert {
         Ok(out)
     }
 
+    /// Refuses sequences the encoder cannot embed.
+    fn check(&self, batch: &[Vec<u32>]) -> Result<(), ModelError> {
+        for seq in batch {
+            if seq.len() > self.max_positions {
+                return Err(ModelError::Tokenizer(format!(
+                    "a sequence of {} tokens is longer than the encoder's {} positions",
+                    seq.len(),
+                    self.max_positions
+                )));
+            }
+            if let Some(&id) = seq.iter().find(|&&id| id as usize >= self.vocab) {
+                return Err(ModelError::Tokenizer(format!(
+                    "token id {id} is outside the encoder's vocabulary of {}",
+                    self.vocab
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The hidden states of `batch` after its first `layers` layers, token after token
+    /// (`[tokens, hidden]`, texts in order): what fine-tuning trains the layers above on.
+    pub(crate) fn hidden_states(
+        &self,
+        batch: &[Vec<u32>],
+        layers: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.check(batch)?;
+        let h = self.hidden;
+        let total: usize = batch.iter().map(Vec::len).sum();
+        let mut out = vec![0.0; total * h];
+        let groups = split_by_tokens(batch, rayon::current_num_threads());
+        let mut parts = Vec::with_capacity(groups.len());
+        let mut rest = out.as_mut_slice();
+        for g in &groups {
+            let tokens: usize = batch[g.clone()].iter().map(Vec::len).sum();
+            let (part, tail) = rest.split_at_mut(tokens * h);
+            parts.push((&batch[g.clone()], part));
+            rest = tail;
+        }
+        let par = if parts.len() <= 1 {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        };
+        parts
+            .into_par_iter()
+            .for_each(|(seqs, part)| part.copy_from_slice(&self.layers_over(seqs, layers, par)));
+        Ok(out)
+    }
+
     /// The network over `seqs` packed token after token, pooled into `out`.
     fn forward(&self, seqs: &[Vec<u32>], out: &mut [f32], par: Parallelism) {
+        let h = self.hidden;
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let x = self.layers_over(seqs, self.layers.len(), par);
+        let mut start = 0;
+        for (len, e) in lens.iter().zip(out.chunks_exact_mut(h)) {
+            e.fill(0.0);
+            for row in x[start * h..(start + len) * h].chunks_exact(h) {
+                add(e, row);
+            }
+            start += len;
+            // Mean then L2 norm: the mean's scale cancels, so the sum is normalised directly.
+            let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                e.iter_mut().for_each(|v| *v /= norm);
+            }
+        }
+    }
+
+    /// The embeddings and the first `upto` layers over `seqs`, packed: `[tokens, hidden]`.
+    fn layers_over(&self, seqs: &[Vec<u32>], upto: usize, par: Parallelism) -> Vec<f32> {
         let h = self.hidden;
         let n: usize = seqs.iter().map(Vec::len).sum();
         let mut x = Vec::with_capacity(n * h);
@@ -212,7 +269,7 @@ impl CpuBert {
         let mut a = vec![0.0; n * h];
         let mut hidden = vec![0.0; n * inter];
         let mut s = Vec::new();
-        for layer in &self.layers {
+        for layer in self.layers.iter().take(upto) {
             dense(&x, &layer.qkv, &mut qkv, par, &mut s);
             attention(&qkv, &lens, self.heads, &mut context);
             // The residual goes in first and the product accumulates onto it.
@@ -225,19 +282,7 @@ impl CpuBert {
             dense_add(&hidden, &layer.output, &mut x, par, &mut s);
             layer_norm(&mut x, &layer.output_norm);
         }
-        let mut start = 0;
-        for (len, e) in lens.iter().zip(out.chunks_exact_mut(h)) {
-            e.fill(0.0);
-            for row in x[start * h..(start + len) * h].chunks_exact(h) {
-                add(e, row);
-            }
-            start += len;
-            // Mean then L2 norm: the mean's scale cancels, so the sum is normalised directly.
-            let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
-            if norm > 0.0 {
-                e.iter_mut().for_each(|v| *v /= norm);
-            }
-        }
+        x
     }
 }
 
@@ -297,7 +342,14 @@ fn dense_into(
 }
 
 /// `out[m, n] += a[m, k] · w[n, k]ᵀ`, all row-major: `w` is a PyTorch `[out, in]` weight.
-fn matmul_acc(out: &mut [f32], a: &[f32], w: &[f32], k: usize, n: usize, par: Parallelism) {
+pub(crate) fn matmul_acc(
+    out: &mut [f32],
+    a: &[f32],
+    w: &[f32],
+    k: usize,
+    n: usize,
+    par: Parallelism,
+) {
     let m = a.len() / k.max(1);
     let a = Mat {
         data: a,
@@ -318,12 +370,12 @@ fn matmul_acc(out: &mut [f32], a: &[f32], w: &[f32], k: usize, n: usize, par: Pa
 }
 
 /// A matrix read in place from a slice: element (i, j) at `i * row_stride + j * col_stride`.
-struct Mat<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
+pub(crate) struct Mat<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) row_stride: usize,
+    pub(crate) col_stride: usize,
 }
 
 impl Mat<'_> {
@@ -338,7 +390,7 @@ impl Mat<'_> {
 
 /// `out = scale · a · b`, or `out += scale · a · b` when `accumulate`; `out` is row-major
 /// with rows `out_row_stride` apart, of which only the first `b.cols` columns are written.
-fn gemm_strided(
+pub(crate) fn gemm_strided(
     out: &mut [f32],
     out_row_stride: usize,
     a: Mat<'_>,
@@ -429,7 +481,7 @@ fn attention(qkv: &[f32], lens: &[usize], heads: usize, context: &mut [f32]) {
 }
 
 /// Softmax of each `width`-long row of `s`, in place.
-fn softmax_rows(s: &mut [f32], width: usize) {
+pub(crate) fn softmax_rows(s: &mut [f32], width: usize) {
     pulp::Arch::new().dispatch(Softmax { s, width });
 }
 
@@ -456,7 +508,7 @@ impl pulp::WithSimd for Softmax<'_> {
 }
 
 #[inline(always)]
-fn add(y: &mut [f32], x: &[f32]) {
+pub(crate) fn add(y: &mut [f32], x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += x);
 }
 
@@ -509,7 +561,7 @@ fn max8(x: &[f32]) -> f32 {
 
 /// A sum in eight lanes, so it vectorises (a single running sum is a serial chain).
 #[inline(always)]
-fn sum8(x: &[f32]) -> f32 {
+pub(crate) fn sum8(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -522,7 +574,7 @@ fn sum8(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn sum8_sq(x: &[f32]) -> f32 {
+pub(crate) fn sum8_sq(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
@@ -556,7 +608,7 @@ impl pulp::WithSimd for Gelu<'_> {
 /// and XLA use for f32: a few ulp, branch-free, so the GELU loop vectorises where libm's
 /// scalar `erff` call would cost more than the matrix products around it.
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
@@ -575,7 +627,7 @@ fn erf(x: f32) -> f32 {
 /// e^x for x <= 0 (softmax after the max is taken off): Cephes' expf, range-reduced to
 /// |r| <= ln2/2 and a degree-6 polynomial, within 2 ulp and branch-free so it vectorises.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
