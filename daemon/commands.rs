@@ -33,6 +33,11 @@ pub struct TrainArgs {
     /// encoder from [transformer] pretrained_dir with a trained head).
     #[arg(long, value_name = "KIND", value_parser = ["fast", "transformer"])]
     pub kind: Option<String>,
+    /// Distil a fast model from this stored version (a transformer, say): trained on its
+    /// probabilities for the training texts mixed with the labels, the mix chosen on the
+    /// selection split. The fast model keeps its speed.
+    #[arg(long, value_name = "VERSION")]
+    pub teacher: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +112,7 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
             Some(_) => Some(TrainableKind::Fast),
             None => None,
         },
+        teacher: a.teacher,
         ..TrainJob::default()
     };
     let started = Instant::now();
@@ -175,6 +181,28 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
             m.best_epoch,
             m.history.len()
         );
+        if let ModelParams::Fast(p) = &m.params
+            && let Some(d) = &p.distill
+        {
+            let tried: Vec<String> = d
+                .trials
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} at {}: {:.4}",
+                        t.mix, t.temperature, t.selection_macro_recall
+                    )
+                })
+                .collect();
+            println!(
+                "distilled    from {}, teacher weight {} at temperature {} in the targets, \
+                 chosen on the selection split ({})",
+                d.teacher,
+                d.mix,
+                d.temperature,
+                tried.join(", ")
+            );
+        }
     }
     println!("wall time    {:.1}s", started.elapsed().as_secs_f64());
     if let Some(s) = m.metrics.get("selection") {

@@ -371,6 +371,51 @@ fn a_missing_or_different_encoder_is_a_clear_error() {
     assert!(!err.contains("corrupt"), "{err}");
 }
 
+#[test]
+fn a_fast_model_is_distilled_from_a_stored_transformer() {
+    let env = Env::sized(&pretrained_root(), "", 400, 150);
+    env.ok(&["train"]);
+    let teacher = env.current();
+
+    let out = env.ok(&["train", "--kind", "fast", "--teacher", &teacher]);
+    for part in [
+        "distillation: scoring the ".to_string(),
+        format!("texts with the teacher {teacher} (transformer kind)"),
+        format!("distilled    from {teacher}, teacher weight "),
+    ] {
+        assert!(out.contains(&part), "{part:?} missing in\n{out}");
+    }
+    let student = env.current();
+    assert_ne!(student, teacher);
+    let m = manifest(&env, &student);
+    assert_eq!(m["kind"], "fast");
+    let d = &m["params"]["fast"]["distill"];
+    assert_eq!(d["teacher"], teacher.as_str());
+    let trials = d["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 13, "{d}");
+    // The kept mix is the best trial on the selection split (the first of equals).
+    let score = |t: &serde_json::Value| t["selection_macro_recall"].as_f64().expect("score");
+    let best = trials
+        .iter()
+        .fold(None::<&serde_json::Value>, |b, t| match b {
+            Some(b) if score(b) >= score(t) => Some(b),
+            _ => Some(t),
+        })
+        .expect("a trial");
+    assert_eq!(d["mix"], best["mix"], "{d}");
+    assert!(validation_recall(&m) > 0.45, "{m}");
+    // It serves as any fast version does.
+    let p = env.stdout(&["predict", "--json", "I love this so much"]);
+    assert!(p.contains(&student), "{p}");
+
+    // What cannot be done says why.
+    let err = env.fails(&["train", "--kind", "fast", "--teacher", "v-none"]);
+    assert!(err.contains("cannot load the teacher v-none"), "{err}");
+    let err = env.fails(&["train", "--kind", "transformer", "--teacher", &teacher]);
+    assert!(err.contains("train with --kind fast"), "{err}");
+    assert_eq!(env.current(), student);
+}
+
 /// The files of the current version by name, with their checksums.
 fn current_files(env: &Env) -> serde_json::Value {
     manifest(env, &env.current())["files"].clone()

@@ -106,4 +106,13 @@ pub trait Classifier: Send + Sync {
     fn analyse_batch(&self, texts: &[&str]) -> Vec<Analysis> {
         texts.iter().map(|t| self.analyse(t)).collect()
     }
+    /// What a student is distilled from: the model's own probabilities, without a partner
+    /// trained on the same rows (the transformer's fast model has nearly learnt its training
+    /// texts' labels, and would only echo them back as targets).
+    fn teaching_probabilities(&self, texts: &[&str]) -> Vec<[f32; 3]> {
+        self.predict_batch(texts)
+            .iter()
+            .map(|p| p.probabilities)
+            .collect()
+    }
 }

@@ -1,7 +1,7 @@
 //! The jobs the CLI and the daemon run: train a version from config, evaluate a model.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -9,7 +9,9 @@ use rand::seq::SliceRandom;
 use sentimentd_config::{Config, TrainableKind};
 use sentimentd_data::{Dataset, Label, load_dataset};
 
+use crate::classifier::ModelKind;
 use crate::error::ModelError;
+use crate::kinds::fast::Teacher;
 use crate::kinds::fast::features::FeatureConfig;
 use crate::kinds::{self, TrainInputs};
 use crate::manifest::{DataWeighting, Manifest, PartWeight, RECENT, SplitInfo, WeightTrial};
@@ -49,6 +51,7 @@ impl TrainParams {
             balanced_class_weights: matches!(t.class_weights, c::ClassWeights::Balanced),
             backend: t.backend,
             threads: t.threads,
+            distill: None,
         }
     }
 }
@@ -74,6 +77,9 @@ pub struct TrainJob {
     pub threads: Option<usize>,
     /// The model kind to train; `None` = `[model] kind`.
     pub kind: Option<TrainableKind>,
+    /// A stored version whose probabilities for the training texts the fast kind is
+    /// distilled from (see [`DistillParams`](crate::kinds::fast::train::DistillParams)).
+    pub teacher: Option<String>,
 }
 
 /// The result of [`train_and_store`].
@@ -424,6 +430,47 @@ fn paths_text(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
+/// The probabilities `version` (in the store at `root`) gives the training texts: the soft
+/// targets of a distilled fast model.
+fn teach(
+    cfg: &Config,
+    root: &Path,
+    version: &str,
+    kind: TrainableKind,
+    train_set: &Dataset,
+    observer: &mut dyn TrainObserver,
+) -> Result<Teacher, ModelError> {
+    if kind != TrainableKind::Fast {
+        return Err(ModelError::Training(format!(
+            "a teacher ({version}) is distilled into the fast kind, and this run trains the {} \
+             kind; train with --kind fast",
+            ModelKind::from(kind).as_str()
+        )));
+    }
+    let store = ModelStore::for_config(cfg, Some(root))?;
+    let model = store.load(version).map_err(|e| {
+        ModelError::Training(format!(
+            "cannot load the teacher {version} from {}: {e}",
+            root.display()
+        ))
+    })?;
+    observer.on_message(&format!(
+        "distillation: scoring the {} training texts with the teacher {version} ({} kind)",
+        train_set.len(),
+        model.kind().as_str()
+    ));
+    let mut probabilities = Vec::with_capacity(train_set.len());
+    for chunk in train_set.texts.chunks(512) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        probabilities.extend(model.teaching_probabilities(&texts));
+        observer.on_progress("teacher", probabilities.len(), train_set.len());
+    }
+    Ok(Teacher {
+        version: version.to_string(),
+        probabilities,
+    })
+}
+
 /// Trains the configured model kind on the job's data and stores it as a new version.
 ///
 /// Three splits, each with one job: the training rows fit the weights; the selection split,
@@ -506,6 +553,21 @@ pub fn train_and_store(
         weights,
         weighting,
     } = splits;
+    let store_root = job
+        .store
+        .clone()
+        .unwrap_or_else(|| cfg.paths.model_store.clone());
+    let teacher = match &job.teacher {
+        Some(version) => Some(teach(
+            cfg,
+            &store_root,
+            version,
+            kind,
+            &train_set,
+            observer,
+        )?),
+        None => None,
+    };
     let built = kinds::of(kind.into()).train(TrainInputs {
         cfg,
         params: &params,
@@ -513,6 +575,7 @@ pub fn train_and_store(
         sel_set: &sel_set,
         weights: &weights,
         chosen_fast,
+        teacher: teacher.as_ref(),
         observer,
     })?;
     // Scored through the serving path, so `sentimentd eval` on the stored version reproduces
@@ -560,10 +623,6 @@ pub fn train_and_store(
         split_info(&val_set, val_path.display().to_string(), None, None),
     );
 
-    let store_root = job
-        .store
-        .clone()
-        .unwrap_or_else(|| cfg.paths.model_store.clone());
     let store = ModelStore::for_config(cfg, Some(&store_root))?;
     let manifest = store.save(NewVersion {
         model: built.as_ref(),
@@ -590,6 +649,7 @@ pub fn train_and_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classifier::Classifier;
 
     fn data(prefix: &str, n: usize) -> Dataset {
         let words = ["awful", "plain", "lovely"];
@@ -623,6 +683,101 @@ mod tests {
         let sel = both.weights.selection.as_deref().unwrap_or_default();
         assert!(sel[30..].iter().all(|&x| x == 2.0) && sel[..30].iter().all(|&x| x == 1.0));
         assert!((both.weighting.parts.iter().map(|p| p.share).sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    /// With the teacher weighing everything, the model learns the teacher's labels, not the
+    /// data's; with it weighing nothing, training is exactly the plain one.
+    #[test]
+    fn a_distilled_model_follows_its_teacher_by_the_mix() {
+        let train = data("tweet", 300);
+        let sel = data("held", 60);
+        let mut params = tiny_params();
+        // One epoch of small batches: early stopping (on the true labels) picks nothing.
+        params.epochs = 1;
+        params.batch_size = 16;
+        // A teacher that calls "awful" positive and "lovely" negative.
+        let flipped = |l: Label| match l {
+            Label::Negative => Label::Positive,
+            Label::Positive => Label::Negative,
+            Label::Neutral => Label::Neutral,
+        };
+        let probabilities = train
+            .labels
+            .iter()
+            .map(|&l| {
+                let mut p = [0.02f32; 3];
+                p[flipped(l).index()] = 0.96;
+                p
+            })
+            .collect();
+        let teacher = Teacher {
+            version: "teacher-v".into(),
+            probabilities,
+        };
+        let weights = SplitWeights::default();
+        let fit = |mix: f32| {
+            let soft = crate::kinds::fast::train::Soft {
+                probabilities: &teacher.probabilities,
+                mix,
+            };
+            crate::kinds::fast::train::train_rows(
+                &params,
+                crate::kinds::fast::train::Rows {
+                    soft: Some(soft),
+                    ..crate::kinds::fast::train::Rows::new(&train.texts, &train.labels)
+                },
+                crate::kinds::fast::train::Rows::new(&sel.texts, &sel.labels),
+                &mut crate::kinds::fast::train::Quiet,
+            )
+            .expect("trains")
+        };
+        let agreement = |outcome: &crate::kinds::fast::train::TrainOutcome,
+                         truth: &dyn Fn(Label) -> Label| {
+            use crate::kinds::fast::train::{argmax_labels, featurize_all, predict_examples};
+            let examples = featurize_all(&outcome.featurizer, &train.texts, 1);
+            let predicted = argmax_labels(&predict_examples(&outcome.weights, &examples));
+            let hits = predicted
+                .iter()
+                .zip(&train.labels)
+                .filter(|(p, l)| **p == truth(**l))
+                .count();
+            hits as f64 / train.len() as f64
+        };
+        let taught = fit(1.0);
+        assert!(
+            agreement(&taught, &flipped) > 0.9,
+            "{}",
+            agreement(&taught, &flipped)
+        );
+        let plain = crate::kinds::fast::train::train_rows(
+            &params,
+            crate::kinds::fast::train::Rows::new(&train.texts, &train.labels),
+            crate::kinds::fast::train::Rows::new(&sel.texts, &sel.labels),
+            &mut crate::kinds::fast::train::Quiet,
+        )
+        .expect("trains");
+        assert_eq!(fit(0.0).weights.out_w, plain.weights.out_w);
+        assert!(agreement(&plain, &|l| l) > 0.9);
+
+        // Through the kind: every mix is tried and the one the selection split (the true
+        // labels) prefers is kept: here the labels alone.
+        let (trained, info) = crate::kinds::fast::distil(
+            &params,
+            &train,
+            &sel,
+            &weights,
+            &teacher,
+            &mut crate::kinds::fast::train::Quiet,
+        )
+        .expect("distils");
+        assert_eq!(info.teacher, "teacher-v");
+        // Labels alone once, every other mix at every temperature.
+        assert_eq!(info.trials.len(), 1 + 4 * 3, "{:?}", info.trials);
+        assert_eq!(info.mix, 0.0, "{:?}", info.trials);
+        assert_eq!(
+            trained.model.predict("tweet lovely 7").label,
+            Label::Positive
+        );
     }
 
     fn tiny_params() -> TrainParams {

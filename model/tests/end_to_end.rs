@@ -42,6 +42,7 @@ fn small_params() -> TrainParams {
         balanced_class_weights: true,
         backend: Backend::Flex,
         threads: 0,
+        distill: None,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct TrainInputs<'a> {
     pub weights: &'a SplitWeights,
     /// The fast model the recent rows' weight was chosen with, when one was trained.
     pub chosen_fast: Option<fast::FastTrained>,
+    /// A teacher to distil the fast kind from.
+    pub teacher: Option<&'a fast::Teacher>,
     pub observer: &'a mut dyn TrainObserver,
 }
 

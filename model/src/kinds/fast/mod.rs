@@ -19,7 +19,10 @@ use crate::metrics::{EvalMetrics, evaluate};
 use features::Featurizer;
 use model::{FastModel, Weights};
 use text::TextPipeline;
-use train::{EpochReport, SplitWeights, TrainObserver, TrainParams};
+use train::{
+    DISTILL_MIXES, DISTILL_TEMPERATURES, DistillParams, DistillTrial, EpochReport, SplitWeights,
+    TrainObserver, TrainParams,
+};
 
 pub struct Fast;
 
@@ -29,14 +32,27 @@ impl Kind for Fast {
     }
 
     fn train(&self, t: TrainInputs<'_>) -> Result<Box<dyn Candidate>, ModelError> {
-        let trained = match t.chosen_fast {
-            Some(trained) => trained,
-            None => train_fast(t.params, t.train_set, t.sel_set, t.weights, t.observer)?,
+        let mut params = t.params.clone();
+        let trained = match (t.teacher, t.chosen_fast) {
+            (Some(teacher), _) => {
+                let (trained, distill) = distil(
+                    t.params,
+                    t.train_set,
+                    t.sel_set,
+                    t.weights,
+                    teacher,
+                    t.observer,
+                )?;
+                params.distill = Some(distill);
+                trained
+            }
+            (None, Some(trained)) => trained,
+            (None, None) => train_fast(t.params, t.train_set, t.sel_set, t.weights, t.observer)?,
         };
         let selection = evaluate(&trained.model, t.sel_set);
         Ok(Box::new(FastCandidate {
             trained,
-            params: t.params.clone(),
+            params,
             selection,
         }))
     }
@@ -106,6 +122,12 @@ pub struct FastTrained {
     pub seconds: f64,
 }
 
+/// A teacher's probabilities for the training rows, in their order.
+pub struct Teacher {
+    pub version: String,
+    pub probabilities: Vec<[f32; 3]>,
+}
+
 /// Trains a fast model on `train_set`, its epoch and temperature chosen on `sel_set`: the
 /// fast kind, and the transformer kind's ensemble partner.
 pub fn train_fast(
@@ -115,17 +137,117 @@ pub fn train_fast(
     weights: &SplitWeights,
     observer: &mut dyn TrainObserver,
 ) -> Result<FastTrained, ModelError> {
+    train_fast_soft(params, train_set, sel_set, weights, None, observer)
+}
+
+/// A fast model per mix of [`DISTILL_MIXES`] and temperature of [`DISTILL_TEMPERATURES`] on
+/// the teacher's probabilities and the labels; the one with the best selection macro-recall
+/// is kept (ties go to the earlier trial: the smaller mix, the lower temperature).
+pub fn distil(
+    params: &TrainParams,
+    train_set: &Dataset,
+    sel_set: &Dataset,
+    weights: &SplitWeights,
+    teacher: &Teacher,
+    observer: &mut dyn TrainObserver,
+) -> Result<(FastTrained, DistillParams), ModelError> {
+    let mut best: Option<(FastTrained, DistillTrial)> = None;
+    let mut trials = Vec::new();
+    for temperature in DISTILL_TEMPERATURES {
+        let softened: Vec<[f32; 3]> = teacher
+            .probabilities
+            .iter()
+            .map(|p| soften(*p, temperature))
+            .collect();
+        for mix in DISTILL_MIXES {
+            // Labels alone do not depend on the temperature: trained once.
+            if mix == 0.0 && temperature != DISTILL_TEMPERATURES[0] {
+                continue;
+            }
+            observer.on_message(&format!(
+                "distillation: training with targets {:.0}% teacher {} (temperature {temperature}), \
+                 {:.0}% labels",
+                mix * 100.0,
+                teacher.version,
+                (1.0 - mix) * 100.0
+            ));
+            let soft = train::Soft {
+                probabilities: &softened,
+                mix,
+            };
+            let trained =
+                train_fast_soft(params, train_set, sel_set, weights, Some(soft), observer)?;
+            let trial = DistillTrial {
+                mix,
+                temperature,
+                selection_macro_recall: trained
+                    .history
+                    .iter()
+                    .find(|e| e.epoch == trained.best_epoch)
+                    .map_or(0.0, |e| e.selection_macro_recall),
+            };
+            trials.push(trial.clone());
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| trial.selection_macro_recall > b.selection_macro_recall)
+            {
+                best = Some((trained, trial));
+            }
+        }
+    }
+    let (trained, kept) =
+        best.ok_or_else(|| ModelError::Training("no distillation mix to try".into()))?;
+    observer.on_message(&format!(
+        "distillation: mix {} at temperature {} kept (selection macro-recall {:.4}; {})",
+        kept.mix,
+        kept.temperature,
+        kept.selection_macro_recall,
+        trials
+            .iter()
+            .map(|t| format!(
+                "{}@{}: {:.4}",
+                t.mix, t.temperature, t.selection_macro_recall
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let info = DistillParams {
+        teacher: teacher.version.clone(),
+        mix: kept.mix,
+        temperature: kept.temperature,
+        trials,
+    };
+    Ok((trained, info))
+}
+
+/// `p^(1/t)`, renormalised: a flatter distribution for `t > 1`.
+fn soften(p: [f32; 3], t: f32) -> [f32; 3] {
+    let q = p.map(|v| v.max(1e-12).powf(1.0 / t));
+    let sum: f32 = q.iter().sum();
+    q.map(|v| v / sum)
+}
+
+fn train_fast_soft(
+    params: &TrainParams,
+    train_set: &Dataset,
+    sel_set: &Dataset,
+    weights: &SplitWeights,
+    soft: Option<train::Soft<'_>>,
+    observer: &mut dyn TrainObserver,
+) -> Result<FastTrained, ModelError> {
     let outcome = train::train_rows(
         params,
         train::Rows {
             texts: &train_set.texts,
             labels: &train_set.labels,
             weights: weights.train.as_deref(),
+            soft,
         },
         train::Rows {
             texts: &sel_set.texts,
             labels: &sel_set.labels,
             weights: weights.selection.as_deref(),
+            soft: None,
         },
         observer,
     )?;

@@ -45,7 +45,37 @@ pub struct TrainParams {
     /// the wall time; manifests written before the key existed load as 0.
     #[serde(default)]
     pub threads: usize,
+    /// The teacher this model was distilled from, when it was (see [`DistillParams`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillParams>,
 }
+
+/// Distillation: the model trained on a teacher's probabilities for the training texts,
+/// mixed with the labels: each row's target is `(1 − mix) · label + mix · teacher`. The mix
+/// is chosen on the selection split (true labels only) among [`DISTILL_MIXES`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillParams {
+    /// The version whose probabilities were the soft targets.
+    pub teacher: String,
+    pub mix: f32,
+    /// The teacher's probabilities were softened to `p^(1/T)`, renormalised.
+    pub temperature: f32,
+    /// Every mix and temperature tried, with its best epoch's selection macro-recall.
+    pub trials: Vec<DistillTrial>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillTrial {
+    pub mix: f32,
+    pub temperature: f32,
+    pub selection_macro_recall: f64,
+}
+
+/// The mixes distillation tries; 0 (labels only) among them, so it can lose.
+pub const DISTILL_MIXES: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+/// The temperatures the teacher's probabilities are softened with (each with every mix
+/// above 0).
+pub const DISTILL_TEMPERATURES: [f32; 3] = [1.0, 2.0, 4.0];
 
 /// The dense part of the network. The embedding table is not a module parameter: it is passed
 /// to [`FastNet::forward`], whole at inference and as the rows one mini-batch touches while
@@ -449,6 +479,15 @@ fn weighted_cross_entropy(
     (picked * weights.clone()).sum().neg() / weights.sum()
 }
 
+/// [`weighted_cross_entropy`] against a distribution per row: `-Σ w_i Σ_c t_ic log p_ic / Σ w_i`.
+fn soft_cross_entropy(logits: Tensor<2>, targets: Tensor<2>, weights: Tensor<1>) -> Tensor<1> {
+    let [b, _] = targets.dims();
+    let per_row = (burn::tensor::activation::log_softmax(logits, 1) * targets)
+        .sum_dim(1)
+        .reshape([b]);
+    (per_row * weights.clone()).sum().neg() / weights.sum()
+}
+
 /// Temperature scaling (Guo et al. 2017): the one scalar that minimises log-loss on held-out
 /// examples (the selection split, never the reporting split), by golden-section search over `[0.05, 20]` in log space. Labels do not change: dividing all
 /// three logits by the same positive number keeps their order.
@@ -602,6 +641,16 @@ pub struct Rows<'a> {
     pub texts: &'a [String],
     pub labels: &'a [Label],
     pub weights: Option<&'a [f32]>,
+    /// Soft targets for training rows (distillation); `None` for labels alone.
+    pub soft: Option<Soft<'a>>,
+}
+
+/// A teacher's probabilities for each training row, and how much they weigh against the
+/// label in the row's target.
+#[derive(Clone, Copy, Debug)]
+pub struct Soft<'a> {
+    pub probabilities: &'a [[f32; 3]],
+    pub mix: f32,
 }
 
 impl<'a> Rows<'a> {
@@ -610,6 +659,7 @@ impl<'a> Rows<'a> {
             texts,
             labels,
             weights: None,
+            soft: None,
         }
     }
 
@@ -619,6 +669,16 @@ impl<'a> Rows<'a> {
         {
             return Err(ModelError::Training(format!(
                 "{what}: texts, labels and weights differ in length"
+            )));
+        }
+        if let Some(soft) = self.soft
+            && (soft.probabilities.len() != self.texts.len() || !(0.0..=1.0).contains(&soft.mix))
+        {
+            return Err(ModelError::Training(format!(
+                "{what}: {} soft targets for {} rows with mix {}",
+                soft.probabilities.len(),
+                self.texts.len(),
+                soft.mix
             )));
         }
         if let Some(w) = self.weights
@@ -734,7 +794,25 @@ pub fn train_rows(
             let weights: Vec<f32> = idx.iter().map(|&i| row_weights[i]).collect();
             let weights = Tensor::<1>::from_data(TensorData::new(weights, [idx.len()]), &device);
             let logits = model.forward(sub.clone(), &batch);
-            let loss = weighted_cross_entropy(logits, targets, weights);
+            let loss = match train.soft.filter(|s| s.mix > 0.0) {
+                Some(soft) => {
+                    let mix = soft.mix;
+                    let targets: Vec<f32> = idx
+                        .iter()
+                        .flat_map(|&i| {
+                            let label = train_labels[i].index();
+                            let p = soft.probabilities[i];
+                            (0..3).map(move |c| {
+                                (1.0 - mix) * f32::from(u8::from(c == label)) + mix * p[c]
+                            })
+                        })
+                        .collect();
+                    let targets =
+                        Tensor::<2>::from_data(TensorData::new(targets, [idx.len(), 3]), &device);
+                    soft_cross_entropy(logits, targets, weights)
+                }
+                None => weighted_cross_entropy(logits, targets, weights),
+            };
             let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
             let mut grads = loss.backward();
             let sub_grad = sub

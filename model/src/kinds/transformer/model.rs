@@ -172,6 +172,17 @@ impl Classifier for TransformerModel {
         self.analyse(text).embedding
     }
 
+    fn teaching_probabilities(&self, texts: &[&str]) -> Vec<[f32; 3]> {
+        match self.encoder.embed(texts, self.batch) {
+            Ok(embeddings) if embeddings.len() == texts.len() => embeddings
+                .iter()
+                .map(|e| self.head.probabilities(e))
+                .collect(),
+            Ok(_) => panic!("the encoder returned the wrong number of embeddings"),
+            Err(e) => panic!("the encoder failed: {e}"),
+        }
+    }
+
     fn analyse(&self, text: &str) -> Analysis {
         // analyse_batch returns one analysis per text or panics (see there).
         match self.analyse_batch(&[text]).pop() {
@@ -492,6 +503,8 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
         sel_set,
         weights,
         chosen_fast: partner,
+        // The pipeline refuses a teacher for this kind: distillation teaches the fast kind.
+        teacher: _,
         observer,
     } = inputs;
     let started = std::time::Instant::now();
