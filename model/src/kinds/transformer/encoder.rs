@@ -7,8 +7,8 @@
 //! files in place.
 //!
 //! Inference runs the same weights through [`cpu`], a plain f32 forward several times faster
-//! than burn's on CPU; the burn network stays the one to train, and the reference the fast
-//! forward is tested against.
+//! than burn's on CPU, and so does fine-tuning (`finetune`); the burn network is the
+//! reference both are tested against.
 
 mod bf16;
 pub(crate) mod cpu;
@@ -350,9 +350,9 @@ pub(crate) struct NamedTensor {
 pub struct SentenceEncoder {
     pub config: BertConfig,
     /// SHA-256 of the encoder's files and `max_seq_len`: what an embedding cache is keyed by,
-    /// and what [`SentenceEncoder::burn`] checks the files against: the burn network
-    /// (fine-tuning, the parity tests) is built from them when asked for and never kept
-    /// here, so a serving process, which does not need it, holds the weights once.
+    /// and what the burn network (the parity tests) and fine-tuning's starting layers are
+    /// checked against when they read the files again: nothing here keeps a second copy of
+    /// the weights, so a serving process holds them once.
     fingerprint: String,
     /// Whether fine-tuned layers were loaded over the pretrained ones.
     tuned: bool,
@@ -492,9 +492,9 @@ impl SentenceEncoder {
         &self.fingerprint
     }
 
-    /// The burn network of this (pretrained) encoder, built from its files: for fine-tuning
-    /// and as the reference the serving forward is held to. The caller keeps it as long as
-    /// it needs it.
+    /// The burn network of this (pretrained) encoder, built from its files: the reference the
+    /// serving forward and fine-tuning's backward are held to, and the baseline of the encoder
+    /// bench. The caller keeps it as long as it needs it.
     pub fn burn(&self) -> Result<BurnEncoder<'_>, ModelError> {
         // Nothing needs it tuned, and keeping the tuned layers' bytes for it would cost
         // memory in every serving process.

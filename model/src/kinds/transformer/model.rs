@@ -590,6 +590,9 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
         let key = {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
+            // The checkpoints' format: burn records before, safetensors and frozen f16 now.
+            // An unfinished run of another format is removed below, not resumed.
+            h.update(b"finetune-format-2");
             h.update(encoder.fingerprint());
             h.update(&train_set.fingerprint);
             h.update(&sel_set.fingerprint);

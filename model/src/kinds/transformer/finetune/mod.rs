@@ -2,8 +2,9 @@
 //! checkpoints as it goes and resumes from the last one after an interruption, to the same
 //! result an uninterrupted run gives.
 //!
-//! The layers below the tuned ones stay frozen, so their output is computed once per text
-//! (lengths sorted into batches) and each step runs only the top layers forward and back.
+//! The layers below the tuned ones stay frozen, so their output is computed once per text by
+//! the serving forward and kept in f16 on disk ([`frozen`]); each step runs only the top
+//! layers forward and back ([`top`]).
 //! Everything that decides a step is a function of the seed, the epoch and the step (the
 //! batch order, the learning rate; there is no dropout), so a checkpoint needs only the
 //! tuned weights, the optimizer state and the position.
