@@ -408,6 +408,24 @@ fn a_fast_model_is_distilled_from_a_stored_transformer() {
     let p = env.stdout(&["predict", "--json", "I love this so much"]);
     assert!(p.contains(&student), "{p}");
 
+    assert!(!out.contains("another selection split"), "{out}");
+    // A teacher trained on other data may have seen this run's selection rows: said.
+    let val = env.root().join("val.csv").display().to_string();
+    let other = env.ok(&[
+        "train",
+        "--kind",
+        "fast",
+        "--teacher",
+        &teacher,
+        "--data",
+        &val,
+        "--no-promote",
+    ]);
+    assert!(
+        other.contains("was trained with another selection split"),
+        "{other}"
+    );
+
     // What cannot be done says why.
     let err = env.fails(&["train", "--kind", "fast", "--teacher", "v-none"]);
     assert!(err.contains("cannot load the teacher v-none"), "{err}");

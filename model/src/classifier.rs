@@ -109,10 +109,14 @@ pub trait Classifier: Send + Sync {
     /// What a student is distilled from: the model's own probabilities, without a partner
     /// trained on the same rows (the transformer's fast model has nearly learnt its training
     /// texts' labels, and would only echo them back as targets).
-    fn teaching_probabilities(&self, texts: &[&str]) -> Vec<[f32; 3]> {
-        self.predict_batch(texts)
+    fn teaching_probabilities(
+        &self,
+        texts: &[&str],
+    ) -> Result<Vec<[f32; 3]>, crate::error::ModelError> {
+        Ok(self
+            .predict_batch(texts)
             .iter()
             .map(|p| p.probabilities)
-            .collect()
+            .collect())
     }
 }

@@ -437,7 +437,8 @@ fn teach(
     root: &Path,
     version: &str,
     kind: TrainableKind,
-    train_set: &Dataset,
+    (train_set, sel_set): (&Dataset, &Dataset),
+    threads: usize,
     observer: &mut dyn TrainObserver,
 ) -> Result<Teacher, ModelError> {
     if kind != TrainableKind::Fast {
@@ -448,21 +449,41 @@ fn teach(
         )));
     }
     let store = ModelStore::for_config(cfg, Some(root))?;
-    let model = store.load(version).map_err(|e| {
+    let cannot = |e: ModelError| {
         ModelError::Training(format!(
             "cannot load the teacher {version} from {}: {e}",
             root.display()
         ))
-    })?;
+    };
+    let manifest = store.manifest(version).map_err(cannot)?;
+    let model = store.load(version).map_err(cannot)?;
+    // A teacher trained on this run's selection rows hands their labels to the student, and
+    // the selection figures then read high: said, not refused (its data may differ on
+    // purpose).
+    let selection = manifest.splits.get("selection").map(|s| &s.fingerprint);
+    if selection != Some(&sel_set.fingerprint) {
+        let warning = format!(
+            "distillation: the teacher {version} was trained with another selection split than \
+             this run's; if it saw this run's selection rows, the selection figures read high \
+             (the reporting split is unaffected unless the teacher trained on it)"
+        );
+        tracing::warn!(teacher = version, "{warning}");
+        observer.on_message(&warning);
+    }
     observer.on_message(&format!(
         "distillation: scoring the {} training texts with the teacher {version} ({} kind)",
         train_set.len(),
         model.kind().as_str()
     ));
+    // On the training threads, as the rest of the run.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(crate::kinds::fast::train::resolve_threads(threads))
+        .build()
+        .map_err(|e| ModelError::Training(format!("cannot start the training threads: {e}")))?;
     let mut probabilities = Vec::with_capacity(train_set.len());
     for chunk in train_set.texts.chunks(512) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        probabilities.extend(model.teaching_probabilities(&texts));
+        probabilities.extend(pool.install(|| model.teaching_probabilities(&texts))?);
         observer.on_progress("teacher", probabilities.len(), train_set.len());
     }
     Ok(Teacher {
@@ -563,7 +584,8 @@ pub fn train_and_store(
             &store_root,
             version,
             kind,
-            &train_set,
+            (&train_set, &sel_set),
+            params.threads,
             observer,
         )?),
         None => None,

@@ -172,15 +172,19 @@ impl Classifier for TransformerModel {
         self.analyse(text).embedding
     }
 
-    fn teaching_probabilities(&self, texts: &[&str]) -> Vec<[f32; 3]> {
-        match self.encoder.embed(texts, self.batch) {
-            Ok(embeddings) if embeddings.len() == texts.len() => embeddings
-                .iter()
-                .map(|e| self.head.probabilities(e))
-                .collect(),
-            Ok(_) => panic!("the encoder returned the wrong number of embeddings"),
-            Err(e) => panic!("the encoder failed: {e}"),
+    fn teaching_probabilities(&self, texts: &[&str]) -> Result<Vec<[f32; 3]>, ModelError> {
+        let embeddings = self.encoder.embed(texts, self.batch)?;
+        if embeddings.len() != texts.len() {
+            return Err(ModelError::Training(format!(
+                "the encoder returned {} embeddings for {} texts",
+                embeddings.len(),
+                texts.len()
+            )));
         }
+        Ok(embeddings
+            .iter()
+            .map(|e| self.head.probabilities(e))
+            .collect())
     }
 
     fn analyse(&self, text: &str) -> Analysis {
@@ -594,6 +598,8 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
             // An unfinished run of another format is removed below, not resumed.
             h.update(b"finetune-format-2");
             h.update(encoder.fingerprint());
+            // The frozen layers' output depends on the serving forward's products.
+            h.update(encoder.serving_precision());
             h.update(&train_set.fingerprint);
             h.update(&sel_set.fingerprint);
             h.update(serde_json::to_vec(&fp).map_err(ModelError::json)?);

@@ -63,6 +63,13 @@ impl Frozen {
         for chunk in order.chunks(64) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
             let hidden = encoder.hidden_states(&batch, upto)?;
+            let fits = |v: &&f32| v.is_finite() && v.abs() <= f32::from(f16::MAX);
+            if let Some(v) = hidden.iter().find(|v| !fits(v)) {
+                return Err(ModelError::Training(format!(
+                    "a hidden state of the frozen layers is {v}, outside f16's range: this \
+                     encoder cannot be fine-tuned from f16 frozen states"
+                )));
+            }
             bytes.clear();
             bytes.extend(hidden.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()));
             out.write_all(&bytes).map_err(ModelError::io(&partial))?;
@@ -101,13 +108,22 @@ impl Frozen {
         let tokens: u64 = index.lens.iter().map(|&l| l as u64).sum();
         let file = std::fs::File::open(path).ok()?;
         let complete = file.metadata().ok()?.len() == tokens * dim as u64 * 2;
-        (index.key == key && index.dim == dim && index.lens.len() == texts && complete).then_some(
-            Frozen {
+        let consistent = index.offsets.len() == index.lens.len()
+            && index
+                .offsets
+                .iter()
+                .zip(&index.lens)
+                .all(|(&o, &l)| o + l as u64 <= tokens);
+        (index.key == key
+            && index.dim == dim
+            && index.lens.len() == texts
+            && complete
+            && consistent)
+            .then_some(Frozen {
                 file,
                 path: path.to_path_buf(),
                 index,
-            },
-        )
+            })
     }
 
     /// Token counts of the texts.

@@ -229,6 +229,15 @@ impl Checkpoint {
     ) -> Result<(), ModelError> {
         std::fs::create_dir_all(&self.dir).map_err(ModelError::io(&self.dir))?;
         let generation = progress.generation + 1;
+        // Left by an attempt killed before its progress file: possibly a hard link to the
+        // current best file, which writing or copying onto would destroy.
+        for stale in [
+            self.top(generation),
+            self.optim(generation),
+            self.best(generation),
+        ] {
+            let _ = std::fs::remove_file(stale);
+        }
         save_tensors(&self.top(generation), &[("", top)], None)?;
         let time = HashMap::from([("time".to_string(), optim.time.to_string())]);
         save_tensors(
@@ -318,7 +327,7 @@ fn save_tensors(
         .map(|(n, s, v)| (n.as_str(), s.clone(), *v))
         .collect();
     let bytes = f32_safetensors(&refs, meta, path)?;
-    std::fs::write(path, bytes).map_err(ModelError::io(path))
+    sentimentd_data::atomic::write_bytes_atomic(path, &bytes).map_err(ModelError::io(path))
 }
 
 /// One `Top` per prefix, read from `path` into `fresh`'s shape.
@@ -601,6 +610,105 @@ mod tests {
             }
         }
         t
+    }
+
+    /// A one-layer top of width 4 with every parameter set to `value`.
+    fn tiny_top(value: f32) -> Top {
+        let (h, inter) = (4, 8);
+        let p = "encoder.layer.0";
+        let mut tensors = Vec::new();
+        let mut dense = |name: &str, d_in: usize, d_out: usize| {
+            for (part, shape) in [("weight", vec![d_out, d_in]), ("bias", vec![d_out])] {
+                tensors.push(crate::kinds::transformer::encoder::NamedTensor {
+                    name: format!("{p}.{name}.{part}"),
+                    values: vec![value; shape.iter().product()],
+                    shape,
+                });
+            }
+        };
+        for name in [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+        ] {
+            dense(name, h, h);
+        }
+        dense("attention.output.dense", h, h);
+        dense("intermediate.dense", h, inter);
+        dense("output.dense", inter, h);
+        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            dense(norm, 1, h);
+        }
+        for t in tensors
+            .iter_mut()
+            .filter(|t| t.name.contains("LayerNorm.weight"))
+        {
+            t.shape = vec![h];
+        }
+        Top::new(&tensors, 0, 1, &[value; 12], [value; 3], 1, 1e-12).expect("top")
+    }
+
+    /// A checkpoint killed between linking the next generation's best file and writing its
+    /// progress leaves that link behind; the resumed run's checkpoints still keep, and then
+    /// replace, the best weights intact.
+    #[test]
+    fn a_checkpoint_killed_after_linking_its_best_file_still_resumes_to_the_best_weights() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoint = Checkpoint {
+            dir: dir.path().to_path_buf(),
+        };
+        let (best, current) = (tiny_top(0.5), tiny_top(0.25));
+        let mut progress = Progress {
+            key: "k".into(),
+            epoch: 2,
+            step: 0,
+            generation: 0,
+            loss_sum: 0.0,
+            best: Some(Best {
+                epoch: 1,
+                macro_recall: 0.5,
+                log_loss: 1.0,
+            }),
+            history: Vec::new(),
+        };
+        let optim = Adam::new(&current);
+        checkpoint
+            .write(&mut progress, &current, &optim, Some(&best), None)
+            .expect("first checkpoint");
+        assert_eq!(progress.generation, 1);
+        std::fs::hard_link(checkpoint.best(1), checkpoint.best(2)).expect("leftover link");
+        // Resumed: the next checkpoint keeps the best (a link again), then one improves it.
+        checkpoint
+            .write(&mut progress, &current, &optim, None, Some(1))
+            .expect("second checkpoint");
+        let read = checkpoint.read("k").expect("progress");
+        let (_, _, kept) = checkpoint.load(&read, &best).expect("resumes");
+        let kept = kept.expect("a best");
+        assert!(
+            kept.params()
+                .iter()
+                .all(|(_, v)| v.iter().all(|&x| x == 0.5))
+        );
+        checkpoint
+            .write(
+                &mut progress,
+                &current,
+                &optim,
+                Some(&tiny_top(0.75)),
+                Some(2),
+            )
+            .expect("third checkpoint");
+        let read = checkpoint.read("k").expect("progress");
+        let (_, _, kept) = checkpoint.load(&read, &best).expect("loads");
+        let kept = kept.expect("a best");
+        assert!(
+            kept.params()
+                .iter()
+                .all(|(_, v)| v.iter().all(|&x| x == 0.75))
+        );
+        assert_eq!(read.generation, 3);
+        // And generation 2, which the third replaced, is gone with its files.
+        assert!(!checkpoint.best(2).exists() && !checkpoint.best(1).exists());
     }
 
     #[test]
