@@ -5,7 +5,10 @@
 //! an in-memory baseline. The result goes to the DriftMonitor.
 //!
 //! A `SyncArbiter` actor: computing a baseline runs the model over the reference texts, which
-//! must not hold up the arbiter that the registry and the watcher share.
+//! must not hold up the arbiter that the registry and the watcher share. Nor may it take the
+//! CPU from serving: it runs at `[retrain] nice` on a pool of `[retrain] threads`, not on
+//! rayon's global pool, which is serving's (a transformer's baseline computed there held
+//! `/predict` up to a second).
 
 use actix::{Actor, Handler, Recipient, SyncContext};
 use sentimentd_config::Config;
@@ -21,6 +24,8 @@ pub struct Baseliner {
     cfg: Arc<Config>,
     monitor: Recipient<BaselineReady>,
     containment: Containment,
+    /// Made on the actor's thread once its priority is lowered, so its threads inherit it.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl Baseliner {
@@ -29,6 +34,7 @@ impl Baseliner {
             cfg,
             monitor,
             containment: Containment::new("baseliner", metrics),
+            pool: None,
         }
     }
 
@@ -70,6 +76,21 @@ impl Baseliner {
 
 impl Actor for Baseliner {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, _ctx: &mut SyncContext<Self>) {
+        crate::runtime::background::lower_priority(self.cfg.retrain.nice);
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(self.cfg.retrain.threads.max(1))
+            .thread_name(|i| format!("baseline-{i}"))
+            .build()
+        {
+            Ok(pool) => self.pool = Some(pool),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot start the baseline threads; baselines are computed on serving's pool"
+            ),
+        }
+    }
 }
 
 impl Handler<ModelServing> for Baseliner {
@@ -77,7 +98,11 @@ impl Handler<ModelServing> for Baseliner {
 
     fn handle(&mut self, msg: ModelServing, _ctx: &mut SyncContext<Self>) {
         let version = msg.classifier.version().to_string();
-        match self.containment.run(|| self.baseline_for(&msg)) {
+        let compute = || match &self.pool {
+            Some(pool) => pool.install(|| self.baseline_for(&msg)),
+            None => self.baseline_for(&msg),
+        };
+        match self.containment.run(compute) {
             Ok(Ok((b, how))) => {
                 tracing::info!(
                     model_version = %version,
