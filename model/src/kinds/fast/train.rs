@@ -52,7 +52,8 @@ pub struct TrainParams {
 
 /// Distillation: the model trained on a teacher's probabilities for the training texts,
 /// mixed with the labels: each row's target is `(1 − mix) · label + mix · teacher`. The mix
-/// is chosen on the selection split (true labels only) among [`DISTILL_MIXES`].
+/// and the softening temperature are chosen on the selection split (true labels only) among
+/// [`DISTILL_MIXES`] and [`DISTILL_TEMPERATURES`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DistillParams {
     /// The version whose probabilities were the soft targets.
