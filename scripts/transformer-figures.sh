@@ -9,7 +9,7 @@
 #
 # Environment: SENTIMENTD_PRETRAINED (default ~/.cache/sentimentd-pretrained),
 # FINETUNE_LAYERS (4), FINETUNE_EPOCHS (3), CARGO_TARGET_DIR as for any build. With the
-# defaults the fine-tuned run took 41 minutes and 0.71 GB on the 2-core VM (0.7395; 81 minutes
+# defaults the fine-tuned run took 24 minutes and 0.70 GB on the 2-core VM (0.7395; 81 minutes
 # and 3.4 GB before fine-tuning left burn autodiff).
 set -euo pipefail
 cd "$(dirname "$0")/.."
