@@ -444,44 +444,69 @@ pub(crate) fn gemm_strided(
 /// token's query, key and value side by side, `context` gets the heads' outputs concatenated.
 fn attention(qkv: &[f32], lens: &[usize], heads: usize, context: &mut [f32]) {
     let h = context.len() / lens.iter().sum::<usize>().max(1);
-    let d = h / heads;
-    let scale = 1.0 / (d as f32).sqrt();
     let longest = lens.iter().copied().max().unwrap_or(0);
     let mut scores = vec![0.0; longest * longest];
     let mut start = 0;
     for &len in lens.iter().filter(|&&len| len > 0) {
-        let s = &mut scores[..len * len];
-        for head in 0..heads {
-            let col = head * d;
-            let view = |offset: usize, rows: usize, cols: usize, row_stride, col_stride| Mat {
-                data: &qkv[start * 3 * h + offset..(start + len) * 3 * h],
-                rows,
-                cols,
-                row_stride,
-                col_stride,
-            };
-            let q = view(col, len, d, 3 * h, 1);
-            // Keys read transposed: element (t, j) is key j's component t.
-            let k_t = view(h + col, d, len, 1, 3 * h);
-            gemm_strided(s, len, q, k_t, scale, false, Parallelism::None);
-            softmax_rows(s, len);
-            let p = Mat {
-                data: s,
-                rows: len,
-                cols: len,
-                row_stride: len,
-                col_stride: 1,
-            };
-            let v = view(2 * h + col, len, d, 3 * h, 1);
-            let out = &mut context[start * h + col..(start + len) * h];
-            gemm_strided(out, h, p, v, 1.0, false, Parallelism::None);
-        }
+        attend(
+            &qkv[start * 3 * h..(start + len) * 3 * h],
+            len,
+            heads,
+            &mut context[start * h..(start + len) * h],
+            &mut scores[..len * len],
+        );
         start += len;
     }
 }
 
+/// Attention of one text of `len` tokens with itself, head by head: `seq` holds its tokens'
+/// query, key and value side by side (`len` rows of `3 · hidden`), `context` gets its `len`
+/// rows of `hidden` outputs. `probs` keeps each head's probabilities when it holds
+/// `heads · len²` values (training needs them back); with room for one head it is scratch.
+pub(crate) fn attend(
+    seq: &[f32],
+    len: usize,
+    heads: usize,
+    context: &mut [f32],
+    probs: &mut [f32],
+) {
+    if len == 0 {
+        return;
+    }
+    let h = context.len() / len;
+    let d = h / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let keep = probs.len() >= heads * len * len;
+    for head in 0..heads {
+        let col = head * d;
+        let at = if keep { head * len * len } else { 0 };
+        let s = &mut probs[at..at + len * len];
+        let view = |offset: usize, rows: usize, cols: usize, row_stride, col_stride| Mat {
+            data: &seq[offset..],
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        };
+        let q = view(col, len, d, 3 * h, 1);
+        // Keys read transposed: element (t, j) is key j's component t.
+        let k_t = view(h + col, d, len, 1, 3 * h);
+        gemm_strided(s, len, q, k_t, scale, false, Parallelism::None);
+        softmax_rows(s, len);
+        let p = Mat {
+            data: s,
+            rows: len,
+            cols: len,
+            row_stride: len,
+            col_stride: 1,
+        };
+        let v = view(2 * h + col, len, d, 3 * h, 1);
+        gemm_strided(&mut context[col..], h, p, v, 1.0, false, Parallelism::None);
+    }
+}
+
 /// Softmax of each `width`-long row of `s`, in place.
-pub(crate) fn softmax_rows(s: &mut [f32], width: usize) {
+fn softmax_rows(s: &mut [f32], width: usize) {
     pulp::Arch::new().dispatch(Softmax { s, width });
 }
 
@@ -508,7 +533,7 @@ impl pulp::WithSimd for Softmax<'_> {
 }
 
 #[inline(always)]
-pub(crate) fn add(y: &mut [f32], x: &[f32]) {
+fn add(y: &mut [f32], x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += x);
 }
 
@@ -561,7 +586,7 @@ fn max8(x: &[f32]) -> f32 {
 
 /// A sum in eight lanes, so it vectorises (a single running sum is a serial chain).
 #[inline(always)]
-pub(crate) fn sum8(x: &[f32]) -> f32 {
+fn sum8(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -574,7 +599,7 @@ pub(crate) fn sum8(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-pub(crate) fn sum8_sq(x: &[f32]) -> f32 {
+fn sum8_sq(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();

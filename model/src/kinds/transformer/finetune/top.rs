@@ -14,9 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::ModelError;
 use crate::kinds::transformer::encoder::NamedTensor;
-use crate::kinds::transformer::encoder::cpu::{
-    Mat, erf, exp, gemm_strided, matmul_acc, softmax_rows,
-};
+use crate::kinds::transformer::encoder::cpu::{Mat, attend, erf, exp, gemm_strided, matmul_acc};
 
 /// A dense layer, PyTorch layout: `y = x · wᵀ + b`, `w` is `[out, in]`.
 #[derive(Clone, Debug)]
@@ -646,8 +644,6 @@ fn attention_forward(
     h: usize,
     context: &mut [f32],
 ) -> Vec<f32> {
-    let d = h / heads;
-    let scale = 1.0 / (d as f32).sqrt();
     let total: usize = lens.iter().map(|l| heads * l * l).sum();
     let mut probs = vec![0.0f32; total];
     let starts = offsets(lens, |l| l);
@@ -664,27 +660,7 @@ fn attention_forward(
         }
     }
     parts.into_par_iter().for_each(|(start, len, p, c)| {
-        if len == 0 {
-            return;
-        }
-        let seq = &qkv[start * 3 * h..(start + len) * 3 * h];
-        for head in 0..heads {
-            let col = head * d;
-            let s = &mut p[head * len * len..(head + 1) * len * len];
-            let q = view(seq, col, len, d, 3 * h, 1);
-            let k_t = view(seq, h + col, d, len, 1, 3 * h);
-            gemm_strided(s, len, q, k_t, scale, false, Parallelism::None);
-            softmax_rows(s, len);
-            let pm = Mat {
-                data: s,
-                rows: len,
-                cols: len,
-                row_stride: len,
-                col_stride: 1,
-            };
-            let v = view(seq, 2 * h + col, len, d, 3 * h, 1);
-            gemm_strided(&mut c[col..], h, pm, v, 1.0, false, Parallelism::None);
-        }
+        attend(&qkv[start * 3 * h..(start + len) * 3 * h], len, heads, c, p);
     });
     probs
 }
