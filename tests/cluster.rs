@@ -977,3 +977,128 @@ fn messages_a_crashed_node_held_past_max_deliver_are_refused_not_left_in_the_que
         d.metric("sentiment_cluster_messages_total{outcome=\"rejected\"}") == held as f64
     });
 }
+
+/// The server sends its max-deliveries advisory once, as a plain NATS message, when a pull
+/// finds a message past `max_deliver`. Sent while no node followed the advisories (the pull
+/// came from another client, or from a node still starting), it used to be lost, and the
+/// message stayed in the work queue, refused by nobody. The advisories are kept in a stream
+/// now, and the next node to connect refuses the messages.
+#[test]
+fn a_max_deliveries_advisory_sent_while_no_node_was_connected_is_acted_on_by_the_next_node() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let section = nats.section("ack_wait_secs = 2\nmax_deliver = 1\nbatch = 50");
+    let mut d = Daemon::start_with("", "", "", &section);
+    let (n, held) = (30, 5);
+    let (js, mut rejections, mut advisories) = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = jetstream::new(client.clone());
+        // Set up and pulling.
+        wait_for_streams(&js, &d).await;
+        let started = Instant::now();
+        loop {
+            let consumer = js.get_stream("SENTIMENTD_IN").await.expect("input");
+            if let Ok(mut c) = consumer
+                .get_consumer::<jetstream::consumer::pull::Config>("sentimentd")
+                .await
+                && c.info().await.is_ok_and(|i| i.num_waiting > 0)
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{}", d.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let rejected = client
+            .subscribe("sentimentd.rejected")
+            .await
+            .expect("subscribe");
+        let advisories = client
+            .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.SENTIMENTD_IN.sentimentd")
+            .await
+            .expect("subscribe");
+        (js, rejected, advisories)
+    });
+    d.kill9();
+    let message = |i: usize| {
+        let body = serde_json::json!({"id": format!("a{i}"), "text": format!("text {i}")});
+        (format!("a{i}"), body.to_string())
+    };
+    rt.block_on(async {
+        // The killed node's last pull request lives until it expires; a message sent to it
+        // would be a delivery too.
+        let mut consumer: jetstream::consumer::PullConsumer = js
+            .get_stream("SENTIMENTD_IN")
+            .await
+            .expect("input")
+            .get_consumer("sentimentd")
+            .await
+            .expect("consumer");
+        let started = Instant::now();
+        while consumer.info().await.expect("consumer info").num_waiting > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "pull requests left"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A "node" (this test) takes some and crashes without acknowledging them...
+        publish(&js, (0..held).map(message)).await;
+        let mut taken = consumer
+            .fetch()
+            .max_messages(held)
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(m) = futures_util::StreamExt::next(&mut taken).await {
+            m.expect("message");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // ... and another client's pull, past ack_wait, makes the server give up on them
+        // while no node is connected.
+        let mut empty = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(m) = futures_util::StreamExt::next(&mut empty).await {
+            assert!(m.is_err(), "no message was left to deliver");
+        }
+        for _ in 0..held {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                futures_util::StreamExt::next(&mut advisories),
+            )
+            .await
+            .expect("an advisory within 30 s")
+            .expect("advisory");
+        }
+        publish(&js, (held..n).map(message)).await;
+        assert_eq!(counts(&js).await, (0, n as u64), "nothing settled yet");
+    });
+    d.spawn(&[]);
+    rt.block_on(async {
+        let reasons = receive(&mut rejections, held).await;
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.contains("without being settled") && r.contains("\"payload\"")),
+            "{reasons:?}"
+        );
+        wait_settled(&js, (n - held) as u64, Duration::from_secs(60), &d).await;
+        let ids = id_counts(&outputs(&js).await);
+        assert_eq!(ids.len(), n - held);
+        assert!(ids.values().all(|&c| c == 1), "no duplicate");
+        assert!((0..held).all(|i| !ids.contains_key(&format!("a{i}"))));
+        let mut kept = js.get_stream("SENTIMENTD_IN_GIVEN_UP").await.expect("kept");
+        let started = Instant::now();
+        while kept.info().await.expect("info").state.messages > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "advisories left unacknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}

@@ -152,7 +152,8 @@ async fn run(url: &str, cx: SourceContext, mut stop: tokio::sync::watch::Receive
         // Lives as long as this connection's consumer: a set-up-again consumer gets its own.
         let given_up = {
             let settler = settler.clone();
-            tokio::task::spawn_local(async move { settler.refuse_given_up().await })
+            let advisories = link.given_up.clone();
+            tokio::task::spawn_local(async move { settler.refuse_given_up(advisories).await })
         };
         let failing = consume(&link.consumer, &settler, &cluster, &mut stop).await;
         given_up.abort();

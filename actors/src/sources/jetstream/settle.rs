@@ -1,6 +1,7 @@
 //! Settling one fetched batch: score it, store each result, and only then acknowledge.
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use async_nats::jetstream::{self, AckKind, consumer};
 use futures_util::future::join_all;
 use sentimentd_config::ClusterConfig;
 use std::sync::Arc;
@@ -326,6 +327,13 @@ impl Settler {
     }
 }
 
+/// Why a message past `max_deliver` was not refused.
+enum Refusal {
+    /// It is no longer in the input stream.
+    Gone,
+    Failed(String),
+}
+
 /// The server's advisory that a message reached `max_deliver` without being settled.
 #[derive(serde::Deserialize)]
 struct MaxDeliveries {
@@ -337,46 +345,67 @@ struct MaxDeliveries {
 impl Settler {
     /// Refuses the messages the server gave up on: a message that was delivered
     /// `max_deliver` times without being settled (the nodes holding it crashed or stalled)
-    /// would otherwise stay in the work queue for ever. One node of the cluster takes each
-    /// advisory (a queue group): it publishes the rejection with the payload, then deletes
-    /// the message from the input stream.
-    pub async fn refuse_given_up(&self) {
-        let c = &self.cluster;
-        let subject = format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-            c.input_stream, c.consumer
-        );
-        let mut advisories = match self
-            .client
-            .queue_subscribe(subject.clone(), c.consumer.clone())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, subject = %subject, "cannot follow max-deliveries advisories; such messages stay in the input stream");
-                return;
-            }
-        };
-        while let Some(advisory) = futures_util::StreamExt::next(&mut advisories).await {
-            let Ok(a) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
-                continue;
+    /// would otherwise stay in the work queue for ever. The server's advisories are kept in a
+    /// stream ([`setup::given_up`](super::setup::given_up)), so one sent while no node was
+    /// connected waits for the next; one node takes each: it publishes the rejection with the
+    /// payload, deletes the message from the input stream, then acknowledges the advisory.
+    pub async fn refuse_given_up(&self, advisories: consumer::PullConsumer) {
+        loop {
+            let mut kept = match advisories.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the kept max-deliveries advisories; trying again in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
             };
-            if let Err(e) = self.refuse_sequence(a.stream_seq, a.deliveries).await {
-                tracing::warn!(stream_seq = a.stream_seq, error = %e, "a message past max_deliver was not refused");
+            while let Some(next) = futures_util::StreamExt::next(&mut kept).await {
+                let advisory = match next {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the kept max-deliveries advisories failed; reading again");
+                        break;
+                    }
+                };
+                let settled = match serde_json::from_slice::<MaxDeliveries>(&advisory.payload) {
+                    // Nothing this node can act on; kept out of the way.
+                    Err(_) => true,
+                    Ok(a) => match self.refuse_sequence(a.stream_seq, a.deliveries).await {
+                        Ok(()) => true,
+                        // Settled late by its node, or refused by another: nothing to do.
+                        Err(Refusal::Gone) => true,
+                        Err(Refusal::Failed(e)) => {
+                            tracing::warn!(stream_seq = a.stream_seq, error = %e, "a message past max_deliver was not refused; trying again in 5 s");
+                            false
+                        }
+                    },
+                };
+                let kind = if settled {
+                    AckKind::Ack
+                } else {
+                    AckKind::Nak(Some(Duration::from_secs(5)))
+                };
+                if let Err(e) = advisory.ack_with(kind).await {
+                    tracing::warn!(error = %e, "acknowledging a kept max-deliveries advisory failed; it comes again");
+                }
             }
         }
     }
 
-    async fn refuse_sequence(&self, seq: u64, deliveries: i64) -> Result<(), String> {
+    async fn refuse_sequence(&self, seq: u64, deliveries: i64) -> Result<(), Refusal> {
+        let failed = |e: &dyn std::fmt::Display| Refusal::Failed(e.to_string());
         let stream = self
             .js
             .get_stream(&self.cluster.input_stream)
             .await
-            .map_err(|e| e.to_string())?;
-        let message = stream
-            .get_raw_message(seq)
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
+        let message = stream.get_raw_message(seq).await.map_err(|e| {
+            if e.kind() == RawMessageErrorKind::NoMessageFound {
+                Refusal::Gone
+            } else {
+                failed(&e)
+            }
+        })?;
         let id = serde_json::from_slice::<Input>(&message.payload)
             .ok()
             .map(|i| i.id);
@@ -384,12 +413,6 @@ impl Settler {
             "delivered {deliveries} times (cluster.max_deliver) without being settled: the \
              nodes that took it crashed or stalled"
         );
-        ClusterMessageRejected {
-            id: id.as_deref(),
-            reason: &reason,
-            delivered: deliveries,
-        }
-        .emit(&self.cx.metrics);
         let payload = String::from_utf8_lossy(
             &message.payload[..message.payload.len().min(MAX_ECHOED_BYTES)],
         );
@@ -399,15 +422,19 @@ impl Settler {
             delivered: deliveries,
             payload: &payload,
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(&e))?;
         self.client
             .publish(self.cluster.rejected_subject.clone(), body.into())
             .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .delete_message(seq)
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
+        stream.delete_message(seq).await.map_err(|e| failed(&e))?;
+        // Once refused for good: an attempt that fails above is tried again, and logged once.
+        ClusterMessageRejected {
+            id: id.as_deref(),
+            reason: &reason,
+            delivered: deliveries,
+        }
+        .emit(&self.cx.metrics);
         self.cx
             .metrics
             .cluster

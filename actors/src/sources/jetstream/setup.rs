@@ -22,6 +22,63 @@ pub struct Link {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub consumer: consumer::PullConsumer,
+    /// The shared consumer of the kept max-deliveries advisories ([`given_up`]).
+    pub given_up: consumer::PullConsumer,
+}
+
+/// The subject of the server's advisories that a message of the input consumer reached
+/// `max_deliver` without being settled.
+pub fn advisory_subject(c: &ClusterConfig) -> String {
+    format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+        c.input_stream, c.consumer
+    )
+}
+
+/// The stream that keeps those advisories, and the consumer all nodes share on it. The server
+/// sends an advisory once, as a plain NATS message: sent while no node was connected, it was
+/// lost, and its input message stayed in the work queue for ever, refused by nobody. Kept in
+/// a stream, it waits for the next node that connects.
+pub async fn given_up(
+    js: &jetstream::Context,
+    c: &ClusterConfig,
+) -> Result<consumer::PullConsumer, SetupError> {
+    let name = format!("{}_GIVEN_UP", c.input_stream);
+    let unreachable = |e: &dyn std::fmt::Display| {
+        SetupError::Unreachable(format!("the advisories' stream {name}: {e}"))
+    };
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![advisory_subject(c)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let runs = &stream.cached_info().config;
+    if !runs.subjects.contains(&advisory_subject(c))
+        || runs.retention != stream::RetentionPolicy::WorkQueue
+    {
+        return Err(SetupError::Refused(format!(
+            "the stream {name} keeps the max-deliveries advisories of cluster.consumer, but runs \
+             with subjects {:?} and retention {:?}; delete it (`nats stream rm {name}`) and the \
+             node makes it again",
+            runs.subjects, runs.retention
+        )));
+    }
+    stream
+        .get_or_create_consumer(
+            &c.consumer,
+            consumer::pull::Config {
+                durable_name: Some(c.consumer.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| unreachable(&e))
 }
 
 /// A client of the server at `url`, with the configured credentials.
@@ -94,10 +151,12 @@ pub async fn connect(url: &str, c: &ClusterConfig) -> Result<Link, SetupError> {
         .clone();
     check_consumer(c, &echoed)?;
     lease_bucket(&js, c).await?;
+    let given_up = given_up(&js, c).await?;
     Ok(Link {
         client,
         js,
         consumer,
+        given_up,
     })
 }
 
