@@ -819,8 +819,13 @@ fn followers_serve_the_leaders_champion_from_mlflow_and_say_so_when_they_cannot(
         .expect("run");
     let mut tags = std::collections::BTreeMap::new();
     tags.insert("sentimentd.fencing_token".to_string(), "0".to_string());
+    tags.insert("sentimentd.version".to_string(), version.clone());
+    // By hand: `register_champion` itself leaves a newer token's alias alone.
+    let stale = client
+        .create_model_version("cluster", &stale_run.artifact_uri, &stale_run.run_id, &tags)
+        .expect("stale version");
     client
-        .register_champion("cluster", &stale_run, &version, &[], &tags)
+        .set_alias("cluster", "champion", &stale.version)
         .expect("stale champion");
     follower.wait_for(
         "the stale champion refused",

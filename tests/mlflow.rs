@@ -110,7 +110,8 @@ fn training_run_and_champion_reach_mlflow() {
             &Default::default(),
         )
         .unwrap();
-    assert_eq!(v, "1");
+    assert_eq!(v.registry_version, "1");
+    assert_eq!(v.superseded_by, None);
     assert_eq!(
         client
             .register_champion(
@@ -120,7 +121,8 @@ fn training_run_and_champion_reach_mlflow() {
                 &files,
                 &Default::default()
             )
-            .unwrap(),
+            .unwrap()
+            .registry_version,
         "1",
         "registering the same store version twice must not add a registry version"
     );
@@ -379,6 +381,93 @@ fn records_made_while_mlflow_is_down_arrive_once_it_is_up() {
         facts["model_artifacts"],
         serde_json::json!(["model/manifest.json"])
     );
+}
+
+/// A node that lost the training lease while MLflow was down replays its queued champion
+/// registration later: the version is registered, but the alias stays on the version the new
+/// lease holder promoted under a newer fencing token, and the node's log says why. The
+/// holder's own later promotion (a rollback) still moves it.
+#[test]
+fn a_stale_queued_champion_registration_does_not_move_the_alias_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let uri = format!("http://127.0.0.1:{port}");
+    let model = model_dir(tmp.path());
+    let files = vec![model.join("manifest.json")];
+    let node = |name: &str| {
+        let runs = tmp.path().join(name);
+        let log = LocalRunLog::open(&runs).unwrap();
+        let sink =
+            MlflowSink::open(MlflowClient::new(&uri), "fenced", "fenced-model", &runs).unwrap();
+        (log, sink)
+    };
+    let champion = |version: &str, run_id: &str, token: u64| {
+        let mut tags = std::collections::BTreeMap::new();
+        tags.insert(
+            sentimentd_tracking::FENCING_TAG.to_string(),
+            token.to_string(),
+        );
+        MlflowOp::Champion {
+            version: version.to_string(),
+            run_id: run_id.to_string(),
+            files: files.clone(),
+            tags,
+        }
+    };
+    // The old holder (token 5) promotes v1 while MLflow is down: queued.
+    let (old_log, mut old) = node("old-holder");
+    let v1_run = old_log.store(&training_record(tmp.path())).unwrap().run_id;
+    assert_eq!(
+        old.submit(champion("v1", &v1_run, 5)).unwrap(),
+        Submitted::Queued
+    );
+
+    // MLflow comes up; the new holder (token 6) promotes v2.
+    let server = MlflowServer::start(tmp.path(), port);
+    let client = MlflowClient::new(&server.uri);
+    let (new_log, mut new) = node("new-holder");
+    let v2_run = new_log.store(&training_record(tmp.path())).unwrap().run_id;
+    assert_eq!(
+        new.submit(champion("v2", &v2_run, 6)).unwrap(),
+        Submitted::Sent
+    );
+    let alias = || {
+        let v = client
+            .get_model_version_by_alias("fenced-model", "champion")
+            .unwrap()
+            .expect("champion alias");
+        v.tags
+            .get("sentimentd.version")
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(alias(), "v2");
+
+    // The old holder's queue drains: v1 is registered, the alias stays on v2.
+    let report = old.flush_pending().unwrap();
+    assert_eq!((report.sent, report.remaining), (1, 0), "{report:?}");
+    assert_eq!(alias(), "v2");
+    let exp = client.get_or_create_experiment("fenced").unwrap();
+    // Its training run never reached MLflow, so a promotion run carries its files.
+    let run = client
+        .find_run_by_tag(
+            &exp,
+            sentimentd_tracking::RUN_ID_TAG,
+            &format!("{v1_run}-champion"),
+        )
+        .unwrap()
+        .expect("v1's run");
+    let registered = client
+        .model_versions_of_run("fenced-model", &run.run_id)
+        .unwrap();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+
+    // The holder rolls back to v1 under its own token: the alias follows.
+    assert_eq!(
+        new.submit(champion("v1", &v1_run, 6)).unwrap(),
+        Submitted::Sent
+    );
+    assert_eq!(alias(), "v1");
 }
 
 /// The daemon with `[tracking] mlflow_uri`: its first training run and the drift-driven

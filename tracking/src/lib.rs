@@ -37,6 +37,8 @@ pub const KIND_TAG: &str = "sentimentd.kind";
 pub const ERROR_TAG: &str = "sentimentd.error";
 /// Tag on a registered model version naming the model store version it is.
 pub const VERSION_TAG: &str = "sentimentd.version";
+/// Tag of a registry version: the training lease's fencing token it was promoted under.
+pub const FENCING_TAG: &str = "sentimentd.fencing_token";
 /// The alias the serving version carries in the model registry.
 pub const CHAMPION_ALIAS: &str = "champion";
 /// Artifact folder of a run that holds a registered model version's files.

@@ -595,8 +595,9 @@ impl MlflowClient {
 
     /// Uploads all of a model version's files to `model/` of `run`, registers them as a
     /// version of `registered_model` (once per run and store version, with `tags`) and points
-    /// `champion` at it.
-    /// Returns the registry's version number.
+    /// `champion` at it, unless the champion was promoted under a newer fencing token
+    /// ([`FENCING_TAG`]) than `tags` carry: a node that lost the training lease, replaying a
+    /// registration queued while MLflow was down, must not move the alias back.
     pub fn register_champion(
         &self,
         registered_model: &str,
@@ -604,7 +605,7 @@ impl MlflowClient {
         store_version: &str,
         files: &[PathBuf],
         tags: &BTreeMap<String, String>,
-    ) -> Result<String, TrackingError> {
+    ) -> Result<ChampionRegistration, TrackingError> {
         // Every file goes up, weights included: followers install the version from these.
         for file in files {
             let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -634,9 +635,52 @@ impl MlflowClient {
                 self.create_model_version(registered_model, &source, &run.run_id, &tags)?
             }
         };
+        let token = |t: &BTreeMap<String, String>| t.get(FENCING_TAG)?.parse::<u64>().ok();
+        if let Some(ours) = token(tags)
+            && let Some(current) =
+                self.get_model_version_by_alias(registered_model, CHAMPION_ALIAS)?
+            && let Some(theirs) = token(&current.tags)
+            && theirs > ours
+            && current.version != version.version
+        {
+            // The check and the move are two requests; what closes the gap is the lease:
+            // only one node holds a token at a time, and tokens only grow.
+            return Ok(ChampionRegistration {
+                registry_version: version.version,
+                superseded_by: Some(Superseded {
+                    registry_version: current.version,
+                    store_version: current.tags.get(VERSION_TAG).cloned().unwrap_or_default(),
+                    token: theirs,
+                    ours,
+                }),
+            });
+        }
         self.set_alias(registered_model, CHAMPION_ALIAS, &version.version)?;
-        Ok(version.version)
+        Ok(ChampionRegistration {
+            registry_version: version.version,
+            superseded_by: None,
+        })
     }
+}
+
+/// What [`MlflowClient::register_champion`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChampionRegistration {
+    /// The registry's version number of the registered store version.
+    pub registry_version: String,
+    /// Set when the alias was left alone: the champion it names was promoted under a newer
+    /// fencing token.
+    pub superseded_by: Option<Superseded>,
+}
+
+/// The champion a stale registration did not replace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superseded {
+    pub registry_version: String,
+    pub store_version: String,
+    /// Its fencing token, newer than `ours`.
+    pub token: u64,
+    pub ours: u64,
 }
 
 /// A file `upload_artifact` would accept. Checked up front because its refusal is final, and

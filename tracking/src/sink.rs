@@ -448,21 +448,34 @@ impl MlflowSink {
                         self.client.log_run(&experiment_id, &record)?
                     }
                 };
-                let registry_version = self.client.register_champion(
+                let registered = self.client.register_champion(
                     &self.registered_model,
                     &run,
                     version,
                     files,
                     tags,
                 )?;
-                tracing::info!(
-                    model = %self.registered_model,
-                    version = %version,
-                    registry_version = %registry_version,
-                    mlflow_run_id = %run.run_id,
-                    alias = CHAMPION_ALIAS,
-                    "champion registered in MLflow"
-                );
+                match registered.superseded_by {
+                    None => tracing::info!(
+                        model = %self.registered_model,
+                        version = %version,
+                        registry_version = %registered.registry_version,
+                        mlflow_run_id = %run.run_id,
+                        alias = CHAMPION_ALIAS,
+                        "champion registered in MLflow"
+                    ),
+                    Some(s) => tracing::warn!(
+                        model = %self.registered_model,
+                        version = %version,
+                        registry_version = %registered.registry_version,
+                        fencing_token = s.ours,
+                        champion = %s.store_version,
+                        champion_registry_version = %s.registry_version,
+                        champion_fencing_token = s.token,
+                        alias = CHAMPION_ALIAS,
+                        "version registered in MLflow, but the champion alias was left on a version promoted under a newer training lease: this registration is stale"
+                    ),
+                }
             }
         }
         Ok(())

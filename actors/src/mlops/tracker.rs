@@ -26,7 +26,7 @@ use sentimentd_tracking::{
 use crate::messages::{RegisterChampion, Track, TrackError};
 
 /// Tag of a registry version: the training lease's fencing token it was promoted under.
-pub const FENCING_TAG: &str = "sentimentd.fencing_token";
+pub use sentimentd_tracking::FENCING_TAG;
 
 /// How often an idle worker re-reads the pending file (another process may have queued).
 const IDLE_RESCAN: Duration = Duration::from_secs(60);
