@@ -1107,3 +1107,104 @@ fn a_max_deliveries_advisory_sent_while_no_node_was_connected_is_acted_on_by_the
         }
     });
 }
+
+/// `[cluster] publish_inbox`: a file dropped in a node's watched folder goes to the input
+/// stream row by row, ids `<fingerprint>:<line>`, and is scored through the stream exactly
+/// once; its unreadable row goes to `rejected/`, the file to the archive, and nothing to the
+/// outbox. The same content dropped again publishes nothing new.
+#[test]
+fn a_file_dropped_in_a_publishing_nodes_folder_is_scored_once_through_the_stream() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let d = Daemon::start_with(
+        "",
+        "",
+        "",
+        &nats.section("batch = 100\nack_wait_secs = 5\npublish_inbox = true"),
+    );
+    let n = 300;
+    let mut csv = String::from("text,source\n");
+    for i in 0..n {
+        csv.push_str(&format!("row {i} I love this,feed\n"));
+        if i == 10 {
+            // Line 13: longer than [data] max_text_chars.
+            csv.push_str(&format!("{},feed\n", "x".repeat(1200)));
+        }
+    }
+    d.drop_file("tweets.csv", csv.as_bytes());
+    let js = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        wait_settled(&js, n, Duration::from_secs(60), &d).await;
+        js
+    });
+    d.wait_for("the file archived", Duration::from_secs(30), || {
+        d.root()
+            .join("archive")
+            .read_dir()
+            .is_ok_and(|mut r| r.next().is_some())
+    });
+    let outputs = rt.block_on(outputs(&js));
+    let ids = id_counts(&outputs);
+    assert_eq!(ids.len() as u64, n, "{ids:?}");
+    assert!(ids.values().all(|&c| c == 1), "no duplicate");
+    let fingerprint = ids
+        .keys()
+        .next()
+        .and_then(|id| id.split(':').next())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(fingerprint.len(), 16, "{ids:?}");
+    assert!(
+        ids.contains_key(&format!("{fingerprint}:2")),
+        "line 2 is the first row"
+    );
+    assert!(
+        !ids.contains_key(&format!("{fingerprint}:13")),
+        "line 13 was refused"
+    );
+    assert!(
+        outputs.iter().all(|o| o["source"] == "feed"),
+        "{:?}",
+        outputs[0]
+    );
+    let outbox: Vec<_> = std::fs::read_dir(d.root().join("outbox"))
+        .map(|r| r.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        outbox.is_empty(),
+        "scored through the stream, not here: {outbox:?}"
+    );
+    let rejected = std::fs::read_dir(d.root().join("rejected"))
+        .expect("rejected folder")
+        .filter_map(Result::ok)
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(rejected.contains("13,\"text too long"), "{rejected}");
+    d.assert_metrics(&[
+        (r#"sentiment_batches_total{outcome="published"}"#, 1.0),
+        (
+            r#"sentiment_batch_rows_total{outcome="published"}"#,
+            n as f64,
+        ),
+        (r#"sentiment_batch_rows_total{outcome="rejected"}"#, 1.0),
+    ]);
+    assert!(
+        d.logs().contains("batch published to the cluster"),
+        "{}",
+        d.logs()
+    );
+
+    // The same content again: every row is a duplicate the stream drops.
+    d.drop_file("tweets-again.csv", csv.as_bytes());
+    d.wait_for("the second file done", Duration::from_secs(30), || {
+        d.metric(r#"sentiment_batches_total{outcome="published"}"#) == 2.0
+    });
+    assert_eq!(
+        d.metric(r#"sentiment_batch_rows_total{outcome="published"}"#),
+        n as f64
+    );
+    rt.block_on(async {
+        assert_eq!(counts(&js).await, (n, 0));
+    });
+}

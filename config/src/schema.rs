@@ -814,4 +814,9 @@ impl Default for ClusterConfig {
             observation_share: 0.25,
         }
     }
+    /// Files dropped in this node's watched folder are published to the input stream row by
+    /// row (ids `<file fingerprint>:<line>`, as `sentimentd publish --csv`) instead of being
+    /// scored here: every node shares them, and the results go to the output stream.
+    pub publish_inbox: bool,
 }
+            publish_inbox: false,

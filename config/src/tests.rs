@@ -240,6 +240,22 @@ fn transformer_settings_are_validated_with_their_keys() {
 }
 
 #[test]
+fn publishing_the_inbox_needs_a_nats_server() {
+    let Err(ConfigError::Invalid { issues }) = parse("[cluster]\npublish_inbox = true\n") else {
+        panic!("expected a validation error");
+    };
+    let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains("cluster.publish_inbox") && s.contains("nats_url")),
+        "{shown:?}"
+    );
+    let ok = parse("[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\npublish_inbox = true\n");
+    assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+}
+
+#[test]
 fn ingest_folders_must_be_distinct_and_outside_inbox() {
     let text = "[ingest]\ninbox = \"in\"\noutbox = \"./in/\"\narchive = \"in/archive\"\n";
     let Err(ConfigError::Invalid { issues }) = parse(text) else {

@@ -278,6 +278,13 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     if cl.nats_url.is_some() {
         k.range("cluster.ack_wait_secs", cl.ack_wait_secs, 1, 3600);
         k.range("cluster.max_deliver", cl.max_deliver, 1, 100);
+    if cl.publish_inbox && cl.nats_url.is_none() {
+        k.fail(
+            "cluster.publish_inbox",
+            "needs cluster.nats_url: the watched folder's rows are published to its input stream"
+                .to_string(),
+        );
+    }
         k.range("cluster.batch", cl.batch, 1, 10_000);
         if let Some(p) = &cl.credentials_file {
             k.path("cluster.credentials_file", p);

@@ -28,9 +28,10 @@ use crate::sources::file::claim::{self, OpenError, Refusal};
 use crate::sources::file::journal::{self, Attempt, Journal, JournalEntry};
 use crate::sources::file::names;
 use crate::sources::file::stream::{BatchError, Destinations, FileRejection, Stream, io_at};
+use crate::sources::jetstream::publish::{PublishError, publish_csv};
 use crate::telemetry::events::{
-    BatchAttemptFailed, BatchInterrupted, BatchProcessed, BatchQuarantined, BatchRefused,
-    BatchRejected, InternalEvent,
+    BatchAttemptFailed, BatchInterrupted, BatchProcessed, BatchPublished, BatchQuarantined,
+    BatchRefused, BatchRejected, InternalEvent,
 };
 use crate::telemetry::metrics::{Channel, Metrics};
 
@@ -315,6 +316,12 @@ impl BatchProcessor {
             return self.reject_file(&claimed, &entry, &why, started);
         }
 
+        if cfg.cluster.publish_inbox
+            && let Some(url) = cfg.cluster.nats_url.as_deref()
+        {
+            return self.publish_claimed(key, &claimed, &entry, url, started);
+        }
+
         let stream = Stream {
             scorer: &self.scorer,
             lifecycle: &self.lifecycle,
@@ -383,6 +390,91 @@ impl BatchProcessor {
             .and_then(|j| j.remove(key).map_err(io_at(&g.journal)));
         if let Err(e) = removed {
             tracing::warn!(file = %entry.input, error = %e, "batch done but its journal entry could not be removed; the next start drops it");
+        }
+        Ok(())
+    }
+
+    /// `[cluster] publish_inbox`: the file's rows go to the cluster's input stream, where
+    /// every node takes its share, and nothing is scored here. Each row's id is the file's
+    /// fingerprint and line (as `sentimentd publish --csv`), so an attempt after a crash or a
+    /// failed one publishes only what the stream does not have yet. The file is archived once
+    /// the stream has stored every row; rows that cannot be read go to `rejected/` as usual.
+    fn publish_claimed(
+        &mut self,
+        key: &str,
+        claimed: &Path,
+        entry: &JournalEntry,
+        url: &str,
+        started: Instant,
+    ) -> Result<(), BatchError> {
+        let cfg = self.cfg.clone();
+        let g = &cfg.ingest;
+        let opts = sentimentd_data::ReadOptions {
+            max_text_chars: cfg.data.max_text_chars,
+            require_label: false,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_at(claimed))?;
+        let published =
+            runtime.block_on(publish_csv(url, &cfg.cluster, claimed, opts, None, |_| {}));
+        let report = match published {
+            Ok(r) => r,
+            Err(PublishError::Read { path, source }) => {
+                return Err(BatchError::Io { path, source });
+            }
+            Err(PublishError::Data(sentimentd_data::DataError::Io { source, .. })) => {
+                return Err(io_at(claimed)(source));
+            }
+            Err(PublishError::Data(other)) => {
+                let why = FileRejection::Invalid(other.to_string());
+                return self.reject_file(claimed, entry, &why, started);
+            }
+            Err(e) => return Err(BatchError::Publish(e.to_string())),
+        };
+        let errors = g.rejected.join(&entry.errors);
+        if report.rejected.is_empty() {
+            match std::fs::remove_file(&errors) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(&errors)(e)),
+            }
+        } else {
+            let data = |e: sentimentd_data::DataError| BatchError::Io {
+                path: errors.clone(),
+                source: std::io::Error::other(e.to_string()),
+            };
+            let file =
+                sentimentd_data::atomic::AtomicFile::create(&errors).map_err(io_at(&errors))?;
+            let mut w = sentimentd_data::RejectionWriter::new(file)
+                .map_err(data)?
+                .neutralize_formulas(g.neutralize_formulas);
+            for row in &report.rejected {
+                w.write_row(row).map_err(data)?;
+            }
+            w.finish().map_err(data)?.commit().map_err(io_at(&errors))?;
+        }
+        let archived = g.archive.join(&entry.archived);
+        std::fs::rename(claimed, &archived).map_err(io_at(&archived))?;
+        sentimentd_data::atomic::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
+        sentimentd_data::atomic::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
+        BatchPublished {
+            file: &entry.input,
+            fingerprint: &report.fingerprint,
+            published: report.published,
+            duplicates: report.duplicates,
+            rejected: report.rejected.len() as u64,
+            stream: &cfg.cluster.input_stream,
+            attempt: entry.attempts.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+        .emit(&self.metrics);
+        let removed = self
+            .journal()
+            .and_then(|j| j.remove(key).map_err(io_at(&g.journal)));
+        if let Err(e) = removed {
+            tracing::warn!(file = %entry.input, error = %e, "batch published but its journal entry could not be removed; the next start drops it");
         }
         Ok(())
     }

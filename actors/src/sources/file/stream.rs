@@ -58,6 +58,9 @@ pub enum BatchError {
     Changed { before: u64, after: u64 },
     #[error("interrupted by shutdown; the file will be processed again on the next start")]
     Interrupted,
+    /// `[cluster] publish_inbox`: the input stream did not store every row.
+    #[error("publishing to the cluster's input stream failed: {0}")]
+    Publish(String),
 }
 
 pub fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BatchError + '_ {

@@ -51,6 +51,50 @@ impl InternalEvent for BatchProcessed<'_> {
     }
 }
 
+/// A batch file whose rows went to the cluster's input stream (`[cluster] publish_inbox`).
+pub struct BatchPublished<'a> {
+    pub file: &'a str,
+    /// The id prefix of its rows: `<fingerprint>:<line>`.
+    pub fingerprint: &'a str,
+    /// Rows the stream stored as new messages.
+    pub published: u64,
+    /// Rows the stream already had (the same file within the duplicate window).
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub stream: &'a str,
+    pub attempt: usize,
+    pub seconds: f64,
+}
+
+impl InternalEvent for BatchPublished<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.ingest.batch(RecentBatch {
+            file: self.file.to_string(),
+            outcome: BatchOutcome::published,
+            rows: self.published + self.duplicates + self.rejected,
+            scored: 0,
+            rejected: self.rejected,
+            detail: format!("to {} as {}:<line>", self.stream, self.fingerprint),
+            finished_at: now_rfc3339(),
+        });
+        metrics.ingest.batch_attempt(AttemptResult::finished);
+        metrics.ingest.batch_duration(self.seconds);
+        metrics.ingest.rows(RowOutcome::published, self.published);
+        metrics.ingest.rows(RowOutcome::rejected, self.rejected);
+        tracing::info!(
+            file = self.file,
+            stream = self.stream,
+            ids = %format!("{}:<line>", self.fingerprint),
+            published = self.published,
+            duplicates = self.duplicates,
+            rejected = self.rejected,
+            attempt = self.attempt,
+            seconds = self.seconds,
+            "batch published to the cluster"
+        );
+    }
+}
+
 /// A file that cannot be processed at all (not CSV, no `text` column, too big).
 pub struct BatchRejected<'a> {
     pub file: &'a str,

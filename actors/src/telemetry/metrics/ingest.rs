@@ -15,6 +15,9 @@ use super::zero_series;
 pub enum BatchOutcome {
     /// Scored; the output is in the outbox (some rows may have been rejected).
     processed,
+    /// Published to the cluster's input stream (`[cluster] publish_inbox`); the results go
+    /// to its output stream.
+    published,
     /// The whole file was rejected (not CSV, no `text` column, too big).
     rejected,
     /// Not taken: a symlink, a file with several hard links, or not a regular file.
@@ -45,6 +48,8 @@ struct AttemptLabels {
 pub enum RowOutcome {
     scored,
     rejected,
+    /// Published to the cluster's input stream; scored by whichever node takes them.
+    published,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,7 +93,7 @@ pub struct IngestMetrics {
 impl IngestMetrics {
     pub(super) fn register(registry: &mut Registry) -> IngestMetrics {
         registered!(registry;
-            batches: Family<BatchLabels, Counter> = ("sentiment_batches", "Inbox files by final outcome (processed, rejected, refused, quarantined)"),
+            batches: Family<BatchLabels, Counter> = ("sentiment_batches", "Inbox files by final outcome (processed, published, rejected, refused, quarantined)"),
             attempts: Family<AttemptLabels, Counter> = ("sentiment_batch_attempts", "Attempts at inbox files, by result (a file that fails is attempted again)"),
             inbox_backlog: Gauge = ("sentiment_inbox_backlog_files", "Batch files waiting in the inbox or claimed and not yet finished"),
         );
