@@ -152,6 +152,26 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
             "head         epoch {} (early stopping on selection macro-recall)",
             t.head_best_epoch
         );
+        if let Some(r) = &t.recipe {
+            let mut line = format!("recipe       {}, {}", r.name, r.choice);
+            if let Some(b) = r.budget_secs {
+                line.push_str(&format!(
+                    " within a {} min budget",
+                    (b / 60.0 * 100.0).round() / 100.0
+                ));
+            }
+            if let Some(e) = r.estimated_secs {
+                line.push_str(&format!(
+                    " (estimated {:.1} min after {:.1} min of embedding and head)",
+                    e / 60.0,
+                    r.planned_after_secs / 60.0
+                ));
+            }
+            println!("{line}");
+            if let Some(why) = &r.stopped_early {
+                println!("             {why}");
+            }
+        }
         if let Some(f) = &t.finetune {
             let recall = f
                 .history

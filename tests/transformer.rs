@@ -62,13 +62,20 @@ impl Env {
         Env::sized(pretrained, extra, 700, 200)
     }
 
+    /// The encoder stays frozen unless `extra` sets `finetune_layers`: the tests of other
+    /// things need not pay for a fine-tuning recipe.
     fn sized(pretrained: &Path, extra: &str, train: usize, val: usize) -> Env {
+        let frozen = if extra.contains("finetune_layers") {
+            ""
+        } else {
+            "finetune_layers = 0\n"
+        };
         Env::write(|d| {
             let sections = small_transformer(
                 d,
                 (train, val),
                 pretrained,
-                &format!("head_epochs = 150\n{extra}"),
+                &format!("head_epochs = 150\n{frozen}{extra}"),
             );
             format!(
                 r#"[paths]
@@ -546,7 +553,12 @@ fn the_daemon_trains_retrains_and_gates_the_transformer_kind() {
     let data = tempfile::tempdir().expect("temp dir");
     let d0 = data.path();
     common::write_secret(&d0.join("token"), &format!("{TOKEN}\n"));
-    let sections = small_transformer(d0, (400, 200), &pretrained_root(), "head_epochs = 100");
+    let sections = small_transformer(
+        d0,
+        (400, 200),
+        &pretrained_root(),
+        "head_epochs = 100\nfinetune_layers = 0",
+    );
     let extra = format!(
         r#"{sections}
 
@@ -600,6 +612,9 @@ token_file = "{d}/token"
     d.assert_metrics(&[(r#"sentiment_retrains_total{outcome="promoted"}"#, 1.0)]);
     let m = d.get("/model").json();
     assert_eq!(m["kind"], "transformer", "{m}");
+    // A retrain runs the configured recipe, and /model says so.
+    assert_eq!(m["recipe"]["choice"], "configured", "{m}");
+    assert_eq!(m["recipe"]["name"], "frozen encoder, head only", "{m}");
     let second = m["version"].as_str().unwrap_or_default().to_string();
     assert_ne!(second, first);
     let decision: serde_json::Value = serde_json::from_slice(
@@ -619,4 +634,93 @@ token_file = "{d}/token"
     );
     let r = d.predict(r#"{"text": "what a wonderful day, I love it"}"#);
     assert_eq!(r.json()["model_version"], second.as_str(), "{}", r.body);
+}
+
+/// `finetune_layers = "auto"` (the default) runs the best measured recipe whose estimate fits
+/// `time_budget_mins`: with a budget spent before fine-tuning could start, the frozen recipe;
+/// with room, the top of the ladder. The output, the manifest and `/model` say which and why.
+#[test]
+fn the_auto_recipe_is_the_best_that_fits_the_time_budget_and_says_so() {
+    let root = pretrained_root();
+    // 0.6 s: less than any fine-tuning recipe is estimated to take, even on these few rows.
+    let tight = Env::sized(
+        &root,
+        "finetune_layers = \"auto\"\ntime_budget_mins = 0.01\nensemble = false\n",
+        120,
+        60,
+    );
+    let out = tight.ok(&["train"]);
+    for part in [
+        "recipe (auto): frozen encoder, head only; time budget 0.01 min",
+        "(does not fit)",
+        "µs per token and tuned layer",
+        "recipe       frozen encoder, head only, auto within a 0.01 min budget",
+    ] {
+        assert!(out.contains(part), "{part:?} missing in\n{out}");
+    }
+    assert!(!out.contains("fine-tuned   top"), "{out}");
+    let m = manifest(&tight, &tight.current());
+    let r = &m["params"]["transformer"]["recipe"];
+    assert_eq!(r["choice"], "auto", "{r}");
+    assert_eq!(r["layers"], 0, "{r}");
+    assert!(
+        r["budget_secs"]
+            .as_f64()
+            .is_some_and(|b| (b - 0.6).abs() < 1e-9),
+        "{r}"
+    );
+    let candidates = r["candidates"].as_array().expect("candidates");
+    assert_eq!(candidates.len(), 4, "{r}");
+    for c in &candidates[..3] {
+        assert_eq!(c["fits"], false, "{r}");
+        assert!(c["estimated_secs"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+    }
+    assert!(r["costs"]["train"].as_f64().is_some_and(|c| c > 0.0), "{r}");
+    assert!(m["params"]["transformer"]["finetune"].is_null(), "{m}");
+
+    // Room for everything: the ladder's first recipe, six layers for three epochs, runs.
+    let roomy = Env::sized(
+        &root,
+        "finetune_layers = \"auto\"\nfinetune_batch = 16\nensemble = false\n",
+        100,
+        60,
+    );
+    let out = roomy.ok(&["train"]);
+    for part in [
+        "recipe (auto): fine-tune the top 6 layers for 3 epochs; time budget 30 min",
+        "fine-tuned   top 6 layers",
+        "recipe       fine-tune the top 6 layers for 3 epochs, auto within a 30 min budget \
+         (estimated ",
+    ] {
+        assert!(out.contains(part), "{part:?} missing in\n{out}");
+    }
+    let version = roomy.current();
+    let m = manifest(&roomy, &version);
+    let t = &m["params"]["transformer"];
+    assert_eq!(t["finetune"]["params"]["layers"], 6, "{t}");
+    assert_eq!(
+        t["finetune"]["history"].as_array().map(Vec::len),
+        Some(3),
+        "{t}"
+    );
+    assert!(t["recipe"]["stopped_early"].is_null(), "{t}");
+    assert!(t["recipe"]["candidates"][0]["fits"] == true, "{t}");
+
+    // The daemon serving it says which recipe made it.
+    let extra = format!(
+        "[transformer]\npretrained_dir = \"{}\"\nmax_seq_len = 64\n",
+        root.display()
+    );
+    let mut d = Daemon::configure("", "", "", &extra);
+    copy_dir(&roomy.root().join("models"), &d.root().join("models"));
+    d.spawn(&[]);
+    let m = d.get("/model").json();
+    assert_eq!(m["version"], version.as_str(), "{m}");
+    assert_eq!(m["recipe"]["choice"], "auto", "{m}");
+    assert_eq!(m["recipe"]["layers"], 6, "{m}");
+    assert_eq!(m["recipe"]["epochs"], 3, "{m}");
+    assert!(
+        m["recipe"]["seconds"].as_f64().is_some_and(|s| s > 0.0),
+        "{m}"
+    );
 }

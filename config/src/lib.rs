@@ -12,9 +12,9 @@ mod validate;
 pub use error::{ConfigError, Location, ValidationIssue};
 pub use schema::{
     AdminConfig, Backend, ClassWeights, ClusterConfig, Config, DataConfig, DriftConfig,
-    FeedbackConfig, GateConfig, IngestConfig, LogFormat, LoggingConfig, LrDecay, ModelConfig,
-    PathsConfig, Precision, ReputationConfig, RetrainConfig, ServerConfig, TrackingConfig,
-    TrainConfig, TrainOnStart, TrainableKind, TransformerConfig,
+    FeedbackConfig, FineTuneLayers, GateConfig, IngestConfig, LogFormat, LoggingConfig, LrDecay,
+    ModelConfig, PathsConfig, Precision, ReputationConfig, RetrainConfig, ServerConfig,
+    TrackingConfig, TrainConfig, TrainOnStart, TrainableKind, TransformerConfig,
 };
 
 /// Longest source name kept; a longer one is cut to this many characters.

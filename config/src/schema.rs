@@ -204,6 +204,44 @@ pub enum Precision {
     F32,
 }
 
+/// `[transformer] finetune_layers`: `"auto"`, the best measured recipe that fits
+/// `time_budget_mins`, or a number of the encoder's top layers (0 keeps it frozen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FineTuneLayers {
+    #[default]
+    Auto,
+    Fixed(usize),
+}
+
+impl Serialize for FineTuneLayers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FineTuneLayers::Auto => s.serialize_str("auto"),
+            FineTuneLayers::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FineTuneLayers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Word(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected \"auto\" or a number of layers (0 = frozen)")
+        })? {
+            Raw::Number(n) => Ok(FineTuneLayers::Fixed(n)),
+            Raw::Word(w) if w == "auto" => Ok(FineTuneLayers::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected \"auto\" or a number of layers (0 = frozen), found \"{w}\""
+            ))),
+        }
+    }
+}
+
 /// `[train]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -666,9 +704,14 @@ pub struct TransformerConfig {
     /// with the weight fitted on the selection split.
     pub ensemble: bool,
     /// Fine-tune this many of the encoder's top layers with the head (0 = keep the encoder
-    /// frozen); an offline job with checkpoints.
-    pub finetune_layers: usize,
+    /// frozen), or `auto`: the best measured recipe whose estimated time fits
+    /// `time_budget_mins`. A job with checkpoints.
+    pub finetune_layers: FineTuneLayers,
+    /// Epochs of a fixed `finetune_layers` (`auto` brings its own).
     pub finetune_epochs: usize,
+    /// What `finetune_layers = "auto"` may spend on one training run, in minutes, as planned
+    /// from a calibration on this machine and held to at each fine-tuning epoch's end.
+    pub time_budget_mins: f64,
     pub finetune_batch: usize,
     pub finetune_learning_rate: f64,
     /// Steps between fine-tuning checkpoints (one is also written at each epoch's end).
@@ -693,8 +736,9 @@ impl Default for TransformerConfig {
             head_l2: 1e-4,
             head_patience: 40,
             ensemble: true,
-            finetune_layers: 0,
-            finetune_epochs: 2,
+            finetune_layers: FineTuneLayers::Auto,
+            finetune_epochs: 3,
+            time_budget_mins: 30.0,
             finetune_batch: 32,
             finetune_learning_rate: 5e-5,
             checkpoint_every_steps: 200,
@@ -770,6 +814,10 @@ pub struct ClusterConfig {
     pub observations_subject: String,
     /// Share of a follower's observations it sends (0 to 1; 0 = none).
     pub observation_share: f64,
+    /// Files dropped in this node's watched folder are published to the input stream row by
+    /// row (ids `<file fingerprint>:<line>`, as `sentimentd publish --csv`) instead of being
+    /// scored here: every node shares them, and the results go to the output stream.
+    pub publish_inbox: bool,
 }
 
 impl ClusterConfig {
@@ -812,11 +860,7 @@ impl Default for ClusterConfig {
             champion_poll_secs: 10,
             observations_subject: "sentimentd.observations".into(),
             observation_share: 0.25,
+            publish_inbox: false,
         }
     }
-    /// Files dropped in this node's watched folder are published to the input stream row by
-    /// row (ids `<file fingerprint>:<line>`, as `sentimentd publish --csv`) instead of being
-    /// scored here: every node shares them, and the results go to the output stream.
-    pub publish_inbox: bool,
 }
-            publish_inbox: false,

@@ -240,6 +240,42 @@ fn transformer_settings_are_validated_with_their_keys() {
 }
 
 #[test]
+fn finetune_layers_is_auto_or_a_number_and_a_word_is_refused_with_its_line() {
+    let auto = parse("[transformer]\nfinetune_layers = \"auto\"\n").map(|c| c.transformer);
+    assert_eq!(
+        auto.map(|t| t.finetune_layers).ok(),
+        Some(FineTuneLayers::Auto)
+    );
+    let four = parse("[transformer]\nfinetune_layers = 4\n").map(|c| c.transformer);
+    assert_eq!(
+        four.map(|t| t.finetune_layers).ok(),
+        Some(FineTuneLayers::Fixed(4))
+    );
+    let msg = parse("[transformer]\n\nfinetune_layers = \"most\"\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains(":3:"), "{msg}");
+    assert!(msg.contains("finetune_layers"), "{msg}");
+    assert!(msg.contains("\"auto\" or a number of layers"), "{msg}");
+    let Err(ConfigError::Invalid { issues }) =
+        parse("[transformer]\nfinetune_layers = 65\ntime_budget_mins = 0\n")
+    else {
+        panic!("expected validation errors");
+    };
+    let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    for key in [
+        "transformer.finetune_layers",
+        "transformer.time_budget_mins",
+    ] {
+        assert!(
+            shown.iter().any(|s| s.contains(key)),
+            "{key} missing in {shown:?}"
+        );
+    }
+}
+
+#[test]
 fn publishing_the_inbox_needs_a_nats_server() {
     let Err(ConfigError::Invalid { issues }) = parse("[cluster]\npublish_inbox = true\n") else {
         panic!("expected a validation error");

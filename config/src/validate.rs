@@ -85,9 +85,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("transformer.head_epochs", t.head_epochs, 1, 100_000);
     k.positive("transformer.head_learning_rate", t.head_learning_rate);
     k.non_negative("transformer.head_l2", t.head_l2);
-    k.range("transformer.finetune_layers", t.finetune_layers, 0, 64);
+    if let crate::FineTuneLayers::Fixed(n) = t.finetune_layers {
+        k.range("transformer.finetune_layers", n, 0, 64);
+    }
     k.range("transformer.finetune_epochs", t.finetune_epochs, 1, 100);
     k.range("transformer.finetune_batch", t.finetune_batch, 1, 1024);
+    k.positive("transformer.time_budget_mins", t.time_budget_mins);
     k.positive(
         "transformer.finetune_learning_rate",
         t.finetune_learning_rate,
@@ -275,9 +278,6 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     );
     k.at_least("feedback.max_store_bytes", c.feedback.max_store_bytes, 1);
     let cl = &c.cluster;
-    if cl.nats_url.is_some() {
-        k.range("cluster.ack_wait_secs", cl.ack_wait_secs, 1, 3600);
-        k.range("cluster.max_deliver", cl.max_deliver, 1, 100);
     if cl.publish_inbox && cl.nats_url.is_none() {
         k.fail(
             "cluster.publish_inbox",
@@ -285,6 +285,9 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
                 .to_string(),
         );
     }
+    if cl.nats_url.is_some() {
+        k.range("cluster.ack_wait_secs", cl.ack_wait_secs, 1, 3600);
+        k.range("cluster.max_deliver", cl.max_deliver, 1, 100);
         k.range("cluster.batch", cl.batch, 1, 10_000);
         if let Some(p) = &cl.credentials_file {
             k.path("cluster.credentials_file", p);

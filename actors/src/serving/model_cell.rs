@@ -3,7 +3,7 @@
 //! finish on the model they started with. Only the registry stores into it.
 
 use arc_swap::ArcSwapOption;
-use sentimentd_model::{Classifier, Manifest};
+use sentimentd_model::{Classifier, Manifest, ModelParams};
 use std::sync::Arc;
 
 /// What `/model` and `/ready` report about the serving model.
@@ -30,6 +30,11 @@ pub struct ModelInfo {
     /// versions trained before rows were weighed.
     #[schema(value_type = Option<Object>, required = true)]
     pub weighting: Option<serde_json::Value>,
+    /// The transformer kind's training recipe and how it was chosen (`choice`: `auto` within
+    /// `budget_secs`, or `configured`), with the estimate of every recipe considered and the
+    /// seconds the run took; null for other kinds and older versions.
+    #[schema(value_type = Option<Object>, required = true)]
+    pub recipe: Option<serde_json::Value>,
     /// The newest retrain candidates, newest first: what they weighed and why the gate
     /// promoted or rejected them. Filled in by `GET /model`.
     pub candidates: Vec<CandidateSummary>,
@@ -87,6 +92,12 @@ impl ServingModel {
             weighting: manifest
                 .and_then(|m| m.weighting.as_ref())
                 .and_then(|w| serde_json::to_value(w).ok()),
+            recipe: manifest
+                .and_then(|m| match &m.params {
+                    ModelParams::Transformer(t) => t.recipe.as_ref(),
+                    _ => None,
+                })
+                .and_then(|r| serde_json::to_value(r).ok()),
             candidates: Vec::new(),
             cluster: serde_json::Value::Null,
         };

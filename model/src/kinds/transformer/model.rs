@@ -4,7 +4,7 @@
 //! probabilities are averaged in with a weight fitted on the selection split.
 
 use safetensors::tensor::SafeTensors;
-use sentimentd_config::{Backend, Precision};
+use sentimentd_config::{Backend, FineTuneLayers, Precision, TransformerConfig};
 use sentimentd_data::Label;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,11 +14,14 @@ use crate::classifier::{Analysis, Classifier, ModelKind, Prediction};
 use crate::error::ModelError;
 use crate::kinds::TrainInputs;
 use crate::kinds::fast::model::FastModel;
-use crate::kinds::fast::train::EpochReport;
+use crate::kinds::fast::train::{EpochReport, TrainObserver};
 use crate::kinds::transformer::encoder::SentenceEncoder;
+use crate::kinds::transformer::finetune::plan::{self, Recipe};
 use crate::kinds::transformer::finetune::{FineTuneParams, fine_tune};
 use crate::kinds::transformer::head::{HeadParams, HeadReport, LinearHead};
-use crate::kinds::transformer::params::{EnsembleParams, FineTuneInfo, TransformerParams};
+use crate::kinds::transformer::params::{
+    EnsembleParams, FineTuneInfo, RecipeInfo, TransformerParams,
+};
 use crate::metrics::EvalMetrics;
 
 /// Loaded encoders, shared by every model over the same files: a hot swap between two
@@ -499,6 +502,140 @@ pub fn train(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
     pool.install(|| train_on_pool(inputs))
 }
 
+/// Share of `[transformer] time_budget_mins` kept for what follows fine-tuning: the ensemble's
+/// fit, evaluating and saving the version.
+const BUDGET_RESERVE: f64 = 0.05;
+
+fn minutes(secs: f64) -> String {
+    format!("{:.1} min", secs / 60.0)
+}
+
+/// The recipe this run trains with: the configured one, or (`auto`) the first of
+/// [`plan::LADDER`] whose estimate fits what is left of the time budget. `interrupted` says
+/// whether an unfinished run of a recipe left checkpoints; `auto` resumes that one.
+#[allow(clippy::too_many_arguments)]
+fn plan_recipe(
+    t: &TransformerConfig,
+    encoder: &SentenceEncoder,
+    head: &LinearHead,
+    texts: (&[String], &[String]),
+    started: std::time::Instant,
+    interrupted: impl Fn(Recipe) -> bool,
+    seed: u64,
+    observer: &mut dyn TrainObserver,
+) -> Result<RecipeInfo, ModelError> {
+    let planned_after = started.elapsed().as_secs_f64();
+    let info = |choice: &str, r: Recipe| RecipeInfo {
+        choice: choice.into(),
+        name: r.to_string(),
+        layers: r.layers,
+        epochs: r.epochs,
+        budget_secs: None,
+        planned_after_secs: planned_after,
+        estimated_secs: None,
+        candidates: Vec::new(),
+        costs: None,
+        stopped_early: None,
+        seconds: 0.0,
+    };
+    let fixed = match t.finetune_layers {
+        FineTuneLayers::Fixed(0) => {
+            let i = info("configured", Recipe::FROZEN);
+            observer.on_message(&format!(
+                "recipe: {} ([transformer] finetune_layers = 0)",
+                i.name
+            ));
+            return Ok(i);
+        }
+        FineTuneLayers::Fixed(layers) => Some(Recipe {
+            layers,
+            epochs: t.finetune_epochs,
+        }),
+        FineTuneLayers::Auto => None,
+    };
+    let total = encoder.config.num_hidden_layers;
+    let ladder: Vec<Recipe> = plan::LADDER
+        .iter()
+        .copied()
+        .filter(|r| r.layers <= total)
+        .collect();
+    // Measured at the depth that matters: the configured one, or the ladder's deepest.
+    let depth = fixed.map_or_else(
+        || ladder.iter().map(|r| r.layers).max().unwrap_or(1),
+        |r| r.layers,
+    );
+    let costs = plan::calibrate(encoder, head, texts.0, t.finetune_batch, depth, seed)?;
+    let tokens = |xs: &[String]| -> Result<usize, ModelError> {
+        xs.iter()
+            .map(|x| encoder.tokenize(x).map(|ids| ids.len()))
+            .sum()
+    };
+    let (train_tokens, sel_tokens) = (tokens(texts.0)?, tokens(texts.1)?);
+    let estimate = |r: Recipe| plan::estimate_secs(r, &costs, train_tokens, sel_tokens, total);
+    let calibration = format!(
+        "calibrated on this machine, {depth} layers tuned: {:.0} µs per token and tuned layer, \
+         {:.0} µs per token and frozen layer; {train_tokens} training and {sel_tokens} selection \
+         tokens",
+        costs.train * 1e6,
+        costs.forward * 1e6
+    );
+    if let Some(r) = fixed {
+        let mut i = info("configured", r);
+        let secs = estimate(r);
+        i.estimated_secs = Some(secs);
+        i.costs = Some(costs);
+        observer.on_message(&format!(
+            "recipe: {} ([transformer] finetune_layers = {}), estimated {} ({calibration})",
+            i.name,
+            r.layers,
+            minutes(secs)
+        ));
+        return Ok(i);
+    }
+    let budget = t.time_budget_mins * 60.0;
+    let available = budget * (1.0 - BUDGET_RESERVE) - planned_after;
+    let (mut chosen, candidates) = plan::choose(&ladder, available, estimate);
+    if let Some(r) = ladder
+        .iter()
+        .copied()
+        .find(|&r| r.layers > 0 && r != chosen && interrupted(r))
+    {
+        observer.on_message(&format!(
+            "recipe: an interrupted run of \"{r}\" left checkpoints; resuming it rather than \
+             starting \"{chosen}\""
+        ));
+        chosen = r;
+    }
+    let considered: Vec<String> = candidates
+        .iter()
+        .filter(|c| c.layers > 0)
+        .map(|c| {
+            format!(
+                "{} layers × {} epochs {}{}",
+                c.layers,
+                c.epochs,
+                minutes(c.estimated_secs),
+                if c.fits { "" } else { " (does not fit)" }
+            )
+        })
+        .collect();
+    let mut i = info("auto", chosen);
+    i.budget_secs = Some(budget);
+    i.estimated_secs = (chosen.layers > 0).then(|| estimate(chosen));
+    i.candidates = candidates;
+    i.costs = Some(costs);
+    observer.on_message(&format!(
+        "recipe (auto): {}; time budget {} min, {} spent, {} left for fine-tuning; estimates: {} \
+         ({calibration})",
+        i.name,
+        t.time_budget_mins,
+        minutes(planned_after),
+        minutes(available.max(0.0)),
+        considered.join(", ")
+    ));
+    Ok(i)
+}
+
 fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
     let TrainInputs {
         cfg,
@@ -580,37 +717,73 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
         head_report.best_epoch, head_report.epochs_run, head_report.selection_macro_recall
     ));
 
+    // The ensemble's fast model trains before the recipe is chosen, so the budget left for
+    // fine-tuning is known.
+    let partner = if t.ensemble {
+        Some(match partner {
+            // Trained on these rows with these weights already (see `choose_recent_weight`).
+            Some(p) => p,
+            None => {
+                observer.on_message("training the fast model of the ensemble");
+                crate::kinds::fast::train_fast(fast, train_set, sel_set, weights, observer)?
+            }
+        })
+    } else {
+        None
+    };
+
+    let run_key = |fp: &FineTuneParams| -> Result<String, ModelError> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // The checkpoints' format: burn records before, safetensors and frozen f16 now.
+        // An unfinished run of another format is removed below, not resumed.
+        h.update(b"finetune-format-2");
+        h.update(encoder.fingerprint());
+        // The frozen layers' output depends on the serving forward's products.
+        h.update(encoder.serving_precision());
+        h.update(&train_set.fingerprint);
+        h.update(&sel_set.fingerprint);
+        h.update(serde_json::to_vec(fp).map_err(ModelError::json)?);
+        h.update(serde_json::to_vec(&hp).map_err(ModelError::json)?);
+        // The starting head was trained with these row weights.
+        for w in weights.train.iter().chain(&weights.selection) {
+            w.iter().for_each(|x| h.update(x.to_le_bytes()));
+        }
+        Ok(hex::encode(h.finalize()))
+    };
+    let params_of = |r: Recipe| FineTuneParams {
+        layers: r.layers,
+        epochs: r.epochs,
+        batch_size: t.finetune_batch,
+        learning_rate: t.finetune_learning_rate,
+        seed: cfg.train.seed,
+        checkpoint_every: t.checkpoint_every_steps,
+    };
+    let root = cfg.paths.finetune();
+    let mut recipe = plan_recipe(
+        t,
+        &encoder,
+        &head,
+        (&train_set.texts, &sel_set.texts),
+        started,
+        |r| {
+            // An interrupted `auto` run resumes with the recipe it had chosen, whatever a new
+            // calibration says, rather than throwing its checkpoints away.
+            run_key(&params_of(r))
+                .is_ok_and(|key| root.join(&key[..16]).join("progress.json").is_file())
+        },
+        cfg.train.seed,
+        observer,
+    )?;
+
     // Fine-tuning replaces the head, the encoder and the selection embeddings.
     let mut checkpoints = None;
-    let (head, encoder, sel_x, finetune, tuned) = if t.finetune_layers > 0 {
-        let fp = FineTuneParams {
-            layers: t.finetune_layers,
-            epochs: t.finetune_epochs,
-            batch_size: t.finetune_batch,
-            learning_rate: t.finetune_learning_rate,
-            seed: cfg.train.seed,
-            checkpoint_every: t.checkpoint_every_steps,
-        };
-        let key = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            // The checkpoints' format: burn records before, safetensors and frozen f16 now.
-            // An unfinished run of another format is removed below, not resumed.
-            h.update(b"finetune-format-2");
-            h.update(encoder.fingerprint());
-            // The frozen layers' output depends on the serving forward's products.
-            h.update(encoder.serving_precision());
-            h.update(&train_set.fingerprint);
-            h.update(&sel_set.fingerprint);
-            h.update(serde_json::to_vec(&fp).map_err(ModelError::json)?);
-            h.update(serde_json::to_vec(&hp).map_err(ModelError::json)?);
-            // The starting head was trained with these row weights.
-            for w in weights.train.iter().chain(&weights.selection) {
-                w.iter().for_each(|x| h.update(x.to_le_bytes()));
-            }
-            hex::encode(h.finalize())
-        };
-        let root = cfg.paths.finetune();
+    let (head, encoder, sel_x, finetune, tuned) = if recipe.layers > 0 {
+        let fp = params_of(Recipe {
+            layers: recipe.layers,
+            epochs: recipe.epochs,
+        });
+        let key = run_key(&fp)?;
         let dir = root.join(&key[..16]);
         // Only this run's checkpoints are worth keeping: an unfinished run with other data
         // or settings would never resume.
@@ -622,6 +795,10 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
                 }
             }
         }
+        // `auto` holds to its budget; a configured recipe runs as configured.
+        let deadline = recipe
+            .budget_secs
+            .map(|b| started + std::time::Duration::from_secs_f64(b * (1.0 - BUDGET_RESERVE)));
         let ft = fine_tune(
             &encoder,
             &head,
@@ -630,8 +807,10 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
             (&sel_set.texts, &sel_set.labels),
             &key,
             &dir,
+            deadline,
             observer,
         )?;
+        recipe.stopped_early = ft.stopped_early.clone();
         let tuned = shared_encoder(
             &t.encoder_dir(),
             t.max_seq_len,
@@ -654,15 +833,7 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
     drop(base);
 
     let mut history = Vec::new();
-    let (partner, ensemble) = if t.ensemble {
-        let partner = match partner {
-            // Trained on these rows with these weights already (see `choose_recent_weight`).
-            Some(p) => p,
-            None => {
-                observer.on_message("training the fast model of the ensemble");
-                crate::kinds::fast::train_fast(fast, train_set, sel_set, weights, observer)?
-            }
-        };
+    let (partner, ensemble) = if let Some(partner) = partner {
         let own: Vec<[f32; 3]> = sel_x.iter().map(|x| head.probabilities(x)).collect();
         let theirs: Vec<[f32; 3]> = sel_set
             .texts
@@ -686,6 +857,7 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
     } else {
         (None, None)
     };
+    recipe.seconds = started.elapsed().as_secs_f64();
     let params = TransformerParams {
         encoder: t.encoder.clone(),
         encoder_fingerprint: encoder.fingerprint().to_string(),
@@ -694,6 +866,7 @@ fn train_on_pool(inputs: TrainInputs<'_>) -> Result<Trained, ModelError> {
         head_best_epoch: head_report.best_epoch,
         ensemble,
         finetune,
+        recipe: Some(Box::new(recipe)),
     };
     let model = TransformerModel::new(encoder, head, partner, t.embed_batch, "candidate".into())?;
     let texts: Vec<&str> = sel_set.texts.iter().map(String::as_str).collect();

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::kinds::fast::train::TrainParams;
+use crate::kinds::transformer::finetune::plan::{Candidate, Costs};
 use crate::kinds::transformer::finetune::{FineTuneEpoch, FineTuneParams};
 use crate::kinds::transformer::head::HeadParams;
 
@@ -24,6 +25,37 @@ pub struct TransformerParams {
     /// the version as `encoder_tuned.safetensors`).
     #[serde(default)]
     pub finetune: Option<FineTuneInfo>,
+    /// Which recipe ran and why; absent in versions trained before recipes were chosen.
+    #[serde(default)]
+    pub recipe: Option<Box<RecipeInfo>>,
+}
+
+/// The recipe a version was trained with, and how it was chosen (`[transformer]
+/// finetune_layers`: a number, or `auto` within `time_budget_mins`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecipeInfo {
+    /// `auto` (the best measured recipe that fitted the time budget) or `configured`.
+    pub choice: String,
+    /// What ran, in words.
+    pub name: String,
+    pub layers: usize,
+    pub epochs: usize,
+    /// `auto`: the time budget of the whole training run.
+    pub budget_secs: Option<f64>,
+    /// Seconds the run had spent (embedding, head, fast model) when the recipe was chosen.
+    pub planned_after_secs: f64,
+    /// What the recipe was expected to take from there (none for the frozen recipe).
+    pub estimated_secs: Option<f64>,
+    /// `auto`: every recipe considered, best first, with its estimate.
+    pub candidates: Vec<Candidate>,
+    /// The calibration the estimates come from: seconds per token and layer on this machine.
+    pub costs: Option<Costs>,
+    /// Why fewer epochs ran than the recipe names (the budget ran out), if so.
+    pub stopped_early: Option<String>,
+    /// Seconds the training took, from the data loaded to the version assembled (the
+    /// reporting split's scoring and saving are not in it); the budget counts from the same
+    /// start.
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 //! tuned weights, the optimizer state and the position.
 
 mod frozen;
+pub mod plan;
 mod top;
 
 use rand::SeedableRng;
@@ -104,6 +105,8 @@ pub struct FineTuned {
     pub history: Vec<FineTuneEpoch>,
     /// True when the run started from a checkpoint.
     pub resumed: bool,
+    /// Why it ran fewer epochs than asked, if it did (the time budget).
+    pub stopped_early: Option<String>,
 }
 
 /// The batches of an epoch: a seeded shuffle, then texts of similar length grouped (within
@@ -359,9 +362,24 @@ fn load_tensors(path: &Path, prefixes: &[&str], fresh: &Top) -> Result<Vec<Top>,
         .collect()
 }
 
+/// The encoder's top `k` layers as pretrained, and `head`, ready to train.
+fn top_of(encoder: &SentenceEncoder, k: usize, head: &LinearHead) -> Result<Top, ModelError> {
+    let upto = encoder.config.num_hidden_layers - k;
+    Top::new(
+        &encoder.layer_tensors(upto)?,
+        upto,
+        k,
+        &head.weights,
+        head.bias,
+        encoder.config.num_attention_heads,
+        encoder.config.layer_norm_eps as f32,
+    )
+}
+
 /// Fine-tunes the top `params.layers` layers of `encoder` and a head started from `head`,
 /// choosing the epoch by selection macro-recall (ties to the lower log-loss). Checkpoints go
-/// to `checkpoint_dir`; a run whose key matches a checkpoint there resumes from it.
+/// to `checkpoint_dir`; a run whose key matches a checkpoint there resumes from it. With a
+/// `deadline`, no epoch starts that the last one's duration says would end past it.
 #[allow(clippy::too_many_arguments)]
 pub fn fine_tune(
     encoder: &SentenceEncoder,
@@ -371,6 +389,7 @@ pub fn fine_tune(
     selection: (&[String], &[Label]),
     key: &str,
     checkpoint_dir: &Path,
+    deadline: Option<Instant>,
     observer: &mut dyn TrainObserver,
 ) -> Result<FineTuned, ModelError> {
     let total_layers = encoder.config.num_hidden_layers;
@@ -382,15 +401,7 @@ pub fn fine_tune(
     }
     let k = params.layers;
     let upto = total_layers - k;
-    let fresh = Top::new(
-        &encoder.layer_tensors(upto)?,
-        upto,
-        k,
-        &head.weights,
-        head.bias,
-        encoder.config.num_attention_heads,
-        encoder.config.layer_norm_eps as f32,
-    )?;
+    let fresh = top_of(encoder, k, head)?;
 
     std::fs::create_dir_all(checkpoint_dir).map_err(ModelError::io(checkpoint_dir))?;
     observer.on_message(&format!(
@@ -460,6 +471,7 @@ pub fn fine_tune(
     observer.on_start(params.epochs, steps_per_epoch);
     let mut since_checkpoint = 0;
     let mut grads = top.zeros_like();
+    let mut stopped_early = None;
     while progress.epoch <= params.epochs {
         let epoch = progress.epoch;
         let started = Instant::now();
@@ -529,6 +541,22 @@ pub fn fine_tune(
             if improved { best_top.as_ref() } else { None },
             previous,
         )?;
+        if let Some(at) = deadline
+            && progress.epoch <= params.epochs
+        {
+            let left = at.saturating_duration_since(Instant::now()).as_secs_f64();
+            let last = progress.history.last().map_or(0.0, |e| e.seconds);
+            if last > left {
+                let why = format!(
+                    "stopped after epoch {epoch} of {}: the time budget leaves {left:.0}s and \
+                     an epoch takes {last:.0}s",
+                    params.epochs
+                );
+                observer.on_message(&format!("fine-tuning {why}"));
+                stopped_early = Some(why);
+                break;
+            }
+        }
     }
     let (Some(best), Some(best_top)) = (progress.best.clone(), best_top) else {
         return Err(ModelError::Training(
@@ -553,6 +581,7 @@ pub fn fine_tune(
         best_epoch: best.epoch,
         history: progress.history,
         resumed,
+        stopped_early,
     })
 }
 
@@ -711,6 +740,72 @@ mod tests {
         assert!(!checkpoint.best(2).exists() && !checkpoint.best(1).exists());
     }
 
+    const SAMPLE: [&str; 6] = [
+        "I love this phone, best purchase ever!!",
+        "worst service I have had in years",
+        "the meeting is at 3pm on thursday",
+        "not bad at all",
+        "ok",
+        "why would anyone ever do that to a customer #fail @user",
+    ];
+    const SAMPLE_LABELS: [Label; 6] = [
+        Label::Positive,
+        Label::Negative,
+        Label::Neutral,
+        Label::Positive,
+        Label::Neutral,
+        Label::Negative,
+    ];
+
+    /// The time budget is held to at epoch ends: with a deadline already passed, the run keeps
+    /// the epoch it finished, says why it stopped, and leaves the other epochs unrun.
+    #[test]
+    fn a_deadline_stops_fine_tuning_at_the_first_epoch_end_it_leaves_no_room_after() {
+        let enc = encoder();
+        let texts: Vec<String> = SAMPLE.map(String::from).to_vec();
+        let labels = SAMPLE_LABELS;
+        let head = LinearHead {
+            dim: enc.dim(),
+            weights: vec![0.01; enc.dim() * 3],
+            bias: [0.0; 3],
+        };
+        let params = FineTuneParams {
+            layers: 1,
+            epochs: 3,
+            batch_size: 3,
+            learning_rate: 1e-4,
+            seed: 7,
+            checkpoint_every: 100,
+        };
+        let run = |deadline: Option<Instant>| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut quiet = crate::kinds::fast::train::Quiet;
+            fine_tune(
+                &enc,
+                &head,
+                &params,
+                (&texts, &labels),
+                (&texts, &labels),
+                "k",
+                dir.path(),
+                deadline,
+                &mut quiet,
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let cut = run(Some(Instant::now()));
+        assert_eq!(cut.history.len(), 1);
+        assert_eq!(cut.best_epoch, 1);
+        let why = cut.stopped_early.unwrap_or_default();
+        assert!(
+            why.contains("stopped after epoch 1 of 3") && why.contains("time budget"),
+            "{why}"
+        );
+        let whole = run(None);
+        assert_eq!(whole.history.len(), 3);
+        assert_eq!(whole.stopped_early, None);
+    }
+
     #[test]
     fn the_hand_written_backward_matches_burn_autodiff() {
         backward_matches_burn(1e-4);
@@ -718,22 +813,7 @@ mod tests {
 
     fn backward_matches_burn(bar: f64) {
         let enc = encoder();
-        let texts = [
-            "I love this phone, best purchase ever!!",
-            "worst service I have had in years",
-            "the meeting is at 3pm on thursday",
-            "not bad at all",
-            "ok",
-            "why would anyone ever do that to a customer #fail @user",
-        ];
-        let labels = [
-            Label::Positive,
-            Label::Negative,
-            Label::Neutral,
-            Label::Positive,
-            Label::Neutral,
-            Label::Negative,
-        ];
+        let (texts, labels) = (SAMPLE, SAMPLE_LABELS);
         let (layers, total) = (2, enc.config.num_hidden_layers);
         let upto = total - layers;
         let h = enc.dim();
