@@ -462,12 +462,24 @@ fn a_stale_queued_champion_registration_does_not_move_the_alias_back() {
         .unwrap();
     assert_eq!(registered.len(), 1, "{registered:?}");
 
-    // The holder rolls back to v1 under its own token: the alias follows.
+    // The holder rolls back to v1 under its own token: the alias follows, and the version
+    // now carries that token (followers refuse a champion tagged older than one they had).
     assert_eq!(
         new.submit(champion("v1", &v1_run, 6)).unwrap(),
         Submitted::Sent
     );
     assert_eq!(alias(), "v1");
+    let v1 = client
+        .get_model_version_by_alias("fenced-model", "champion")
+        .unwrap()
+        .expect("champion alias");
+    assert_eq!(
+        v1.tags
+            .get(sentimentd_tracking::FENCING_TAG)
+            .map(String::as_str),
+        Some("6"),
+        "{v1:?}"
+    );
 }
 
 /// The daemon with `[tracking] mlflow_uri`: its first training run and the drift-driven

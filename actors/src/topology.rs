@@ -251,6 +251,7 @@ impl Topology {
                 registry: registry.clone().recipient(),
                 metrics: metrics.clone(),
                 error: champion_error.clone(),
+                client: Default::default(),
             };
             if let Err(e) = follower.spawn() {
                 tracing::error!(error = %e, "cannot start the champion follower; this node serves its own models only");

@@ -91,6 +91,12 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("transformer.finetune_epochs", t.finetune_epochs, 1, 100);
     k.range("transformer.finetune_batch", t.finetune_batch, 1, 1024);
     k.positive("transformer.time_budget_mins", t.time_budget_mins);
+    k.range(
+        "transformer.time_budget_mins",
+        t.time_budget_mins,
+        0.01,
+        100_000.0,
+    );
     k.positive(
         "transformer.finetune_learning_rate",
         t.finetune_learning_rate,

@@ -489,6 +489,23 @@ impl MlflowClient {
             .map(|_| ())
     }
 
+    pub fn set_model_version_tag(
+        &self,
+        name: &str,
+        version: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), TrackingError> {
+        let body = serde_json::json!({
+            "name": name,
+            "version": version,
+            "key": sanitize_key(key),
+            "value": truncate(value, MAX_TAG_VAL_LENGTH),
+        });
+        self.post::<Ignored>("model-versions/set-tag", &body)
+            .map(|_| ())
+    }
+
     /// The version `alias` points at, `None` when the model or the alias does not exist.
     pub fn get_model_version_by_alias(
         &self,
@@ -643,8 +660,9 @@ impl MlflowClient {
             && theirs > ours
             && current.version != version.version
         {
-            // The check and the move are two requests; what closes the gap is the lease:
-            // only one node holds a token at a time, and tokens only grow.
+            // The check and the move are two requests: a new holder's promotion between them
+            // can still be overwritten. Followers then refuse the older token's champion
+            // and keep serving, and the holder's next registration mends the alias.
             return Ok(ChampionRegistration {
                 registry_version: version.version,
                 superseded_by: Some(Superseded {
@@ -654,6 +672,18 @@ impl MlflowClient {
                     ours,
                 }),
             });
+        }
+        // A version registered before under an older token (a rollback to it) carries the
+        // token it is promoted under now, or followers would take it for a stale champion.
+        if let Some(ours) = token(tags)
+            && token(&version.tags).is_some_and(|had| had < ours)
+        {
+            self.set_model_version_tag(
+                registered_model,
+                &version.version,
+                FENCING_TAG,
+                &ours.to_string(),
+            )?;
         }
         self.set_alias(registered_model, CHAMPION_ALIAS, &version.version)?;
         Ok(ChampionRegistration {

@@ -35,6 +35,8 @@ pub struct ChampionFollower {
     pub registry: actix::Recipient<FollowChampion>,
     pub metrics: Arc<Metrics>,
     pub error: FollowError,
+    /// Made at the first poll and kept: its connections are reused from poll to poll.
+    pub client: std::sync::OnceLock<MlflowClient>,
 }
 
 impl ChampionFollower {
@@ -82,7 +84,7 @@ impl ChampionFollower {
         let Some(uri) = &self.cfg.tracking.mlflow_uri else {
             return Ok(None);
         };
-        let client = MlflowClient::new(uri);
+        let client = self.client.get_or_init(|| MlflowClient::new(uri));
         let registered = &self.cfg.tracking.registered_model;
         let Some(champion) = client
             .get_model_version_by_alias(registered, CHAMPION_ALIAS)
@@ -122,7 +124,7 @@ impl ChampionFollower {
         if !store.version_dir(&version).join("manifest.json").exists() {
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-            let fetched = download(&client, &champion.run_id, &staging);
+            let fetched = download(client, &champion.run_id, &staging);
             let installed = fetched.and_then(|bytes| {
                 store
                     .install(&version, &staging)

@@ -319,7 +319,7 @@ impl BatchProcessor {
         if cfg.cluster.publish_inbox
             && let Some(url) = cfg.cluster.nats_url.as_deref()
         {
-            return self.publish_claimed(key, &claimed, &entry, url, started);
+            return self.publish_claimed(key, (&claimed, &file, &identity), &entry, url, started);
         }
 
         let stream = Stream {
@@ -397,18 +397,29 @@ impl BatchProcessor {
     /// `[cluster] publish_inbox`: the file's rows go to the cluster's input stream, where
     /// every node takes its share, and nothing is scored here. Each row's id is the file's
     /// fingerprint and line (as `sentimentd publish --csv`), so an attempt after a crash or a
-    /// failed one publishes only what the stream does not have yet. The file is archived once
-    /// the stream has stored every row; rows that cannot be read go to `rejected/` as usual.
+    /// failed one, within `[cluster] duplicate_window_secs`, publishes only what the stream
+    /// does not have yet; later, every row again. The file is archived once the stream has
+    /// stored every row; rows that cannot be read go to `rejected/` as usual. A file written
+    /// on after its claim is published again in full (the rows read before then may be
+    /// scored twice, under the first content's fingerprint).
     fn publish_claimed(
         &mut self,
         key: &str,
-        claimed: &Path,
+        (claimed, file, identity): (&Path, &std::fs::File, &claim::FileIdentity),
         entry: &JournalEntry,
         url: &str,
         started: Instant,
     ) -> Result<(), BatchError> {
         let cfg = self.cfg.clone();
         let g = &cfg.ingest;
+        let changed = |now: &claim::FileIdentity| BatchError::Changed {
+            before: identity.size,
+            after: now.size,
+        };
+        let now = claim::identity_of(file).map_err(io_at(claimed))?;
+        if !identity.unchanged(&now) {
+            return Err(changed(&now));
+        }
         let opts = sentimentd_data::ReadOptions {
             max_text_chars: cfg.data.max_text_chars,
             require_label: false,
@@ -433,6 +444,10 @@ impl BatchProcessor {
             }
             Err(e) => return Err(BatchError::Publish(e.to_string())),
         };
+        let now = claim::identity_of(file).map_err(io_at(claimed))?;
+        if !identity.unchanged(&now) {
+            return Err(changed(&now));
+        }
         let errors = g.rejected.join(&entry.errors);
         if report.rejected.is_empty() {
             match std::fs::remove_file(&errors) {
@@ -459,6 +474,7 @@ impl BatchProcessor {
         std::fs::rename(claimed, &archived).map_err(io_at(&archived))?;
         sentimentd_data::atomic::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
         sentimentd_data::atomic::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
+        self.faults.crash_point("after_archive");
         BatchPublished {
             file: &entry.input,
             fingerprint: &report.fingerprint,

@@ -150,13 +150,14 @@ async fn run(url: &str, cx: SourceContext, mut stop: tokio::sync::watch::Receive
             cx: cx.clone(),
         };
         // Lives as long as this connection's consumer: a set-up-again consumer gets its own.
-        let given_up = {
+        let given_up = link.given_up.clone().map(|advisories| {
             let settler = settler.clone();
-            let advisories = link.given_up.clone();
             tokio::task::spawn_local(async move { settler.refuse_given_up(advisories).await })
-        };
+        });
         let failing = consume(&link.consumer, &settler, &cluster, &mut stop).await;
-        given_up.abort();
+        if let Some(task) = given_up {
+            task.abort();
+        }
         ClusterConnection {
             url,
             connected: false,

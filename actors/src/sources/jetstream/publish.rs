@@ -94,6 +94,7 @@ pub async fn publish_csv(
             source: source.map(str::to_string).or_else(|| field(source_col)),
             created_at: field(created_col),
             label: row.label.map(|l| l.as_str().into()),
+            known: row.label,
         };
         let body = serde_json::to_vec(&input).map_err(|e| PublishError::Publish {
             path: path.to_path_buf(),

@@ -58,20 +58,22 @@ impl Settler {
                     )
                     .await
                 }
-                Ok(input) if input.label().is_err() => {
-                    let reason = format!(
-                        "label must be negative, neutral or positive (or 0, 1, 2), got {}",
-                        input.label().err().unwrap_or_default()
-                    );
-                    self.reject(&m, Some(&input.id), &reason, &mut counts).await
-                }
-                Ok(input) if !input.text.trim().is_empty() && !input.id.is_empty() => {
-                    good.push((m, input))
-                }
-                Ok(input) => {
-                    self.reject(&m, Some(&input.id), "empty id or text", &mut counts)
-                        .await
-                }
+                Ok(mut input) => match input.decode_label() {
+                    Err(value) => {
+                        let reason = format!(
+                            "label must be negative, neutral or positive (or 0, 1, 2), got \
+                             {value}"
+                        );
+                        self.reject(&m, Some(&input.id), &reason, &mut counts).await
+                    }
+                    Ok(()) if !input.text.trim().is_empty() && !input.id.is_empty() => {
+                        good.push((m, input))
+                    }
+                    Ok(()) => {
+                        self.reject(&m, Some(&input.id), "empty id or text", &mut counts)
+                            .await
+                    }
+                },
                 Err(e) => {
                     let reason =
                         format!("not a JSON object {{\"id\", \"text\", \"source\"?}}: {e}");
@@ -179,7 +181,7 @@ impl Settler {
         if let Err(e) = self.store_labelled(&to_ack).await {
             let (labelled, plain): (Vec<_>, Vec<_>) = to_ack
                 .into_iter()
-                .partition(|(_, input)| matches!(input.label(), Ok(Some(_))));
+                .partition(|(_, input)| input.known.is_some());
             let reason = format!("labelled rows not stored: {e}");
             self.retry(labelled.into_iter(), &reason, counts).await;
             to_ack = plain;
@@ -205,7 +207,7 @@ impl Settler {
             .iter()
             .enumerate()
             .filter_map(|(i, (_, input))| {
-                let label = input.label().ok().flatten()?;
+                let label = input.known?;
                 Some(LabelledRow {
                     text: input.text.clone(),
                     label,
@@ -350,12 +352,15 @@ impl Settler {
     /// connected waits for the next; one node takes each: it publishes the rejection with the
     /// payload, deletes the message from the input stream, then acknowledges the advisory.
     pub async fn refuse_given_up(&self, advisories: consumer::PullConsumer) {
+        // A pull that fails at once (the stream or its consumer deleted) must not spin.
+        let mut pause = Duration::from_secs(1);
         loop {
             let mut kept = match advisories.messages().await {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the kept max-deliveries advisories; trying again in 5 s");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    tracing::warn!(error = %e, retry_secs = pause.as_secs(), "cannot read the kept max-deliveries advisories; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
                     continue;
                 }
             };
@@ -363,10 +368,11 @@ impl Settler {
                 let advisory = match next {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(error = %e, "reading the kept max-deliveries advisories failed; reading again");
+                        tracing::warn!(error = %e, retry_secs = pause.as_secs(), "reading the kept max-deliveries advisories failed; reading again");
                         break;
                     }
                 };
+                pause = Duration::from_secs(1);
                 let settled = match serde_json::from_slice::<MaxDeliveries>(&advisory.payload) {
                     // Nothing this node can act on; kept out of the way.
                     Err(_) => true,
@@ -389,6 +395,8 @@ impl Settler {
                     tracing::warn!(error = %e, "acknowledging a kept max-deliveries advisory failed; it comes again");
                 }
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(60));
         }
     }
 

@@ -22,8 +22,9 @@ pub struct Link {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub consumer: consumer::PullConsumer,
-    /// The shared consumer of the kept max-deliveries advisories ([`given_up`]).
-    pub given_up: consumer::PullConsumer,
+    /// The shared consumer of the kept max-deliveries advisories ([`given_up`]); none when
+    /// the server would not make it (logged: scoring goes on without it).
+    pub given_up: Option<consumer::PullConsumer>,
 }
 
 /// The subject of the server's advisories that a message of the input consumer reached
@@ -151,7 +152,13 @@ pub async fn connect(url: &str, c: &ClusterConfig) -> Result<Link, SetupError> {
         .clone();
     check_consumer(c, &echoed)?;
     lease_bucket(&js, c).await?;
-    let given_up = given_up(&js, c).await?;
+    let given_up = match given_up(&js, c).await {
+        Ok(consumer) => Some(consumer),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot keep the max-deliveries advisories; messages the server gives up on stay in the input stream until a node can");
+            None
+        }
+    };
     Ok(Link {
         client,
         js,

@@ -15,9 +15,18 @@ pub struct Input {
     /// labelled store, like a labelled row of a batch file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<serde_json::Value>,
+    /// `label`, parsed once when the message is decoded ([`Input::decode_label`]).
+    #[serde(skip)]
+    pub known: Option<sentimentd_data::Label>,
 }
 
 impl Input {
+    /// Parses `label` into `known`; `Err` (the value, as sent) for one not understood.
+    pub fn decode_label(&mut self) -> Result<(), String> {
+        self.known = self.label()?;
+        Ok(())
+    }
+
     /// The label, if the message has one: `Ok(None)` without, `Err` (the value, as sent) for
     /// one not understood.
     pub fn label(&self) -> Result<Option<sentimentd_data::Label>, String> {

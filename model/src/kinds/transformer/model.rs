@@ -593,7 +593,8 @@ fn plan_recipe(
         return Ok(i);
     }
     let budget = t.time_budget_mins * 60.0;
-    let available = budget * (1.0 - BUDGET_RESERVE) - planned_after;
+    // After the calibration and the token counts, which the budget pays for too.
+    let available = budget * (1.0 - BUDGET_RESERVE) - started.elapsed().as_secs_f64();
     let (mut chosen, candidates) = plan::choose(&ladder, available, estimate);
     if let Some(r) = ladder
         .iter()
@@ -629,7 +630,7 @@ fn plan_recipe(
          ({calibration})",
         i.name,
         t.time_budget_mins,
-        minutes(planned_after),
+        minutes(started.elapsed().as_secs_f64()),
         minutes(available.max(0.0)),
         considered.join(", ")
     ));

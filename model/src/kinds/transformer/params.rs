@@ -42,7 +42,7 @@ pub struct RecipeInfo {
     pub epochs: usize,
     /// `auto`: the time budget of the whole training run.
     pub budget_secs: Option<f64>,
-    /// Seconds the run had spent (embedding, head, fast model) when the recipe was chosen.
+    /// Seconds the run had spent (embedding, head, fast model) before the calibration.
     pub planned_after_secs: f64,
     /// What the recipe was expected to take from there (none for the frozen recipe).
     pub estimated_secs: Option<f64>,

@@ -473,6 +473,21 @@ pub fn fine_tune(
     let mut grads = top.zeros_like();
     let mut stopped_early = None;
     while progress.epoch <= params.epochs {
+        // Checked before each epoch after the first (a resumed run included): no epoch starts
+        // that the last one's duration says would end past the deadline.
+        if let (Some(at), Some(last), 0) = (deadline, progress.history.last(), progress.step) {
+            let left = at.saturating_duration_since(Instant::now()).as_secs_f64();
+            if last.seconds > left {
+                let why = format!(
+                    "stopped after epoch {} of {}: the time budget leaves {left:.0}s and an \
+                     epoch takes {:.0}s",
+                    last.epoch, params.epochs, last.seconds
+                );
+                observer.on_message(&format!("fine-tuning {why}"));
+                stopped_early = Some(why);
+                break;
+            }
+        }
         let epoch = progress.epoch;
         let started = Instant::now();
         let batches = epoch_batches(train.0.len(), frozen.lens(), batch, params.seed, epoch);
@@ -541,22 +556,6 @@ pub fn fine_tune(
             if improved { best_top.as_ref() } else { None },
             previous,
         )?;
-        if let Some(at) = deadline
-            && progress.epoch <= params.epochs
-        {
-            let left = at.saturating_duration_since(Instant::now()).as_secs_f64();
-            let last = progress.history.last().map_or(0.0, |e| e.seconds);
-            if last > left {
-                let why = format!(
-                    "stopped after epoch {epoch} of {}: the time budget leaves {left:.0}s and \
-                     an epoch takes {last:.0}s",
-                    params.epochs
-                );
-                observer.on_message(&format!("fine-tuning {why}"));
-                stopped_early = Some(why);
-                break;
-            }
-        }
     }
     let (Some(best), Some(best_top)) = (progress.best.clone(), best_top) else {
         return Err(ModelError::Training(

@@ -125,6 +125,7 @@ pub fn calibrate(
     let weights = class_weights(&[Label::Negative, Label::Neutral, Label::Positive]);
 
     let (mut forward, mut train, mut score, mut tokens) = (0.0, 0.0, 0.0, 0usize);
+    let mut warm_up = (0.0, 0.0, 0.0, 0usize);
     for (i, chunk) in ids.chunks(batch).enumerate() {
         // The serving forward through every layer: what frozen layers and embedding cost.
         let t = Instant::now();
@@ -150,6 +151,8 @@ pub fn calibrate(
         std::hint::black_box(top.logits(&packed));
         let score_secs = t.elapsed().as_secs_f64();
         if i == 0 {
+            let n = packed.lens.iter().sum::<usize>();
+            warm_up = (forward_secs, train_secs, score_secs, n);
             continue;
         }
         forward += forward_secs;
@@ -157,7 +160,11 @@ pub fn calibrate(
         score += score_secs;
         tokens += packed.lens.iter().sum::<usize>();
     }
-    // A sample of one batch has nothing timed: its warm-up batch stands in.
+    // A sample of one batch has nothing timed but its warm-up batch, which stands in (it
+    // reads high, which errs on the budget's side).
+    if tokens == 0 {
+        (forward, train, score, tokens) = warm_up;
+    }
     let tokens = tokens.max(1) as f64;
     let per_layer = tokens * layers as f64;
     Ok(Costs {
