@@ -3,7 +3,9 @@
 //! published with acks batched, and the time until N results are stored in the output stream.
 //!
 //! `cargo bench --bench jetstream`. Env: `MESSAGES` (default 100000), `MODEL_STORE` (a trained
-//! store; default: none, so the lexicon fallback scores), `BATCH` (`[cluster] batch`, 256).
+//! store; default: none, so the lexicon fallback scores), `BATCH` (`[cluster] batch`, 256),
+//! `VIA=folder` (the rows go in as one CSV file dropped in the node's watched folder with
+//! `[cluster] publish_inbox`, instead of being published by the bench).
 //! Compare with `benches/load.sh`'s inbox phase (rows per second through the watched folder).
 
 use async_nats::jetstream;
@@ -31,6 +33,7 @@ fn main() {
     }
     let n: u64 = env_or("MESSAGES", 100_000);
     let batch: usize = env_or("BATCH", 256);
+    let via_folder = std::env::var("VIA").is_ok_and(|v| v == "folder");
     let dir = tempfile::tempdir().expect("temp dir");
     let nats_port = free_port();
     let mut nats = Command::new("nats-server")
@@ -63,7 +66,8 @@ fn main() {
              rejected = \"{root}/rejected\"\nprocessing = \"{root}/processing\"\njournal = \"{root}/journal\"\n\
              labelled_dir = \"{root}/labelled\"\n\
              [logging]\nlevel = \"warn\"\n\
-             [cluster]\nnats_url = \"nats://127.0.0.1:{nats_port}\"\nbatch = {batch}\n"
+             [cluster]\nnats_url = \"nats://127.0.0.1:{nats_port}\"\nbatch = {batch}\n\
+             publish_inbox = {via_folder}\n"
         ),
     )
     .expect("config");
@@ -87,9 +91,25 @@ fn main() {
         while js.get_stream("SENTIMENTD_IN").await.is_err() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if via_folder {
+            let mut csv = String::from("text,source\n");
+            for i in 0..n {
+                csv.push_str(&format!("\"benchmark message {i}, pretty good overall\",bench\n"));
+            }
+            let part = dir.path().join("inbox/bench.csv.part");
+            std::fs::create_dir_all(dir.path().join("inbox")).expect("inbox");
+            std::fs::write(&part, csv).expect("write the batch file");
+        }
         let started = Instant::now();
+        if via_folder {
+            std::fs::rename(
+                dir.path().join("inbox/bench.csv.part"),
+                dir.path().join("inbox/bench.csv"),
+            )
+            .expect("drop the batch file");
+        }
         let mut acks = Vec::new();
-        for i in 0..n {
+        for i in (0..n).filter(|_| !via_folder) {
             if acks.len() == 1000 {
                 for a in acks.drain(..) {
                     let a: jetstream::context::PublishAckFuture = a;
@@ -119,7 +139,8 @@ fn main() {
         }
         let total = started.elapsed();
         println!(
-            "RESULT messages={n} batch={batch} published_s={:.2} scored_s={:.2} messages_per_s={:.0}",
+            "RESULT via={} messages={n} batch={batch} published_s={:.2} scored_s={:.2} messages_per_s={:.0}",
+            if via_folder { "folder" } else { "bench" },
             published.as_secs_f64(),
             total.as_secs_f64(),
             n as f64 / total.as_secs_f64()
