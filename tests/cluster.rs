@@ -92,6 +92,47 @@ async fn outputs(js: &jetstream::Context) -> Vec<serde_json::Value> {
     all
 }
 
+/// Takes `held` messages from the shared consumer and never acknowledges them: a node that
+/// crashed holding them.
+async fn take_without_acking(consumer: &jetstream::consumer::PullConsumer, held: usize) {
+    let mut taken = consumer
+        .fetch()
+        .max_messages(held)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut got = 0;
+    while let Some(m) = futures_util::StreamExt::next(&mut taken).await {
+        m.expect("message");
+        got += 1;
+    }
+    assert_eq!(got, held);
+}
+
+/// Waits for `held` rejections of messages the server gave up on, each with its reason and
+/// payload, and for the other `n - held` messages to be scored once each (within `secs`);
+/// returns the ids scored.
+async fn given_up_refused_and_the_rest_scored_once(
+    js: &jetstream::Context,
+    rejections: &mut async_nats::Subscriber,
+    (held, n): (usize, usize),
+    secs: u64,
+    d: &Daemon,
+) -> BTreeMap<String, usize> {
+    let reasons = receive(rejections, held).await;
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("without being settled") && r.contains("\"payload\"")),
+        "{reasons:?}"
+    );
+    wait_settled(js, (n - held) as u64, Duration::from_secs(secs), d).await;
+    let ids = id_counts(&outputs(js).await);
+    assert_eq!(ids.len(), n - held);
+    assert!(ids.values().all(|&c| c == 1), "no duplicate");
+    ids
+}
+
 /// The ids of `outputs`, with how often each appears.
 fn id_counts(outputs: &[serde_json::Value]) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
@@ -945,18 +986,7 @@ fn messages_a_crashed_node_held_past_max_deliver_are_refused_not_left_in_the_que
             }),
         )
         .await;
-        let mut taken = consumer
-            .fetch()
-            .max_messages(held)
-            .messages()
-            .await
-            .expect("fetch");
-        let mut got = 0;
-        while let Some(m) = futures_util::StreamExt::next(&mut taken).await {
-            m.expect("message");
-            got += 1;
-        }
-        assert_eq!(got, held);
+        take_without_acking(&consumer, held).await;
         (js, rejected)
     });
     let d = Daemon::start_with(
@@ -966,17 +996,7 @@ fn messages_a_crashed_node_held_past_max_deliver_are_refused_not_left_in_the_que
         &nats.section("ack_wait_secs = 10\nmax_deliver = 1\nbatch = 50"),
     );
     rt.block_on(async {
-        let reasons = receive(&mut rejections, held).await;
-        assert!(
-            reasons
-                .iter()
-                .all(|r| r.contains("without being settled") && r.contains("\"payload\"")),
-            "{reasons:?}"
-        );
-        wait_settled(&js, (n - held) as u64, Duration::from_secs(30), &d).await;
-        let ids = id_counts(&outputs(&js).await);
-        assert_eq!(ids.len(), n - held);
-        assert!(ids.values().all(|&c| c == 1), "no duplicate");
+        given_up_refused_and_the_rest_scored_once(&js, &mut rejections, (held, n), 30, &d).await;
     });
     d.wait_for("the refusals counted", Duration::from_secs(10), || {
         d.metric("sentiment_cluster_messages_total{outcome=\"rejected\"}") == held as f64
@@ -1048,15 +1068,7 @@ fn a_max_deliveries_advisory_sent_while_no_node_was_connected_is_acted_on_by_the
         }
         // A "node" (this test) takes some and crashes without acknowledging them...
         publish(&js, (0..held).map(message)).await;
-        let mut taken = consumer
-            .fetch()
-            .max_messages(held)
-            .messages()
-            .await
-            .expect("fetch");
-        while let Some(m) = futures_util::StreamExt::next(&mut taken).await {
-            m.expect("message");
-        }
+        take_without_acking(&consumer, held).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         // ... and another client's pull, past ack_wait, makes the server give up on them
         // while no node is connected.
@@ -1084,17 +1096,9 @@ fn a_max_deliveries_advisory_sent_while_no_node_was_connected_is_acted_on_by_the
     });
     d.spawn(&[]);
     rt.block_on(async {
-        let reasons = receive(&mut rejections, held).await;
-        assert!(
-            reasons
-                .iter()
-                .all(|r| r.contains("without being settled") && r.contains("\"payload\"")),
-            "{reasons:?}"
-        );
-        wait_settled(&js, (n - held) as u64, Duration::from_secs(60), &d).await;
-        let ids = id_counts(&outputs(&js).await);
-        assert_eq!(ids.len(), n - held);
-        assert!(ids.values().all(|&c| c == 1), "no duplicate");
+        let ids =
+            given_up_refused_and_the_rest_scored_once(&js, &mut rejections, (held, n), 60, &d)
+                .await;
         assert!((0..held).all(|i| !ids.contains_key(&format!("a{i}"))));
         let mut kept = js.get_stream("SENTIMENTD_IN_GIVEN_UP").await.expect("kept");
         let started = Instant::now();

@@ -27,7 +27,9 @@ use crate::serving::scorer::Scorer;
 use crate::sources::file::claim::{self, OpenError, Refusal};
 use crate::sources::file::journal::{self, Attempt, Journal, JournalEntry};
 use crate::sources::file::names;
-use crate::sources::file::stream::{BatchError, Destinations, FileRejection, Stream, io_at};
+use crate::sources::file::stream::{
+    BatchError, Destinations, FileRejection, Stream, io_at, write_rejections,
+};
 use crate::sources::jetstream::publish::{PublishError, publish_csv};
 use crate::telemetry::events::{
     BatchAttemptFailed, BatchInterrupted, BatchProcessed, BatchPublished, BatchQuarantined,
@@ -58,6 +60,23 @@ pub fn backoff(initial_ms: u64, max_ms: u64, failures: usize) -> Duration {
             .saturating_mul(1u64 << shift)
             .min(max_ms.max(initial_ms)),
     )
+}
+
+/// `BatchError::Changed` when the claimed file is no longer what was claimed.
+fn unchanged_since_claim(
+    claimed: &Path,
+    file: &std::fs::File,
+    identity: &claim::FileIdentity,
+) -> Result<(), BatchError> {
+    let now = claim::identity_of(file).map_err(io_at(claimed))?;
+    if identity.unchanged(&now) {
+        Ok(())
+    } else {
+        Err(BatchError::Changed {
+            before: identity.size,
+            after: now.size,
+        })
+    }
 }
 
 fn file_name(path: &Path) -> String {
@@ -346,21 +365,11 @@ impl BatchProcessor {
         };
         // A writer that still held the file open may have written on after the claim: those
         // bytes were not read, so the whole file is scored again rather than half of it.
-        let now = claim::identity_of(&file).map_err(io_at(&claimed))?;
-        if !identity.unchanged(&now) {
-            return Err(BatchError::Changed {
-                before: identity.size,
-                after: now.size,
-            });
-        }
+        unchanged_since_claim(&claimed, &file, &identity)?;
         let faults = self.faults.clone();
         outputs.commit(|step| faults.crash_point(step))?;
 
-        let archived = g.archive.join(&entry.archived);
-        std::fs::rename(&claimed, &archived).map_err(io_at(&archived))?;
-        sentimentd_data::atomic::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
-        sentimentd_data::atomic::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
-        self.faults.crash_point("after_archive");
+        self.archive(&claimed, &entry)?;
         // Counted before the journal entry goes, so whoever sees the batch finished (no entry,
         // input archived) also sees it in the metrics.
         let seconds = started.elapsed().as_secs_f64();
@@ -383,14 +392,7 @@ impl BatchProcessor {
             rows_per_second: summary.rows() as f64 / seconds.max(1e-9),
         }
         .emit(&self.metrics);
-        // The input is archived, so the batch is done: a leftover entry is dropped by the
-        // next start's recovery, and retrying here would only count the batch twice.
-        let removed = self
-            .journal()
-            .and_then(|j| j.remove(key).map_err(io_at(&g.journal)));
-        if let Err(e) = removed {
-            tracing::warn!(file = %entry.input, error = %e, "batch done but its journal entry could not be removed; the next start drops it");
-        }
+        self.forget_done(key, &entry);
         Ok(())
     }
 
@@ -412,14 +414,7 @@ impl BatchProcessor {
     ) -> Result<(), BatchError> {
         let cfg = self.cfg.clone();
         let g = &cfg.ingest;
-        let changed = |now: &claim::FileIdentity| BatchError::Changed {
-            before: identity.size,
-            after: now.size,
-        };
-        let now = claim::identity_of(file).map_err(io_at(claimed))?;
-        if !identity.unchanged(&now) {
-            return Err(changed(&now));
-        }
+        unchanged_since_claim(claimed, file, identity)?;
         let opts = sentimentd_data::ReadOptions {
             max_text_chars: cfg.data.max_text_chars,
             require_label: false,
@@ -444,37 +439,13 @@ impl BatchProcessor {
             }
             Err(e) => return Err(BatchError::Publish(e.to_string())),
         };
-        let now = claim::identity_of(file).map_err(io_at(claimed))?;
-        if !identity.unchanged(&now) {
-            return Err(changed(&now));
-        }
-        let errors = g.rejected.join(&entry.errors);
-        if report.rejected.is_empty() {
-            match std::fs::remove_file(&errors) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(&errors)(e)),
-            }
-        } else {
-            let data = |e: sentimentd_data::DataError| BatchError::Io {
-                path: errors.clone(),
-                source: std::io::Error::other(e.to_string()),
-            };
-            let file =
-                sentimentd_data::atomic::AtomicFile::create(&errors).map_err(io_at(&errors))?;
-            let mut w = sentimentd_data::RejectionWriter::new(file)
-                .map_err(data)?
-                .neutralize_formulas(g.neutralize_formulas);
-            for row in &report.rejected {
-                w.write_row(row).map_err(data)?;
-            }
-            w.finish().map_err(data)?.commit().map_err(io_at(&errors))?;
-        }
-        let archived = g.archive.join(&entry.archived);
-        std::fs::rename(claimed, &archived).map_err(io_at(&archived))?;
-        sentimentd_data::atomic::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
-        sentimentd_data::atomic::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
-        self.faults.crash_point("after_archive");
+        unchanged_since_claim(claimed, file, identity)?;
+        write_rejections(
+            &g.rejected.join(&entry.errors),
+            &report.rejected,
+            g.neutralize_formulas,
+        )?;
+        self.archive(claimed, entry)?;
         BatchPublished {
             file: &entry.input,
             fingerprint: &report.fingerprint,
@@ -486,13 +457,31 @@ impl BatchProcessor {
             seconds: started.elapsed().as_secs_f64(),
         }
         .emit(&self.metrics);
+        self.forget_done(key, entry);
+        Ok(())
+    }
+
+    /// Moves the claimed input to the archive, durably: from then on the batch is done.
+    fn archive(&self, claimed: &Path, entry: &JournalEntry) -> Result<(), BatchError> {
+        let g = &self.cfg.ingest;
+        let archived = g.archive.join(&entry.archived);
+        std::fs::rename(claimed, &archived).map_err(io_at(&archived))?;
+        sentimentd_data::atomic::sync_dir(&g.archive).map_err(io_at(&g.archive))?;
+        sentimentd_data::atomic::sync_dir(&g.processing).map_err(io_at(&g.processing))?;
+        self.faults.crash_point("after_archive");
+        Ok(())
+    }
+
+    /// Drops the journal entry of an archived batch. The batch is done: a leftover entry is
+    /// dropped by the next start's recovery, and retrying here would only count it twice.
+    fn forget_done(&mut self, key: &str, entry: &JournalEntry) {
+        let journal = self.cfg.ingest.journal.clone();
         let removed = self
             .journal()
-            .and_then(|j| j.remove(key).map_err(io_at(&g.journal)));
+            .and_then(|j| j.remove(key).map_err(io_at(&journal)));
         if let Err(e) = removed {
-            tracing::warn!(file = %entry.input, error = %e, "batch published but its journal entry could not be removed; the next start drops it");
+            tracing::warn!(file = %entry.input, error = %e, "batch done but its journal entry could not be removed; the next start drops it");
         }
-        Ok(())
     }
 
     /// The whole file cannot be processed: it moves to `rejected/` with `<name>.error.txt`.

@@ -128,11 +128,7 @@ impl Outputs {
             }
             // A rerun after a crash may meet a report from a run that rejected differently
             // (e.g. a model swap in between); the last run's outputs are the truth.
-            None => match std::fs::remove_file(&d.errors) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(&d.errors)(e)),
-            },
+            None => remove_stale(&d.errors)?,
         }
         step("after_rejections");
         match (self.labelled, &d.labelled) {
@@ -142,11 +138,7 @@ impl Outputs {
             }
             // No labelled row this run: a file an earlier, interrupted run of the same batch
             // stored must not stay behind.
-            (None, Some(path)) => match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(path)(e)),
-            },
+            (None, Some(path)) => remove_stale(path)?,
             _ => {}
         }
         step("after_labelled");
@@ -155,17 +147,53 @@ impl Outputs {
 
     fn reject(&mut self, row: &RejectedRow) -> Result<(), BatchError> {
         if self.errors.is_none() {
-            let file = AtomicFile::create(&self.dest.errors).map_err(io_at(&self.dest.errors))?;
-            let w = RejectionWriter::new(file)
-                .map_err(data_at(&self.dest.errors))?
-                .neutralize_formulas(self.neutralize);
-            self.errors = Some(w);
+            self.errors = Some(rejection_writer(&self.dest.errors, self.neutralize)?);
         }
         if let Some(w) = self.errors.as_mut() {
             w.write_row(row).map_err(data_at(&self.dest.errors))?;
         }
         Ok(())
     }
+}
+
+/// The report of rejected rows at `path`, written aside until committed.
+fn rejection_writer(
+    path: &Path,
+    neutralize: bool,
+) -> Result<RejectionWriter<AtomicFile>, BatchError> {
+    let file = AtomicFile::create(path).map_err(io_at(path))?;
+    Ok(RejectionWriter::new(file)
+        .map_err(data_at(path))?
+        .neutralize_formulas(neutralize))
+}
+
+/// Removes an output an earlier run of the same batch left at `path`, if any.
+fn remove_stale(path: &Path) -> Result<(), BatchError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(path)(e)),
+    }
+}
+
+/// The whole report of a batch's rejected rows at `path`, as [`Outputs::commit`] leaves it:
+/// written in one step, or an earlier run's removed when there are none.
+pub fn write_rejections(
+    path: &Path,
+    rows: &[RejectedRow],
+    neutralize: bool,
+) -> Result<(), BatchError> {
+    if rows.is_empty() {
+        return remove_stale(path);
+    }
+    let mut w = rejection_writer(path, neutralize)?;
+    for row in rows {
+        w.write_row(row).map_err(data_at(path))?;
+    }
+    w.finish()
+        .map_err(data_at(path))?
+        .commit()
+        .map_err(io_at(path))
 }
 
 /// A chunk ends once it holds this many bytes of records, even before `chunk_rows` records:
