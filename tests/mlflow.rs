@@ -558,7 +558,7 @@ fn the_daemon_records_its_runs_and_moves_the_champion_alias() {
         assert!(
             Instant::now() < deadline,
             "the champion alias did not move to {v2}:\n{}",
-            d.logs()
+            d.logs_about(&["MLflow", "champion", "promot"])
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -292,6 +292,20 @@ settle_ms = 100
         out
     }
 
+    /// The log lines that contain any of `needles`, before the whole log: a CI report keeps
+    /// only the head of a long failure message, and these are what explains the failure.
+    pub fn logs_about(&self, needles: &[&str]) -> String {
+        let all = self.logs();
+        let picked: Vec<&str> = all
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .collect();
+        format!(
+            "--- lines about {needles:?} ---\n{}\n{all}",
+            picked.join("\n")
+        )
+    }
+
     pub fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let agent = agent();

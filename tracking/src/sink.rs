@@ -27,7 +27,20 @@ pub enum MlflowOp {
 }
 
 impl MlflowOp {
-    fn describe(&self) -> String {
+    /// A record of routine monitoring (a drift check, a skipped retrain). A backlog sends
+    /// these after the model's lineage (trainings, evaluations, promotions, champions): many
+    /// checks can wait behind a slow server, and followers must not wait behind them for a
+    /// new champion. Lineage keeps its own order, so a champion still follows the run that
+    /// trained it.
+    pub fn is_routine(&self) -> bool {
+        matches!(
+            self,
+            MlflowOp::Run { record }
+                if matches!(record.kind, RunKind::DriftCheck | RunKind::RetrainSkipped)
+        )
+    }
+
+    pub(crate) fn describe(&self) -> String {
         match self {
             MlflowOp::Run { record } => format!("run {} ({})", record.run_id, record.kind.as_str()),
             MlflowOp::Champion { version, .. } => format!("champion {version}"),
@@ -156,7 +169,8 @@ pub const RECORD_MAX_ATTEMPTS: u32 = 5;
 pub const MAX_PENDING: usize = 10_000;
 
 /// Forwards operations to one MLflow server; what cannot be sent now waits in
-/// `<dir>/mlflow-pending.jsonl` and is retried in order with exponential backoff.
+/// `<dir>/mlflow-pending.jsonl` and is retried with exponential backoff, in order within each
+/// class of [`MlflowOp::is_routine`], the model's lineage first.
 ///
 /// The pending file, not memory, is the queue's truth, so several processes (the daemon and a
 /// `sentimentd train` run) can share one: appends and rewrites happen under an exclusive lock
@@ -310,7 +324,9 @@ impl MlflowSink {
         let mut report = FlushReport::default();
         let mut done: HashSet<String> = HashSet::new();
         let mut failed: Option<PendingEntry> = None;
-        let entries: Vec<PendingEntry> = self.pending.iter().cloned().collect();
+        let mut entries: Vec<PendingEntry> = self.pending.iter().cloned().collect();
+        // Stable: lineage first, each class in the order it was queued.
+        entries.sort_by_key(|e| e.op.is_routine());
         for entry in &entries {
             match self.send(&entry.op) {
                 Ok(()) => {

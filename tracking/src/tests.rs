@@ -223,6 +223,51 @@ fn a_down_server_queues_persistently_and_fast() {
     assert!(matches!(&entries[1].op, MlflowOp::Champion { .. }));
 }
 
+/// A backlog goes lineage first: the retry after an outage tries the training run queued
+/// behind two drift checks before either of them, and the champion keeps its place after it.
+#[test]
+fn a_backlog_sends_the_models_lineage_before_routine_drift_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dead_server();
+    let mut sink = MlflowSink::open(MlflowClient::new(&uri), "exp", "model", dir.path()).unwrap();
+    let check = |name: &str| {
+        let mut r = RunRecord::new(RunKind::DriftCheck, name);
+        r.metric("drift_score", 1.0);
+        MlflowOp::Run { record: r.finish() }
+    };
+    let training = sample("retrain");
+    let ops = [
+        check("check 1"),
+        check("check 2"),
+        MlflowOp::Run {
+            record: training.clone(),
+        },
+        MlflowOp::Champion {
+            version: "v2".into(),
+            run_id: training.run_id.clone(),
+            files: vec![],
+            tags: Default::default(),
+        },
+    ];
+    for op in ops {
+        assert_eq!(sink.submit(op).unwrap(), Submitted::Queued);
+    }
+    // The first check was tried on submit; the retry tries the training run next.
+    sink.flush_pending().unwrap();
+    let entries: Vec<PendingEntry> = read_jsonl(sink.pending_path()).unwrap();
+    let attempts: Vec<(String, u32)> = entries
+        .iter()
+        .map(|e| (e.op.describe(), e.attempts))
+        .collect();
+    assert_eq!(
+        attempts.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
+        [1, 0, 1, 0],
+        "{attempts:?}"
+    );
+    assert!(!entries[2].op.is_routine() && entries[0].op.is_routine());
+    assert!(matches!(&entries[3].op, MlflowOp::Champion { .. }));
+}
+
 #[test]
 fn mlflow_answers_are_read_by_type_and_a_missing_field_is_an_error() {
     use crate::mlflow_api::{RunAnswer, SearchModelVersionsAnswer};

@@ -11,6 +11,7 @@
 
 use actix::{Actor, Context, Handler};
 use sentimentd_config::{Config, TrackingConfig};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -205,15 +206,31 @@ fn worker(
         .mlops
         .tracking_pending
         .set(sink.pending_len() as i64);
+    // Records taken off the channel, not yet submitted: a champion that arrives while the
+    // worker is busy goes before the routine records that arrived ahead of it (the sink
+    // orders its own backlog the same way).
+    let mut waiting: VecDeque<MlflowOp> = VecDeque::new();
     loop {
-        let wait = cooldown
-            .take()
-            .or_else(|| sink.next_retry_in())
-            .unwrap_or(IDLE_RESCAN);
-        let result = match rx.recv_timeout(wait) {
-            Ok(op) => containment.run(|| sink.submit(op).map(|_| ())),
-            Err(RecvTimeoutError::Timeout) => containment.run(|| sink.retry_due().map(|_| ())),
-            Err(RecvTimeoutError::Disconnected) => break,
+        if waiting.is_empty() {
+            let wait = cooldown
+                .take()
+                .or_else(|| sink.next_retry_in())
+                .unwrap_or(IDLE_RESCAN);
+            match rx.recv_timeout(wait) {
+                Ok(op) => waiting.push_back(op),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        waiting.extend(rx.try_iter());
+        let lineage = waiting.iter().position(|op| !op.is_routine());
+        let next = match lineage {
+            Some(i) => waiting.remove(i),
+            None => waiting.pop_front(),
+        };
+        let result = match next {
+            Some(op) => containment.run(|| sink.submit(op).map(|_| ())),
+            None => containment.run(|| sink.retry_due().map(|_| ())),
         };
         match result {
             Ok(Ok(())) => {}

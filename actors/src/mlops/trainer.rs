@@ -176,7 +176,9 @@ impl Trainer {
                 reason: &reason,
             }
             .emit(&self.links.metrics);
-            if let Some(t) = &self.links.tracker {
+            // A drift check during a retrain is refused each time; the running retrain's own
+            // run covers that time, and a run per check would only bury it in the tracker.
+            if let Some(t) = self.links.tracker.as_ref().filter(|_| !self.running) {
                 let mut rec = RunRecord::new(RunKind::RetrainSkipped, "retrain skipped");
                 rec.tags.insert("trigger".into(), trigger.as_str().into());
                 rec.tags.insert("reason".into(), reason.clone());
