@@ -8,11 +8,17 @@
 #
 #   MODEL_STORE=/path/to/store scripts/promotion-figure.sh
 #
+# PROMOTE=<version> promotes that version of MODEL_STORE instead of training one (e.g. a
+# transformer version, while the store's current one is a fast version); PRETRAINED=<dir> is
+# every node's [transformer] pretrained_dir, which a transformer version needs.
+#
 # Needs what scripts/test-deps.sh installs (nats-server, the venv with mlflow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MODEL_STORE:?set MODEL_STORE to a trained model store}"
 FOLLOWERS="${FOLLOWERS:-3}"
+PROMOTE="${PROMOTE:-}"
+PRETRAINED="${PRETRAINED:-}"
 VENV="${SENTIMENTD_VENV:-$HOME/.cache/sentimentd-venv}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sentimentd-target}"
 cargo build --release --quiet
@@ -82,6 +88,9 @@ registered_model = "promotion-figure"
 [admin]
 token_file = "$WORK/admin.token"
 
+[transformer]
+pretrained_dir = "${PRETRAINED:-state/pretrained}"
+
 [cluster]
 nats_url = "nats://127.0.0.1:$NATS_PORT"
 node_name = "node-$1"
@@ -102,12 +111,20 @@ for _ in $(seq 1 200); do
 done
 for i in $(seq 1 "$FOLLOWERS"); do start_node "$i"; done
 
-echo "training a second version on the leader (train --no-promote)"
-if ! (cd "$WORK/node-0" && "$BIN" --config sentimentd.toml train --no-promote >"$WORK/train.log" 2>&1); then
-    tail -20 "$WORK/train.log" >&2
-    exit 1
+if [ -n "$PROMOTE" ]; then
+    V2="$PROMOTE"
+    if [ ! -d "$WORK/node-0/models/versions/$V2" ]; then
+        echo "PROMOTE=$V2 is not a version of $MODEL_STORE" >&2
+        exit 1
+    fi
+else
+    echo "training a second version on the leader (train --no-promote)"
+    if ! (cd "$WORK/node-0" && "$BIN" --config sentimentd.toml train --no-promote >"$WORK/train.log" 2>&1); then
+        tail -20 "$WORK/train.log" >&2
+        exit 1
+    fi
+    V2=$(ls -t "$WORK/node-0/models/versions" | head -1)
 fi
-V2=$(ls -t "$WORK/node-0/models/versions" | head -1)
 SIZE=$(du -sm "$WORK/node-0/models/versions/$V2" | cut -f1)
 START=$(date +%s.%N)
 curl -fs -X POST -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
