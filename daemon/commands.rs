@@ -222,13 +222,6 @@ pub fn train(cfg: &Config, a: TrainArgs) -> anyhow::Result<()> {
                 d.temperature,
                 tried.join(", ")
             );
-            if d.augmented_rows > 0 {
-                println!(
-                    "augmented    {} texts made from the training texts, labelled by the \
-                     teacher, trained on beside them",
-                    d.augmented_rows
-                );
-            }
         }
     }
     println!("wall time    {:.1}s", started.elapsed().as_secs_f64());

@@ -416,31 +416,6 @@ fn a_fast_model_is_distilled_from_a_stored_transformer() {
     assert!(p.contains(&student), "{p}");
 
     assert!(!out.contains("another selection split"), "{out}");
-    assert!(!out.contains("augmented "), "{out}");
-    assert_eq!(d["augmented_rows"], 0, "{d}");
-
-    // With [train] distill_augment, texts made from the training texts are labelled by the
-    // teacher and train beside them: counted in the output and the manifest.
-    let config = std::fs::read_to_string(&env.config).expect("config");
-    std::fs::write(
-        &env.config,
-        config.replacen("threads = 1\n", "threads = 1\ndistill_augment = 2\n", 1),
-    )
-    .expect("config");
-    let out = env.ok(&["train", "--kind", "fast", "--teacher", &teacher]);
-    let student = env.current();
-    let augmented = manifest(&env, &student)["params"]["fast"]["distill"]["augmented_rows"]
-        .as_u64()
-        .expect("augmented_rows");
-    // Two per text, less the copies that came out equal to their text or to each other.
-    assert!((300..=800).contains(&augmented), "{augmented}\n{out}");
-    for part in [
-        format!("distillation: {augmented} texts made from the training texts"),
-        format!("augmented    {augmented} texts made from the training texts"),
-    ] {
-        assert!(out.contains(&part), "{part:?} missing in\n{out}");
-    }
-
     // A teacher trained on other data may have seen this run's selection rows: said.
     let val = env.root().join("val.csv").display().to_string();
     let other = env.ok(&[

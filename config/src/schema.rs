@@ -264,10 +264,6 @@ pub struct TrainConfig {
     /// Share of the training data carved out (stratified, seeded) as the selection split that
     /// early stopping and calibration use; the reporting split (`data.val`) never selects.
     pub selection_share: f64,
-    /// With a teacher (`train --teacher`): texts made from each training text (words
-    /// dropped, or a run of its words) that the teacher labels and the fast model also
-    /// trains on. 0 = the training texts alone.
-    pub distill_augment: usize,
 }
 
 /// `[train] on_start`: whether `serve` trains a model when none exists.
@@ -296,7 +292,6 @@ impl Default for TrainConfig {
             dropout: 0.0,
             on_start: TrainOnStart::IfMissing,
             selection_share: 0.1,
-            distill_augment: 0,
         }
     }
 }

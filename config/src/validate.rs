@@ -140,7 +140,6 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         );
     }
     k.range("train.threads", t.threads, 0, 1024);
-    k.range("train.distill_augment", t.distill_augment, 0, 16);
 
     let s = &c.server;
     if s.bind.trim().is_empty() || s.bind.chars().any(char::is_whitespace) {

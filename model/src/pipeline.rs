@@ -480,34 +480,15 @@ fn teach(
         .num_threads(crate::kinds::fast::train::resolve_threads(threads))
         .build()
         .map_err(|e| ModelError::Training(format!("cannot start the training threads: {e}")))?;
-    let augmented = crate::kinds::fast::augment::augment(
-        &train_set.texts,
-        cfg.train.distill_augment,
-        cfg.train.seed,
-    );
-    if !augmented.is_empty() {
-        observer.on_message(&format!(
-            "distillation: {} texts made from the training texts ([train] distill_augment = {}) \
-             for the teacher to label",
-            augmented.len(),
-            cfg.train.distill_augment
-        ));
-    }
-    let texts: Vec<&str> = train_set
-        .texts
-        .iter()
-        .map(String::as_str)
-        .chain(augmented.iter().map(|a| a.text.as_str()))
-        .collect();
-    let mut probabilities = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(512) {
-        probabilities.extend(pool.install(|| model.teaching_probabilities(chunk))?);
-        observer.on_progress("teacher", probabilities.len(), texts.len());
+    let mut probabilities = Vec::with_capacity(train_set.len());
+    for chunk in train_set.texts.chunks(512) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        probabilities.extend(pool.install(|| model.teaching_probabilities(&texts))?);
+        observer.on_progress("teacher", probabilities.len(), train_set.len());
     }
     Ok(Teacher {
         version: version.to_string(),
         probabilities,
-        augmented,
     })
 }
 
@@ -754,7 +735,6 @@ mod tests {
         let teacher = Teacher {
             version: "teacher-v".into(),
             probabilities,
-            augmented: Vec::new(),
         };
         let weights = SplitWeights::default();
         let fit = |mix: f32| {

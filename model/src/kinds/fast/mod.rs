@@ -1,7 +1,6 @@
 //! The `fast` kind: a fastText-style classifier trained in burn (tokenizer, hashed features,
 //! mean-pooled embeddings, a linear layer), served by a plain forward pass.
 
-pub mod augment;
 pub mod features;
 pub mod model;
 pub mod text;
@@ -123,12 +122,10 @@ pub struct FastTrained {
     pub seconds: f64,
 }
 
-/// A teacher's probabilities for the training rows, in their order, then for the texts
-/// made from them (`augmented`, see [`augment`]).
+/// A teacher's probabilities for the training rows, in their order.
 pub struct Teacher {
     pub version: String,
     pub probabilities: Vec<[f32; 3]>,
-    pub augmented: Vec<augment::Augmented>,
 }
 
 /// Trains a fast model on `train_set`, its epoch and temperature chosen on `sel_set`: the
@@ -154,30 +151,6 @@ pub fn distil(
     teacher: &Teacher,
     observer: &mut dyn TrainObserver,
 ) -> Result<(FastTrained, DistillParams), ModelError> {
-    // The made texts train beside the rows they came from: their label (for the label's
-    // share of the target) and their weight are their source row's.
-    let extended;
-    let extended_weights;
-    let (train_set, weights) = if teacher.augmented.is_empty() {
-        (train_set, weights)
-    } else {
-        let mut set = train_set.clone();
-        set.texts
-            .extend(teacher.augmented.iter().map(|a| a.text.clone()));
-        set.labels
-            .extend(teacher.augmented.iter().map(|a| train_set.labels[a.source]));
-        extended = set;
-        extended_weights = SplitWeights {
-            train: weights.train.as_ref().map(|w| {
-                w.iter()
-                    .copied()
-                    .chain(teacher.augmented.iter().map(|a| w[a.source]))
-                    .collect()
-            }),
-            selection: weights.selection.clone(),
-        };
-        (&extended, &extended_weights)
-    };
     let mut best: Option<(FastTrained, DistillTrial)> = None;
     let mut trials = Vec::new();
     for temperature in DISTILL_TEMPERATURES {
@@ -243,7 +216,6 @@ pub fn distil(
         mix: kept.mix,
         temperature: kept.temperature,
         trials,
-        augmented_rows: teacher.augmented.len(),
     };
     Ok((trained, info))
 }

@@ -63,10 +63,6 @@ pub struct DistillParams {
     pub temperature: f32,
     /// Every mix and temperature tried, with its best epoch's selection macro-recall.
     pub trials: Vec<DistillTrial>,
-    /// Texts made from the training texts (`[train] distill_augment`) that trained beside
-    /// them on the teacher's probabilities.
-    #[serde(default)]
-    pub augmented_rows: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
