@@ -16,6 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MODEL_STORE:?set MODEL_STORE to a trained model store}"
+if [ -n "${PROMOTE:-}" ] && [ ! -d "$MODEL_STORE/versions/$PROMOTE" ]; then
+    echo "PROMOTE=$PROMOTE is not a version of $MODEL_STORE" >&2
+    exit 1
+fi
 FOLLOWERS="${FOLLOWERS:-3}"
 PROMOTE="${PROMOTE:-}"
 PRETRAINED="${PRETRAINED:-}"
@@ -113,10 +117,6 @@ for i in $(seq 1 "$FOLLOWERS"); do start_node "$i"; done
 
 if [ -n "$PROMOTE" ]; then
     V2="$PROMOTE"
-    if [ ! -d "$WORK/node-0/models/versions/$V2" ]; then
-        echo "PROMOTE=$V2 is not a version of $MODEL_STORE" >&2
-        exit 1
-    fi
 else
     echo "training a second version on the leader (train --no-promote)"
     if ! (cd "$WORK/node-0" && "$BIN" --config sentimentd.toml train --no-promote >"$WORK/train.log" 2>&1); then
