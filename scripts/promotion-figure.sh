@@ -16,13 +16,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MODEL_STORE:?set MODEL_STORE to a trained model store}"
-if [ -n "${PROMOTE:-}" ] && [ ! -d "$MODEL_STORE/versions/$PROMOTE" ]; then
+FOLLOWERS="${FOLLOWERS:-3}"
+PROMOTE="${PROMOTE:-}"
+PRETRAINED="${PRETRAINED:-state/pretrained}"
+if [ -n "$PROMOTE" ] && [ ! -d "$MODEL_STORE/versions/$PROMOTE" ]; then
     echo "PROMOTE=$PROMOTE is not a version of $MODEL_STORE" >&2
     exit 1
 fi
-FOLLOWERS="${FOLLOWERS:-3}"
-PROMOTE="${PROMOTE:-}"
-PRETRAINED="${PRETRAINED:-}"
 VENV="${SENTIMENTD_VENV:-$HOME/.cache/sentimentd-venv}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sentimentd-target}"
 cargo build --release --quiet
@@ -93,7 +93,7 @@ registered_model = "promotion-figure"
 token_file = "$WORK/admin.token"
 
 [transformer]
-pretrained_dir = "${PRETRAINED:-state/pretrained}"
+pretrained_dir = "$PRETRAINED"
 
 [cluster]
 nats_url = "nats://127.0.0.1:$NATS_PORT"
