@@ -218,6 +218,26 @@ fn char_ngrams_can_be_disabled_and_port_zero_is_allowed() {
     );
 }
 
+/// TOML spells NaN, and NaN compares false both ways: a range check must still refuse it.
+#[test]
+fn a_nan_is_refused_where_a_range_is_required() {
+    for (table, key) in [
+        ("train", "selection_share"),
+        ("gate", "max_val_drop"),
+        ("retrain", "holdout_share"),
+        ("drift", "chi2_p_value"),
+    ] {
+        let msg = parse(&format!("[{table}]\n{key} = nan\n"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains(&format!("{table}.{key} must be between")) && msg.contains("got NaN"),
+            "{table}.{key}: {msg}"
+        );
+    }
+}
+
 #[test]
 fn transformer_settings_are_validated_with_their_keys() {
     let cfg = parse("[model]\nkind = \"transformer\"\n[transformer]\nmax_batch = 4\n");

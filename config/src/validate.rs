@@ -20,7 +20,10 @@ impl Checker {
     }
 
     fn range<T: PartialOrd + Display>(&mut self, key: &str, value: T, min: T, max: T) {
-        if value < min || value > max {
+        // Unordered (NaN, which TOML can spell) fails too.
+        let inside = value.partial_cmp(&min).is_some_and(|o| o.is_ge())
+            && value.partial_cmp(&max).is_some_and(|o| o.is_le());
+        if !inside {
             self.fail(key, format!("must be between {min} and {max}, got {value}"));
         }
     }
