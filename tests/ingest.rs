@@ -107,14 +107,56 @@ fn a_file_rewritten_in_the_inbox_after_its_claim_is_a_new_batch() {
     assert_eq!(ids("export.1.csv"), ["b0", "b1"]);
 }
 
+/// A writer that creates its file, then writes it in parts with pauses longer than
+/// settle_ms (a slow export, a script that flushes as it goes): nothing is taken while it
+/// holds the file open, and every row is scored once it closes it.
+#[test]
+fn a_file_held_open_by_its_writer_is_waited_for_past_the_settle_time() {
+    let d = Daemon::start_with("", "", "", "");
+    let path = d.inbox().join("held.csv");
+    let mut f = std::fs::File::create(&path).expect("create");
+    std::thread::sleep(Duration::from_millis(800));
+    f.write_all(b"id,text\n1,I love this\n2,this is not bad at a")
+        .expect("write");
+    f.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(800));
+    let untouched = ["processing", "archive", "rejected", "outbox"]
+        .iter()
+        .all(|dir| !d.root().join(dir).join("held.csv").exists());
+    assert!(
+        path.exists() && untouched,
+        "taken while its writer held it open:\n{}",
+        d.logs()
+    );
+    f.write_all(b"ll and it is terrible\n3,great\n")
+        .expect("write");
+    drop(f);
+    d.wait_processed("held.csv", Duration::from_secs(30));
+    let out = read_csv(&d.root().join("outbox/held.csv"));
+    let texts: Vec<&str> = out[1..].iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "I love this",
+            "this is not bad at all and it is terrible",
+            "great"
+        ],
+        "{}",
+        d.logs()
+    );
+}
+
 #[test]
 fn a_file_still_written_after_its_claim_is_scored_again_whole() {
-    let d = Daemon::start_with(
+    let mut d = Daemon::configure(
         "test_faults = true",
         "chunk_rows = 2\nretry_initial_ms = 200\nretry_max_ms = 400",
         "",
         "",
     );
+    // Where Linux cannot say whether a writer holds the file (not the daemon's file and no
+    // CAP_LEASE, or a filesystem without leases), only the settle rule decides.
+    d.spawn(&[("SENTIMENTD_TEST_NO_LEASES", "1")]);
     // A writer that pauses longer than settle_ms with the file open: the settle rule claims
     // it, then the writer goes on through its open descriptor.
     let path = d.inbox().join("slow-writer.csv");

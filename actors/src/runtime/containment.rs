@@ -79,6 +79,10 @@ pub const FAULT_SLOW_TEXT: &str = "__sentimentd_test_fault_slow__";
 /// on reaching the step named by this environment variable.
 #[cfg(any(test, feature = "test-faults"))]
 pub const FAULT_CRASH_ENV: &str = "SENTIMENTD_TEST_CRASH_AT";
+/// With test faults enabled and this environment variable set, the folder watcher does not
+/// ask whether a writer holds a file open.
+#[cfg(any(test, feature = "test-faults"))]
+pub const FAULT_NO_LEASES_ENV: &str = "SENTIMENTD_TEST_NO_LEASES";
 
 /// Test-only fault hooks; every method is a no-op unless the build has them
 /// ([`FAULTS_COMPILED`]) and `server.test_faults = true`.
@@ -130,6 +134,19 @@ impl Faults {
     #[cfg(not(any(test, feature = "test-faults")))]
     #[inline(always)]
     pub fn on_text(&self, _text: &str) {}
+
+    /// Whether the folder watcher must act as if Linux could not say who holds a file open
+    /// (a daemon not the file's owner, without CAP_LEASE), so tests reach the fallback.
+    #[cfg(any(test, feature = "test-faults"))]
+    pub fn no_leases(&self) -> bool {
+        self.enabled && std::env::var_os(FAULT_NO_LEASES_ENV).is_some()
+    }
+
+    #[cfg(not(any(test, feature = "test-faults")))]
+    #[inline(always)]
+    pub fn no_leases(&self) -> bool {
+        false
+    }
 
     #[cfg(any(test, feature = "test-faults"))]
     pub fn crash_point(&self, step: &str) {

@@ -58,8 +58,16 @@ impl Source for FileSource {
             let settle = Duration::from_millis(cfg.ingest.settle_ms);
             let (metrics, resume) = (cx.metrics.clone(), self.resume);
             let processor = processor.clone().recipient();
+            let ask_writers = !cx.faults.no_leases();
             actix::Supervisor::start(move |_| {
-                FolderWatcher::new(inbox, settle, processor, metrics, resume.clone())
+                FolderWatcher::new(
+                    inbox,
+                    settle,
+                    processor,
+                    metrics,
+                    resume.clone(),
+                    ask_writers,
+                )
             })
         };
         // A reloaded config reaches both actors.

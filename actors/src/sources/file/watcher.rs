@@ -4,7 +4,9 @@
 //! A file is complete when it arrived by rename (writers that write elsewhere and rename in
 //! are done by definition), when its writer closed it (inotify's close-after-write), or when
 //! its size and modification time have not changed for `ingest.settle_ms` (the fallback for
-//! events missed or not given). notify (inotify) gives low latency; a directory scan on every
+//! events missed or not given), and in every case only once no process holds it open for
+//! writing, where Linux can tell (see [`held_for_writing`]): a writer that pauses longer than
+//! the settle time, or creates the file and writes later, is waited for. notify (inotify) gives low latency; a directory scan on every
 //! tick catches what events miss (files present at start-up, queue overflow, a restart of this
 //! actor). Dotfiles, `*.tmp`, `*.part` and other non-CSV names are ignored. A `*.csv` entry
 //! that is not a regular file (symlink, FIFO, directory) is handed over at once, unread, so
@@ -14,6 +16,8 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Recipient, Supe
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,6 +31,44 @@ struct Candidate {
     modified: Option<SystemTime>,
     since: Instant,
     renamed: bool,
+    /// When it was first seen held open for writing past its settle time, and whether the
+    /// operator was told.
+    held_since: Option<Instant>,
+    told: bool,
+}
+
+/// How long a settled file may stay open for writing before the log says it is waited for.
+const HELD_WARNING: Duration = Duration::from_secs(60);
+
+/// Whether some process holds `path` open for writing, where Linux can tell: it refuses a
+/// read lease (EAGAIN) while any descriptor of the file is open for writing. `None` when it
+/// cannot be asked: the file is not ours and we lack CAP_LEASE (EACCES), or its filesystem
+/// has no leases (EINVAL, e.g. NFS); the settle rule alone decides then.
+pub fn held_for_writing(path: &Path) -> Option<bool> {
+    // A writer opening the file in the microseconds the lease is held breaks it, and the
+    // kernel tells the lease holder with SIGIO, whose default action ends the process.
+    // Nothing in this process uses SIGIO.
+    static IGNORE_SIGIO: std::sync::Once = std::sync::Once::new();
+    IGNORE_SIGIO.call_once(|| {
+        // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+        unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    });
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0 {
+        // SAFETY: as above; closing the file would drop the lease too.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(true),
+        _ => None,
+    }
 }
 
 pub struct FolderWatcher {
@@ -43,6 +85,8 @@ pub struct FolderWatcher {
     retry_at: HashMap<PathBuf, Instant>,
     metrics: Arc<Metrics>,
     stopped: bool,
+    /// Ask Linux whether a writer still holds a file open (off only to test the fallback).
+    ask_writers: bool,
 }
 
 /// Whether a directory entry name is a batch file.
@@ -62,6 +106,7 @@ impl FolderWatcher {
         processor: Recipient<FileReady>,
         metrics: Arc<Metrics>,
         resume: Vec<PathBuf>,
+        ask_writers: bool,
     ) -> FolderWatcher {
         let now = Instant::now();
         FolderWatcher {
@@ -75,6 +120,7 @@ impl FolderWatcher {
             retry_at: resume.into_iter().map(|p| (p, now)).collect(),
             metrics,
             stopped: false,
+            ask_writers,
         }
     }
 
@@ -137,6 +183,8 @@ impl FolderWatcher {
                 modified,
                 since: now,
                 renamed,
+                held_since: None,
+                told: false,
             });
         entry.renamed |= renamed;
         if entry.size != size || entry.modified != modified {
@@ -177,12 +225,38 @@ impl FolderWatcher {
         for path in &ready {
             self.retry_at.remove(path);
         }
-        ready.extend(
-            self.candidates
-                .iter()
-                .filter(|(_, c)| c.renamed || now.duration_since(c.since) >= self.settle)
-                .map(|(p, _)| p.clone()),
-        );
+        let settle = self.settle;
+        let due: Vec<PathBuf> = self
+            .candidates
+            .iter()
+            .filter(|(_, c)| c.renamed || now.duration_since(c.since) >= settle)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in due {
+            let held = self.ask_writers && held_for_writing(&path) == Some(true);
+            let Some(c) = self.candidates.get_mut(&path) else {
+                continue;
+            };
+            if !held {
+                ready.push(path);
+                continue;
+            }
+            // Still being written: taken once its writer closes it (the close event, or the
+            // next settle after it).
+            c.renamed = false;
+            c.since = now;
+            let first = *c.held_since.get_or_insert(now);
+            if !c.told && now.duration_since(first) >= HELD_WARNING {
+                c.told = true;
+                tracing::warn!(
+                    file = %path.display(),
+                    waited_secs = now.duration_since(first).as_secs(),
+                    "an inbox file is still held open for writing by another process; it is \
+                     taken once closed (write it under a .part name and rename it in to be \
+                     taken at once)"
+                );
+            }
+        }
         for path in ready {
             self.candidates.remove(&path);
             self.taken.insert(path.clone());
@@ -348,7 +422,7 @@ mod actor_tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let settle = Duration::from_millis(600);
         let started = Instant::now();
-        let (renamed_at, written_at, closed_at) = actix::System::new().block_on({
+        let (renamed_at, written_at, closed_at, released_at) = actix::System::new().block_on({
             let seen = seen.clone();
             let inbox = inbox.clone();
             async move {
@@ -356,7 +430,14 @@ mod actor_tests {
                 let metrics = Arc::new(Metrics::new());
                 let watched = inbox.clone();
                 let _watcher = actix::Supervisor::start(move |_| {
-                    FolderWatcher::new(watched, settle, collector.recipient(), metrics, Vec::new())
+                    FolderWatcher::new(
+                        watched,
+                        settle,
+                        collector.recipient(),
+                        metrics,
+                        Vec::new(),
+                        true,
+                    )
                 });
                 actix_rt::time::sleep(Duration::from_millis(100)).await;
                 std::fs::write(inbox.join("b.csv.part"), "text\nhi\n").ok();
@@ -374,8 +455,10 @@ mod actor_tests {
                 let closed_at = Instant::now();
                 std::fs::write(inbox.join("c.csv"), "text\nhi\n").ok();
                 actix_rt::time::sleep(Duration::from_millis(1500)).await;
+                let released_at = Instant::now();
                 drop(open);
-                (renamed_at, written_at, closed_at)
+                actix_rt::time::sleep(Duration::from_millis(1000)).await;
+                (renamed_at, written_at, closed_at, released_at)
             }
         });
         let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
@@ -405,6 +488,10 @@ mod actor_tests {
         assert!(
             w.duration_since(written_at) >= settle,
             "a file still open waits for settle_ms"
+        );
+        assert!(
+            w >= released_at,
+            "and, settled, still waits while its writer holds it open"
         );
         Ok(())
     }
