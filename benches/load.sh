@@ -98,7 +98,6 @@ enabled = ${OBSERVE:-true}
 
 [retrain]
 on_drift = false
-min_new_rows = 1
 
 [admin]
 token_file = "$WORK/token"

@@ -915,7 +915,14 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
 #[test]
 fn a_failing_retrain_leaves_serving_untouched_and_no_partial_version() {
     let data = Data::new();
-    let d = trained_daemon(&data, "enabled = false", "min_new_rows = 10", "");
+    // A holdout of ceil(10 * 0.2) = 2 rows: the gate must accept that few for the config to
+    // pass (this run fails before the gate anyway).
+    let d = trained_daemon(
+        &data,
+        "enabled = false",
+        "min_new_rows = 10",
+        "min_holdout_rows = 2",
+    );
     let before = model_version(&d);
     // A crash during an earlier save left a half-written version directory behind.
     let stale = d.root().join("models/versions/.tmp-crashed");

@@ -494,6 +494,8 @@ pub struct RetrainConfig {
     /// After a retrain (whatever its outcome) no drift-driven retrain starts for this long.
     pub cooldown_secs: u64,
     /// A retrain is skipped (and the reason recorded) with fewer new labelled rows than this.
+    /// With retraining on, `ceil(min_new_rows * holdout_share)` must reach
+    /// `[gate] min_holdout_rows`, or the first retrain's holdout is too small for the gate.
     pub min_new_rows: usize,
     /// Share of the newest labelled rows held out (time-ordered) as the recent gate set.
     pub holdout_share: f64,
@@ -515,7 +517,7 @@ impl Default for RetrainConfig {
             enabled: true,
             on_drift: true,
             cooldown_secs: 3600,
-            min_new_rows: 200,
+            min_new_rows: 250,
             holdout_share: 0.2,
             recent_weights: vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
             recent_weight_tolerance: 0.005,

@@ -238,6 +238,39 @@ fn a_nan_is_refused_where_a_range_is_required() {
     }
 }
 
+/// The first retrain holds out ceil(min_new_rows * holdout_share) rows; fewer than the gate
+/// needs and every such run is rejected, its rows spent.
+#[test]
+fn a_retrain_holdout_smaller_than_the_gate_needs_is_refused() {
+    let msg = |text: &str| parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+    let short = msg("[retrain]\nmin_new_rows = 200\n");
+    for part in [
+        "retrain.min_new_rows",
+        "retrain.holdout_share",
+        "gate.min_holdout_rows = 50",
+        "ceil(200 * 0.2) = 40",
+        "raise retrain.min_new_rows to 250",
+        "raise retrain.holdout_share to 0.25",
+        "lower gate.min_holdout_rows to 40",
+    ] {
+        assert!(short.contains(part), "{part:?} missing in {short}");
+    }
+    assert!(short.contains(":2:"), "names the line: {short}");
+    let none = msg("[retrain]\nholdout_share = 0.0\n");
+    assert!(
+        none.contains("retrain.holdout_share must be above 0 while retrain.enabled = true"),
+        "{none}"
+    );
+    // Exactly enough, a smaller gate, or no retraining at all: accepted.
+    for ok in [
+        "[retrain]\nmin_new_rows = 250\n",
+        "[retrain]\nmin_new_rows = 200\n[gate]\nmin_holdout_rows = 40\n",
+        "[retrain]\nenabled = false\nmin_new_rows = 10\nholdout_share = 0.0\n",
+    ] {
+        assert!(parse(ok).is_ok(), "{ok}: {}", msg(ok));
+    }
+}
+
 #[test]
 fn transformer_settings_are_validated_with_their_keys() {
     let cfg = parse("[model]\nkind = \"transformer\"\n[transformer]\nmax_batch = 4\n");

@@ -1,7 +1,7 @@
 //! Range and consistency rules that serde's types cannot express.
 
 use crate::error::{Location, ValidationIssue};
-use crate::schema::Config;
+use crate::schema::{Config, RetrainConfig};
 use std::fmt::Display;
 use std::path::{Component, Path, PathBuf};
 
@@ -51,6 +51,74 @@ impl Checker {
             self.fail(key, "must not be empty".to_string());
         }
     }
+}
+
+/// A retrain starts once `min_new_rows` new labelled rows arrived, and holds out the newest
+/// `ceil(rows * holdout_share)` of the whole labelled store (as the trainer computes it) for
+/// the gate. The first run sees the fewest rows, so a holdout that is short of
+/// `gate.min_holdout_rows` there fails the gate every time, and the run spends its rows.
+fn holdout_fits_gate(k: &mut Checker, r: &RetrainConfig, min_holdout_rows: usize) {
+    let share = r.holdout_share;
+    // Out of range (NaN included) is reported by the range check already.
+    if !(0.0..=0.9).contains(&share) {
+        return;
+    }
+    if share == 0.0 {
+        k.fail(
+            "retrain.holdout_share",
+            format!(
+                "must be above 0 while retrain.enabled = true: with no recent holdout the gate \
+                 (gate.min_holdout_rows = {min_holdout_rows}) rejects every retrain (try 0.2, or \
+                 set retrain.enabled = false)"
+            ),
+        );
+        return;
+    }
+    let held = held_out(r.min_new_rows, share);
+    if held >= min_holdout_rows {
+        return;
+    }
+    let mut fixes = Vec::new();
+    // The fewest rows whose holdout reaches the gate's minimum; the float product is
+    // searched near the quotient rather than trusted, so the advice matches the trainer's
+    // arithmetic (and an absurd minimum gets no advice instead of an overflow).
+    let start = ((min_holdout_rows as f64) / share).floor() as usize;
+    if let Some(rows) =
+        (start..start.saturating_add(1000)).find(|n| held_out(*n, share) >= min_holdout_rows)
+    {
+        fixes.push(format!("raise retrain.min_new_rows to {rows}"));
+    }
+    // The smallest share in hundredths that is enough, when the range allows one.
+    let hundredths =
+        (1..=90).find(|h| held_out(r.min_new_rows, f64::from(*h) / 100.0) >= min_holdout_rows);
+    if let Some(h) = hundredths {
+        fixes.push(format!(
+            "raise retrain.holdout_share to {}",
+            f64::from(h) / 100.0
+        ));
+    }
+    if held > 0 {
+        fixes.push(format!("lower gate.min_holdout_rows to {held}"));
+    }
+    let advice = if fixes.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", fixes.join(", or "))
+    };
+    k.fail(
+        "retrain.min_new_rows",
+        format!(
+            "holds out ceil(retrain.min_new_rows * retrain.holdout_share) = ceil({} * {share}) \
+             = {held} rows at the first retrain, fewer than gate.min_holdout_rows = \
+             {min_holdout_rows}, so the gate rejects it and its rows are spent{advice}",
+            r.min_new_rows,
+        ),
+    );
+}
+
+/// Rows the trainer holds out of `rows` labelled rows.
+fn held_out(rows: usize, share: f64) -> usize {
+    ((rows as f64) * share).ceil() as usize
 }
 
 pub fn validate(c: &Config) -> Vec<ValidationIssue> {
@@ -246,6 +314,9 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("retrain.threads", r.threads, 1, 1024);
     k.range("retrain.nice", r.nice, 0, 19);
     k.range("train.selection_share", c.train.selection_share, 0.01, 0.5);
+    if r.enabled {
+        holdout_fits_gate(&mut k, r, c.gate.min_holdout_rows);
+    }
 
     let gate = &c.gate;
     k.range("gate.max_val_drop", gate.max_val_drop, 0.0, 1.0);
