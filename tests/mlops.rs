@@ -270,17 +270,55 @@ fn feedback_is_stored_with_provenance_and_bad_feedback_is_refused() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["stored"], 2);
-    for (body, status) in [
-        (r#"{"text": "x", "label": "great"}"#, 422),
-        (r#"{"text": "   ", "label": "positive"}"#, 422),
-        (r#"{"items": []}"#, 422),
-        (r#"{"text": "x"}"#, 400),
-        (r#"{"text": "x", "label": "positive", "extra": 1}"#, 400),
-        ("not json", 400),
+    // Refused, nothing stored, and the error names what is wrong as the client sent it.
+    for (body, status, says) in [
+        (r#"{"text": "x", "label": "great"}"#, 422, "label must be"),
+        (
+            r#"{"text": "   ", "label": "positive"}"#,
+            422,
+            "text is empty",
+        ),
+        (
+            r#"{"items": [{"text": "ok", "label": "positive"}, {"text": " ", "label": 0}]}"#,
+            422,
+            "items[1].text is empty",
+        ),
+        (r#"{"items": []}"#, 422, "\"items\" is empty"),
+        (r#"{"text": "x"}"#, 400, "missing field `label`"),
+        (r#"{"label": "positive"}"#, 400, "missing field `text`"),
+        (
+            r#"{"text": "x", "label": "positive", "extra": 1}"#,
+            400,
+            "unknown field `extra`",
+        ),
+        (
+            r#"{"text": "x", "label": "positive", "label": "negative"}"#,
+            400,
+            "duplicate field `label`",
+        ),
+        (
+            r#"{"items": [{"text": 5, "label": "positive"}]}"#,
+            400,
+            "invalid type",
+        ),
+        (
+            r#"{"items": [{"text": "fine", "label": "positive"}], "text": "other", "label": "negative"}"#,
+            400,
+            "not both",
+        ),
+        (r#"["meh", 1, null]"#, 400, "expected a JSON object"),
+        ("not json", 400, "expected"),
     ] {
         let r = d.post_auth("/feedback", TOKEN, body);
         assert_eq!(r.status, status, "{body}: {}", r.body);
-        assert!(r.json()["error"].is_string(), "{}", r.body);
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(says), "{body}: {error}");
+        assert!(!error.contains("untagged"), "{body}: {error}");
+        // A single row's fields are named as sent, not as `items[0]`.
+        assert!(
+            body.contains("items") || !error.contains("items["),
+            "{body}: {error}"
+        );
     }
     let dir = d.root().join("labelled");
     let files = names(&dir);

@@ -168,6 +168,15 @@ pub(crate) fn json_request<T: serde::de::DeserializeOwned>(
     expected: &str,
 ) -> Result<T, Box<HttpResponse>> {
     let body = json_body(req, body, limit)?;
+    // serde would also read a struct from a JSON array by position; only objects are requests.
+    if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
+        && *first != b'{'
+        && (*first == b'[' || first.is_ascii_digit() || b"\"tfn-".contains(first))
+    {
+        return Err(Box::new(
+            ApiError::BadRequest(format!("expected a JSON object, {expected}")).response(),
+        ));
+    }
     serde_json::from_slice(&body)
         .map_err(|e| Box::new(ApiError::BadRequest(format!("expected {expected}: {e}")).response()))
 }

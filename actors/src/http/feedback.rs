@@ -36,13 +36,37 @@ pub(crate) async fn feedback(
         return *refused;
     }
     let expected = r#"{"text": string, "label": "negative"|"neutral"|"positive", "source"?: string} or {"items": [...]}"#;
-    let parsed: FeedbackRequest = match json_request(&req, body, state.max_body_bytes, expected) {
+    let parsed: FeedbackBody = match json_request(&req, body, state.max_body_bytes, expected) {
         Ok(r) => r,
         Err(r) => return *r,
     };
-    let items = match parsed {
-        FeedbackRequest::One(i) => vec![i],
-        FeedbackRequest::Many { items } => items,
+    let bad = |m: &str| ApiError::BadRequest(format!("{m}; expected {expected}")).response();
+    // Errors name a row's fields as the client sent them: `text`, or `items[3].text`.
+    let (items, batch) = match parsed {
+        FeedbackBody {
+            items: Some(items),
+            text: None,
+            label: None,
+            source: None,
+        } => (items, true),
+        FeedbackBody { items: Some(_), .. } => {
+            return bad("give either \"text\" and \"label\" or \"items\", not both");
+        }
+        FeedbackBody {
+            text: Some(text),
+            label: Some(label),
+            source,
+            items: None,
+        } => (
+            vec![FeedbackItem {
+                text,
+                label,
+                source,
+            }],
+            false,
+        ),
+        FeedbackBody { text: None, .. } => return bad("missing field `text`"),
+        FeedbackBody { label: None, .. } => return bad("missing field `label`"),
     };
     if items.is_empty() {
         return ApiError::Unprocessable("\"items\" is empty".into()).response();
@@ -58,12 +82,14 @@ pub(crate) async fn feedback(
     let arrived_at = chrono::Utc::now();
     let mut rows = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let what = format!("items[{i}]");
-        if let Err(m) = check_text(
-            &item.text,
-            state.limits.max_text_chars(),
-            &format!("{what}.text"),
-        ) {
+        let field = |name: &str| {
+            if batch {
+                format!("items[{i}].{name}")
+            } else {
+                name.to_string()
+            }
+        };
+        if let Err(m) = check_text(&item.text, state.limits.max_text_chars(), &field("text")) {
             return ApiError::Unprocessable(m).response();
         }
         let label = match &item.label {
@@ -77,7 +103,8 @@ pub(crate) async fn feedback(
         };
         let Some(label) = label else {
             return ApiError::Unprocessable(format!(
-                "{what}.label must be negative, neutral or positive (or 0, 1, 2), got {}",
+                "{} must be negative, neutral or positive (or 0, 1, 2), got {}",
+                field("label"),
                 item.label
             ))
             .response();
@@ -86,7 +113,8 @@ pub(crate) async fn feedback(
             && source.chars().count() > state.feedback_limits.max_source_chars
         {
             return ApiError::Unprocessable(format!(
-                "{what}.source is longer than {} characters ([feedback] max_source_chars)",
+                "{} is longer than {} characters ([feedback] max_source_chars)",
+                field("source"),
                 state.feedback_limits.max_source_chars
             ))
             .response();

@@ -86,15 +86,36 @@ pub(crate) struct FeedbackItem {
     pub(crate) source: Option<String>,
 }
 
-/// One labelled text, or `items` (at most `server.max_batch_texts`).
+/// One labelled text, or `items` (at most `server.max_batch_texts`). The schema of the
+/// request; it is read as a [`FeedbackBody`], whose errors name the field.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
+// Only the OpenAPI document reads it (utoipa takes `untagged` from serde's attributes).
+#[allow(dead_code)]
 pub(crate) enum FeedbackRequest {
-    Many {
-        #[schema(min_items = 1)]
-        items: Vec<FeedbackItem>,
-    },
+    Many(FeedbackItems),
     One(FeedbackItem),
+}
+
+/// Several labelled texts, and nothing else.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct FeedbackItems {
+    #[schema(min_items = 1)]
+    items: Vec<FeedbackItem>,
+}
+
+/// A `/feedback` body as read: either form's fields, so a missing, unknown, duplicate or
+/// mistyped field is named in the error (an untagged enum only says that no form matched),
+/// and both forms at once can be refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedbackBody {
+    pub(crate) text: Option<String>,
+    pub(crate) label: Option<serde_json::Value>,
+    pub(crate) source: Option<String>,
+    pub(crate) items: Option<Vec<FeedbackItem>>,
 }
 
 /// A version in the model store.
