@@ -23,7 +23,8 @@ struct Cli {
     /// TOML configuration file; without it the built-in defaults apply.
     #[arg(long, short, global = true, env = "SENTIMENTD_CONFIG")]
     config: Option<PathBuf>,
-    /// Log filter, e.g. `info` or `sentimentd=debug` (overrides [logging] level).
+    /// Log filter, e.g. `info` or `sentimentd=debug` (overrides RUST_LOG, which overrides
+    /// [logging] level).
     #[arg(long, global = true, env = "SENTIMENTD_LOG")]
     log: Option<String>,
     #[command(subcommand)]
@@ -96,7 +97,20 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     cfg.resolve_paths(&cwd);
     cfg.validate()?;
-    let log_reload = init_logging(cli.log.as_deref().unwrap_or(&cfg.logging.level), &cfg)?;
+    // --log / SENTIMENTD_LOG, then RUST_LOG (what Rust programs are usually told), then the
+    // file; an empty RUST_LOG counts as unset, as most programs read it.
+    let rust_log = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.trim().is_empty() => Some(f),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("RUST_LOG is not valid UTF-8"),
+    };
+    let (filter, origin) = match (&cli.log, &rust_log) {
+        (Some(f), _) => (f.as_str(), "--log / SENTIMENTD_LOG"),
+        (None, Some(f)) => (f.as_str(), "RUST_LOG"),
+        (None, None) => (cfg.logging.level.as_str(), "logging.level"),
+    };
+    let from_file = cli.log.is_none() && rust_log.is_none();
+    let log_reload = init_logging(filter, origin, &cfg)?;
     match cli.command {
         Command::Serve(a) => serve::serve(
             &cfg,
@@ -104,12 +118,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             serve::ReloadSource {
                 path: cli.config.clone(),
                 cwd,
-                // --log / SENTIMENTD_LOG win over the file, on reload too.
-                log: if cli.log.is_some() {
-                    None
-                } else {
-                    Some(log_reload)
-                },
+                // --log / SENTIMENTD_LOG and RUST_LOG win over the file, on reload too.
+                log: if from_file { Some(log_reload) } else { None },
             },
         ),
         Command::Train(a) => commands::train(&cfg, a),
@@ -126,10 +136,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// Installs the log subscriber; returns how to change its filter later (a config reload).
-fn init_logging(filter: &str, cfg: &sentimentd_config::Config) -> anyhow::Result<serve::LogReload> {
+/// `origin` names where the filter came from, for the error.
+fn init_logging(
+    filter: &str,
+    origin: &str,
+    cfg: &sentimentd_config::Config,
+) -> anyhow::Result<serve::LogReload> {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_new(filter).with_context(|| format!("bad log filter {filter:?}"))?;
+    let filter = EnvFilter::try_new(filter)
+        .with_context(|| format!("bad log filter {filter:?} (from {origin})"))?;
     use std::io::IsTerminal;
     // No colour codes in the journal or in redirected logs.
     let builder = tracing_subscriber::fmt()

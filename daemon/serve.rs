@@ -28,7 +28,8 @@ pub struct ReloadSource {
     pub path: Option<std::path::PathBuf>,
     /// Relative paths in the file resolve against this, as at start-up.
     pub cwd: std::path::PathBuf,
-    /// None when `--log` / `SENTIMENTD_LOG` set the filter: they win on reload too.
+    /// None when `--log` / `SENTIMENTD_LOG` or `RUST_LOG` set the filter: they win on reload
+    /// too.
     pub log: Option<LogReload>,
 }
 
@@ -89,7 +90,8 @@ fn reload(
                 }
             }
             None => tracing::warn!(
-                "logging.level changed, but --log / SENTIMENTD_LOG set the filter and win"
+                "logging.level changed, but --log / SENTIMENTD_LOG or RUST_LOG set the filter \
+                 and win"
             ),
         }
     }

@@ -293,6 +293,57 @@ fn config_check_names_file_line_and_key() {
     assert!(!out.status.success());
 }
 
+/// `[logging] level` is checked with its key; the filter then comes from `--log` /
+/// `SENTIMENTD_LOG`, else `RUST_LOG`, else the file.
+#[test]
+fn log_filter_is_checked_and_rust_log_sits_between_the_flag_and_the_file() {
+    let env = Env::write(|d| {
+        // A version directory without a manifest: `model list` warns that it skips it.
+        std::fs::create_dir_all(d.join("models/versions/broken")).unwrap();
+        format!(
+            "[paths]\nmodel_store = \"{}/models\"\n\n[logging]\nlevel = \"error\"\n",
+            d.display()
+        )
+    });
+    let bad = env.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[logging]\nlevel = \"info,foo=bogus\"\n").unwrap();
+    let out = env.run(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:2") && err.contains("logging.level"),
+        "{err}"
+    );
+
+    let warning = "skipping unreadable model version";
+    let list = |vars: &[(&str, &str)]| {
+        let mut c = common::with_config(&env.config);
+        c.args(["model", "list"]).current_dir(env.root());
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let file_only = list(&[]);
+    assert!(file_only.status.success(), "{}", stderr(&file_only));
+    assert!(
+        !stderr(&file_only).contains(warning),
+        "{}",
+        stderr(&file_only)
+    );
+    let rust_log = list(&[("RUST_LOG", "warn")]);
+    assert!(stderr(&rust_log).contains(warning), "{}", stderr(&rust_log));
+    let flag = list(&[("RUST_LOG", "warn"), ("SENTIMENTD_LOG", "error")]);
+    assert!(!stderr(&flag).contains(warning), "{}", stderr(&flag));
+    let broken = list(&[("RUST_LOG", "info,foo=bogus")]);
+    assert!(!broken.status.success());
+    assert!(stderr(&broken).contains("RUST_LOG"), "{}", stderr(&broken));
+    // The flag wins without RUST_LOG being parsed at all.
+    let over = list(&[("RUST_LOG", "info,foo=bogus"), ("SENTIMENTD_LOG", "warn")]);
+    assert!(over.status.success(), "{}", stderr(&over));
+}
+
 #[test]
 fn every_subcommand_has_help() {
     for args in [

@@ -401,7 +401,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// A `tracing` filter: a level (`info`) or directives (`info,sentimentd_model=debug`).
-    /// `RUST_LOG`, when set, takes precedence (the daemon's business).
+    /// `RUST_LOG`, when set, takes precedence, and `--log` / `SENTIMENTD_LOG` over both.
     pub level: String,
     pub format: LogFormat,
 }

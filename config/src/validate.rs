@@ -438,6 +438,18 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
             );
         }
     }
+    // The filter is parsed as the daemon parses it at start, so a bad one is refused here
+    // with its key rather than by every command afterwards.
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
+        k.fail(
+            "logging.level",
+            format!(
+                "must be a tracing filter such as \"info\" or \"info,sentimentd_model=debug\" \
+                 ({e}), got {:?}",
+                c.logging.level
+            ),
+        );
+    }
     if let Some(uri) = &c.tracking.mlflow_uri
         && !(uri.starts_with("http://") || uri.starts_with("https://"))
     {

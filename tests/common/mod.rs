@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 /// (`SENTIMENTD_CONFIG`, `SENTIMENTD_LOG`) removed.
 pub fn sentimentd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sentimentd"));
+    // The log filter comes from the config unless a test says otherwise.
     c.env_remove("SENTIMENTD_CONFIG")
-        .env_remove("SENTIMENTD_LOG");
+        .env_remove("SENTIMENTD_LOG")
+        .env_remove("RUST_LOG");
     c
 }
 
@@ -270,6 +272,8 @@ settle_ms = 100
             .env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_BACKTRACE")
             .env_remove("SENTIMENTD_TEST_CRASH_AT")
+            .env_remove("SENTIMENTD_LOG")
+            .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
