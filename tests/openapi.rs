@@ -92,7 +92,7 @@ fn document(d: &Daemon) -> Value {
 }
 
 /// (method, path) of every route `configure` in actors/src/http/mod.rs registers, read from its
-/// source: each `.service(web::resource(...)...route(web::METHOD()...))`.
+/// source: each `.service(web::resource(...)...route(web::METHOD()...))` (or `route(get()...)`).
 fn registered_routes() -> BTreeSet<(String, String)> {
     let source = std::fs::read_to_string(repo().join("actors/src/http/mod.rs"))
         .expect("actors/src/http/mod.rs");
@@ -111,10 +111,14 @@ fn registered_routes() -> BTreeSet<(String, String)> {
             .map(|(args, _)| args)
             .unwrap_or_else(|| panic!("a service without web::resource: {service}"));
         let paths: Vec<&str> = resource.split('"').skip(1).step_by(2).collect();
+        // `web::post()`, or `get()` (GET with HEAD beside it, which the document leaves implied).
         let methods: Vec<&str> = service
-            .split(".route(web::")
+            .split(".route(")
             .skip(1)
-            .map(|r| r.split_once('(').expect("web::METHOD()").0)
+            .map(|r| {
+                let r = r.strip_prefix("web::").unwrap_or(r);
+                r.split_once('(').expect("METHOD()").0
+            })
             .collect();
         assert!(
             !paths.is_empty() && !methods.is_empty(),
@@ -307,6 +311,22 @@ fn the_document_lists_every_route_and_every_field_the_daemon_answers_with() {
     assert_eq!(
         r.headers().get("allow").and_then(|v| v.to_str().ok()),
         Some("POST")
+    );
+    // HEAD wherever GET is (RFC 9110): uptime checks probe with it. Headers, no body.
+    for path in ["/health", "/ready", "/metrics", "/model", "/"] {
+        let r = agent().head(d.url(path)).call().expect("HEAD");
+        assert_eq!(r.status().as_u16(), 200, "HEAD {path}");
+        let body = r.into_body().read_to_string().unwrap_or_default();
+        assert!(body.is_empty(), "HEAD {path} sent a body: {body}");
+    }
+    let r = agent()
+        .post(d.url("/health"))
+        .send("")
+        .expect("POST /health");
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(
+        r.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, HEAD")
     );
 }
 

@@ -52,22 +52,22 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
             )
             .service(
                 web::resource(["/health", "/healthz"])
-                    .route(web::get().to(health))
+                    .route(get().to(health))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource(["/ready", "/readyz"])
-                    .route(web::get().to(ready))
+                    .route(get().to(ready))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/model")
-                    .route(web::get().to(model))
+                    .route(get().to(model))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/metrics")
-                    .route(web::get().to(metrics))
+                    .route(get().to(metrics))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
@@ -77,22 +77,22 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
             )
             .service(
                 web::resource("/drift")
-                    .route(web::get().to(drift))
+                    .route(get().to(drift))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/")
-                    .route(web::get().to(status_page::page))
+                    .route(get().to(status_page::page))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/reputation")
-                    .route(web::get().to(reputation))
+                    .route(get().to(reputation))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/drift/report.html")
-                    .route(web::get().to(drift_html))
+                    .route(get().to(drift_html))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
@@ -112,11 +112,17 @@ pub fn configure(state: web::Data<HttpState>) -> impl FnOnce(&mut web::ServiceCo
             )
             .service(
                 web::resource("/openapi.json")
-                    .route(web::get().to(openapi::openapi_json))
+                    .route(get().to(openapi::openapi_json))
                     .default_service(web::to(method_not_allowed)),
             )
             .default_service(web::to(not_found));
     }
+}
+
+/// GET, and HEAD with it: RFC 9110 wants HEAD wherever GET is, and uptime checks and load
+/// balancers probe with it (actix sends a HEAD answer's headers without its body).
+fn get() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

@@ -85,6 +85,11 @@ pub fn allowed_methods(path: &str) -> Option<HeaderValue> {
                     .filter(|(op, _)| op.is_some())
                     .map(|(_, name)| name)
                     .collect();
+                    // Every GET route answers HEAD too (`http::get`).
+                    let mut methods = methods;
+                    if methods.contains(&"GET") && !methods.contains(&"HEAD") {
+                        methods.push("HEAD");
+                    }
                     let value = HeaderValue::from_str(&methods.join(", ")).ok()?;
                     Some((path.clone(), value))
                 })
