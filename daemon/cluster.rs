@@ -25,6 +25,15 @@ pub fn publish(cfg: &Config, a: PublishArgs) -> anyhow::Result<()> {
     let Some(url) = a.nats.clone().or_else(|| cfg.cluster.nats_url.clone()) else {
         anyhow::bail!("publish needs a NATS server: set [cluster] nats_url, or pass --nats URL");
     };
+    // [cluster] is validated only with a nats_url; --nats uses it all the same (stream
+    // names, subjects, the duplicate window), so it is checked before the server is touched.
+    if cfg.cluster.nats_url.is_none() {
+        let mut with_url = cfg.clone();
+        with_url.cluster.nats_url = Some(url.clone());
+        with_url
+            .validate()
+            .context("the configuration's [cluster] section, used with --nats")?;
+    }
     let size = std::fs::metadata(&a.csv)
         .with_context(|| format!("{}", a.csv.display()))?
         .len();

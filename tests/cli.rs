@@ -344,6 +344,31 @@ fn log_filter_is_checked_and_rust_log_sits_between_the_flag_and_the_file() {
     assert!(over.status.success(), "{}", stderr(&over));
 }
 
+/// `publish --nats` uses `[cluster]` as a node does, so it validates it first even when
+/// the file names no NATS server (which is what turns the section's checks on).
+#[test]
+fn publish_with_nats_validates_the_cluster_section_before_connecting() {
+    let env = Env::write(|d| {
+        std::fs::write(d.join("rows.csv"), "text\nhello\n").unwrap();
+        "[cluster]\nduplicate_window_secs = 100000000000\n".to_string()
+    });
+    // Nothing listens on port 1: without the check, the command fails on connecting.
+    let out = env.run(&[
+        "publish",
+        "--csv",
+        "rows.csv",
+        "--nats",
+        "nats://127.0.0.1:1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.duplicate_window_secs must be at most"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot connect"), "{err}");
+}
+
 #[test]
 fn every_subcommand_has_help() {
     for args in [

@@ -791,7 +791,7 @@ pub struct ClusterConfig {
     pub max_deliver: i64,
     /// Seconds within which a repeated message id is dropped by the streams; at least
     /// `ack_wait_secs * max_deliver` plus a minute, so a redelivered message never yields a
-    /// second output.
+    /// second output, and at most a week.
     pub duplicate_window_secs: u64,
     /// Messages fetched and scored together.
     pub batch: usize,
@@ -814,7 +814,8 @@ pub struct ClusterConfig {
     /// Subject on which followers send a share of their drift observations to the lease
     /// holder, so its drift checks judge all of the cluster's traffic.
     pub observations_subject: String,
-    /// Share of a follower's observations it sends (0 to 1; 0 = none).
+    /// Share of a follower's observations it sends (0 to 1; 0 = none; otherwise every
+    /// `round(1 / share)`-th).
     pub observation_share: f64,
     /// Files dropped in this node's watched folder are published to the input stream row by
     /// row (ids `<file fingerprint>:<line>`, as `sentimentd publish --csv`) instead of being

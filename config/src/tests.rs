@@ -344,6 +344,39 @@ fn publishing_the_inbox_needs_a_nats_server() {
     assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
 }
 
+/// Both reach the NATS server or the topology as arithmetic that breaks out of range: a
+/// share becomes `round(1 / share)`, a window nanoseconds.
+#[test]
+fn observation_share_and_duplicate_window_are_bounded() {
+    let cluster = |line: &str| {
+        parse(&format!(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n{line}\n"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    };
+    for share in ["nan", "-3.0", "inf", "1.5"] {
+        let msg = cluster(&format!("observation_share = {share}"));
+        assert!(
+            msg.contains(":3:21: cluster.observation_share must be between 0 and 1"),
+            "{share}: {msg}"
+        );
+    }
+    let msg = cluster("duplicate_window_secs = 100000000000");
+    assert!(
+        msg.contains("cluster.duplicate_window_secs must be at most 604800"),
+        "{msg}"
+    );
+    for ok in [
+        "observation_share = 0.0",
+        "observation_share = 1.0",
+        "duplicate_window_secs = 604800",
+    ] {
+        assert_eq!(cluster(ok), "", "{ok}");
+    }
+}
+
 #[test]
 fn ingest_folders_must_be_distinct_and_outside_inbox() {
     let text = "[ingest]\ninbox = \"in\"\noutbox = \"./in/\"\narchive = \"in/archive\"\n";

@@ -53,6 +53,9 @@ impl Checker {
     }
 }
 
+/// Longest `[cluster] duplicate_window_secs`: a week.
+const MAX_DUPLICATE_WINDOW_SECS: u64 = 7 * 86_400;
+
 /// A retrain starts once `min_new_rows` new labelled rows arrived, and holds out the newest
 /// `ceil(rows * holdout_share)` of the whole labelled store (as the trainer computes it) for
 /// the gate. The first run sees the fewest rows, so a holdout that is short of
@@ -403,7 +406,20 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
                     cl.duplicate_window_secs
                 ),
             );
+        } else if cl.duplicate_window_secs > MAX_DUPLICATE_WINDOW_SECS {
+            // The stream keeps every message id of the window, and sends the window to the
+            // server in nanoseconds, which overflow past a few hundred years. The longest
+            // redelivery span allowed above (3600 s * 100 deliveries) fits in a week.
+            k.fail(
+                "cluster.duplicate_window_secs",
+                format!(
+                    "must be at most {MAX_DUPLICATE_WINDOW_SECS} (a week), got {}",
+                    cl.duplicate_window_secs
+                ),
+            );
         }
+        // 0 sends none; any other share is every round(1 / share)-th observation.
+        k.range("cluster.observation_share", cl.observation_share, 0.0, 1.0);
         for (key, name) in [
             ("cluster.input_stream", &cl.input_stream),
             ("cluster.output_stream", &cl.output_stream),
