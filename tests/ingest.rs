@@ -433,3 +433,53 @@ fn a_new_file_never_takes_a_name_a_pending_batch_will_write() {
     let report = error_txt(&d, &kept[0]);
     assert!(report.contains("file: a.csv.errors.csv"), "{report}");
 }
+
+/// Names a filesystem holds but the outputs could not: one so long that `<name>.errors.csv`
+/// would pass the 255-byte limit (every attempt failed, for good, before it could even be
+/// quarantined), and one that is not UTF-8 (Latin-1 from a Windows share; it was ignored
+/// without a trace). Both are scored, under names every output can take.
+#[test]
+fn inbox_files_with_overlong_or_non_utf8_names_are_scored() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = Daemon::start_with("", "", "", "");
+    let long = format!("{}.csv", "a".repeat(247));
+    assert_eq!(long.len(), 251);
+    std::fs::write(
+        d.inbox().join(&long),
+        "text,label\nhello,bogus\ngreat day,positive\n",
+    )
+    .expect("long name");
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.csv");
+    std::fs::write(d.inbox().join(latin1), "text\nwhat a lovely cafe\n").expect("Latin-1 name");
+    d.wait_for(
+        "both files to leave the inbox",
+        Duration::from_secs(30),
+        || {
+            names(&d.inbox()).is_empty()
+                && names(&d.root().join("processing")).is_empty()
+                && names(&d.root().join("journal")).is_empty()
+        },
+    );
+    let outbox = names(&d.root().join("outbox"));
+    assert_eq!(outbox.len(), 2, "{outbox:?}\n{}", d.logs());
+    assert!(
+        outbox.contains(&"caf\u{FFFD}.csv".to_string()),
+        "{outbox:?}"
+    );
+    let short = outbox
+        .iter()
+        .find(|n| n.starts_with("aaa"))
+        .unwrap_or_else(|| panic!("{outbox:?}"));
+    assert!(
+        short.ends_with(".csv") && short.len() + ".errors.csv".len() <= 255,
+        "{short}"
+    );
+    let scored = read_csv(&d.root().join("outbox").join(short));
+    assert_eq!(scored.len(), 2, "the good row: {scored:?}");
+    // The bad row's report fits beside it.
+    let report = d
+        .root()
+        .join("rejected")
+        .join(format!("{short}.errors.csv"));
+    assert!(report.exists(), "{:?}", names(&d.root().join("rejected")));
+}

@@ -35,10 +35,17 @@ pub fn free_name(g: &IngestConfig, journal: &Journal, input: &str) -> String {
     };
     let mut n = 0usize;
     loop {
-        let name = if n == 0 {
+        let name = if n == 0 && input.len() <= MAX_NAME {
             input.to_string()
         } else {
-            format!("{stem}.{n}{ext}")
+            // Shortened so that every name derived from it fits the filesystem's limit.
+            let suffix = if n == 0 {
+                ext.clone()
+            } else {
+                format!(".{n}{ext}")
+            };
+            let room = MAX_NAME.saturating_sub(suffix.len());
+            format!("{}{suffix}", &stem[..floor_char_boundary(&stem, room)])
         };
         let writes = names_written(&name);
         let taken = g.outbox.join(&name).exists()
@@ -52,6 +59,20 @@ pub fn free_name(g: &IngestConfig, journal: &Journal, input: &str) -> String {
         }
         n += 1;
     }
+}
+
+/// The longest batch name: `<name>.errors.csv`, the longest name derived from it, must fit in
+/// the 255 bytes Linux filesystems allow a name; a longer one failed every attempt, for
+/// good, before it could even be quarantined.
+pub const MAX_NAME: usize = 255 - ".errors.csv".len();
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    let mut i = at.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// Every name a batch called `name` may write in the outbox, archive or `rejected/`.

@@ -155,8 +155,9 @@ impl FolderWatcher {
         path.parent() == Some(self.inbox.as_path())
             && path
                 .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_batch_file)
+                // Lossy: a name that is not UTF-8 (Latin-1 from a Windows share or a zip
+                // file) is still a batch, named with U+FFFD in its outputs.
+                .is_some_and(|n| is_batch_file(&n.to_string_lossy()))
             && !self.taken.contains(path)
             && !self.retry_at.contains_key(path)
     }
