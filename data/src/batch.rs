@@ -513,6 +513,41 @@ impl<R: Read> BatchReader<R> {
             self.eof = true;
         } else {
             self.remaining -= n as u64;
+            self.lone_crs_to_lf(old)?;
+        }
+        Ok(())
+    }
+
+    /// A lone CR ends a line as LF does ("CSV (Macintosh)", old Mac exports): each in
+    /// `buf[from..]` becomes an LF, the same length, so offsets hold and line numbers and the
+    /// skip past a broken record, which look for LF, see those lines too. A read never ends
+    /// on a CR whose next byte is unknown: one byte more is read to tell.
+    fn lone_crs_to_lf(&mut self, from: usize) -> Result<(), DataError> {
+        while self.buf.last() == Some(&b'\r') && self.remaining > 0 {
+            let mut one = [0u8];
+            match self.input.read(&mut one) {
+                Ok(0) => break,
+                Ok(_) => {
+                    self.buf.push(one[0]);
+                    self.remaining -= 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(DataError::Io {
+                        path: self.name.clone().into(),
+                        source,
+                    });
+                }
+            }
+        }
+        let end = self.buf.len();
+        for i in memchr::memchr_iter(b'\r', &self.buf[from..end])
+            .map(|i| from + i)
+            .collect::<Vec<_>>()
+        {
+            if self.buf.get(i + 1) != Some(&b'\n') {
+                self.buf[i] = b'\n';
+            }
         }
         Ok(())
     }

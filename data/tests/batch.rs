@@ -202,6 +202,40 @@ fn unterminated_quote_rejects_its_line_and_reading_resumes() {
     assert_eq!(lines, [2, 4, 6]);
 }
 
+/// "CSV (Macintosh)": lines end with a lone CR. Rejections name their own lines, and an
+/// unterminated quote costs its line only (the rest of the file was dropped, for want of an
+/// LF to resume at).
+#[test]
+fn lines_ended_by_a_lone_cr_are_lines() {
+    let batch = read(b"text,label\rgood,positive\rbad,bogus\r\rnice,neutral\r,positive\r");
+    assert_eq!(
+        rejections(&batch),
+        [
+            (3, "unknown_label".to_string()),
+            (6, "empty_text".to_string())
+        ]
+    );
+    let lines: Vec<u64> = batch.rows.iter().map(|r| r.line).collect();
+    assert_eq!(lines, [2, 5]);
+
+    let batch = read(b"text\r\"unterminated,\rgood day\rbad day\r");
+    assert_eq!(rejections(&batch), [(2, "broken_quoting".to_string())]);
+    let texts: Vec<&str> = batch.rows.iter().map(|r| r.text()).collect();
+    assert_eq!(texts, ["good day", "bad day"]);
+    // Mixed with CRLF and LF lines, each ending counts once.
+    let batch = read(b"text\r\na\rb\nc\r\nd\r");
+    let lines: Vec<u64> = batch.rows.iter().map(|r| r.line).collect();
+    assert_eq!(lines, [2, 3, 4, 5]);
+    // Streamed a byte at a time, a CR at the end of a read is judged by the byte after it.
+    for block in [1, 2, 3] {
+        assert_eq!(
+            streamed(b"text\r\na\rb\nc\r\nd\r", opts(100, false), block),
+            Ok(batch.clone()),
+            "block {block}"
+        );
+    }
+}
+
 #[test]
 fn stray_quote_merging_lines_is_broken_quoting() {
     let csv = b"id,text,label\n\
@@ -562,8 +596,13 @@ fn streaming_agrees_with_whole_file_reading_on_arbitrary_bytes() {
             );
         }
         if let Ok(batch) = whole {
-            // Lines are counted by `\n`, so a header ended by a bare `\r` shares line 1.
-            let lines = 1 + file.iter().filter(|&&b| b == b'\n').count() as u64;
+            // A line ends at `\n`, `\r\n` or a lone `\r`.
+            let lone_crs = file
+                .windows(2)
+                .filter(|w| w[0] == b'\r' && w[1] != b'\n')
+                .count()
+                + usize::from(file.last() == Some(&b'\r'));
+            let lines = 1 + (file.iter().filter(|&&b| b == b'\n').count() + lone_crs) as u64;
             for line in batch
                 .rows
                 .iter()
