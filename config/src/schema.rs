@@ -572,7 +572,8 @@ pub struct FeedbackConfig {
     /// Longest `source` a feedback row may name, in characters.
     pub max_source_chars: usize,
     /// The labelled-data store takes no more feedback once its files hold this many bytes
-    /// (`/feedback` answers 507 until retention or an operator makes room).
+    /// (`/feedback` answers 507 until retention or an operator makes room). Above
+    /// `[ingest] labelled_max_bytes` (when that is set), so the hourly retention makes room.
     pub max_store_bytes: u64,
 }
 
@@ -581,7 +582,7 @@ impl Default for FeedbackConfig {
         FeedbackConfig {
             token_file: None,
             max_source_chars: 200,
-            max_store_bytes: 1 << 30,
+            max_store_bytes: 3 << 30,
         }
     }
 }

@@ -218,6 +218,33 @@ fn char_ngrams_can_be_disabled_and_port_zero_is_allowed() {
     );
 }
 
+/// Retention trims the labelled store to `labelled_max_bytes`; a feedback limit at or below
+/// it refused feedback for good once the store passed it (the old defaults, 1 GiB under
+/// 2 GiB, did). Checked only where feedback is on.
+#[test]
+fn the_feedback_limit_must_sit_above_what_retention_keeps() {
+    let on = "[admin]\ntoken_file = \"t\"\n";
+    assert!(parse(on).is_ok(), "the defaults agree");
+    let text =
+        format!("{on}[ingest]\nlabelled_max_bytes = 1000\n[feedback]\nmax_store_bytes = 1000\n");
+    let msg = parse(&text)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("feedback.max_store_bytes must be above [ingest] labelled_max_bytes (1000)")
+            && msg.contains("e.g. 1500"),
+        "{msg}"
+    );
+    // Feedback off, or no size retention: nothing to agree with.
+    assert!(
+        parse("[ingest]\nlabelled_max_bytes = 1000\n[feedback]\nmax_store_bytes = 10\n").is_ok()
+    );
+    let unbounded =
+        format!("{on}[ingest]\nlabelled_max_bytes = 0\n[feedback]\nmax_store_bytes = 10\n");
+    assert!(parse(&unbounded).is_ok());
+}
+
 /// TOML spells NaN, and NaN compares false both ways: a range check must still refuse it.
 #[test]
 fn a_nan_is_refused_where_a_range_is_required() {

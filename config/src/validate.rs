@@ -360,6 +360,23 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         100_000,
     );
     k.at_least("feedback.max_store_bytes", c.feedback.max_store_bytes, 1);
+    // Retention trims the store to labelled_max_bytes; a feedback limit at or below that
+    // would refuse feedback (507) for good once the store grew past it, waiting for room
+    // retention never makes.
+    let feedback_on = c.feedback.token_file.is_some() || c.admin.token_file.is_some();
+    let retained = c.ingest.labelled_max_bytes;
+    if feedback_on && retained > 0 && c.feedback.max_store_bytes <= retained {
+        k.fail(
+            "feedback.max_store_bytes",
+            format!(
+                "must be above [ingest] labelled_max_bytes ({retained}), the size retention \
+                 trims the labelled-data store to, or feedback would be refused for good once \
+                 the store passed it; got {} (e.g. {})",
+                c.feedback.max_store_bytes,
+                retained.saturating_add(retained / 2)
+            ),
+        );
+    }
     let cl = &c.cluster;
     if cl.publish_inbox && cl.nats_url.is_none() {
         k.fail(

@@ -145,7 +145,8 @@ pub(crate) async fn feedback(
     match written {
         Ok(Ok(Err(held))) => ApiError::InsufficientStorage(format!(
             "the labelled-data store holds {held} bytes, at its limit of {max_bytes} \
-                 ([feedback] max_store_bytes); no more feedback is taken until there is room"
+                 ([feedback] max_store_bytes); no more feedback is taken until there is room: \
+                 retention trims the store to [ingest] labelled_max_bytes every hour"
         ))
         .response(),
         Ok(Ok(Ok(_))) => {
