@@ -140,14 +140,21 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
         sentimentd_model::LexiconClassifier::load(path)
             .with_context(|| format!("[data] lexicon {}", path.display()))?;
     }
+    // Bound before any actor starts: a port in use (the commonest failed start) then stops the
+    // start with its one clear line, not after actors that must be torn down again.
+    let listeners = listen(&cfg.server.bind, cfg.server.port)
+        .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
     let topology = Topology::build(&cfg, metrics, faults)?;
     let state = topology.http.clone();
-    let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
+    let mut server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .workers(cfg.server.workers)
         .disable_signals()
-        .shutdown_timeout(cfg.server.shutdown_timeout_secs)
-        .bind((cfg.server.bind.as_str(), cfg.server.port))
-        .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
+        .shutdown_timeout(cfg.server.shutdown_timeout_secs);
+    for l in listeners {
+        server = server
+            .listen(l)
+            .context("cannot serve on the bound listener")?;
+    }
     let addrs: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
     let server = server.run();
     let handle = server.handle();
@@ -265,4 +272,33 @@ async fn next_signal(
         }
     })
     .await
+}
+
+/// A listening socket on every address `bind` resolves to (as actix-server's own `bind`
+/// makes them: SO_REUSEADDR, a backlog of 1024); an error only when none can be bound.
+fn listen(bind: &str, port: u16) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut listeners = Vec::new();
+    let mut last_error = None;
+    for addr in (bind, port).to_socket_addrs()? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|s| {
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            Ok(s)
+        });
+        match bound {
+            Ok(s) => listeners.push(s.into()),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (listeners.is_empty(), last_error) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "the name resolves to no address",
+        )),
+        (false, _) => Ok(listeners),
+    }
 }

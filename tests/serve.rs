@@ -31,6 +31,27 @@ fn assert_prediction(p: &serde_json::Value) {
     assert!(p["model_version"].as_str().is_some_and(|v| !v.is_empty()));
 }
 
+/// A port in use is the commonest failed start: it stops the start with one line naming the
+/// address, before any actor starts (actors torn down again outside their runtime used to
+/// log two false "panic ... there is no reactor running" errors first).
+#[test]
+fn a_port_in_use_stops_the_start_with_one_clear_line_and_no_panic() {
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let mut d = Daemon::configure("", "", "", "");
+    d.port = taken.local_addr().expect("addr").port();
+    d.spawn_no_wait(&[]);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let logs = d.logs();
+    assert!(
+        logs.contains(&format!("cannot listen on 127.0.0.1:{}", d.port))
+            && logs.contains("Address already in use"),
+        "{logs}"
+    );
+    assert!(!logs.contains("panic"), "{logs}");
+    assert!(!d.root().join("state").exists(), "no actor started: {logs}");
+}
+
 #[test]
 fn predict_single_and_batch() {
     let d = Daemon::start();
