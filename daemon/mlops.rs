@@ -198,8 +198,9 @@ pub fn rollback(cfg: &Config) -> anyhow::Result<()> {
 
 #[derive(Args, Debug)]
 pub struct RunsArgs {
-    /// Only runs of this kind: training, evaluation, drift_check, promotion, retrain_skipped.
-    #[arg(long)]
+    /// Only runs of this kind (a misspelt one is refused, not answered with "no runs").
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+        sentimentd_tracking::RunKind::ALL.map(sentimentd_tracking::RunKind::as_str)))]
     pub kind: Option<String>,
     /// Show at most this many of the newest runs.
     #[arg(long, default_value_t = 20)]
@@ -225,7 +226,8 @@ pub fn runs(cfg: &Config, a: RunsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if runs.is_empty() {
-        println!("no runs recorded in {}", log.dir().display());
+        let kind = a.kind.map(|k| format!("{k} ")).unwrap_or_default();
+        println!("no {kind}runs recorded in {}", log.dir().display());
         return Ok(());
     }
     println!(

@@ -870,6 +870,13 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
         .map(|l| serde_json::from_str(l).expect("run json"))
         .collect();
     assert_eq!(runs.len(), 1, "{runs:#?}");
+    // A misspelt kind is refused with the kinds there are, not answered with "no runs".
+    let out = cli(&config, &["runs", "--kind", "drift"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("drift_check") && err.contains("invalid value"),
+        "{err}"
+    );
     assert!(
         runs[0]["metrics"]["validation_macro_recall"].is_number(),
         "{:#}",

@@ -17,6 +17,14 @@ pub enum RunKind {
 }
 
 impl RunKind {
+    pub const ALL: [RunKind; 5] = [
+        RunKind::Training,
+        RunKind::Evaluation,
+        RunKind::DriftCheck,
+        RunKind::Promotion,
+        RunKind::RetrainSkipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Training => "training",
