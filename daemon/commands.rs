@@ -481,6 +481,9 @@ pub fn config(cmd: &ConfigCommand, global: Option<&Path>) -> anyhow::Result<()> 
         Some(p) => eprintln!("{}: ok", p.display()),
         None => eprintln!("no file given: built-in defaults"),
     }
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
     print!("{}", cfg.to_toml_string());
     let encoder = cfg.transformer.encoder_dir();
     if cfg.model.kind == TrainableKind::Transformer && !encoder.join("config.json").is_file() {

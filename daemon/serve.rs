@@ -96,6 +96,7 @@ fn reload(
         }
     }
     topology.reconfigure(Arc::new(plan.effective.clone()));
+    warn_about(&plan.effective);
     tracing::info!(
         file = %path.display(),
         applied = %plan.applied.join(","),
@@ -144,6 +145,7 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     // start with its one clear line, not after actors that must be torn down again.
     let listeners = listen(&cfg.server.bind, cfg.server.port)
         .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
+    warn_about(&cfg);
     let topology = Topology::build(&cfg, metrics, faults)?;
     let state = topology.http.clone();
     let mut server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
@@ -300,5 +302,12 @@ fn listen(bind: &str, port: u16) -> std::io::Result<Vec<std::net::TcpListener>> 
             "the name resolves to no address",
         )),
         (false, _) => Ok(listeners),
+    }
+}
+
+/// One warning line per pair of settings that work against each other ([`Config::warnings`]).
+fn warn_about(cfg: &Config) {
+    for w in cfg.warnings() {
+        tracing::warn!(key = %w.key, "config warning: {w}");
     }
 }

@@ -291,6 +291,23 @@ fn config_check_names_file_line_and_key() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // Settings that work against each other, spelt out by files of earlier versions (the old
+    // shipped file's defaults): the check passes and says what will go wrong.
+    let old = env.dir.path().join("old.toml");
+    std::fs::write(
+        &old,
+        "[retrain]\nmin_new_rows = 200\n[admin]\ntoken_file = \"t\"\n\
+         [feedback]\nmax_store_bytes = 1073741824\n",
+    )
+    .unwrap();
+    let out = env.run(&["config", "check", old.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: retrain.min_new_rows")
+            && err.contains("warning: feedback.max_store_bytes"),
+        "{err}"
+    );
 }
 
 /// `[logging] level` is checked with its key; the filter then comes from `--log` /

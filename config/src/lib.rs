@@ -97,6 +97,13 @@ impl Config {
         }
     }
 
+    /// Settings that work against each other without being invalid one by one (a first
+    /// retrain's holdout too small for the gate, a feedback limit retention cannot make room
+    /// under): `config check` prints them and `serve` logs them at start and on reload.
+    pub fn warnings(&self) -> Vec<ValidationIssue> {
+        validate::advise(self)
+    }
+
     /// Makes every relative path absolute against `base` (the daemon passes its working
     /// directory, so behaviour does not change if it later changes directory).
     pub fn resolve_paths(&mut self, base: &Path) {

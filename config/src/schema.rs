@@ -494,8 +494,9 @@ pub struct RetrainConfig {
     /// After a retrain (whatever its outcome) no drift-driven retrain starts for this long.
     pub cooldown_secs: u64,
     /// A retrain is skipped (and the reason recorded) with fewer new labelled rows than this.
-    /// With retraining on, `ceil(min_new_rows * holdout_share)` must reach
-    /// `[gate] min_holdout_rows`, or the first retrain's holdout is too small for the gate.
+    /// With retraining on, `ceil(min_new_rows * holdout_share)` should reach
+    /// `[gate] min_holdout_rows`, or the first retrain's holdout is too small for the gate
+    /// (`config check` and the start warn).
     pub min_new_rows: usize,
     /// Share of the newest labelled rows held out (time-ordered) as the recent gate set.
     pub holdout_share: f64,

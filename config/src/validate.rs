@@ -70,7 +70,7 @@ fn holdout_fits_gate(k: &mut Checker, r: &RetrainConfig, min_holdout_rows: usize
         k.fail(
             "retrain.holdout_share",
             format!(
-                "must be above 0 while retrain.enabled = true: with no recent holdout the gate \
+                "should be above 0 while retrain.enabled = true: with no recent holdout the gate \
                  (gate.min_holdout_rows = {min_holdout_rows}) rejects every retrain (try 0.2, or \
                  set retrain.enabled = false)"
             ),
@@ -117,6 +117,35 @@ fn holdout_fits_gate(k: &mut Checker, r: &RetrainConfig, min_holdout_rows: usize
             r.min_new_rows,
         ),
     );
+}
+
+/// Settings that are valid one by one but work against each other: the daemon runs, and
+/// `config check` and the start say what will go wrong. Warnings rather than errors because
+/// files written for earlier versions have them (the old shipped `sentimentd.toml` spelt out
+/// both old defaults), and serving must not stop over what only retraining or feedback needs.
+pub fn advise(c: &Config) -> Vec<ValidationIssue> {
+    let mut k = Checker::default();
+    if c.retrain.enabled {
+        holdout_fits_gate(&mut k, &c.retrain, c.gate.min_holdout_rows);
+    }
+    // Retention trims the store to labelled_max_bytes; a feedback limit at or below that
+    // refuses feedback (507) for good once the store grows past it, waiting for room
+    // retention never makes.
+    let feedback_on = c.feedback.token_file.is_some() || c.admin.token_file.is_some();
+    let retained = c.ingest.labelled_max_bytes;
+    if feedback_on && retained > 0 && c.feedback.max_store_bytes <= retained {
+        k.fail(
+            "feedback.max_store_bytes",
+            format!(
+                "should be above [ingest] labelled_max_bytes ({retained}), the size retention \
+                 trims the labelled-data store to, or feedback is refused for good once the \
+                 store passes it; got {} (e.g. {})",
+                c.feedback.max_store_bytes,
+                retained.saturating_add(retained / 2)
+            ),
+        );
+    }
+    k.issues
 }
 
 /// Rows the trainer holds out of `rows` labelled rows.
@@ -317,9 +346,6 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
     k.range("retrain.threads", r.threads, 1, 1024);
     k.range("retrain.nice", r.nice, 0, 19);
     k.range("train.selection_share", c.train.selection_share, 0.01, 0.5);
-    if r.enabled {
-        holdout_fits_gate(&mut k, r, c.gate.min_holdout_rows);
-    }
 
     let gate = &c.gate;
     k.range("gate.max_val_drop", gate.max_val_drop, 0.0, 1.0);
@@ -360,23 +386,6 @@ pub fn validate(c: &Config) -> Vec<ValidationIssue> {
         100_000,
     );
     k.at_least("feedback.max_store_bytes", c.feedback.max_store_bytes, 1);
-    // Retention trims the store to labelled_max_bytes; a feedback limit at or below that
-    // would refuse feedback (507) for good once the store grew past it, waiting for room
-    // retention never makes.
-    let feedback_on = c.feedback.token_file.is_some() || c.admin.token_file.is_some();
-    let retained = c.ingest.labelled_max_bytes;
-    if feedback_on && retained > 0 && c.feedback.max_store_bytes <= retained {
-        k.fail(
-            "feedback.max_store_bytes",
-            format!(
-                "must be above [ingest] labelled_max_bytes ({retained}), the size retention \
-                 trims the labelled-data store to, or feedback would be refused for good once \
-                 the store passed it; got {} (e.g. {})",
-                c.feedback.max_store_bytes,
-                retained.saturating_add(retained / 2)
-            ),
-        );
-    }
     let cl = &c.cluster;
     if cl.publish_inbox && cl.nats_url.is_none() {
         k.fail(
