@@ -31,6 +31,7 @@ struct Candidate {
     modified: Option<SystemTime>,
     since: Instant,
     renamed: bool,
+    regular: bool,
     /// When it was first seen held open for writing past its settle time, and whether the
     /// operator was told.
     held_since: Option<Instant>,
@@ -40,10 +41,25 @@ struct Candidate {
 /// How long a settled file may stay open for writing before the log says it is waited for.
 const HELD_WARNING: Duration = Duration::from_secs(60);
 
+/// Filesystems whose leases answer for local writers only (`statfs` magic numbers): ext2/3/4,
+/// XFS, Btrfs, tmpfs, overlayfs, F2FS, ZFS. A network filesystem's lease says something else
+/// (an NFSv4 client refuses one with EAGAIN whenever the server granted it no delegation,
+/// CIFS without an oplock), which would hold every file for good.
+const LOCAL_FILESYSTEMS: [u32; 8] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0x0102_1994,
+    0x794C_7630,
+    0xF2F5_2010,
+    0x2FC1_2FC1,
+    0x5265_4973,
+];
+
 /// Whether some process holds `path` open for writing, where Linux can tell: it refuses a
 /// read lease (EAGAIN) while any descriptor of the file is open for writing. `None` when it
-/// cannot be asked: the file is not ours and we lack CAP_LEASE (EACCES), or its filesystem
-/// has no leases (EINVAL, e.g. NFS); the settle rule alone decides then.
+/// cannot be asked: the file is not ours and we lack CAP_LEASE (EACCES), or it is on a
+/// filesystem not known to be local; the settle rule alone decides then.
 pub fn held_for_writing(path: &Path) -> Option<bool> {
     // A writer opening the file in the microseconds the lease is held breaks it, and the
     // kernel tells the lease holder with SIGIO, whose default action ends the process.
@@ -53,12 +69,25 @@ pub fn held_for_writing(path: &Path) -> Option<bool> {
         // SAFETY: installs the SIG_IGN disposition; no handler code runs.
         unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
     });
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .ok()?;
+    {
+        Ok(f) => f,
+        // Another process holds a write lease (Samba's kernel oplocks, say): in use.
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => return Some(true),
+        Err(_) => return None,
+    };
     let fd = file.as_raw_fd();
+    // SAFETY: `statfs` is plain old data that fstatfs fills in; `fd` is open.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid, writable statfs.
+    if unsafe { libc::fstatfs(fd, &mut fs) } != 0
+        || !LOCAL_FILESYSTEMS.contains(&(fs.f_type as u32))
+    {
+        return None;
+    }
     // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
     if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0 {
         // SAFETY: as above; closing the file would drop the lease too.
@@ -184,6 +213,7 @@ impl FolderWatcher {
                 modified,
                 since: now,
                 renamed,
+                regular: meta.is_file(),
                 held_since: None,
                 told: false,
             });
@@ -234,10 +264,12 @@ impl FolderWatcher {
             .map(|(p, _)| p.clone())
             .collect();
         for path in due {
-            let held = self.ask_writers && held_for_writing(&path) == Some(true);
             let Some(c) = self.candidates.get_mut(&path) else {
                 continue;
             };
+            // Only a regular file has a writer to wait for; anything else goes at once, unread
+            // (opening a FIFO would complete its writer's open, then break its pipe).
+            let held = self.ask_writers && c.regular && held_for_writing(&path) == Some(true);
             if !held {
                 ready.push(path);
                 continue;
