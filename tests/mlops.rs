@@ -307,6 +307,16 @@ fn feedback_is_stored_with_provenance_and_bad_feedback_is_refused() {
             "not both",
         ),
         (r#"["meh", 1, null]"#, 400, "expected a JSON object"),
+        (
+            r#"{"items": [["great", "positive"]]}"#,
+            400,
+            "expected an object",
+        ),
+        (
+            r#"{"text": "x", "label": "positive", "items": null}"#,
+            400,
+            "invalid type: null",
+        ),
         ("not json", 400, "expected"),
     ] {
         let r = d.post_auth("/feedback", TOKEN, body);

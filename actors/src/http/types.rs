@@ -115,7 +115,37 @@ pub(crate) struct FeedbackBody {
     pub(crate) text: Option<String>,
     pub(crate) label: Option<serde_json::Value>,
     pub(crate) source: Option<String>,
+    /// Objects only (serde would read a struct from an array by position), and not null.
+    #[serde(default, deserialize_with = "item_objects")]
     pub(crate) items: Option<Vec<FeedbackItem>>,
+}
+
+/// `items`, present: an array of objects.
+fn item_objects<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<FeedbackItem>>, D::Error> {
+    struct Object(FeedbackItem);
+    impl<'de> Deserialize<'de> for Object {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Object, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = FeedbackItem;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object {\"text\", \"label\"[, \"source\"]}")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    map: A,
+                ) -> Result<FeedbackItem, A::Error> {
+                    // The derived reader, so unknown and duplicate fields are still refused.
+                    FeedbackItem::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                }
+            }
+            d.deserialize_map(Visit).map(Object)
+        }
+    }
+    let items: Vec<Object> = Vec::deserialize(d)?;
+    Ok(Some(items.into_iter().map(|o| o.0).collect()))
 }
 
 /// A version in the model store.
