@@ -99,10 +99,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     cfg.validate()?;
     // --log / SENTIMENTD_LOG, then RUST_LOG (what Rust programs are usually told), then the
     // file; an empty RUST_LOG counts as unset, as most programs read it.
+    // Read only when --log does not win over it: a flag must work whatever RUST_LOG holds.
     let rust_log = match std::env::var("RUST_LOG") {
+        _ if cli.log.is_some() => None,
         Ok(f) if !f.trim().is_empty() => Some(f),
         Ok(_) | Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("RUST_LOG is not valid UTF-8"),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("RUST_LOG is not valid UTF-8; unset it or give the filter with --log")
+        }
     };
     let (filter, origin) = match (&cli.log, &rust_log) {
         (Some(f), _) => (f.as_str(), "--log / SENTIMENTD_LOG"),

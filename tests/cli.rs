@@ -359,6 +359,27 @@ fn log_filter_is_checked_and_rust_log_sits_between_the_flag_and_the_file() {
     // The flag wins without RUST_LOG being parsed at all.
     let over = list(&[("RUST_LOG", "info,foo=bogus"), ("SENTIMENTD_LOG", "warn")]);
     assert!(over.status.success(), "{}", stderr(&over));
+    // Nor read at all: a RUST_LOG that is not UTF-8 stops nothing the flag sets.
+    let bytes = {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(b"info\xff")
+    };
+    let mut c = common::with_config(&env.config);
+    c.args(["model", "list"]).current_dir(env.root());
+    c.env("RUST_LOG", bytes).env("SENTIMENTD_LOG", "warn");
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let alone = {
+        let mut c = common::with_config(&env.config);
+        c.args(["model", "list"]).current_dir(env.root());
+        c.env("RUST_LOG", bytes).env_remove("SENTIMENTD_LOG");
+        c.output().unwrap()
+    };
+    assert!(
+        !alone.status.success() && stderr(&alone).contains("RUST_LOG is not valid UTF-8"),
+        "{}",
+        stderr(&alone)
+    );
 }
 
 /// `publish --nats` uses `[cluster]` as a node does, so it validates it first even when
