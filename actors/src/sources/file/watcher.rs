@@ -6,11 +6,12 @@
 //! its size and modification time have not changed for `ingest.settle_ms` (the fallback for
 //! events missed or not given), and in every case only once no process holds it open for
 //! writing, where Linux can tell (see [`held_for_writing`]): a writer that pauses longer than
-//! the settle time, or creates the file and writes later, is waited for. notify (inotify) gives low latency; a directory scan on every
-//! tick catches what events miss (files present at start-up, queue overflow, a restart of this
-//! actor). Dotfiles, `*.tmp`, `*.part` and other non-CSV names are ignored. A `*.csv` entry
-//! that is not a regular file (symlink, FIFO, directory) is handed over at once, unread, so
-//! the processor can refuse it with a report.
+//! the settle time, or creates the file and writes later, is waited for. notify (inotify)
+//! gives low latency; a directory scan on every tick catches what events miss (files present
+//! at start-up, queue overflow, a restart of this actor). Dotfiles, `*.tmp`, `*.part` and
+//! other non-CSV names are ignored. A `*.csv` entry that is not a regular file (symlink,
+//! FIFO, directory) is handed over at once, unread, so the processor can refuse it with a
+//! report.
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Recipient, Supervised};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
@@ -42,7 +43,7 @@ struct Candidate {
 const HELD_WARNING: Duration = Duration::from_secs(60);
 
 /// Filesystems whose leases answer for local writers only (`statfs` magic numbers): ext2/3/4,
-/// XFS, Btrfs, tmpfs, overlayfs, F2FS, ZFS. A network filesystem's lease says something else
+/// XFS, Btrfs, tmpfs, overlayfs, F2FS, ZFS, ReiserFS. A network filesystem's lease says something else
 /// (an NFSv4 client refuses one with EAGAIN whenever the server granted it no delegation,
 /// CIFS without an oplock), which would hold every file for good.
 const LOCAL_FILESYSTEMS: [u32; 8] = [
