@@ -146,7 +146,17 @@ async fn run(cfg: Arc<Config>, port: Option<u16>, source: ReloadSource) -> anyho
     let listeners = listen(&cfg.server.bind, cfg.server.port)
         .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
     warn_about(&cfg);
-    let topology = Topology::build(&cfg, metrics, faults)?;
+    let topology = match Topology::build(&cfg, metrics, faults) {
+        Ok(t) => t,
+        Err(e) => {
+            // The actors built before the failure are dropped with the runtime, and actix's
+            // timers panic when polled outside it ("there is no reactor running"): noise
+            // that would precede the real error in the journal. The process is exiting with
+            // that error, so panics from here on are not logged.
+            std::panic::set_hook(Box::new(|_| {}));
+            return Err(e.into());
+        }
+    };
     let state = topology.http.clone();
     let mut server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .workers(cfg.server.workers)

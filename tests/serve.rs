@@ -52,6 +52,31 @@ fn a_port_in_use_stops_the_start_with_one_clear_line_and_no_panic() {
     assert!(!d.root().join("state").exists(), "no actor started: {logs}");
 }
 
+/// A folder that cannot be made (the inbox configured onto a file) stops the start with the
+/// key and path, and nothing else: the actors started before it are torn down quietly.
+#[test]
+fn an_inbox_that_is_a_file_stops_the_start_with_its_key_and_no_panic() {
+    let mut d = Daemon::configure("", "", "", "");
+    let file = d.root().join("not-a-folder");
+    std::fs::write(&file, "").expect("file");
+    let config = std::fs::read_to_string(&d.config).expect("config");
+    let inbox = format!("inbox = \"{}/inbox\"", d.root().display());
+    std::fs::write(
+        &d.config,
+        config.replace(&inbox, &format!("inbox = \"{}\"", file.display())),
+    )
+    .expect("config");
+    d.spawn_no_wait(&[]);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let logs = d.logs();
+    assert!(
+        logs.contains("cannot create ingest.inbox") && logs.contains("not-a-folder"),
+        "{logs}"
+    );
+    assert!(!logs.contains("panic"), "{logs}");
+}
+
 #[test]
 fn predict_single_and_batch() {
     let d = Daemon::start();
