@@ -1500,3 +1500,58 @@ fn the_labelled_store_keeps_to_its_size_and_age_limits() {
         d.logs()
     );
 }
+
+/// An operator's `sentimentd model promote` during a retrain is not overridden by the
+/// candidate, which was gated against the model the operator replaced (the daemon swaps an
+/// outside switch in only at its next check, so its served model alone could not tell); and
+/// that candidate, passed but not promoted, leaves its rows for the next retrain.
+#[test]
+fn a_cli_promotion_during_a_retrain_is_not_overridden_and_the_rows_stay_unused() {
+    let data = Data::new();
+    let mut d = Daemon::configure(
+        "test_faults = true",
+        "",
+        "on_start = \"if-missing\"\nepochs = 2",
+        &data.sections(
+            "enabled = false",
+            "min_new_rows = 300\nrecent_weights = [1.0]",
+            "min_holdout_gain = -1.0\nmax_val_drop = 1.0\nmin_val_macro_recall = 0.0\n\
+             min_label_agreement = 0.0",
+            true,
+        ),
+    );
+    d.spawn(&[("SENTIMENTD_TEST_PAUSE_BEFORE_PROMOTE_MS", "3000")]);
+    wait_trained(&d);
+    let (v1, v2) = serving_and_second_version(&d);
+    let rows = slice("train.csv", 4000, 400);
+    d.drop_file("new.csv", (rows.join("\n") + "\n").as_bytes());
+    d.wait_processed("new.csv", Duration::from_secs(60));
+    let (status, body) = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
+    assert_eq!(status, 202, "{body}");
+    d.wait_for("the gate's pause", Duration::from_secs(180), || {
+        d.logs().contains("injected pause")
+    });
+    cli_ok(&d.config, &["model", "promote", &v2]);
+    d.wait_for("the retrain to end", Duration::from_secs(60), || {
+        d.metric(r#"sentiment_retrains_total{outcome="failed"}"#)
+            + d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#)
+            >= 1.0
+    });
+    let logs = d.logs_about(&["switched outside the daemon", "promoted", "not promoted"]);
+    assert!(logs.contains("switched outside the daemon"), "{logs}");
+    assert_eq!(
+        d.metric(r#"sentiment_retrains_total{outcome="promoted"}"#),
+        0.0,
+        "{logs}"
+    );
+    d.wait_for(
+        "the operator's version to serve",
+        Duration::from_secs(30),
+        || model_version(&d) == v2,
+    );
+    let current = std::fs::read_to_string(d.root().join("models/current")).expect("current");
+    assert_eq!(current.trim(), v2, "not {v1}, nor the candidate");
+    // The rows were not spent: a new retrain starts rather than "0 new labelled rows".
+    let (status, body) = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
+    assert_eq!(status, 202, "{body}");
+}

@@ -437,12 +437,33 @@ impl Handler<PromoteCandidate> for ModelRegistry {
 
     fn handle(&mut self, msg: PromoteCandidate, _ctx: &mut Context<Self>) -> Self::Result {
         let serving = self.cell.load().as_deref().map(|m| m.info.version.clone());
+        let on_fallback = self.cell.load().as_deref().is_some_and(|m| m.info.fallback);
         if serving.as_deref() != Some(msg.against.as_str()) {
             return Err(format!(
                 "the gate compared {} with {}, but {} serves now; not promoted",
                 msg.version,
                 msg.against,
                 serving.as_deref().unwrap_or("no model")
+            ));
+        }
+        // The store's pointer too: `sentimentd model promote` or `rollback` moves it outside
+        // the daemon, which swaps it in only at its next check, and an operator's switch must
+        // not be overridden by a candidate gated against the model it replaced.
+        let pointer = ModelStore::for_config(&self.cfg, None)
+            .and_then(|s| s.current_version())
+            .map_err(|e| format!("cannot read the model store's current pointer: {e}"))?;
+        // The lexicon fallback serves when the store names no version, or one this registry
+        // could not load.
+        let as_gated = pointer.as_deref() == Some(msg.against.as_str())
+            || (on_fallback && (pointer.is_none() || self.refused == pointer));
+        if !as_gated {
+            return Err(format!(
+                "the gate compared {} with {}, but the store's current version is {} (switched \
+                 outside the daemon, e.g. by `sentimentd model promote` or `rollback`); not \
+                 promoted",
+                msg.version,
+                msg.against,
+                pointer.as_deref().unwrap_or("none")
             ));
         }
         let now = self.lease.token();

@@ -482,6 +482,7 @@ impl RetrainRun {
             "fencing_token": self.fencing,
         });
         let mut reason = verdict.reasons.join("; ");
+        crate::runtime::containment::test_pause(cfg.server.test_faults, "before_promote");
         // The registry switches only if the model the gate compared with still serves; the
         // decision is written once the switch happened (or not), so it never claims more.
         let promotion = verdict.passed.then(|| {
@@ -573,8 +574,12 @@ impl RetrainRun {
             .push(dir.join(sentimentd_model::promotion::DECISION));
         let run_id = rec.run_id.clone();
         self.track(rec.finish());
-        state.seen_files = names;
-        Trainer::save_state(cfg, &state);
+        // A candidate that passed but could not be promoted (the serving model changed under
+        // it) leaves its rows for the next run, as a failed run does.
+        if status != "promotion_failed" {
+            state.seen_files = names;
+            Trainer::save_state(cfg, &state);
+        }
 
         match promotion {
             None => {

@@ -84,6 +84,26 @@ pub const FAULT_CRASH_ENV: &str = "SENTIMENTD_TEST_CRASH_AT";
 #[cfg(any(test, feature = "test-faults"))]
 pub const FAULT_NO_LEASES_ENV: &str = "SENTIMENTD_TEST_NO_LEASES";
 
+/// With test faults on (`enabled`), sleeps as many milliseconds as the environment variable
+/// `SENTIMENTD_TEST_PAUSE_<STEP>_MS` says, so a test can act inside a window that is
+/// otherwise milliseconds wide.
+#[cfg(any(test, feature = "test-faults"))]
+pub fn test_pause(enabled: bool, step: &str) {
+    let var = format!("SENTIMENTD_TEST_PAUSE_{}_MS", step.to_ascii_uppercase());
+    if let Some(ms) = enabled
+        .then(|| std::env::var(&var).ok())
+        .flatten()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(step, ms, "injected pause");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+#[cfg(not(any(test, feature = "test-faults")))]
+#[inline(always)]
+pub fn test_pause(_enabled: bool, _step: &str) {}
+
 /// Test-only fault hooks; every method is a no-op unless the build has them
 /// ([`FAULTS_COMPILED`]) and `server.test_faults = true`.
 #[derive(Clone, Debug, Default)]
