@@ -49,7 +49,8 @@ enum Command {
     Config(commands::ConfigCommand),
     /// Compute and store the drift baseline of a model version.
     Baseline(mlops::BaselineArgs),
-    /// Check texts for drift against a version's baseline; exits 0 (no drift) or 3 (drift).
+    /// Check texts for drift against a version's baseline; exits 0 (no drift), 3 (drift) or 4
+    /// (fewer texts than [drift] min_samples: no verdict).
     Drift(mlops::DriftArgs),
     /// List the recorded runs: trainings, drift checks, gate decisions, skipped retrains.
     Runs(mlops::RunsArgs),

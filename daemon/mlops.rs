@@ -12,6 +12,9 @@ use sentimentd_model::{ModelStore, baseline};
 
 /// Exit code of `sentimentd drift` when drift fired.
 pub const EXIT_DRIFT: u8 = 3;
+/// `sentimentd drift`'s exit code when too few texts allow no verdict: a job that reads the
+/// code must not take an empty or short sample for a healthy one.
+pub const EXIT_NO_VERDICT: u8 = 4;
 
 #[derive(Args, Debug)]
 pub struct BaselineArgs {
@@ -130,10 +133,11 @@ pub fn drift(cfg: &Config, a: DriftArgs) -> anyhow::Result<ExitCode> {
         Verdict::NoDrift => ExitCode::SUCCESS,
         Verdict::Insufficient => {
             eprintln!(
-                "warning: {} texts are fewer than [drift] min_samples = {}: no verdict",
+                "warning: {} texts are fewer than [drift] min_samples = {}: no verdict \
+                 (exit code {EXIT_NO_VERDICT})",
                 report.samples, report.min_samples
             );
-            ExitCode::SUCCESS
+            ExitCode::from(EXIT_NO_VERDICT)
         }
     })
 }

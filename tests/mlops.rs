@@ -861,7 +861,7 @@ fn a_version_promoted_from_outside_is_hot_reloaded_and_a_broken_one_is_refused()
 }
 
 #[test]
-fn drift_cli_exits_zero_without_drift_and_three_with_it() {
+fn drift_cli_exits_zero_without_drift_three_with_it_and_four_without_a_verdict() {
     let data = Data::new();
     let common::CliEnv { dir, config } = common::CliEnv::write(|d| {
         format!(
@@ -942,6 +942,18 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["verdict"], "drift");
 
+    // Too few texts for a verdict: neither "no drift" nor "drift", and a job can tell.
+    let few = dir.path().join("few.csv");
+    std::fs::write(&few, slice("val.csv", 0, 20).join("\n") + "\n").expect("few");
+    let out = cli(&config, &["drift", "--data", few.to_str().expect("path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no verdict"));
+
     // Every CLI training, evaluation and drift check is in the run log.
     cli_ok(&config, &["eval"]);
     let out = cli(&config, &["runs", "--json"]);
@@ -958,6 +970,7 @@ fn drift_cli_exits_zero_without_drift_and_three_with_it() {
         kinds,
         [
             "training",
+            "drift_check",
             "drift_check",
             "drift_check",
             "drift_check",
