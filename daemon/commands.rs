@@ -87,6 +87,9 @@ pub enum ModelCommand {
     Promote {
         /// Version name as printed by `model list`.
         version: String,
+        /// Serve it even if the gate rejected it.
+        #[arg(long)]
+        force: bool,
     },
     /// Put back the version that was current before the current one.
     Rollback,
@@ -456,7 +459,7 @@ pub fn model(cfg: &Config, cmd: ModelCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelCommand::Promote { version } => crate::mlops::promote(cfg, &version),
+        ModelCommand::Promote { version, force } => crate::mlops::promote(cfg, &version, force),
         ModelCommand::Rollback => crate::mlops::rollback(cfg),
         ModelCommand::Show { version } => {
             let m = store.manifest(&version)?;

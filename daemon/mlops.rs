@@ -172,8 +172,11 @@ fn print_report(r: &DriftReport, version: &str) {
     }
 }
 
-pub fn promote(cfg: &Config, version: &str) -> anyhow::Result<()> {
+pub fn promote(cfg: &Config, version: &str, force: bool) -> anyhow::Result<()> {
     let store = ModelStore::for_config(cfg, None)?;
+    if let Some(why) = store.rejected_by_gate(version).filter(|_| !force) {
+        anyhow::bail!("{version} was rejected by the gate ({why}); add --force to serve it anyway");
+    }
     let from = store.current_version()?;
     store.promote(version, "promote", "sentimentd model promote")?;
     println!(

@@ -651,6 +651,24 @@ fn swapped_labels_of_a_new_domain_are_refused_by_the_gate() {
     assert_eq!(candidate["status"], "rejected", "{model:#}");
     let reason = candidate["reason"].as_str().expect("reason");
     assert!(reason.contains("FAIL recent labels agree"), "{reason}");
+
+    // Rejected means never served unless the operator insists: by the API or the CLI.
+    let version = candidate["version"].as_str().expect("version").to_string();
+    let body = format!(r#"{{"version": "{version}"}}"#);
+    let (status, answer) = admin_post(&d, "/admin/promote", Some(TOKEN), &body);
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.contains("rejected by the gate") && answer.contains("force"),
+        "{answer}"
+    );
+    let out = cli(&d.config, &["model", "promote", &version]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--force"), "{err}");
+    assert_eq!(model_version(&d), before);
+    let body = format!(r#"{{"version": "{version}", "force": true}}"#);
+    let (status, answer) = admin_post(&d, "/admin/promote", Some(TOKEN), &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(model_version(&d), version);
 }
 
 #[test]
@@ -1564,7 +1582,12 @@ fn a_cli_promotion_during_a_retrain_is_not_overridden_and_the_rows_stay_unused()
     );
     let current = std::fs::read_to_string(d.root().join("models/current")).expect("current");
     assert_eq!(current.trim(), v2, "not {v1}, nor the candidate");
-    // The rows were not spent: a new retrain starts rather than "0 new labelled rows".
-    let (status, body) = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
-    assert_eq!(status, 202, "{body}");
+    // The rows were not spent: a new retrain starts rather than "0 new labelled rows" (once
+    // the first has let go: its metric is counted just before it does).
+    let mut last = (0, String::new());
+    d.wait_for("a second retrain to start", Duration::from_secs(30), || {
+        last = admin_post(&d, "/admin/retrain", Some(TOKEN), "");
+        last.0 != 409 || !last.1.contains("already running")
+    });
+    assert_eq!(last.0, 202, "{}", last.1);
 }

@@ -207,6 +207,8 @@ pub struct PromoteCandidate {
 pub struct PromoteVersion {
     pub version: String,
     pub reason: String,
+    /// Serve it even if the gate rejected it.
+    pub force: bool,
 }
 
 /// Admin API -> ModelRegistry: put the previously served version back.

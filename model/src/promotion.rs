@@ -225,6 +225,14 @@ impl ModelStore {
         write_atomic(&self.version_dir(&d.version).join(DECISION), &json)
     }
 
+    /// The gate's reason, when it rejected `version`: such a version is served only when the
+    /// operator insists (`model promote --force`, `"force": true`).
+    pub fn rejected_by_gate(&self, version: &str) -> Option<String> {
+        self.decision(version)
+            .filter(|d| d.status == "rejected")
+            .map(|d| d.reason)
+    }
+
     pub fn decision(&self, version: &str) -> Option<Decision> {
         let bytes = std::fs::read(self.version_dir(version).join(DECISION)).ok()?;
         serde_json::from_slice(&bytes).ok()

@@ -72,7 +72,7 @@ pub(crate) async fn admin_promote(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    let expected = r#"{"version": string}"#;
+    let expected = r#"{"version": string, "force"?: boolean}"#;
     let r: PromoteRequest = match json_request(&req, body, state.max_body_bytes, expected) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -82,6 +82,7 @@ pub(crate) async fn admin_promote(
             .send(PromoteVersion {
                 version: r.version,
                 reason: "POST /admin/promote".into(),
+                force: r.force,
             })
             .await,
     )

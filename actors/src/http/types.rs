@@ -153,6 +153,9 @@ fn item_objects<'de, D: serde::Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 pub(crate) struct PromoteRequest {
     pub(crate) version: String,
+    /// Serve the version even if the gate rejected it (refused with 409 otherwise).
+    #[serde(default)]
+    pub(crate) force: bool,
 }
 
 /// Every error: 4xx and 5xx answers are JSON with this body.
@@ -211,7 +214,8 @@ pub enum SwitchResponses {
     /// The version serves.
     #[response(status = 200)]
     Switched(crate::messages::Switched),
-    /// The version does not exist or does not load, or there is no earlier one.
+    /// The version does not exist or does not load, the gate rejected it (promote: without
+    /// `force`), or there is no earlier one.
     #[response(status = 409)]
     Refused(ErrorBody),
     /// The model registry is unavailable.

@@ -486,6 +486,15 @@ impl Handler<PromoteVersion> for ModelRegistry {
     type Result = Result<Switched, String>;
 
     fn handle(&mut self, msg: PromoteVersion, _ctx: &mut Context<Self>) -> Self::Result {
+        if !msg.force {
+            let store = ModelStore::for_config(&self.cfg, None).map_err(|e| e.to_string())?;
+            if let Some(why) = store.rejected_by_gate(&msg.version) {
+                return Err(format!(
+                    "{} was rejected by the gate ({why}); send \"force\": true to serve it anyway",
+                    msg.version
+                ));
+            }
+        }
         let switched = self
             .switch_contained(|me| me.switch(&msg.version, "promote", &msg.reason, Vec::new()))?;
         tracing::info!(from = switched.from.as_deref().unwrap_or("none"), to = %switched.to, reason = %msg.reason, "model version promoted by the admin API");
