@@ -604,4 +604,24 @@ fn the_daemon_records_its_runs_and_moves_the_champion_alias() {
         .expect("a drift check in the run log");
     let facts = check(&server.uri, "daemon", &drift_run.run_id, &[]);
     assert_eq!(facts["runs_found"], 1, "{facts}");
+
+    // A rollback by the CLI on the daemon's store: the daemon swaps it in, and the champion
+    // follows it as it follows the daemon's own switches.
+    let out = common::with_config(&d.config)
+        .args(["model", "rollback"])
+        .output()
+        .unwrap();
+    common::assert_success(&["model", "rollback"], &out);
+    d.wait_for("the rollback to serve", Duration::from_secs(30), || {
+        serving(&d) == v1
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while champion_version(Duration::from_secs(60)) != v1 {
+        assert!(
+            Instant::now() < deadline,
+            "the champion alias did not follow the CLI rollback to {v1}:\n{}",
+            d.logs_about(&["MLflow", "champion", "outside"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -261,6 +261,11 @@ impl ModelRegistry {
             Ok(()) => {
                 self.refused = None;
                 tracing::info!(version = %current, "model store's current version changed outside the daemon; swapped it in");
+                // `sentimentd model promote` or `rollback` on the lease holder's store: the
+                // champion follows, as for a switch through the admin API, so followers do too.
+                if self.lease.refusal().is_none() {
+                    self.register_champion(&current, "outside");
+                }
             }
             Err(e) => {
                 tracing::error!(version = %current, error = %e, "the store's current version cannot be loaded; still serving the previous model");
