@@ -160,6 +160,15 @@ pub(crate) fn json_body(
     Ok(body)
 }
 
+/// Whether `body` starts a JSON value other than an object (an array, string, number, `true`,
+/// `false` or `null`). serde would also read a struct from a JSON array by position; only
+/// objects are requests. Anything else is left to the parser's own error.
+pub(crate) fn is_json_non_object(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&first| first == b'[' || first.is_ascii_digit() || b"\"tfn-".contains(&first))
+}
+
 /// [`json_body`] read as a `T`; a body that is not one is a 400 saying what was `expected`.
 pub(crate) fn json_request<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
@@ -168,11 +177,7 @@ pub(crate) fn json_request<T: serde::de::DeserializeOwned>(
     expected: &str,
 ) -> Result<T, Box<HttpResponse>> {
     let body = json_body(req, body, limit)?;
-    // serde would also read a struct from a JSON array by position; only objects are requests.
-    if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
-        && *first != b'{'
-        && (*first == b'[' || first.is_ascii_digit() || b"\"tfn-".contains(first))
-    {
+    if is_json_non_object(&body) {
         return Err(Box::new(
             ApiError::BadRequest(format!("expected a JSON object, {expected}")).response(),
         ));

@@ -50,11 +50,7 @@ pub(crate) fn predict_inner(
     {
         return Work::Done(throttled(state));
     }
-    // serde would also read a struct from a JSON array by position; only objects are requests.
-    if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace())
-        && *first != b'{'
-        && (*first == b'[' || first.is_ascii_digit() || b"\"tfn-".contains(first))
-    {
+    if is_json_non_object(&body) {
         return ApiError::BadRequest(
             "wrong type in request: expected a JSON object with \"text\" or \"texts\"".into(),
         )
