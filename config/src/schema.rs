@@ -512,6 +512,19 @@ pub struct RetrainConfig {
     pub nice: i32,
 }
 
+impl RetrainConfig {
+    /// The newest rows a retrain over `rows` deduplicated labelled rows holds out for the
+    /// gate: `ceil(rows * holdout_share)`. The trainer and `config check` both use it.
+    pub fn held_out(&self, rows: usize) -> usize {
+        held_out(rows, self.holdout_share)
+    }
+}
+
+/// [`RetrainConfig::held_out`] at another share (what `config check` suggests).
+pub(crate) fn held_out(rows: usize, share: f64) -> usize {
+    ((rows as f64) * share).ceil() as usize
+}
+
 impl Default for RetrainConfig {
     fn default() -> Self {
         RetrainConfig {

@@ -1,7 +1,7 @@
 //! Range and consistency rules that serde's types cannot express.
 
 use crate::error::{Location, ValidationIssue};
-use crate::schema::{Config, RetrainConfig};
+use crate::schema::{Config, RetrainConfig, held_out};
 use std::fmt::Display;
 use std::path::{Component, Path, PathBuf};
 
@@ -77,7 +77,7 @@ fn holdout_fits_gate(k: &mut Checker, r: &RetrainConfig, min_holdout_rows: usize
         );
         return;
     }
-    let held = held_out(r.min_new_rows, share);
+    let held = r.held_out(r.min_new_rows);
     if held >= min_holdout_rows {
         return;
     }
@@ -146,11 +146,6 @@ pub fn advise(c: &Config) -> Vec<ValidationIssue> {
         );
     }
     k.issues
-}
-
-/// Rows the trainer holds out of `rows` labelled rows.
-fn held_out(rows: usize, share: f64) -> usize {
-    ((rows as f64) * share).ceil() as usize
 }
 
 pub fn validate(c: &Config) -> Vec<ValidationIssue> {

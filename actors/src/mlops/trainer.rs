@@ -317,7 +317,7 @@ impl RetrainRun {
         // Time-ordered holdout: the newest labelled rows never train the candidate, and no
         // single origin fills more than its share of them while other origins have rows.
         let with_files = labelled::deduplicate_with_files(&files);
-        let holdout_n = ((with_files.len() as f64) * cfg.retrain.holdout_share).ceil() as usize;
+        let holdout_n = cfg.retrain.held_out(with_files.len());
         let origins: Vec<&str> = with_files.iter().map(|(r, _)| r.origin.as_str()).collect();
         let in_holdout = pick_holdout(&origins, holdout_n, cfg.gate.holdout_max_origin_share);
         // Lineage: the files whose rows train the candidate (holdout-only files do not).
