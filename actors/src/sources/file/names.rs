@@ -45,7 +45,7 @@ pub fn free_name(g: &IngestConfig, journal: &Journal, input: &str) -> String {
                 format!(".{n}{ext}")
             };
             let room = MAX_NAME.saturating_sub(suffix.len());
-            format!("{}{suffix}", &stem[..floor_char_boundary(&stem, room)])
+            format!("{}{suffix}", &stem[..stem.floor_char_boundary(room)])
         };
         let writes = names_written(&name);
         let taken = g.outbox.join(&name).exists()
@@ -65,15 +65,6 @@ pub fn free_name(g: &IngestConfig, journal: &Journal, input: &str) -> String {
 /// the 255 bytes Linux filesystems allow a name; a longer one failed every attempt, for
 /// good, before it could even be quarantined.
 pub const MAX_NAME: usize = 255 - ".errors.csv".len();
-
-/// The largest char boundary of `s` at or below `at`.
-fn floor_char_boundary(s: &str, at: usize) -> usize {
-    let mut i = at.min(s.len());
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
 
 /// Every name a batch called `name` may write in the outbox, archive or `rejected/`.
 fn names_written(name: &str) -> [String; 3] {
