@@ -494,6 +494,19 @@ impl<R: Read> BatchReader<R> {
             return Ok(());
         }
         let old = self.buf.len();
+        let n = self.read_more(want)?;
+        if n == 0 {
+            self.eof = true;
+        } else {
+            self.remaining -= n as u64;
+            self.lone_crs_to_lf(old)?;
+        }
+        Ok(())
+    }
+
+    /// Appends what one read of at most `want` bytes gives to the window; 0 at the input's end.
+    fn read_more(&mut self, want: usize) -> Result<usize, DataError> {
+        let old = self.buf.len();
         self.buf.resize(old + want, 0);
         let n = loop {
             match self.input.read(&mut self.buf[old..]) {
@@ -509,13 +522,7 @@ impl<R: Read> BatchReader<R> {
             }
         };
         self.buf.truncate(old + n);
-        if n == 0 {
-            self.eof = true;
-        } else {
-            self.remaining -= n as u64;
-            self.lone_crs_to_lf(old)?;
-        }
-        Ok(())
+        Ok(n)
     }
 
     /// A lone CR ends a line as LF does ("CSV (Macintosh)", old Mac exports): each in
@@ -524,21 +531,10 @@ impl<R: Read> BatchReader<R> {
     /// on a CR whose next byte is unknown: one byte more is read to tell.
     fn lone_crs_to_lf(&mut self, from: usize) -> Result<(), DataError> {
         while self.buf.last() == Some(&b'\r') && self.remaining > 0 {
-            let mut one = [0u8];
-            match self.input.read(&mut one) {
-                Ok(0) => break,
-                Ok(_) => {
-                    self.buf.push(one[0]);
-                    self.remaining -= 1;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(DataError::Io {
-                        path: self.name.clone().into(),
-                        source,
-                    });
-                }
+            if self.read_more(1)? == 0 {
+                break;
             }
+            self.remaining -= 1;
         }
         let end = self.buf.len();
         for i in memchr::memchr_iter(b'\r', &self.buf[from..end])
