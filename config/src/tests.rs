@@ -84,10 +84,7 @@ fn unknown_key_names_file_line_column_and_key() {
 
 #[test]
 fn unknown_section_is_reported_at_top_level() {
-    let msg = parse("\n[sever]\nport = 1\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("\n[sever]\nport = 1\n");
     assert!(
         msg.starts_with("/etc/sentimentd/test.toml:2:2: unknown key `sever` in the top level (expected one of: paths, data, model, train, server, ingest, logging, drift, retrain, gate, admin, feedback, tracking, reputation, transformer, cluster)"),
         "{msg}"
@@ -96,18 +93,12 @@ fn unknown_section_is_reported_at_top_level() {
 
 #[test]
 fn unknown_key_in_dotted_and_inline_forms() {
-    let msg = parse("train.epochz = 3\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("train.epochz = 3\n");
     assert!(
         msg.contains(":1:7: unknown key `epochz` in [train]"),
         "{msg}"
     );
-    let msg = parse("model = { kind = \"fast\", dim = 3 }\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("model = { kind = \"fast\", dim = 3 }\n");
     assert!(msg.contains(":1:26: unknown key `dim` in [model]"), "{msg}");
 }
 
@@ -127,26 +118,17 @@ fn type_error_names_line_and_key() {
 
 #[test]
 fn bad_enum_and_negative_integer_and_array_item() {
-    let msg = parse("[model]\nkind = \"huge\"\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("[model]\nkind = \"huge\"\n");
     assert!(
         msg.contains(":2:8: invalid value for `model.kind`: unknown variant `huge`"),
         "{msg}"
     );
-    let msg = parse("[server]\nport = -3\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("[server]\nport = -3\n");
     assert!(
         msg.contains(":2:8: invalid value for `server.port`"),
         "{msg}"
     );
-    let msg = parse("[data]\ntrain = [\"a.csv\",\n  7]\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("[data]\ntrain = [\"a.csv\",\n  7]\n");
     assert!(
         msg.contains(":3:3: invalid value for `data.train[1]`"),
         "{msg}"
@@ -155,10 +137,7 @@ fn bad_enum_and_negative_integer_and_array_item() {
 
 #[test]
 fn syntax_error_has_line() {
-    let msg = parse("[server\nport = 1\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("[server\nport = 1\n");
     assert!(msg.starts_with("/etc/sentimentd/test.toml:1:"), "{msg}");
     assert!(msg.contains("TOML syntax error"), "{msg}");
 }
@@ -166,7 +145,7 @@ fn syntax_error_has_line() {
 #[test]
 fn validation_error_names_key_and_line() {
     let text = "[train]\nepochs = 3\nlearning_rate = -1.0\n";
-    let msg = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+    let msg = parse_error(text);
     assert_eq!(
         msg,
         "/etc/sentimentd/test.toml:3:17: train.learning_rate must be > 0, got -1"
@@ -208,10 +187,7 @@ fn validation_reports_every_issue() {
 fn char_ngrams_can_be_disabled_and_port_zero_is_allowed() {
     let c = parse("[model]\nchar_ngram_max = 0\nchar_ngram_min = 0\n[server]\nport = 0\n");
     assert!(c.is_ok(), "{c:?}");
-    let msg = parse("[model]\nchar_ngram_max = 9\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("[model]\nchar_ngram_max = 9\n");
     assert!(
         msg.contains(":2:18: model.char_ngram_max must be between 1 and 8, got 9"),
         "{msg}"
@@ -253,10 +229,7 @@ fn a_nan_is_refused_where_a_range_is_required() {
         ("retrain", "holdout_share"),
         ("drift", "chi2_p_value"),
     ] {
-        let msg = parse(&format!("[{table}]\n{key} = nan\n"))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let msg = parse_error(&format!("[{table}]\n{key} = nan\n"));
         assert!(
             msg.contains(&format!("{table}.{key} must be between")) && msg.contains("got NaN"),
             "{table}.{key}: {msg}"
@@ -294,6 +267,11 @@ fn a_retrain_holdout_smaller_than_the_gate_needs_is_warned_about() {
     ] {
         assert_eq!(warned(ok), "", "{ok}");
     }
+}
+
+/// The error of a config that must not parse, as shown; empty if it parses.
+fn parse_error(text: &str) -> String {
+    parse(text).err().map(|e| e.to_string()).unwrap_or_default()
 }
 
 /// The warnings of a valid config, one per line.
@@ -336,10 +314,7 @@ fn finetune_layers_is_auto_or_a_number_and_a_word_is_refused_with_its_line() {
         four.map(|t| t.finetune_layers).ok(),
         Some(FineTuneLayers::Fixed(4))
     );
-    let msg = parse("[transformer]\n\nfinetune_layers = \"most\"\n")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = parse_error("[transformer]\n\nfinetune_layers = \"most\"\n");
     assert!(msg.contains(":3:"), "{msg}");
     assert!(msg.contains("finetune_layers"), "{msg}");
     assert!(msg.contains("\"auto\" or a number of layers"), "{msg}");
@@ -381,12 +356,9 @@ fn publishing_the_inbox_needs_a_nats_server() {
 #[test]
 fn observation_share_and_duplicate_window_are_bounded() {
     let cluster = |line: &str| {
-        parse(&format!(
+        parse_error(&format!(
             "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n{line}\n"
         ))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default()
     };
     for share in ["nan", "-3.0", "inf", "1.5"] {
         let msg = cluster(&format!("observation_share = {share}"));
