@@ -553,15 +553,18 @@ fn the_daemon_records_its_runs_and_moves_the_champion_alias() {
     assert_ne!(v2, v1);
     // Every file of the version goes up (weights too), and a call that timed out on a busy
     // machine backs off before the retry: allow for both.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while champion_version(Duration::from_secs(60)) != v2 {
-        assert!(
-            Instant::now() < deadline,
-            "the champion alias did not move to {v2}:\n{}",
-            d.logs_about(&["MLflow", "champion", "promot"])
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let champion_becomes = |version: &str, what: &str, about: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while champion_version(Duration::from_secs(60)) != version {
+            assert!(
+                Instant::now() < deadline,
+                "the champion alias did not {what} {version}:\n{}",
+                d.logs_about(about)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    champion_becomes(&v2, "move to", &["MLflow", "champion", "promot"]);
     // The retrain's run, found by its local id in the daemon's run log, with its metrics,
     // epoch history and decision.
     let log = LocalRunLog::open(d.root().join("state/runs")).unwrap();
@@ -615,13 +618,9 @@ fn the_daemon_records_its_runs_and_moves_the_champion_alias() {
     d.wait_for("the rollback to serve", Duration::from_secs(30), || {
         serving(&d) == v1
     });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while champion_version(Duration::from_secs(60)) != v1 {
-        assert!(
-            Instant::now() < deadline,
-            "the champion alias did not follow the CLI rollback to {v1}:\n{}",
-            d.logs_about(&["MLflow", "champion", "outside"])
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    champion_becomes(
+        &v1,
+        "follow the CLI rollback to",
+        &["MLflow", "champion", "outside"],
+    );
 }
