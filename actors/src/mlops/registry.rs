@@ -441,8 +441,9 @@ impl Handler<PromoteCandidate> for ModelRegistry {
     type Result = Result<Switched, String>;
 
     fn handle(&mut self, msg: PromoteCandidate, _ctx: &mut Context<Self>) -> Self::Result {
-        let serving = self.cell.load().as_deref().map(|m| m.info.version.clone());
-        let on_fallback = self.cell.load().as_deref().is_some_and(|m| m.info.fallback);
+        let now_serving = self.cell.load();
+        let serving = now_serving.as_deref().map(|m| m.info.version.clone());
+        let on_fallback = now_serving.as_deref().is_some_and(|m| m.info.fallback);
         if serving.as_deref() != Some(msg.against.as_str()) {
             return Err(format!(
                 "the gate compared {} with {}, but {} serves now; not promoted",
